@@ -1,0 +1,1 @@
+"""Rerank providers behind one interface (see base.py)."""
