@@ -1,0 +1,36 @@
+"""Errors of the proxy itself, in the engine's own JSON shape.
+
+Elasticsearch and OpenSearch both answer errors as
+`{"error": {"root_cause": [{"type", "reason"}], "type", "reason"}, "status": N}`; official clients
+parse that shape into their exception classes, so the proxy's own errors use it too.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself (never an engine error, which passes through)."""
+
+    def __init__(self, status: int, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error_type = error_type
+        self.reason = reason
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.error_type, self.reason)
+
+
+def error_body(status: int, error_type: str, reason: str) -> bytes:
+    cause = {"type": error_type, "reason": reason}
+    return orjson.dumps({"error": {"root_cause": [cause], **cause}, "status": status})
+
+
+def bad_request(reason: str, error_type: str = "illegal_argument_exception") -> ProxyError:
+    return ProxyError(400, error_type, reason)
+
+
+def parse_error(reason: str) -> ProxyError:
+    return ProxyError(400, "x_content_parse_exception", reason)

@@ -1,0 +1,76 @@
+"""Prometheus metrics of one proxy process (scraped at /_rerank/metrics).
+
+Request counts and latencies are split by outcome: reranked, cached, fallback, bypass,
+passthrough, error. Provider and cache counters are read from their owners at scrape time
+(collectors below), so the request path only touches a counter and a histogram per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("rerank_proxy_requests", "Requests by outcome and status class.",
+                                ["outcome", "status"], registry=self.registry)
+        self.latency = Histogram("rerank_proxy_request_seconds", "Request latency by outcome.",
+                                 ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.engine_latency = Histogram("rerank_proxy_engine_seconds", "Engine time of intercepted searches.",
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.rerank_latency = Histogram("rerank_proxy_rerank_seconds", "Rerank time (cache + provider) per search.",
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("rerank_proxy_in_flight_requests", "Requests being handled.",
+                               registry=self.registry)
+        self.fallbacks = Counter("rerank_proxy_fallbacks", "Searches answered in lexical order, by reason.",
+                                 ["reason"], registry=self.registry)
+        self._sources: list[Callable[[], Iterable[Any]]] = []
+        self.registry.register(_Collector(self._sources))
+
+    def add_source(self, source: Callable[[], Iterable[Any]]) -> None:
+        """A callable yielding metric families at scrape time (cache stats, provider stats...)."""
+        self._sources.append(source)
+
+    def observe(self, outcome: str, status: int, seconds: float, engine_ms: float = 0.0,
+                rerank_ms: float = 0.0, reason: str = "") -> None:
+        self.requests.labels(outcome, f"{status // 100}xx").inc()
+        self.latency.labels(outcome).observe(seconds)
+        if engine_ms:
+            self.engine_latency.observe(engine_ms / 1000)
+        if rerank_ms:
+            self.rerank_latency.observe(rerank_ms / 1000)
+        if outcome == "fallback":
+            self.fallbacks.labels(reason or "unknown").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, sources: list[Callable[[], Iterable[Any]]]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterable[Any]:
+        for source in self.sources:
+            yield from source()
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+
+def counter(name: str, help_text: str, value: float, labels: dict[str, str] | None = None) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+def gauge(name: str, help_text: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
