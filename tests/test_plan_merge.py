@@ -1,0 +1,158 @@
+"""Rewrite and merge rules: which searches are reranked, what is fetched, how pages are cut."""
+
+import copy
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from proxy.config import load_settings
+from proxy.errors import ProxyError
+from proxy.search.merge import final_scores, merge
+from proxy.search.plan import Bypass, Plan, match_search_path, plan_search
+
+SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
+MATCH = {"query": {"match": {"t": "jet engine"}}}
+
+
+def plan(body=None, params=None, targets="docs", headers=None, settings=SETTINGS):
+    return plan_search(targets, params or {}, copy.deepcopy(body) if body is not None else None,
+                       headers or {}, settings)
+
+
+def test_search_paths():
+    assert match_search_path("/_search") == (None, "search")
+    assert match_search_path("/a,b*/_search") == ("a,b*", "search")
+    assert match_search_path("/logs-%2A/_msearch") == ("logs-*", "msearch")
+    assert match_search_path("/docs/_doc/1") is None
+    assert match_search_path("/_search/scroll") is None
+    assert match_search_path("/docs/_search/template") is None
+
+
+def test_candidate_window_and_page():
+    p = plan({**MATCH, "from": 5, "size": 5})
+    assert isinstance(p, Plan)
+    assert p.body["from"] == 0 and p.body["size"] == 20
+    assert (p.page_from, p.page_size, p.query_text) == (5, 5, "jet engine")
+
+
+def test_url_from_size_win_and_are_removed_from_the_url():
+    p = plan({**MATCH, "size": 3}, {"size": "4", "from": "2", "typed_keys": "true"})
+    assert (p.page_from, p.page_size) == (2, 4)
+    assert "size=" not in p.target and "from=" not in p.target and "typed_keys=true" in p.target
+
+
+def test_straddling_page_fetches_past_the_window():
+    p = plan({**MATCH, "from": 15, "size": 10})
+    assert p.body["size"] == 25
+
+
+@pytest.mark.parametrize("body,params,reason", [
+    ({**MATCH, "sort": [{"year": "desc"}]}, {}, "sort"),
+    (MATCH, {"scroll": "1m"}, "scroll"),
+    ({**MATCH, "search_after": [1]}, {}, "search_after"),
+    ({**MATCH, "pit": {"id": "x"}}, {}, "search_after"),
+    ({**MATCH, "size": 0}, {}, "size_0"),
+    ({"query": {"match_all": {}}}, {}, "no_query_text"),
+    ({**MATCH, "from": 20}, {}, "past_window"),
+    ({**MATCH, "rerank": False}, {}, "disabled"),
+    (MATCH, {"format": "yaml"}, "format"),
+])
+def test_bypass_reasons(body, params, reason):
+    decision = plan(body, params)
+    assert isinstance(decision, Bypass) and decision.reason == reason
+
+
+def test_score_sort_is_still_reranked():
+    assert isinstance(plan({**MATCH, "sort": ["_score"]}), Plan)
+    assert isinstance(plan({**MATCH, "sort": [{"_score": {"order": "desc"}}]}), Plan)
+
+
+def test_header_switches_off_and_overrides_query():
+    assert plan(MATCH, headers={"x-rerank": "off"}).reason == "disabled"
+    assert plan(MATCH, headers={"x-rerank-query": "what%20I%20meant"}).query_text == "what I meant"
+
+
+def test_body_extension_is_stripped_and_validated():
+    decision = plan({**MATCH, "rerank": {"query": "override", "explain": True}})
+    assert decision.query_text == "override" and "rerank" not in decision.body
+    with pytest.raises(ProxyError) as err:
+        plan({**MATCH, "rerank": {"bogus": 1}})
+    assert err.value.status == 400 and "bogus" in err.value.reason
+    with pytest.raises(ProxyError):
+        plan({**MATCH, "rerank": {"window": "ten"}})
+
+
+def test_bad_numbers_are_400():
+    for body, params in [({**MATCH, "size": -1}, {}), (MATCH, {"from": "x"}), ({**MATCH, "from": -3}, {})]:
+        with pytest.raises(ProxyError) as err:
+            plan(body, params)
+        assert err.value.status == 400
+
+
+def test_index_rules():
+    settings = load_settings({"RERANK_INDICES": "products*", "RERANK_RULES":
+                              '[{"index":"products-old","enabled":false},{"index":"products-b*","window":7}]'})
+    assert plan(MATCH, targets="logs", settings=settings).reason == "index_not_configured"
+    assert plan(MATCH, targets="products-old", settings=settings).reason == "index_not_configured"
+    assert plan(MATCH, targets="products-new", settings=settings).window == 100
+    assert plan(MATCH, targets="products-b1", settings=settings).window == 7
+    assert plan(MATCH, targets=".kibana", settings=settings).reason == "index_not_configured"
+
+
+def test_source_filter_moves_to_the_proxy():
+    p = plan({**MATCH, "_source": ["title"]})
+    assert "_source" not in p.body and p.source.includes == ("title",)
+    p = plan(MATCH, {"_source": "false"})
+    assert p.source.fetch is False and "_source" not in p.target
+
+
+def test_final_scores_modes():
+    assert final_scores([0.2, 0.8], [3.0, 1.0], "rerank", 0.5) == [0.2, 0.8]
+    assert final_scores([0.2, 0.8], [3.0, 1.0], "blend", 0.5) == [0.5, 0.5]
+    assert final_scores([0.2, 0.8], [3.0, 1.0], "blend", 1.0) == [0.0, 1.0]
+
+
+def _response(n):
+    return {"took": 1, "hits": {"total": {"value": n, "relation": "eq"}, "max_score": 9.0,
+                                "hits": [{"_index": "docs", "_id": str(i), "_score": float(n - i),
+                                          "_source": {"t": f"doc {i}"}} for i in range(n)]},
+            "aggregations": {"a": {"value": 1}}}
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(n=st.integers(0, 60), window=st.integers(1, 40), size=st.integers(1, 25),
+       seed_scores=st.lists(st.floats(0, 1, allow_nan=False), min_size=60, max_size=60))
+def test_paging_covers_every_hit_once(n, window, size, seed_scores):
+    settings = SETTINGS.with_overrides(rerank_window=window, rerank_rules=())
+    seen = []
+    start = 0
+    while start < n:
+        decision = plan({**MATCH, "from": start, "size": size}, settings=settings)
+        if isinstance(decision, Bypass):
+            assert decision.reason == "past_window"
+            page = _response(n)["hits"]["hits"][start:start + size]  # the engine's own page
+        else:
+            response = _response(min(n, decision.body["size"]))
+            k = min(window, len(response["hits"]["hits"]))
+            merged = merge(response, decision, seed_scores[:k])
+            page = merged["hits"]["hits"]
+            assert merged["aggregations"] == {"a": {"value": 1}}
+            assert len(page) == min(size, n - start)
+        seen.extend(h["_id"] for h in page)
+        start += size
+    assert sorted(seen, key=int) == [str(i) for i in range(n)]
+
+
+def test_merge_reorders_and_sets_max_score():
+    decision = plan({**MATCH, "size": 3})
+    merged = merge(_response(5), decision, [0.1, 0.9, 0.5, 0.3, 0.2])
+    assert [h["_id"] for h in merged["hits"]["hits"]] == ["1", "2", "3"]
+    assert merged["hits"]["max_score"] == 0.9
+    assert merged["hits"]["total"] == {"value": 5, "relation": "eq"}
+
+
+def test_fallback_keeps_lexical_order():
+    decision = plan({**MATCH, "from": 1, "size": 2})
+    merged = merge(_response(5), decision, None)
+    assert [h["_id"] for h in merged["hits"]["hits"]] == ["1", "2"]
+    assert merged["hits"]["max_score"] == 9.0
