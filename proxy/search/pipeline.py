@@ -197,6 +197,8 @@ class SearchPipeline:
                 if k not in ("from", "size", "_source", "_source_includes", "_source_excludes")]
         target = build_target(targets, "msearch", keep)
         started = time.perf_counter()
+        upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
+                            else (k, b"application/x-ndjson") for k, v in upstream_headers]
         response, payload = await self.upstream.request(method, target, upstream_headers,
                                                         b"\n".join(lines) + b"\n", idempotent=True)
         engine_ms = (time.perf_counter() - started) * 1000
@@ -243,7 +245,10 @@ def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Client headers for a rewritten request: same auth, ids and versioned media types,
     but no length or compression (the proxy sends its own plain body and must parse the reply)."""
-    return [(k, v) for k, v in forwardable_headers(raw) if k.lower() not in _DROP_ON_REWRITE]
+    headers = [(k, v) for k, v in forwardable_headers(raw) if k.lower() not in _DROP_ON_REWRITE]
+    if not any(k.lower() == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"application/json"))
+    return headers
 
 
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,77 @@
+"""Settings validation: a wrong value names the variable, the problem and what is accepted."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from proxy.config import SETTINGS, SETTING_NAMES, ConfigError, load_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_load():
+    settings = load_settings({})
+    assert settings.upstream_urls == ("http://127.0.0.1:9200",)
+    assert settings.rerank_provider == "local" and settings.rerank_window == 100
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"RERANK_WINDOW": "abc"}, "RERANK_WINDOW='abc': not an integer; accepted: an integer from 1 to 10000"),
+    ({"RERANK_WINDOW": "0"}, "RERANK_WINDOW='0': out of range"),
+    ({"UPSTREAM_URLS": "ftp://x"}, "UPSTREAM_URLS='ftp://x': not an http(s) URL"),
+    ({"RERANK_PROVIDER": "magic"}, "RERANK_PROVIDER='magic': unknown value; accepted: local, cohere"),
+    ({"RERANK_PROVIDER": "cohere"}, "RERANK_API_KEY is empty"),
+    ({"RERANK_PROVIDER": "tei"}, "RERANK_BASE_URL is empty"),
+    ({"RERANK_RULES": "[{"}, "RERANK_RULES='[{': invalid JSON"),
+    ({"RERANK_RULES": '[{"index":"a","colour":1}]'}, "unknown keys ['colour']"),
+    ({"UPSTREAM_TLS_VERIFY": "maybe"}, "not a boolean"),
+    ({"LOG_LEVEL": "loud"}, "LOG_LEVEL='loud'"),
+    ({"ADMIN_TOKEN_FILE": "/nonexistent/token"}, "ADMIN_TOKEN_FILE='/nonexistent/token': cannot read"),
+])
+def test_errors_are_one_clear_line(env, needle):
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    message = str(err.value)
+    assert needle in message and "\n" not in message
+
+
+def test_secret_values_are_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        load_settings({"REDIS_URL": "http://user:hunter2@x"})
+    assert "hunter2" not in str(err.value)
+
+
+def test_file_variants(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("sk-from-file\n")
+    settings = load_settings({"RERANK_PROVIDER": "cohere", "RERANK_API_KEY_FILE": str(key)})
+    assert settings.rerank_api_key == "sk-from-file"
+    assert settings.redacted()["RERANK_API_KEY"] == "<redacted>"
+
+
+def test_redacted_config_hides_upstream_credentials():
+    settings = load_settings({"UPSTREAM_URLS": "http://elastic:pw123456@es:9200"})
+    assert "pw123456" not in str(settings.redacted())
+
+
+def test_readme_documents_exactly_the_settings():
+    text = README.read_text()
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", text, flags=re.M))
+    assert documented == set(SETTING_NAMES), (
+        f"missing from README: {sorted(SETTING_NAMES - documented)}; "
+        f"not a setting: {sorted(documented - SETTING_NAMES)}")
+
+
+def test_code_reads_only_declared_settings():
+    """Every environment name the package reads is declared in config.SETTINGS (or is a tool's)."""
+    package = Path(__file__).resolve().parent.parent / "proxy"
+    read = set()
+    for path in package.rglob("*.py"):
+        read |= set(re.findall(r"""(?:environ(?:\.get)?|getenv)\(\s*["']([A-Z][A-Z0-9_]+)["']""", path.read_text()))
+        read |= set(re.findall(r"""environ\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]""", path.read_text()))
+    tool_vars = {"RERANK_PROXY_CACHE_DIR", "JAVA_HOME", "ES_JAVA_HOME", "OPENSEARCH_JAVA_HOME",
+                 "JAVA_HOME_21", "HOME"}
+    unknown = read - set(SETTING_NAMES) - tool_vars - {f"{n}_FILE" for n in SETTING_NAMES}
+    assert not unknown, f"read but not declared in proxy/config.py SETTINGS: {sorted(unknown)}"
+    assert len(SETTINGS) == len(SETTING_NAMES)
