@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import error_body
+from .console import console_routes
 
 
 def _error(status: int, error_type: str, reason: str) -> Response:
@@ -112,6 +113,7 @@ def build_ops_app(runtime: Any) -> Starlette:
         Route("/_rerank/admin/config", admin(config), methods=["GET"]),
         Route("/_rerank/admin/breaker", admin(breaker_state), methods=["GET"]),
         Route("/_rerank/admin/breaker/reset", admin(breaker_reset), methods=["POST"]),
+        *console_routes(runtime, admin),
         Route("/_rerank/{rest:path}", not_found),
     ]
     return Starlette(routes=routes)
