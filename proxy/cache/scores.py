@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from cachetools import TTLCache
 
@@ -74,10 +75,11 @@ class ScoreCache:
     """Scores for (query, documents) from the caches, coalesced in-flight work, or the provider."""
 
     def __init__(self, reranker: Reranker, *, max_entries: int, ttl_s: float,
-                 shared: SharedTier | None = None, shared_timeout_s: float = 0.05) -> None:
+                 shared: SharedTier | None = None, shared_timeout_s: float = 0.05,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self.reranker = reranker
         self.ttl_s = ttl_s
-        self.local: TTLCache[bytes, object] = TTLCache(maxsize=max(max_entries, 1), ttl=ttl_s)
+        self.local: TTLCache[bytes, object] = TTLCache(maxsize=max(max_entries, 1), ttl=ttl_s, timer=timer)
         self.enabled = max_entries > 0
         self.shared = shared
         self.shared_timeout_s = shared_timeout_s

@@ -1,0 +1,171 @@
+"""The score cache: per-document reuse, coalescing, TTL, flush, and the shared Redis tier."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import httpx
+import pytest
+
+from proxy.cache.redis_tier import RedisTier
+from proxy.cache.scores import ScoreCache
+from proxy.rerank.base import RerankError, RerankResult
+from tests.fixtures.proxy import proxy_settings, run_proxy
+from tests.support_data import load_corpus
+from tests.support_rerankers import OverlapReranker
+
+
+class GatedReranker(OverlapReranker):
+    """Holds every call until the test opens the gate: coalescing without timing guesses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().rerank(query, documents)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+DOCS = ["jet engine noise", "wing flutter", "boundary layer", "engine inlet"]
+
+
+async def test_overlapping_candidates_send_only_new_documents():
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    first = await cache.scores("jet engine", DOCS[:3])
+    assert (reranker.calls, reranker.documents, first.status) == (1, 3, "miss")
+    second = await cache.scores("jet engine", DOCS[1:])          # next page / new filter: 2 known, 1 new
+    assert (reranker.calls, reranker.documents, second.status) == (2, 4, "partial")
+    third = await cache.scores("  jet   engine ", list(reversed(DOCS)))  # same query, spacing normalised
+    assert (reranker.calls, third.status) == (2, "hit")
+    assert third.scores == list(reversed((await cache.scores("jet engine", DOCS)).scores))
+
+
+async def test_changed_text_is_a_miss():
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    await cache.scores("jet", ["jet engine"])
+    outcome = await cache.scores("jet", ["jet engine (revised)"])
+    assert outcome.status == "miss" and reranker.calls == 2
+
+
+async def test_ttl_expiry():
+    clock = FakeClock()
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=30, timer=clock)
+    await cache.scores("jet", DOCS)
+    clock.now += 29
+    assert (await cache.scores("jet", DOCS)).status == "hit"
+    clock.now += 2
+    assert (await cache.scores("jet", DOCS)).status == "miss"
+    assert reranker.calls == 2
+
+
+async def test_size_bound_holds():
+    cache = ScoreCache(OverlapReranker(), max_entries=10, ttl_s=60)
+    await cache.scores("q", [f"doc {i}" for i in range(50)])
+    assert len(cache.local) == 10
+
+
+async def test_concurrent_identical_work_makes_one_call():
+    reranker = GatedReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    first = asyncio.create_task(cache.scores("jet engine", DOCS))
+    await reranker.entered.wait()
+    second = asyncio.create_task(cache.scores("jet engine", DOCS))
+    third = asyncio.create_task(cache.scores("jet engine", DOCS[:2]))
+    await asyncio.sleep(0)  # let them reach their wait on the in-flight call (a yield, not a timer)
+    reranker.gate.set()
+    a, b, c = await asyncio.gather(first, second, third)
+    assert reranker.calls == 1 and reranker.documents == len(DOCS)
+    assert a.scores == b.scores and c.scores == a.scores[:2]
+    assert b.coalesced == len(DOCS)
+
+
+async def test_a_failed_call_fails_its_waiters_and_is_not_cached():
+    reranker = GatedReranker()
+    reranker.fail = True
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    first = asyncio.create_task(cache.scores("q", DOCS))
+    await reranker.entered.wait()
+    second = asyncio.create_task(cache.scores("q", DOCS))
+    await asyncio.sleep(0)
+    reranker.gate.set()
+    for task in (first, second):
+        with pytest.raises(RerankError):
+            await task
+    reranker.fail = False
+    assert (await cache.scores("q", DOCS)).status == "miss"
+
+
+async def test_flush():
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    await cache.scores("q", DOCS)
+    assert cache.flush() == len(DOCS)
+    assert (await cache.scores("q", DOCS)).status == "miss"
+
+
+async def test_replicas_share_scores_through_redis(redis_server):
+    shared_a, shared_b = RedisTier(redis_server.url, 0.5), RedisTier(redis_server.url, 0.5)
+    reranker_a, reranker_b = OverlapReranker(), OverlapReranker()
+    replica_a = ScoreCache(reranker_a, max_entries=1000, ttl_s=60, shared=shared_a, shared_timeout_s=0.5)
+    replica_b = ScoreCache(reranker_b, max_entries=1000, ttl_s=60, shared=shared_b, shared_timeout_s=0.5)
+    a = await replica_a.scores("jet engine", DOCS)
+    b = await replica_b.scores("jet engine", DOCS)
+    assert reranker_b.calls == 0 and b.status == "hit" and b.scores == a.scores
+    assert replica_b.stats.shared_hits == len(DOCS)
+    assert await shared_a.flush() == len(DOCS)
+    await shared_a.aclose()
+    await shared_b.aclose()
+
+
+async def test_redis_down_is_a_miss_not_an_error(redis_server):
+    shared = RedisTier(redis_server.url, 0.2)
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=0, ttl_s=60, shared=shared, shared_timeout_s=0.2)
+    await cache.scores("q", DOCS)
+    redis_server.stop()
+    outcome = await cache.scores("q", DOCS)           # Redis gone: computed again, no exception
+    assert outcome.status == "miss" and cache.stats.shared_errors >= 1
+    redis_server.start()                               # same port: the client reconnects by itself
+    await cache.scores("q2", DOCS)
+    again = await cache.scores("q2", DOCS)
+    assert again.status == "hit" and cache.stats.shared_hits == len(DOCS)
+    await shared.aclose()
+
+
+@pytest.mark.integration
+def test_proxy_cached_response_equals_uncached_and_admin_flush(engine, index_name, redis_server):
+    load_corpus(engine.url, index_name)
+    settings = proxy_settings(engine.url, ADMIN_TOKEN="admin-secret-1", REDIS_URL=redis_server.url,
+                              REDIS_TIMEOUT_MS="500")
+    reranker = OverlapReranker()
+    from proxy.cache.wiring import build_shared_cache
+
+    with run_proxy(settings, reranker=reranker, shared_cache=build_shared_cache(settings)) as running:
+        body = {"query": {"match": {"body": "jet engine noise"}}, "size": 5}
+        first = httpx.post(f"{running.url}/{index_name}/_search", json=body)
+        second = httpx.post(f"{running.url}/{index_name}/_search", json=body)
+        assert first.headers["x-rerank-cache"] == "miss" and second.headers["x-rerank-cache"] == "hit"
+        a, b = first.json(), second.json()
+        a.pop("took"), b.pop("took")
+        assert a == b and reranker.calls == 1
+        auth = {"Authorization": "Bearer admin-secret-1"}
+        assert httpx.post(f"{running.url}/_rerank/admin/cache/flush").status_code == 401
+        flushed = httpx.post(f"{running.url}/_rerank/admin/cache/flush", headers=auth).json()["flushed"]
+        assert flushed["local"] > 0 and flushed["shared"] > 0
+        third = httpx.post(f"{running.url}/{index_name}/_search", json=body)
+        assert third.headers["x-rerank-cache"] == "miss" and reranker.calls == 2
