@@ -246,7 +246,7 @@ class ProxyApp:
         idempotent = method in IDEMPOTENT_METHODS or body is not None and match_search_path(scope["path"]) is not None
         response = await runtime.upstream.send(method, target, headers, content, idempotent=idempotent)
         try:
-            out_headers = forwardable_headers(response.headers.raw) + (extra_headers or [])
+            out_headers = forwardable_headers(response.raw_headers) + (extra_headers or [])
             await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
             if method != "HEAD":
                 async for chunk in response.aiter_raw():

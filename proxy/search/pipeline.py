@@ -107,7 +107,7 @@ class SearchPipeline:
                                                         upstream_headers, orjson.dumps(decision.body),
                                                         idempotent=True)
         engine_ms = (time.perf_counter() - started) * 1000
-        out_headers = forwardable_headers(response.headers.raw)
+        out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
             return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
         data = parse_json(payload, "engine response")
@@ -202,7 +202,7 @@ class SearchPipeline:
         response, payload = await self.upstream.request(method, target, upstream_headers,
                                                         b"\n".join(lines) + b"\n", idempotent=True)
         engine_ms = (time.perf_counter() - started) * 1000
-        out_headers = forwardable_headers(response.headers.raw)
+        out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
             return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
         data = parse_json(payload, "engine response")
