@@ -1,0 +1,121 @@
+"""The local engine runner: the engines are the ones we asked for, reuse works, clusters form.
+
+These start real JVMs (tens of seconds each); the session engines are shared with every other
+integration test, the cluster and second-line engines are stopped at the end of their test.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from proxy.engines.distributions import SECOND_LINE_VERSIONS
+from proxy.engines.runner import (
+    ELASTICSEARCH,
+    OPENSEARCH,
+    EngineInfo,
+    ensure_engine,
+    running_engines,
+    start_node,
+    stop_engine,
+    stop_node,
+)
+
+pytestmark = pytest.mark.integration
+
+CLUSTER_PORT = 19300  # 3-node opensearch: HTTP 19300-19302
+SECOND_LINE_PORTS = {ELASTICSEARCH: 19210, OPENSEARCH: 19211}
+
+
+def local_node(info: EngineInfo) -> tuple[httpx.Response, dict]:
+    response = httpx.get(f"{info.url}/_nodes/_local", timeout=10)
+    response.raise_for_status()
+    return response, next(iter(response.json()["nodes"].values()))
+
+
+def assert_is(info: EngineInfo, kind: str, version: str) -> None:
+    """The engine on `info.url` is really `kind` at `version`.
+
+    OpenSearch says so at `GET /`. The Elasticsearch integ-test build has no `GET /` (the root
+    endpoint lives in a module it lacks), but marks every response with `X-Elastic-Product`.
+    """
+    response, node = local_node(info)
+    assert node["version"] == version
+    if kind == OPENSEARCH:
+        root = httpx.get(f"{info.url}/", timeout=10).json()
+        assert root["version"]["distribution"] == "opensearch"
+        assert root["version"]["number"] == version
+        assert "x-elastic-product" not in response.headers
+    else:
+        assert response.headers["x-elastic-product"] == "Elasticsearch"
+
+
+def test_engine_is_the_expected_distribution(engine: EngineInfo) -> None:
+    assert engine.url == f"http://127.0.0.1:{engine.port}"
+    assert_is(engine, engine.kind, engine.version)
+
+
+def test_elasticsearch_integ_build_has_no_root_endpoint(es_engine: EngineInfo) -> None:
+    # Documents a limit of the build we run: if this starts failing, `GET /` works again.
+    assert httpx.get(f"{es_engine.url}/", timeout=10).status_code == 405
+
+
+def test_engine_indexes_and_searches(engine: EngineInfo, index_name: str) -> None:
+    with httpx.Client(base_url=engine.url, timeout=30) as client:
+        created = client.put(f"/{index_name}", json={"mappings": {"properties": {"title": {"type": "text"}}}})
+        assert created.status_code == 200, created.text
+        client.post(f"/{index_name}/_doc?refresh=true", json={"title": "jet engine noise"}).raise_for_status()
+        found = client.post(f"/{index_name}/_search", json={"query": {"match": {"title": "noise"}}}).json()
+    assert found["hits"]["total"]["value"] == 1
+
+
+def test_up_twice_reuses_the_running_engine(engine: EngineInfo) -> None:
+    again = ensure_engine(engine.kind, port=engine.port)
+    assert again.reused
+    assert again.pids == engine.pids
+    assert again.version == engine.version
+    assert engine.port in [info.port for info in running_engines()]
+
+
+def test_three_node_opensearch_cluster_and_node_restart() -> None:
+    info = ensure_engine(OPENSEARCH, port=CLUSTER_PORT, nodes=3, timeout_s=300)
+    try:
+        assert info.urls == [f"http://127.0.0.1:{CLUSTER_PORT + i}" for i in range(3)]
+        assert node_count(info.urls[1], expected=3) == 3
+
+        stop_node(info, 2)
+        assert info.pids[2] is None
+        assert node_count(info.urls[0], expected=2) == 2
+
+        start_node(info, 2, timeout_s=300)
+        assert info.node_alive(2)
+        assert node_count(info.urls[2], expected=3) == 3
+    finally:
+        stop_engine(port=CLUSTER_PORT)
+    assert CLUSTER_PORT not in [i.port for i in running_engines()]
+
+
+def node_count(url: str, expected: int, within_s: float = 60.0) -> int:
+    """Lines of `_cat/nodes`, polled until it shows `expected` (a stopped node takes a moment to
+    leave, and if it was the cluster manager, a new one is elected first)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        response = httpx.get(f"{url}/_cat/nodes?h=name", timeout=30)
+        count = len([line for line in response.text.splitlines() if line.strip()])
+        if response.status_code == 200 and count == expected or time.monotonic() > deadline:
+            return count if response.status_code == 200 else -1
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("kind", [ELASTICSEARCH, OPENSEARCH], ids=["es8", "os3"])
+def test_second_line_version(kind: str) -> None:
+    """Elasticsearch 8.x (on Java 17) and OpenSearch 3.x (on Java 21+) start too."""
+    version = SECOND_LINE_VERSIONS[kind]
+    port = SECOND_LINE_PORTS[kind]
+    info = ensure_engine(kind, version=version, port=port, timeout_s=300)
+    try:
+        assert_is(info, kind, version)
+    finally:
+        stop_engine(port=port)
