@@ -80,7 +80,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WORKERS", "1", "Worker processes of `rerank-proxy serve`.", "2"),
 )
 
+# Read by the tools around the proxy (engine runner, demo), never by the request path.
+TOOL_SETTINGS: tuple[Setting, ...] = (
+    Setting("RERANK_PROXY_CACHE_DIR", "~/.cache/rerank-proxy/engines", "Where the engine runner keeps downloaded zips, unpacked engines, data and state.", "/var/cache/rerank-proxy"),
+    Setting("RERANK_PROXY_ENGINE_USER", "rerankproxy", "Unprivileged system user the engine runner creates and runs engines as (when started as root).", "search"),
+    Setting("RERANK_PROXY_JAVA_HOME", "", "JDK the engine runner must use (empty: the newest fitting JDK found).", "/usr/lib/jvm/temurin-25-jdk-amd64"),
+    Setting("JAVA_HOME_21", "", "A Java 21+ JDK for Elasticsearch 9 and OpenSearch 3 (searched before /usr/lib/jvm).", "/opt/jdk-21"),
+    Setting("JAVA_HOME_17", "", "A Java 17 JDK for Elasticsearch 8 and OpenSearch 2 (searched before /usr/lib/jvm).", "/opt/jdk-17"),
+)
+
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+TOOL_SETTING_NAMES = frozenset(s.name for s in TOOL_SETTINGS)
 SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 FILE_VARIANTS = ("RERANK_API_KEY", "ADMIN_TOKEN", "PROXY_API_KEYS", "REDIS_URL")
 PROVIDERS = ("local", "cohere", "cohere-v1", "compatible", "tei", "voyage", "none")

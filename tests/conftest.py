@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.engines"]
+pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.proxy", "tests.fixtures.redis"]
