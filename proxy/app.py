@@ -152,6 +152,9 @@ class ProxyApp:
                 outcome = "ops"
                 await self._ops(scope, receive, send)
                 return
+            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.settings.max_header_bytes:
+                raise ProxyError(431, "too_long_http_header_exception",
+                                 f"request headers are larger than {self.settings.max_header_bytes} bytes")
             self._check_api_key(scope)
             if self._in_flight > self.settings.max_concurrent_requests:
                 raise ProxyError(429, "rejected_execution_exception",

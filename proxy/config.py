@@ -71,6 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADMIN_TOKEN", "", "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); empty disables them.", "s3cret", secret=True),
     Setting("PROXY_API_KEYS", "", "Comma-separated keys clients must send in X-Proxy-Api-Key (also PROXY_API_KEYS_FILE); empty: no check.", "k1,k2", secret=True),
     Setting("MAX_BODY_BYTES", "104857600", "Largest request body accepted (413 above it).", "10485760"),
+    Setting("MAX_HEADER_BYTES", "65536", "Largest total size of a request's headers (431 above it).", "16384"),
     Setting("MAX_SEARCH_BODY_BYTES", "10485760", "Largest search body the proxy parses (413 above it).", "1048576"),
     Setting("MAX_CONCURRENT_REQUESTS", "1000", "Requests handled at once per worker; more get a 429 engine-style error.", "500"),
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
@@ -155,6 +156,7 @@ class Settings:
     proxy_api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 100 * 1024 * 1024
     max_search_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 65536
     max_concurrent_requests: int = 1000
     shutdown_grace_s: float = 20.0
     log_level: str = "info"
@@ -416,6 +418,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_token=_read_secret(env, "ADMIN_TOKEN"),
         proxy_api_keys=_csv(_read_secret(env, "PROXY_API_KEYS")),
         max_body_bytes=_int("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 1024, 1 << 40),
+        max_header_bytes=_int("MAX_HEADER_BYTES", get("MAX_HEADER_BYTES"), 1024, 1 << 24),
         max_search_body_bytes=_int("MAX_SEARCH_BODY_BYTES", get("MAX_SEARCH_BODY_BYTES"), 1024, 1 << 32),
         max_concurrent_requests=_int("MAX_CONCURRENT_REQUESTS", get("MAX_CONCURRENT_REQUESTS"), 1, 1_000_000),
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
