@@ -119,6 +119,17 @@ def is_alive(pid: int, started: int) -> bool:
     return start_time(pid) == started
 
 
+def group_alive(pid: int, started: int) -> bool:
+    """True if anything of the node we started still runs, even if its leader died.
+
+    A killed start script can leave the JVM behind, holding the ports. A group id cannot be
+    reused while any member lives, so members of a group whose leader is gone are ours.
+    """
+    if is_alive(pid, started):
+        return True
+    return start_time(pid) is None and bool(group_members(pid))
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group: the start script, launcher and JVM."""
     members = []

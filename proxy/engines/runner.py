@@ -224,7 +224,7 @@ def stop_node(info: EngineInfo, i: int, grace_s: float = 30.0) -> None:
     """Stop node `i` of a cluster and keep its data, so `start_node()` can bring it back (fault tests)."""
     with file_lock(f"port-{info.port}"):
         pid = info.pids[i]
-        if pid is not None and info.node_alive(i):
+        if pid is not None and processes.group_alive(pid, info.start_times[i]):
             processes.stop_groups([pid], grace_s)
         info.pids[i] = None
         _save_state(info)
@@ -446,7 +446,8 @@ def _port_in_use(port: int) -> bool:
 
 
 def _stop_processes(info: EngineInfo) -> None:
-    pgids = [pid for i, pid in enumerate(info.pids) if pid is not None and info.node_alive(i)]
+    pgids = [pid for pid, started in zip(info.pids, info.start_times)
+             if pid is not None and processes.group_alive(pid, started)]
     processes.stop_groups(pgids)
 
 
