@@ -96,6 +96,10 @@ class UpstreamPool:
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                                   skip_auto_headers=_NO_AUTO_HEADERS, trust_env=False,
                                                   cookie_jar=aiohttp.DummyCookieJar())
+            # aiohttp resends "idempotent" methods (PUT and DELETE included) once when a pooled
+            # connection drops. `PUT /_create/1` is not safely repeatable, so the proxy makes
+            # every retry decision itself (send() above); a test pins this down.
+            self._session._retry_connection = False
         return self._session
 
     @property

@@ -96,3 +96,20 @@ def test_client_disconnect_leaks_nothing(engine, index_name):
         connector = running.runtime.upstream._client().connector
         assert len(connector._acquired) == 0
         assert httpx.get(f"{running.url}/_cluster/health").status_code == 200
+
+
+async def test_a_write_is_never_resent_when_the_connection_drops():
+    """The upstream reads the write and hangs up without answering: one attempt, then a 502."""
+    from tests.support_loopback import FaultServer
+
+    async def hang_up(request, writer):
+        return False
+
+    async with FaultServer(hang_up) as server, httpx.AsyncClient(timeout=30) as client:
+        with run_proxy(proxy_settings(server.url), reranker=OverlapReranker()) as running:
+            for method, body in (("PUT", {"a": 1}), ("POST", {"a": 1}), ("DELETE", None), ("PUT", None)):
+                before = len(server.requests)
+                response = await client.request(method, f"{running.url}/idx/_doc/1",
+                                                content=None if body is None else b'{"a": 1}')
+                assert response.status_code == 502, method
+                assert len(server.requests) == before + 1, f"{method} was sent more than once"
