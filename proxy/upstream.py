@@ -16,6 +16,7 @@ decompressed or re-encoded here: bytes go through as they came.
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import ssl
 import time
@@ -71,8 +72,18 @@ class UpstreamResponse:
 
 @dataclass(slots=True)
 class _Upstream:
-    url: str
+    url: str                                   # without credentials
+    authorization: tuple[str, str] | None      # from credentials in UPSTREAM_URLS, if any
     down_until: float = 0.0
+
+    @classmethod
+    def parse(cls, configured: str) -> "_Upstream":
+        """Credentials in the URL become a Basic header used only when the client sends none."""
+        url = URL(configured)
+        if url.user is None:
+            return cls(configured.rstrip("/"), None)
+        token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode("ascii")
+        return cls(str(url.with_user(None)).rstrip("/"), ("Authorization", f"Basic {token}"))
 
 
 class UpstreamPool:
@@ -80,7 +91,7 @@ class UpstreamPool:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._upstreams = [_Upstream(url) for url in settings.upstream_urls]
+        self._upstreams = [_Upstream.parse(url) for url in settings.upstream_urls]
         self._next = itertools.count()
         self._session: aiohttp.ClientSession | None = None
 
@@ -131,12 +142,16 @@ class UpstreamPool:
         if streaming:
             content = started.watch(content)  # type: ignore[arg-type]
         str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+        has_auth = any(k.lower() == "authorization" for k, _ in str_headers)
         session = self._client()
         last_error: BaseException | None = None
         for upstream in self._order():
             url = URL(upstream.url + target, encoded=True)
             try:
-                response = await session.request(method, url, headers=str_headers, data=content,
+                sent_headers = str_headers
+                if upstream.authorization is not None and not has_auth:
+                    sent_headers = [*str_headers, upstream.authorization]
+                response = await session.request(method, url, headers=sent_headers, data=content,
                                                  allow_redirects=False, compress=None, chunked=None)
                 return UpstreamResponse(response)
             except aiohttp.ClientConnectorError as exc:  # the connection was never opened

@@ -141,3 +141,18 @@ def test_requests_cannot_be_steered_elsewhere(engine, proxy):
         with pytest.raises(OSError):
             trap.accept()[0].close()
     trap.close()
+
+
+async def test_upstream_credentials_are_used_only_when_the_client_sends_none():
+    from tests.support_loopback import FaultServer, send_json
+
+    async def echo_auth(request, writer):
+        await send_json(writer, 200, {"authorization": request.headers.get("authorization")})
+
+    async with FaultServer(echo_auth) as server, httpx.AsyncClient() as client:
+        url = server.url.replace("http://", "http://svc:s3cr3t@")
+        with run_proxy(proxy_settings(url), reranker=OverlapReranker()) as running:
+            own = await client.get(f"{running.url}/_cluster/health")
+            assert own.json() == {"authorization": "Basic c3ZjOnMzY3IzdA=="}
+            theirs = await client.get(f"{running.url}/_cluster/health", headers={"Authorization": "ApiKey abc"})
+            assert theirs.json() == {"authorization": "ApiKey abc"}
