@@ -77,7 +77,7 @@ class ProxyApp:
         self._idle = asyncio.Event()
         self._ops: Any = None
         logs.register_secrets([settings.rerank_api_key, settings.admin_token, settings.redis_url,
-                               *settings.proxy_api_keys])
+                               *settings.proxy_api_keys, *_url_passwords(settings.upstream_urls)])
 
     # --- ASGI entry ------------------------------------------------------------------------------
 
@@ -261,6 +261,12 @@ class ProxyApp:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def _url_passwords(urls: tuple[str, ...]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    return [p for p in (urlsplit(u).password for u in urls) if p]
+
 
 def _client_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     return [(k, v) for k, v in forwardable_headers(scope["headers"]) if k.lower() != PROXY_KEY_HEADER]

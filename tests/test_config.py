@@ -40,6 +40,7 @@ def test_secret_values_are_not_echoed():
     with pytest.raises(ConfigError) as err:
         load_settings({"REDIS_URL": "http://user:hunter2@x"})
     assert "hunter2" not in str(err.value)
+    assert "hunter2" not in str(load_settings({"UPSTREAM_URLS": "http://u:hunter2@h:9200"}).redacted())
 
 
 def test_file_variants(tmp_path):

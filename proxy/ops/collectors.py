@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from prometheus_client.core import CounterMetricFamily
+
 from .metrics import counter, gauge
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -38,14 +40,17 @@ def _provider_metrics(runtime: Any) -> Iterable[Any]:
     if reranker is None:
         return
     stats = getattr(reranker, "stats", None)
-    if isinstance(stats, dict):
-        for key, value in stats.items():
-            if isinstance(value, (int, float)):
-                yield counter(f"rerank_proxy_provider_{key}", f"Provider {key.replace('_', ' ')}.", value)
-    elif stats is not None:
-        for key, value in vars(stats).items():
-            if isinstance(value, (int, float)):
-                yield counter(f"rerank_proxy_provider_{key}", f"Provider {key.replace('_', ' ')}.", value)
+    snapshot = stats.snapshot() if hasattr(stats, "snapshot") else {}
+    for key, value in snapshot.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield counter(f"rerank_proxy_provider_{key}", f"Provider {key.replace('_', ' ')}.", value)
+    errors = snapshot.get("errors") or {}
+    if errors:
+        family = CounterMetricFamily("rerank_proxy_provider_errors", "Failed provider attempts by kind.",
+                                     labels=["kind"])
+        for kind, value in sorted(errors.items()):
+            family.add_metric([str(kind)], value)
+        yield family
     breaker = getattr(reranker, "breaker", None)
     if breaker is not None:
         state = str(getattr(breaker, "state", "closed"))
