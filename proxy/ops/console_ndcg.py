@@ -1,0 +1,32 @@
+"""nDCG@k, the metric the console reports for both columns.
+
+Same definition as trec_eval's `ndcg_cut` (and so BEIR's reports): gain is the judgment grade,
+discount log2(rank + 1), the ideal ranking is built from every judged document of the query (not
+only the retrieved ones), and unjudged documents count as not relevant. A query with no relevant
+judgment has no nDCG (None): it is left out of means rather than counted as 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+K = 10
+
+
+def dcg(gains: Sequence[float]) -> float:
+    return sum(g / math.log2(rank + 2) for rank, g in enumerate(gains))
+
+
+def ndcg_at_k(ranking: Sequence[str], qrels: Mapping[str, int], k: int = K) -> float | None:
+    """nDCG@k of a ranked list of document ids against graded judgments (None: not evaluable)."""
+    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
+    if not ideal:
+        return None
+    gains = [max(qrels.get(doc, 0), 0) for doc in ranking[:k]]
+    return dcg(gains) / dcg(ideal)
+
+
+def mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None

@@ -1,0 +1,562 @@
+/* Relevance console of rerank-proxy: plain JS, no framework, no network but the proxy itself.
+ *
+ * The admin token arrives once as ?token= (or from the sign-in form), is kept in sessionStorage
+ * for this tab only, removed from the address bar, and sent as a bearer header on API calls.
+ * Every text that comes from documents or users is inserted with textContent, never as HTML.
+ */
+"use strict";
+(() => {
+  const API = "/_rerank/console/api";
+  const TOKEN_KEY = "rerank-proxy-console-token";
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    options: null, indices: [], last: null, judgments: {}, metricsSeq: 0, compareSeq: 0,
+    fields: {}, batchAbort: null,
+  };
+
+  // --- token -------------------------------------------------------------------------------------
+
+  function takeToken() {
+    const url = new URL(window.location.href);
+    const fromUrl = url.searchParams.get("token");
+    if (fromUrl) {
+      sessionStorage.setItem(TOKEN_KEY, fromUrl);
+      url.searchParams.delete("token");
+      history.replaceState(null, "", url.pathname + url.search + url.hash);
+    }
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+  const token = takeToken();
+
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    window.location.replace(window.location.pathname + "?signin");
+  }
+
+  // --- helpers -----------------------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const fmt = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+  const signed = (value) => (value === null || value === undefined ? "–" : (value > 0 ? "+" : "") + Number(value).toFixed(3));
+
+  function notify(message, kind) {
+    const box = $("notice");
+    box.textContent = message || "";
+    box.className = "notice" + (kind ? " " + kind : "");
+    box.hidden = !message;
+  }
+
+  async function api(path, { method = "GET", body, raw = false, signal } = {}) {
+    const headers = { Authorization: "Bearer " + token };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(API + path, {
+      method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit", cache: "no-store",
+    });
+    if (response.status === 401) {
+      notify("The admin token was not accepted. Sign out and sign in again.");
+      throw new Error("unauthorised");
+    }
+    if (!response.ok) {
+      let reason = response.status + " " + response.statusText;
+      try { reason = (await response.json()).error.reason || reason; } catch (_) { /* not JSON */ }
+      throw new Error(reason);
+    }
+    return raw ? response : response.json();
+  }
+
+  async function download(path, filename) {
+    try {
+      const response = await api(path, { raw: true });
+      const url = URL.createObjectURL(await response.blob());
+      const link = el("a", { href: url, download: filename });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) { notify("Export failed: " + err.message); }
+  }
+
+  // --- options, indices, fields ------------------------------------------------------------------
+
+  function renderProviders() {
+    const select = $("provider");
+    select.replaceChildren();
+    for (const choice of state.options.providers) {
+      const name = choice.id === "configured" ? `configured: ${choice.provider} ${choice.model}`.trim()
+        : choice.id === "lexical" ? "lexical only (no reranking)" : `local: built-in ${choice.model}`;
+      select.append(el("option", { value: choice.id, disabled: !choice.available, title: choice.reason || null },
+        name + (choice.available ? "" : " (unavailable)")));
+    }
+    const first = state.options.providers.find((c) => c.available);
+    if (first) select.value = first.id;
+    const configured = state.options.providers[0];
+    $("configured").textContent = configured.available
+      ? `reranker: ${configured.provider} ${configured.model} · score ${configured.score_mode}` : "no reranker configured";
+    syncModel();
+  }
+
+  function syncModel() {
+    const choice = state.options.providers.find((c) => c.id === $("provider").value) || {};
+    $("model").disabled = !choice.models_switchable;
+    $("model").placeholder = choice.model || "—";
+    if (!choice.models_switchable) $("model").value = "";
+  }
+
+  function currentIndex() { return state.indices.find((i) => i.name === $("index").value); }
+
+  function renderIndices() {
+    const select = $("index");
+    const wanted = select.value || new URLSearchParams(location.hash.slice(1)).get("index");
+    select.replaceChildren();
+    for (const index of state.indices) {
+      const docs = index.docs === null ? "" : ` (${index.docs} docs)`;
+      select.append(el("option", { value: index.name }, index.name + docs + (index.reranked ? "" : " · not reranked")));
+    }
+    if (wanted && state.indices.some((i) => i.name === wanted)) select.value = wanted;
+    onIndexChange();
+  }
+
+  async function onIndexChange() {
+    const index = currentIndex();
+    $("window").placeholder = index && index.rule ? String(index.rule.window) : String(state.options.defaults.window);
+    refreshJudged();
+    if (index) await loadFields(index);
+  }
+
+  async function loadFields(index) {
+    if (!state.fields[index.name]) {
+      try { state.fields[index.name] = (await api("/fields?index=" + encodeURIComponent(index.name))).fields; }
+      catch (err) { state.fields[index.name] = []; }
+    }
+    const chosen = new Set(index.rule && index.rule.fields.length ? index.rule.fields : state.options.defaults.fields);
+    const list = $("fields-list");
+    list.replaceChildren();
+    for (const field of state.fields[index.name]) {
+      list.append(el("label", {}, el("input", { type: "checkbox", value: field, checked: chosen.has(field) }), field));
+    }
+    if (index.rule && index.rule.template) $("template").value = index.rule.template;
+  }
+
+  function syncTextMode() {
+    const mode = $("text-mode").value;
+    $("fields-box").hidden = mode !== "fields";
+    $("template-box").hidden = mode !== "template";
+  }
+
+  /** The comparison options as the API takes them, from the form. */
+  function compareOptions() {
+    const options = { index: $("index").value, provider: $("provider").value, score_mode: $("score-mode").value };
+    if ($("model").value.trim() && !$("model").disabled) options.model = $("model").value.trim();
+    if ($("window").value) options.window = Number($("window").value);
+    if ($("blend-weight").value !== "") options.blend_weight = Number($("blend-weight").value);
+    const mode = $("text-mode").value;
+    if (mode === "fields") {
+      options.fields = [...$("fields-list").querySelectorAll("input:checked")].map((box) => box.value);
+    } else if (mode === "template" && $("template").value.trim()) {
+      options.template = $("template").value;
+    }
+    const dsl = $("dsl").value.trim();
+    if (dsl) {
+      try { options.dsl = JSON.parse(dsl); } catch (_) { throw new Error("the query DSL clause is not valid JSON"); }
+    }
+    return options;
+  }
+
+  // --- compare -----------------------------------------------------------------------------------
+
+  function changeBadge(change) {
+    const text = { up: "▲" + change.by, down: "▼" + change.by, new: "new", out: "out", same: "=" }[change.kind];
+    const title = { up: `up ${change.by}`, down: `down ${change.by}`, new: "not in the lexical top 10",
+      out: "not in the reranked top 10", same: "same rank" }[change.kind];
+    return el("span", { class: "change " + change.kind, title, dataset: { kind: change.kind } }, text);
+  }
+
+  function judgeButtons(hit) {
+    const grade = state.judgments[hit.id];
+    const set = (value) => () => judge(hit.id, grade === value ? null : value);
+    return el("span", { class: "judge" },
+      el("button", { type: "button", class: "judge-rel" + (grade > 0 ? " on" : ""), title: "relevant",
+        "aria-pressed": String(grade > 0), onclick: set(1) }, "✓ relevant"),
+      el("button", { type: "button", class: "judge-non" + (grade === 0 ? " on" : ""), title: "not relevant",
+        "aria-pressed": String(grade === 0), onclick: set(0) }, "✗"));
+  }
+
+  function hitItem(hit, side) {
+    const grade = state.judgments[hit.id];
+    const judged = grade === undefined ? "" : grade > 0 ? " rel" : " nonrel";
+    const meta = side === "lexical"
+      ? [`score ${fmt(hit.score)}`, `reranked #${hit.reranked_rank}`]
+      : [`score ${fmt(hit.score)}`, hit.rerank_score === null ? null : `model ${fmt(hit.rerank_score)}`,
+        `lexical #${hit.lexical_rank} (${fmt(hit.lexical_score)})`];
+    return el("li", { class: "hit" + judged, dataset: { id: hit.id, side },
+      onmouseenter: () => link(hit.id, true), onmouseleave: () => link(hit.id, false) },
+      el("span", { class: "rank" }, String(hit.rank)),
+      el("span", { class: "label" }, hit.label || "(no text)"),
+      el("span", { class: "head-right" }, changeBadge(hit.change)),
+      el("span", { class: "meta" }, el("span", { class: "doc-id" }, "_id " + hit.id),
+        ...meta.filter(Boolean).map((m) => el("span", {}, m)), judgeButtons(hit)),
+      el("details", {}, el("summary", {}, `text sent to the reranker (${hit.text.length} chars)`),
+        el("pre", { class: "hit-text" }, hit.text)));
+  }
+
+  function link(id, on) {
+    for (const node of document.querySelectorAll(".hit")) {
+      if (node.dataset.id === id) node.classList.toggle("linked", on);
+    }
+  }
+
+  function renderColumns() {
+    const result = state.last;
+    $("lexical-list").replaceChildren(...result.lexical.map((hit) => hitItem(hit, "lexical")));
+    $("reranked-list").replaceChildren(...result.reranked.map((hit) => hitItem(hit, "reranked")));
+  }
+
+  function renderCompare() {
+    const r = state.last;
+    $("columns").hidden = false;
+    $("summary").hidden = false;
+    $("lexical-caption").textContent = `engine top ${r.lexical.length} of ${r.total_hits ?? "?"} hits`;
+    const model = r.provider.choice === "lexical" ? "no reranking" : `${r.provider.name} ${r.provider.model}`;
+    $("reranked-caption").textContent = `${model} · ${r.score_mode} · window ${r.window}`;
+    const t = r.timings;
+    const cache = t.cache && t.cache.status ? `${t.cache.status} (${t.cache.cached} cached, ${t.cache.sent} sent)` : "—";
+    $("timings").replaceChildren(...[
+      el("span", {}, "engine ", el("b", { id: "timing-engine" }, fmt(t.engine_ms, 1) + " ms"),
+        t.engine_took_ms === null ? "" : ` (took ${t.engine_took_ms} ms)`),
+      el("span", {}, "rerank ", el("b", { id: "timing-rerank" }, fmt(t.rerank_ms, 1) + " ms")),
+      el("span", {}, "cache ", el("b", { id: "timing-cache" }, cache)),
+      el("span", {}, "candidates ", el("b", {}, String(r.candidates))),
+      r.configured_for_reranking ? null : el("span", {}, "· clients' searches on this index are not reranked"),
+    ].filter(Boolean));
+    $("rerank-error").textContent = r.error || "";
+    $("rerank-error").hidden = !r.error;
+    renderColumns();
+    renderQueryMetric(r.ndcg.lexical, r.ndcg.reranked);
+  }
+
+  async function runCompare() {
+    const query = $("query").value.trim();
+    let options;
+    try { options = compareOptions(); } catch (err) { notify(err.message); return; }
+    if (!query && !options.dsl) { notify("Type a query."); return; }
+    if (query) options.query = query;
+    const seq = ++state.compareSeq;
+    $("compare-btn").disabled = true;
+    document.body.classList.add("busy");
+    try {
+      const result = await api("/compare", { method: "POST", body: options });
+      if (seq !== state.compareSeq) return;
+      notify("");
+      state.last = result;
+      state.lastOptions = options;
+      state.judgments = result.judgments || {};
+      renderCompare();
+      const place = { index: result.index, q: result.query };
+      if (options.window) place.window = options.window;
+      if (options.provider !== "configured") place.provider = options.provider;
+      history.replaceState(null, "", "#" + new URLSearchParams(place));
+      refreshMetrics();
+    } catch (err) {
+      if (seq === state.compareSeq) notify("Compare failed: " + err.message);
+    } finally {
+      if (seq === state.compareSeq) {
+        $("compare-btn").disabled = false;
+        document.body.classList.remove("busy");
+        document.body.dataset.compared = String(seq);
+      }
+    }
+  }
+
+  // --- judgments and metrics ---------------------------------------------------------------------
+
+  async function judge(docId, grade) {
+    const r = state.last;
+    if (!r) return;
+    try {
+      const answer = await api("/judgments", { method: "PUT",
+        body: { index: r.index, query: r.query, doc_id: docId, grade } });
+      state.judgments = answer.judgments;
+      renderColumns();
+      refreshJudged();
+      await refreshMetrics();
+    } catch (err) { notify("Saving the judgment failed: " + err.message); }
+  }
+
+  function renderQueryMetric(lexical, reranked) {
+    $("ndcg-query-lexical").textContent = fmt(lexical);
+    $("ndcg-query-reranked").textContent = fmt(reranked);
+  }
+
+  async function refreshMetrics() {
+    const options = state.lastOptions;
+    if (!options) return;
+    const seq = ++state.metricsSeq;
+    const body = Object.assign({}, options);
+    delete body.query; delete body.dsl;
+    document.body.dataset.metrics = "loading";
+    try {
+      const result = await api("/metrics", { method: "POST", body });
+      if (seq !== state.metricsSeq) return;
+      $("judged-count").textContent = String(result.evaluated);
+      $("ndcg-mean-lexical").textContent = fmt(result.mean.lexical);
+      $("ndcg-mean-reranked").textContent = fmt(result.mean.reranked);
+      const row = state.last && result.rows.find((q) => q.id === state.last.query_id);
+      renderQueryMetric(row ? row.lexical : null, row ? row.reranked : null);
+      document.body.dataset.metrics = "ready-" + seq;
+    } catch (err) {
+      if (seq === state.metricsSeq) { notify("Metrics failed: " + err.message); document.body.dataset.metrics = "failed"; }
+    }
+  }
+
+  async function refreshJudged() {
+    const index = $("index").value;
+    if (!index) return;
+    try {
+      const { queries } = await api("/judgments?index=" + encodeURIComponent(index));
+      $("judged-caption").textContent = `${queries.length} on ${index}`;
+      $("judged-list").replaceChildren(...queries.map((q) => el("li", {},
+        el("button", { type: "button", title: `${q.relevant} relevant of ${q.judged} judged`,
+          onclick: () => { $("query").value = q.query; showTab("compare"); runCompare(); } },
+        `${q.query} (${q.relevant}/${q.judged})`))));
+    } catch (err) { /* shown by api() when it matters */ }
+  }
+
+  // --- batch runs --------------------------------------------------------------------------------
+
+  async function refreshSets() {
+    try {
+      const { sets } = await api("/querysets");
+      state.sets = sets;
+      const select = $("batch-set");
+      const previous = select.value;
+      select.replaceChildren(...Object.keys(sets).map((name) =>
+        el("option", { value: name }, `${name} (${sets[name].length})`)));
+      if (previous in sets) select.value = previous;
+    } catch (err) { /* api() notified */ }
+  }
+
+  function syncBatchSource() {
+    const source = $("batch-source").value;
+    $("batch-set-box").hidden = source !== "set";
+    $("batch-paste-box").hidden = source !== "paste";
+    $("batch-beir-box").hidden = source !== "beir";
+  }
+
+  async function batchBody() {
+    let body;
+    try { body = compareOptions(); } catch (err) { notify(err.message); return null; }
+    delete body.dsl;
+    const source = $("batch-source").value;
+    if (source === "judged") {
+      const { queries } = await api("/judgments?index=" + encodeURIComponent(body.index));
+      body.queries = queries.map((q) => q.query);
+    } else if (source === "set") {
+      body.queries = (state.sets || {})[$("batch-set").value] || [];
+    } else if (source === "paste") {
+      body.queries = $("batch-queries").value.split("\n").map((q) => q.trim()).filter(Boolean);
+    } else {
+      body.beir_path = $("beir-path").value.trim();
+      body.split = $("beir-split").value.trim() || "test";
+      if ($("beir-limit").value) body.limit = Number($("beir-limit").value);
+      if (!body.beir_path) { notify("Give the BEIR folder's path on the proxy's machine."); return null; }
+      return body;
+    }
+    if (!body.queries.length) { notify("No queries to run."); return null; }
+    return body;
+  }
+
+  async function runBatch() {
+    const body = await batchBody();
+    if (!body) return;
+    notify("");
+    const controller = new AbortController();
+    state.batchAbort = controller;
+    $("batch-run").disabled = true;
+    $("batch-stop").hidden = false;
+    const progress = $("batch-progress");
+    progress.hidden = false;
+    progress.value = 0;
+    $("batch-status").textContent = "starting…";
+    document.body.dataset.batch = "running";
+    try {
+      const response = await api("/batch", { method: "POST", body, raw: true, signal: controller.signal });
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let newline;
+        while ((newline = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, newline);
+          buffer = buffer.slice(newline + 1);
+          if (line.trim()) onBatchEvent(JSON.parse(line));
+        }
+      }
+      document.body.dataset.batch = "done";
+    } catch (err) {
+      document.body.dataset.batch = "failed";
+      if (err.name !== "AbortError") notify("The run failed: " + err.message);
+      else $("batch-status").textContent = "stopped";
+    } finally {
+      $("batch-run").disabled = false;
+      $("batch-stop").hidden = true;
+      state.batchAbort = null;
+    }
+  }
+
+  function onBatchEvent(event) {
+    if (event.type === "progress") {
+      const progress = $("batch-progress");
+      progress.max = Math.max(event.total, 1);
+      progress.value = event.done;
+      $("batch-status").textContent = `${event.done} / ${event.total} queries`;
+    } else if (event.type === "result") {
+      renderBatch(event);
+    }
+  }
+
+  function renderBatch(result) {
+    $("batch-result").hidden = false;
+    $("batch-mean-lexical").textContent = fmt(result.mean.lexical);
+    $("batch-mean-reranked").textContent = fmt(result.mean.reranked);
+    $("batch-mean-delta").textContent = signed(result.mean.delta);
+    $("batch-wins").textContent = String(result.wins);
+    $("batch-losses").textContent = String(result.losses);
+    $("batch-ties").textContent = String(result.ties);
+    $("batch-unjudged").textContent = String(result.queries - result.evaluated);
+    $("batch-status").textContent = `${result.queries} queries, ${result.evaluated} with relevant judgments` +
+      (result.errors ? `, ${result.errors} with errors` : "");
+    drawChart(result.rows.filter((r) => r.delta !== null));
+    const body = $("batch-table").tBodies[0];
+    body.replaceChildren(...result.rows.map((row, i) => {
+      const kind = row.delta === null ? "" : row.delta > 1e-9 ? "win" : row.delta < -1e-9 ? "loss" : "";
+      return el("tr", { dataset: { id: row.id, kind: kind || "none" }, title: row.error || null,
+        onclick: () => { $("query").value = row.query; showTab("compare"); runCompare(); } },
+        el("td", {}, String(i + 1)), el("td", {}, row.query), el("td", {}, fmt(row.lexical)),
+        el("td", {}, fmt(row.reranked)), el("td", { class: kind }, row.error && row.delta === null ? "error" : signed(row.delta)),
+        el("td", {}, `${row.relevant}/${row.judged}`));
+    }));
+  }
+
+  /** Bars of per-query nDCG change, biggest win on the left, biggest loss on the right. */
+  function drawChart(rows) {
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = (tag, attrs, text) => {
+      const node = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+      if (text !== undefined) node.textContent = text;
+      return node;
+    };
+    const sorted = [...rows].sort((a, b) => b.delta - a.delta);
+    const width = Math.max($("batch-chart").clientWidth, 300), height = 220, left = 44, right = 10, top = 10, bottom = 10;
+    const peak = Math.max(0.05, ...sorted.map((r) => Math.abs(r.delta)));
+    const mid = top + (height - top - bottom) / 2;
+    const scale = (height - top - bottom) / 2 / peak;
+    const step = sorted.length ? Math.min((width - left - right) / sorted.length, 36) : 0;
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
+      "aria-label": "per-query change in nDCG@10" });
+    chart.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: mid, y2: mid }));
+    chart.append(svg("text", { x: 2, y: top + 10 }, "+" + peak.toFixed(2)));
+    chart.append(svg("text", { x: 2, y: mid + 4 }, "0"));
+    chart.append(svg("text", { x: 2, y: height - bottom }, "−" + peak.toFixed(2)));
+    sorted.forEach((row, i) => {
+      const h = Math.max(Math.abs(row.delta) * scale, row.delta === 0 ? 1 : 0);
+      const kind = row.delta > 1e-9 ? "win" : row.delta < -1e-9 ? "loss" : "tie";
+      const bar = svg("rect", { class: kind, x: left + i * step + step * 0.1, width: Math.max(step * 0.8, 0.5),
+        y: row.delta >= 0 ? mid - h : mid, height: h });
+      bar.append(svg("title", {}, `${row.query}: ${signed(row.delta)} (${fmt(row.lexical)} → ${fmt(row.reranked)})`));
+      chart.append(bar);
+    });
+    $("batch-chart").replaceChildren(chart);
+  }
+
+  async function saveSet() {
+    const name = $("set-name").value.trim();
+    const queries = $("batch-queries").value.split("\n").map((q) => q.trim()).filter(Boolean);
+    if (!name || !queries.length) { notify("Give the set a name and at least one query."); return; }
+    try {
+      await api("/querysets/" + encodeURIComponent(name), { method: "PUT", body: { queries } });
+      notify("");
+      await refreshSets();
+    } catch (err) { notify("Saving the set failed: " + err.message); }
+  }
+
+  async function deleteSet() {
+    const name = $("set-name").value.trim();
+    if (!name) return;
+    try { await api("/querysets/" + encodeURIComponent(name), { method: "DELETE" }); await refreshSets(); }
+    catch (err) { notify("Deleting the set failed: " + err.message); }
+  }
+
+  // --- tabs and start-up -------------------------------------------------------------------------
+
+  function showTab(name) {
+    for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
+    $("view-compare").hidden = name !== "compare";
+    $("view-batch").hidden = name !== "batch";
+    if (name === "batch") refreshSets();
+  }
+
+  function wire() {
+    $("controls").addEventListener("submit", (event) => { event.preventDefault(); showTab("compare"); runCompare(); });
+    $("index").addEventListener("change", onIndexChange);
+    $("provider").addEventListener("change", syncModel);
+    $("text-mode").addEventListener("change", syncTextMode);
+    $("sign-out").addEventListener("click", signOut);
+    for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
+    const scoped = () => ($("index").value ? "?index=" + encodeURIComponent($("index").value) : "");
+    $("export-qrels").addEventListener("click", () => download("/judgments/qrels.tsv" + scoped(), "qrels.tsv"));
+    $("export-queries").addEventListener("click", () => download("/judgments/queries.jsonl" + scoped(), "queries.jsonl"));
+    $("export-zip").addEventListener("click", () => download("/judgments/export.zip" + scoped(), "judgments-beir.zip"));
+    $("batch-source").addEventListener("change", syncBatchSource);
+    $("batch-run").addEventListener("click", runBatch);
+    $("batch-stop").addEventListener("click", () => state.batchAbort && state.batchAbort.abort());
+    $("save-set").addEventListener("click", saveSet);
+    $("delete-set").addEventListener("click", deleteSet);
+    $("batch-set").addEventListener("change", () => { $("set-name").value = $("batch-set").value; });
+  }
+
+  async function start() {
+    wire();
+    syncTextMode();
+    syncBatchSource();
+    if (!token) { signOut(); return; }
+    try {
+      const [options, indices] = await Promise.all([api("/options"), api("/indices")]);
+      state.options = options;
+      state.indices = indices.indices;
+      renderProviders();
+      renderIndices();
+      const place = new URLSearchParams(location.hash.slice(1));
+      if (place.get("window")) $("window").value = place.get("window");
+      const provider = state.options.providers.find((c) => c.id === place.get("provider") && c.available);
+      if (provider) { $("provider").value = provider.id; syncModel(); }
+      if (place.get("q")) { $("query").value = place.get("q"); await runCompare(); }
+      document.body.dataset.ready = "true";
+    } catch (err) {
+      notify("The console could not start: " + err.message);
+    }
+  }
+
+  start();
+})();
