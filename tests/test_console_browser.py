@@ -4,7 +4,7 @@ The proxy runs here (in front of the real Elasticsearch of the test session, wit
 reranker), the browser test in `tests/browser/console.test.mjs` gets the expected columns computed
 independently from the engine, and the run leaves a screenshot of the console.
 
-Needs: Debian `chromium`, `node`, and `npm ci` in tests/browser. A missing piece fails the test
+Needs: Debian `chromium`, Node.js 20+, and `npm ci` in tests/browser. A missing piece fails the test
 with the command that installs it; the browser check is part of the suite, not optional.
 Set CONSOLE_SCREENSHOT=docs/console.png to refresh the README's screenshot.
 """
@@ -24,8 +24,8 @@ from tests.support_rerankers import OverlapReranker
 from tests.test_console import QUERY, TOKEN, WINDOW, expected_columns, load_console_corpus, with_judgments_file
 
 BROWSER_DIR = Path(__file__).parent / "browser"
-INSTALL_HINT = ("install the browser test tooling: apt-get install -y chromium nodejs npm && "
-                "(cd tests/browser && npm ci)")
+INSTALL_HINT = ("install the browser test tooling: apt-get install -y chromium fonts-dejavu-core "
+                "(and Node.js 20+ with npm), then: cd tests/browser && npm ci")
 NODE_TIMEOUT_S = 300
 
 
