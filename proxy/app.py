@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from .cache.scores import ScoreCache
@@ -44,6 +44,7 @@ class Runtime:
     metrics: Metrics
     shared_cache: Any = None
     started_at: float = 0.0
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: Any = None) -> Runtime:
@@ -113,6 +114,8 @@ class ProxyApp:
             except asyncio.TimeoutError:
                 _log.warning("shutdown grace period over", extra={"fields": {"in_flight": self._in_flight}})
         if self.runtime is not None:
+            for close in self.runtime.closers:
+                await close()
             await self.runtime.upstream.aclose()
             if self.runtime.reranker is not None:
                 await self.runtime.reranker.aclose()

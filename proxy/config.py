@@ -75,6 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_SEARCH_BODY_BYTES", "10485760", "Largest search body the proxy parses (413 above it).", "1048576"),
     Setting("MAX_CONCURRENT_REQUESTS", "1000", "Requests handled at once per worker; more get a 429 engine-style error.", "500"),
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
+    Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "JSON file where the relevance console keeps judgments and saved query sets (shared by workers; must be writable).", "/var/lib/rerank-proxy/console-judgments.json"),
     Setting("LOG_LEVEL", "info", "Log level: debug, info, warning, error.", "warning"),
     Setting("HOST", "127.0.0.1", "Interface `rerank-proxy serve` binds to.", "0.0.0.0"),
     Setting("PORT", "8080", "Port `rerank-proxy serve` listens on.", "9200"),
@@ -159,6 +160,7 @@ class Settings:
     max_header_bytes: int = 65536
     max_concurrent_requests: int = 1000
     shutdown_grace_s: float = 20.0
+    console_judgments_file: str = "~/.cache/rerank-proxy/console-judgments.json"
     log_level: str = "info"
     host: str = "127.0.0.1"
     port: int = 8080
@@ -422,6 +424,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_search_body_bytes=_int("MAX_SEARCH_BODY_BYTES", get("MAX_SEARCH_BODY_BYTES"), 1024, 1 << 32),
         max_concurrent_requests=_int("MAX_CONCURRENT_REQUESTS", get("MAX_CONCURRENT_REQUESTS"), 1, 1_000_000),
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
+        console_judgments_file=get("CONSOLE_JUDGMENTS_FILE").strip(),
         log_level=log_level,
         host=get("HOST").strip(),
         port=_int("PORT", get("PORT"), 1, 65_535),

@@ -148,6 +148,7 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
     from .console_scorers import Scorers
 
     scorers = Scorers(runtime)
+    runtime.closers.append(scorers.aclose)  # extra rerankers the console built are closed at shutdown
     store = JudgmentStore(judgments_path(runtime.settings))
 
     def stored_qrels(index: str) -> Callable[[EvalQuery], dict[str, int]]:
