@@ -38,13 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--engine", choices=KINDS, required=True)
     up.add_argument("--version", help=f"build to run (default: {_defaults_text()})")
     up.add_argument("--port", type=int, help=f"HTTP port of node 0 (default: {_ports_text()})")
-    up.add_argument("--nodes", type=int, default=1, help="cluster size; node i listens on port+i (default: 1)")
+    up.add_argument("--nodes", type=int, default=1,
+                    help="cluster size; node i listens on port+i, so keep clear of other engines (default: 1)")
     up.add_argument("--heap", default=DEFAULT_HEAP, help=f"JVM heap per node (default: {DEFAULT_HEAP})")
     up.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                     help=f"seconds to wait for yellow health (default: {DEFAULT_TIMEOUT_S:.0f})")
 
     down = actions.add_parser("down", help="stop an engine and delete its data")
-    down.add_argument("--engine", choices=KINDS, help="the engine on this kind's default port (with --all: every one of this kind)")
+    down.add_argument("--engine", choices=KINDS,
+                      help="the engine on this kind's default port (with --all: every one of this kind)")
     down.add_argument("--port", type=int, help="the engine whose node 0 listens on this port")
     down.add_argument("--all", action="store_true", help="every engine started by rerank-proxy")
 

@@ -334,13 +334,17 @@ def _node_settings(info: EngineInfo, i: int, bootstrap: bool) -> dict[str, str]:
         settings["discovery.type"] = "single-node"
     else:
         settings["discovery.seed_hosts"] = ",".join(f"{HOST}:{p}" for p in info.transport_ports)
-        if bootstrap:
-            names = ",".join(f"node-{n}" for n in range(info.nodes))
-            key = "cluster.initial_master_nodes" if info.kind == ELASTICSEARCH else "cluster.initial_cluster_manager_nodes"
-            settings[key] = names
+        if bootstrap:  # only for the very first start; a restarted node rejoins the formed cluster
+            settings[_INITIAL_MANAGERS_SETTING[info.kind]] = ",".join(f"node-{n}" for n in range(info.nodes))
     if info.kind == ELASTICSEARCH:
         settings["xpack.security.enabled"] = "false"
     return settings
+
+
+_INITIAL_MANAGERS_SETTING = {
+    ELASTICSEARCH: "cluster.initial_master_nodes",
+    OPENSEARCH: "cluster.initial_cluster_manager_nodes",
+}
 
 
 def _node_env(info: EngineInfo, i: int) -> dict[str, str]:
@@ -435,8 +439,15 @@ def _check_ports_free(port: int, nodes: int) -> None:
     wanted = [port + i for i in range(nodes)]
     wanted += [p + TRANSPORT_PORT_OFFSET for p in wanted]
     busy = [p for p in wanted if _port_in_use(p)]
-    if busy:
-        raise EngineError(f"port(s) {busy} are in use by something rerank-proxy did not start")
+    if not busy:
+        return
+    for other in running_engines():
+        if set(busy) & set(other.http_ports + other.transport_ports):
+            raise EngineError(
+                f"port(s) {busy} are used by {other.kind} {other.version} on {_port_range(other)} "
+                f"(stop it with: rerank-proxy engine down --port {other.port}, or pick another --port)"
+            )
+    raise EngineError(f"port(s) {busy} are in use by something rerank-proxy did not start")
 
 
 def _port_in_use(port: int) -> bool:
@@ -472,6 +483,8 @@ def _save_state(info: EngineInfo) -> None:
     data = asdict(info)
     data.pop("reused")
     path = _state_path(info.port)
+    if not path.parent.is_dir():
+        return  # stopped and forgotten meanwhile (stop_engine removed the run folder)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
