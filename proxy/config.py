@@ -84,7 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
 
 # Read by the tools around the proxy (engine runner, demo), never by the request path.
 TOOL_SETTINGS: tuple[Setting, ...] = (
-    Setting("RERANK_PROXY_CACHE_DIR", "~/.cache/rerank-proxy/engines", "Where the engine runner keeps downloaded zips, unpacked engines, data and state.", "/var/cache/rerank-proxy"),
+    Setting("RERANK_PROXY_CACHE_DIR", "~/.cache/rerank-proxy/engines", "Where the engine runner keeps downloaded zips, unpacked engines, data and state (as root: /var/cache/rerank-proxy/engines, since the engine user cannot read /root).", "/var/cache/rerank-proxy"),
     Setting("RERANK_PROXY_ENGINE_USER", "rerankproxy", "Unprivileged system user the engine runner creates and runs engines as (when started as root).", "search"),
     Setting("RERANK_PROXY_JAVA_HOME", "", "JDK the engine runner must use (empty: the newest fitting JDK found).", "/usr/lib/jvm/temurin-25-jdk-amd64"),
     Setting("JAVA_HOME_21", "", "A Java 21+ JDK for Elasticsearch 9 and OpenSearch 3 (searched before /usr/lib/jvm).", "/opt/jdk-21"),
