@@ -304,20 +304,7 @@ def _check_declared_length(scope: Scope, limit: int) -> None:
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     _check_declared_length(scope, limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ProxyError(499, "client_closed_request", "the client closed the connection")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ProxyError(413, "content_too_long_exception",
-                             f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    return b"".join([chunk async for chunk in _stream_body(receive, limit)])
 
 
 async def _stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:

@@ -21,6 +21,7 @@ from ..rerank.base import RerankError
 from ..search.hit_text import hit_text, needed_source_fields
 from ..search.merge import final_scores, rerank_order
 from ..search.query_text import extract_query_text
+from ..search.scoring import score_texts
 from .console_params import MAX_WINDOW, CompareOptions
 from .console_scorers import Scorer, Scorers
 
@@ -165,22 +166,17 @@ async def _rerank(result: Comparison, scorer: Scorer, query: str, mode: str, wei
     """Scores as the pipeline computes them: texts with no words get the lowest score."""
     assert scorer.cache is not None
     texts = [c.text for c in result.candidates]
-    scorable = [i for i, t in enumerate(texts) if t.strip()]
     started = time.perf_counter()
     try:
-        outcome = await scorer.cache.scores(query, [texts[i] for i in scorable]) if scorable else None
+        raw, scorable, outcome = await score_texts(scorer.cache, query, texts)
     except RerankError as exc:
         result.rerank_ms = (time.perf_counter() - started) * 1000
         result.error = f"the reranker failed ({type(exc).__name__}: {exc}); the reranked column shows lexical order"
         return
     result.rerank_ms = (time.perf_counter() - started) * 1000
-    raw = [0.0] * len(texts)
     if outcome is not None:
-        floor = min(outcome.scores) if outcome.scores else 0.0
-        raw = [floor] * len(texts)
-        for i, score in zip(scorable, outcome.scores):
-            raw[i] = score
-            result.rerank_scores[i] = score
+        for i in scorable:
+            result.rerank_scores[i] = raw[i]
         result.cache = {"status": outcome.status, "cached": outcome.cached, "coalesced": outcome.coalesced,
                         "sent": outcome.sent, "provider_calls": outcome.provider_calls}
     result.final = final_scores(raw, [c.lexical_score for c in result.candidates], mode, weight)

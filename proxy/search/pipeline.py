@@ -24,6 +24,7 @@ from ..upstream import UpstreamPool, forwardable_headers
 from .hit_text import hit_text
 from .merge import final_scores, merge
 from .plan import Bypass, Plan, build_target, plan_search
+from .scoring import score_texts
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})
@@ -135,7 +136,6 @@ class SearchPipeline:
             return _Scored(None, "reranked", "no_hits")
         texts = [hit_text(h.get("_source"), self.settings.rule_for(str(h.get("_index", ""))) or plan.rule)
                  if isinstance(h, dict) else "" for h in window]
-        scorable = [i for i, t in enumerate(texts) if t.strip()]
         mode = plan.options.score_mode or self.settings.score_mode
         weight = plan.options.blend_weight if plan.options.blend_weight is not None else self.settings.rerank_blend_weight
         if mode == "lexical" or self.cache is None:
@@ -143,7 +143,7 @@ class SearchPipeline:
             return _Scored(final_scores([0.0] * len(window), lexical, "lexical", weight), "reranked", "lexical")
         started = time.perf_counter()
         try:
-            result = await self.cache.scores(plan.query_text, [texts[i] for i in scorable]) if scorable else None
+            raw, _, result = await score_texts(self.cache, plan.query_text, texts)
         except RerankError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             reason = type(exc).__name__
@@ -151,12 +151,6 @@ class SearchPipeline:
                 return _Scored(None, "failed", reason, elapsed)
             return _Scored(None, "fallback", reason, elapsed)
         elapsed = (time.perf_counter() - started) * 1000
-        raw = [0.0] * len(window)
-        if result is not None:
-            floor = min(result.scores) if result.scores else 0.0
-            raw = [floor] * len(window)
-            for i, score in zip(scorable, result.scores):
-                raw[i] = score
         lexical = [h.get("_score") for h in window]
         scores = final_scores(raw, lexical, mode, weight)
         status = result.status if result is not None else "hit"
