@@ -1,0 +1,1 @@
+"""Benchmarks of rerank-proxy: cost (provider calls) and performance. See BENCHMARKS.md."""

@@ -1,0 +1,516 @@
+"""Shared machinery of the benchmarks: the machine, ports, processes, the engine, the data.
+
+Every process a benchmark needs (the proxy, nginx, redis-server, the Cohere-protocol test server,
+the load generator) is started here as a child in its own session and stopped by its process
+group id, which is its own pid; nothing is ever stopped by name. Logs go to a temporary
+directory that is printed on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+VENV_BIN = Path(sys.executable).parent
+DATASET = Path(os.environ.get("BENCH_DATASET", "/work/shared/datasets/cranfield"))
+DEFAULT_ENGINE_PORT = 9400
+ADMIN_TOKEN = "bench-admin-token"
+PROVIDER_KEY = "bench-provider-key"
+CRANFIELD_INDEX = "cranfield"
+SMALL_INDEX = "bench-small"
+BULK_INDEX = "bench-bulk"
+BUCKETS = 10                     # derived integer field `bucket` = int(_id) % BUCKETS, for filters
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the machine ---------------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "absent"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "wrk": version(["wrk", "-v"]),
+        "nginx": version(["nginx", "-v"]),
+        "redis": version(["redis-server", "--version"]),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile (q in 0..1) of a non-empty sequence."""
+    data = sorted(values)
+    if not data:
+        return float("nan")
+    pos = (len(data) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50": quantile(values, 0.5), "p90": quantile(values, 0.9),
+            "p99": quantile(values, 0.99), "mean": sum(values) / len(values), "max": max(values),
+            "min": min(values)}
+
+
+def median(values: Iterable[float]) -> float:
+    return quantile(list(values), 0.5)
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+_LOG_DIR = Path(tempfile.mkdtemp(prefix="rerank-bench-"))
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen
+    url: str = ""
+    port: int = 0
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def child_pids(self) -> list[int]:
+        """Direct children (uvicorn's workers when --workers > 1)."""
+        out: list[int] = []
+        task_dir = Path(f"/proc/{self.pid}/task")
+        try:
+            for task in task_dir.iterdir():
+                children = (task / "children").read_text().split()
+                out.extend(int(c) for c in children)
+        except OSError:
+            pass
+        return out
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests: the children if any, else the process itself."""
+        children = [p for p in self.child_pids() if _cmdline(p) and "multiprocessing.resource_tracker" not in _cmdline(p)]
+        return children or [self.pid]
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)   # our own child's group: pgid == its pid
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of one process, from /proc/<pid>/status (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> Service:
+    log_path = _LOG_DIR / f"{name}-{int(time.time() * 1000)}.log"
+    handle = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    handle.close()
+    return Service(name, proc, log_path=log_path)
+
+
+def wait_http(service: Service, path: str, timeout_s: float = 60.0, ok=lambda r: r.status_code < 500) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"{service.name} exited early:\n{service.log_tail()}")
+        try:
+            response = httpx.get(service.url + path, timeout=2.0)
+            if ok(response):
+                return
+            last = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    raise RuntimeError(f"{service.name} not ready after {timeout_s}s ({last}):\n{service.log_tail()}")
+
+
+# --- the engine and the data ---------------------------------------------------------------------
+
+def start_engine(kind: str = "elasticsearch", port: int = DEFAULT_ENGINE_PORT) -> str:
+    """A real engine on `port` (reused when already running); returns its URL."""
+    from proxy.engines.runner import ensure_engine
+
+    info = ensure_engine(kind, port=port, say=lambda m: log(f"engine: {m}"))
+    return info.url
+
+
+def engine_version(url: str) -> str:
+    try:
+        data = httpx.get(url + "/_nodes/_local", timeout=5).json()
+        node = next(iter(data["nodes"].values()))
+        return f"{node.get('version', '?')}"
+    except Exception:
+        return "?"
+
+
+def load_corpus() -> list[dict[str, Any]]:
+    docs = []
+    with open(DATASET / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            docs.append({"_id": doc["_id"], "title": doc.get("title", ""), "text": doc.get("text", "")})
+    return docs
+
+
+def load_queries() -> list[str]:
+    out = []
+    with open(DATASET / "queries.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            out.append(" ".join(json.loads(line)["text"].split()))
+    return out
+
+
+def _bulk(client: httpx.Client, url: str, lines: list[bytes]) -> None:
+    body = b"\n".join(lines) + b"\n"
+    response = client.post(url + "/_bulk", content=body, headers={"content-type": "application/x-ndjson"})
+    response.raise_for_status()
+    if response.json().get("errors"):
+        raise RuntimeError(f"bulk load failed: {response.text[:500]}")
+
+
+def index_cranfield(url: str, index: str = CRANFIELD_INDEX) -> int:
+    """The Cranfield corpus with `title`, `text` and the derived integer `bucket` (id % 10)."""
+    docs = load_corpus()
+    with httpx.Client(timeout=60) as client:
+        count = client.get(f"{url}/{index}/_count")
+        if count.status_code == 200 and count.json().get("count") == len(docs):
+            return len(docs)
+        client.delete(f"{url}/{index}")
+        mapping = {"settings": {"number_of_shards": 1, "number_of_replicas": 0},
+                   "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"},
+                                               "bucket": {"type": "integer"}}}}
+        client.put(f"{url}/{index}", json=mapping).raise_for_status()
+        lines: list[bytes] = []
+        for doc in docs:
+            lines.append(json.dumps({"index": {"_index": index, "_id": doc["_id"]}}).encode())
+            lines.append(json.dumps({"title": doc["title"], "text": doc["text"],
+                                     "bucket": int(doc["_id"]) % BUCKETS}).encode())
+        _bulk(client, url, lines)
+        client.post(f"{url}/{index}/_refresh").raise_for_status()
+    log(f"indexed {len(docs)} Cranfield documents into {index}")
+    return len(docs)
+
+
+def small_doc(i: int) -> dict[str, Any]:
+    return {"name": f"item {i}", "n": i, "tag": ("red", "green", "blue")[i % 3]}
+
+
+def index_small(url: str, index: str = SMALL_INDEX, n: int = 1000) -> None:
+    """Small documents (about 50 bytes of _source) for the pass-through GET benchmark."""
+    with httpx.Client(timeout=60) as client:
+        count = client.get(f"{url}/{index}/_count")
+        if count.status_code == 200 and count.json().get("count") == n:
+            return
+        client.delete(f"{url}/{index}")
+        for name in (index, BULK_INDEX):
+            client.delete(f"{url}/{name}")
+            client.put(f"{url}/{name}", json={"settings": {"number_of_shards": 1, "number_of_replicas": 0}}
+                       ).raise_for_status()
+        lines = []
+        for i in range(n):
+            lines.append(json.dumps({"index": {"_index": index, "_id": str(i)}}).encode())
+            lines.append(json.dumps(small_doc(i)).encode())
+        _bulk(client, url, lines)
+        client.post(f"{url}/{index}/_refresh").raise_for_status()
+    log(f"indexed {n} small documents into {index}")
+
+
+def bulk_body(n: int = 1000, index: str = BULK_INDEX) -> bytes:
+    """A `_bulk` of n small documents with fixed ids (repeated bulks overwrite, the index stays bounded)."""
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"index": {"_index": index, "_id": str(i)}}, separators=(",", ":")))
+        lines.append(json.dumps(small_doc(i), separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def search_body(query: str, *, size: int | None = None, from_: int | None = None,
+                bucket_lt: int | None = None) -> dict[str, Any]:
+    """The benchmark's search: multi_match over title and text, optionally filtered on `bucket`."""
+    match = {"multi_match": {"query": query, "fields": ["title^2", "text"]}}
+    query_dsl: dict[str, Any] = match
+    if bucket_lt is not None:
+        query_dsl = {"bool": {"must": [match], "filter": [{"range": {"bucket": {"lt": bucket_lt}}}]}}
+    body: dict[str, Any] = {"query": query_dsl}
+    if from_ is not None:
+        body["from"] = from_
+    if size is not None:
+        body["size"] = size
+    return body
+
+
+# --- the services --------------------------------------------------------------------------------
+
+def clean_env(**settings: Any) -> dict[str, str]:
+    """This process's environment without any proxy setting, plus the given ones."""
+    from proxy.config import FILE_VARIANTS, SETTING_NAMES
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in SETTING_NAMES and k not in {f"{n}_FILE" for n in FILE_VARIANTS}}
+    env.update({k: str(v) for k, v in settings.items() if v is not None})
+    return env
+
+
+def start_counting_server(delay_ms: float, port: int | None = None) -> Service:
+    """The Cohere-protocol test server (bench/count_server.py) with a fixed delay per request."""
+    port = port or free_port()
+    service = spawn(f"count-server-{port}", [sys.executable, "-m", "bench.count_server", "--port", str(port),
+                                             "--delay-ms", str(delay_ms), "--api-key", PROVIDER_KEY],
+                    env=clean_env(LOG_LEVEL="warning"))
+    service.url, service.port = f"http://127.0.0.1:{port}", port
+    wait_http(service, "/health")
+    return service
+
+
+def counting_stats(server: Service, records: bool = False, reset: bool = False) -> dict[str, Any]:
+    if reset:
+        httpx.post(server.url + "/_stats/reset", timeout=10).raise_for_status()
+        return {}
+    return httpx.get(server.url + "/_stats", params={"records": "1" if records else "0"}, timeout=30).json()
+
+
+def start_proxy(upstream: str, *, provider: Service | None, workers: int = 1, port: int | None = None,
+                name: str = "proxy", **settings: Any) -> Service:
+    """`rerank-proxy serve` with the Cohere-protocol test server as provider (or none)."""
+    port = port or free_port()
+    base = {"UPSTREAM_URLS": upstream, "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN}
+    if provider is not None:
+        base.update(RERANK_PROVIDER="cohere", RERANK_BASE_URL=provider.url, RERANK_API_KEY=PROVIDER_KEY)
+    else:
+        base.update(RERANK_PROVIDER="none")
+    base.update(settings)
+    service = spawn(f"{name}-{port}", [str(VENV_BIN / "rerank-proxy"), "serve", "--host", "127.0.0.1",
+                                       "--port", str(port), "--workers", str(workers)],
+                    env=clean_env(**base))
+    service.url, service.port = f"http://127.0.0.1:{port}", port
+    service.extra = {"workers": workers, **{k: v for k, v in base.items() if "KEY" not in k and "TOKEN" not in k}}
+    wait_http(service, "/_rerank/ready", ok=lambda r: r.status_code == 200)
+    if workers > 1:  # every worker must be up before load starts
+        deadline = time.monotonic() + 60
+        while len(service.worker_pids()) < workers or service.worker_pids() == [service.pid]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{service.name}: workers did not start:\n{service.log_tail()}")
+            time.sleep(0.2)
+        time.sleep(1.0)
+    return service
+
+
+def proxy_cache_stats(proxy: Service) -> dict[str, Any]:
+    return httpx.get(proxy.url + "/_rerank/admin/cache", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                     timeout=10).json()
+
+
+def start_redis(port: int | None = None) -> Service:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="redis-", dir=_LOG_DIR))
+    service = spawn(f"redis-{port}", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(workdir),
+                                      "--daemonize", "no"])
+    service.url, service.port = f"redis://127.0.0.1:{port}/0", port
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return service
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"redis-server did not start:\n{service.log_tail()}")
+
+
+def start_nginx(upstream_url: str, port: int | None = None, worker_processes: str = "auto") -> Service:
+    """nginx as a plain reverse proxy (bench/nginx.conf), in the foreground, in a temp prefix."""
+    port = port or free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=_LOG_DIR))
+    prefix.chmod(0o755)
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir()
+        (prefix / sub).chmod(0o777)
+    upstream = upstream_url.split("://", 1)[1].rstrip("/")
+    user_line = "user nobody nogroup;" if os.geteuid() == 0 else ""
+    conf = (BENCH / "nginx.conf").read_text()
+    for key, value in {"@USER@": user_line, "@WORKERS@": worker_processes, "@PREFIX@": str(prefix),
+                       "@PORT@": str(port), "@UPSTREAM@": upstream}.items():
+        conf = conf.replace(key, value)
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(conf)
+    service = spawn(f"nginx-{port}", ["nginx", "-p", str(prefix), "-c", str(conf_path),
+                                      "-e", str(prefix / "logs" / "error.log")])
+    service.url, service.port = f"http://127.0.0.1:{port}", port
+    service.log_path = prefix / "logs" / "error.log"
+    wait_http(service, "/_cluster/health", ok=lambda r: r.status_code == 200)
+    return service
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+def run_wrk(url: str, requests: list[tuple[str, str, bytes, dict[str, str]]], *, connections: int,
+            duration_s: float, threads: int | None = None, timeout_s: int = 10) -> dict[str, Any]:
+    """Run wrk (a separate process) against `url`, cycling through `requests`; returns its JSON report.
+
+    `requests` are (method, path, body, headers). The Lua script (bench/wrk_report.lua) reports the
+    latency percentiles from wrk's own histogram (microseconds) and the error counters.
+    """
+    threads = threads or (1 if connections == 1 else min(2, connections))
+    work = Path(tempfile.mkdtemp(prefix="wrk-", dir=_LOG_DIR))
+    lua = [f"package.path = '{BENCH}/?.lua;' .. package.path", "local r = require('wrk_report')", "r.requests = {"]
+    for method, path, body, headers in requests:
+        hdrs = ", ".join(f"[ {_lua_str(k)} ] = {_lua_str(v)}" for k, v in headers.items())
+        body_expr = _lua_str(body.decode()) if body else "nil"
+        lua.append(f"  {{{_lua_str(method)}, {_lua_str(path)}, {{{hdrs}}}, {body_expr}}},")
+    lua.append("}")
+    lua.append("init = r.init\nrequest = r.request\ndone = r.done\nsetup = r.setup")
+    script = work / "script.lua"
+    script.write_text("\n".join(lua))
+    out_path = work / "report.json"
+    env = dict(os.environ, WRK_REPORT=str(out_path))
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(round(duration_s)))}s",
+           f"--timeout={timeout_s}s", "-s", str(script), url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60)
+    if proc.returncode != 0 or not out_path.exists():
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
+    report = json.loads(out_path.read_text())
+    report["stdout"] = proc.stdout
+    return report
+
+
+def _lua_str(text: str) -> str:
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    return f"[{'=' * level}[{text}]{'=' * level}]"
+
+
+def run_loadgen(spec: dict[str, Any], name: str = "loadgen") -> dict[str, Any]:
+    """Run bench/loadgen.py (a bounded asyncio client) in its own process; returns its records."""
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_LOG_DIR))
+    spec_path, out_path = work / "spec.json", work / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec_path), str(out_path)],
+                          cwd=REPO, stdin=subprocess.DEVNULL, env=clean_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed with status {proc.returncode}")
+    return json.loads(out_path.read_text())
+
+
+def save_json(name: str, data: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=str))
+    tmp.replace(path)
+    log(f"wrote {path.relative_to(REPO)}")
+    return path
+
+
+def ensure_tools(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        raise SystemExit(f"missing tools: {', '.join(missing)} (apt-get install {' '.join(missing)})")

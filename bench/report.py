@@ -1,0 +1,374 @@
+"""Turn bench/results/*.json into plots (bench/results/*.png) and the tables of BENCHMARKS.md.
+
+    .venv/bin/python -m bench.report
+
+BENCHMARKS.md keeps its prose; only the blocks between `<!-- BEGIN:name -->` and `<!-- END:name -->`
+are rewritten from the results, so every number in it comes from a run (never typed by hand).
+Needs matplotlib (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from .common import REPO, RESULTS, log
+
+DOC = REPO / "BENCHMARKS.md"
+TARGET_LABEL = {"engine": "engine (direct)", "nginx": "nginx", "proxy_1w": "rerank-proxy, 1 worker",
+                "proxy_2w": "rerank-proxy, 2 workers"}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ms(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def yes(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _pct_x(p: float) -> float:
+    return -math.log10(1 - min(p, 99.99) / 100)
+
+
+def _pct_axis(ax) -> None:
+    ticks = [50, 90, 99, 99.9, 99.99]
+    ax.set_xticks([_pct_x(t) for t in ticks])
+    ax.set_xticklabels([f"p{t:g}" for t in ticks])
+    ax.set_xlim(_pct_x(1), _pct_x(99.99))
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_ylabel("latency (ms, log)")
+
+
+def plot_percentiles(panels: list[tuple[str, dict[str, dict[str, float]]]], path: Path, title: str) -> None:
+    plt = _plt()
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 4.2 * rows), squeeze=False)
+    for ax, (name, curves) in zip([a for row in axes for a in row], panels):
+        for label, pcts in curves.items():
+            xs = sorted(pcts, key=float)
+            ax.plot([_pct_x(float(p)) for p in xs], [max(pcts[p], 0.01) for p in xs], label=label)
+        ax.set_title(name)
+        _pct_axis(ax)
+        ax.legend(fontsize=8)
+    for ax in [a for row in axes for a in row][len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ecdf_pcts(values: list[float]) -> dict[str, float]:
+    from .common import quantile
+    if not values:
+        return {}
+    return {str(p): quantile(values, p / 100) for p in [*range(1, 100), 99.5, 99.9]}
+
+
+def plot_passthrough(data: dict[str, Any]) -> str:
+    panels = []
+    for op, label in (("get", "GET /{index}/_doc/{id}"), ("bulk_1000", "_bulk, 1,000 docs")):
+        for conc in (1, 32):
+            curves = {TARGET_LABEL[t]: data["cells"][f"{op}/c{conc}/{t}"]["percentiles_ms"]
+                      for t in TARGET_LABEL if f"{op}/c{conc}/{t}" in data["cells"]}
+            if curves:
+                panels.append((f"{label}, concurrency {conc}", curves))
+    path = RESULTS / "passthrough_latency.png"
+    plot_percentiles(panels, path, "Pass-through latency by percentile (wrk, median over rounds)")
+    return path.name
+
+
+def plot_search(data: dict[str, Any]) -> list[str]:
+    out = []
+    if "cache_hit" in data:
+        cells = data["cache_hit"]["cells"]
+        panels = [(f"concurrency {c}", {"engine, size 100": cells[f"c{c}/engine_size100"]["percentiles_ms"],
+                                        "rerank-proxy, cache hit (size 10)": cells[f"c{c}/proxy_hit"]["percentiles_ms"]})
+                  for c in (1, 32)]
+        path = RESULTS / "search_hit_latency.png"
+        plot_percentiles(panels, path, "Reranked search, cache hit, vs the engine alone (wrk)")
+        out.append(path.name)
+    if "cache_miss" in data:
+        panels = []
+        for conc in (1, 32):
+            curves = {name.split("/")[0]: _ecdf_pcts(res["added_distribution"])
+                      for name, res in data["cache_miss"].items() if name.endswith(f"/c{conc}")}
+            panels.append((f"proxy's own time on a miss, concurrency {conc}", curves))
+        path = RESULTS / "search_miss_added.png"
+        plot_percentiles(panels, path, "Cache miss: total - engine - provider (50 ms test provider)")
+        out.append(path.name)
+    return out
+
+
+def plot_memory(data: dict[str, Any]) -> str:
+    plt = _plt()
+    samples = data["samples"]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    t = [s["t_s"] / 60 for s in samples]
+    ax.plot(t, [s["VmRSS"] / 1024 for s in samples], label="VmRSS (MiB)", color="tab:blue")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MiB)")
+    ax.set_ylim(0, max(s["VmRSS"] for s in samples) / 1024 * 1.2)
+    ax.grid(True, alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(t, [s["cache_entries"] or 0 for s in samples], color="tab:orange", alpha=0.6, label="cache entries")
+    ax2.set_ylabel("score-cache entries")
+    ax2.set_ylim(0, data["params"]["cache_max_entries"] * 1.2)
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [l.get_label() for l in lines], loc="lower right")
+    ax.set_title(f"rerank-proxy RSS under mixed load (CACHE_MAX_ENTRIES={data['params']['cache_max_entries']})")
+    fig.tight_layout()
+    path = RESULTS / "memory_rss.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_cost(data: dict[str, Any]) -> list[str]:
+    plt = _plt()
+    out = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, res in data["setups"].items():
+        if not res.get("cumulative"):
+            continue
+        xs = range(1, len(res["cumulative"]["calls"]) + 1)
+        axes[0].plot(xs, res["cumulative"]["calls"], label=name)
+        axes[1].plot(xs, res["cumulative"]["documents"], label=name)
+    axes[0].set_ylabel("provider requests (cumulative)")
+    axes[1].set_ylabel("documents sent (cumulative)")
+    for ax in axes:
+        ax.set_xlabel("searches replayed")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Provider work along the search log")
+    fig.tight_layout()
+    path = RESULTS / "cost_cumulative.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    out.append(path.name)
+    hit = data["setups"].get("in_process", {}).get("hit_latency")
+    if hit:
+        path = RESULTS / "cost_hit_latency.png"
+        plot_percentiles([("sequential, one search at a time", {
+            "engine, size 100": _ecdf_pcts(hit["distributions"]["direct_size100"]),
+            "rerank-proxy, cache hit": _ecdf_pcts(hit["distributions"]["proxy_hit"])})],
+            path, "Cache-hit searches from the log vs the engine alone")
+        out.append(path.name)
+    return out
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def machine_block(m: dict[str, Any], extra: str = "") -> str:
+    load = m.get("loadavg_at_start", [])
+    end = m.get("loadavg_at_end", [])
+    return (f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
+            f"Python {m['python']}; run {m['when']}; load average (1/5/15 min) "
+            f"{'/'.join(f'{x:.1f}' for x in load)} at start, {'/'.join(f'{x:.1f}' for x in end) or '-'} at end. {extra}")
+
+
+def passthrough_tables(d: dict[str, Any]) -> str:
+    rows = []
+    for key, row in d["table"].items():
+        op, conc, target = key.split("/")
+        rows.append([op, conc[1:], TARGET_LABEL[target], ms(row["p50_ms"]), ms(row["p99_ms"]), f"{row['rps']:.0f}",
+                     ms(row["added_p50_ms"]) if target != "engine" else "", ms(row["added_p99_ms"]) if target != "engine" else "",
+                     f"{row['rps_vs_engine']:.2f}" if target != "engine" else "",
+                     f"{row['rps_vs_nginx']:.2f}" if row["rps_vs_nginx"] is not None and target.startswith("proxy") else "",
+                     ms(row["cpu_ms_per_request"], 3), row["errors"]])
+    table = md_table(["request", "conc.", "path", "p50 ms", "p99 ms", "req/s", "added p50 ms", "added p99 ms",
+                      "req/s vs engine", "req/s vs nginx", "CPU ms/req", "errors"], rows)
+    checks = md_table(["target", "measured", "result"],
+                      [[c["check"], f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x", yes(c["met"])]
+                       for c in d["checks"]])
+    p = d["params"]
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. wrk runs of {p['duration']:.0f} s, "
+            f"{p['rounds']} interleaved rounds; each figure is the median over rounds. \"added\" = the path's "
+            f"figure minus the engine's (direct) figure. CPU ms/req: CPU time of the proxy or nginx processes "
+            f"(all workers) per request.\n\n{table}\n\n{checks}")
+
+
+def search_hit_tables(d: dict[str, Any]) -> str:
+    h = d["cache_hit"]
+    rows = []
+    for conc in (1, 32):
+        e, p, r = h["cells"][f"c{conc}/engine_size100"], h["cells"][f"c{conc}/proxy_hit"], h["ratios"][f"c{conc}"]
+        rows.append([conc, ms(e["p50_ms"]), ms(p["p50_ms"]), f"{r['p50']:.2f}x", ms(e["p99_ms"]), ms(p["p99_ms"]),
+                     f"{r['p99']:.2f}x", f"{e['rps']:.0f}", f"{p['rps']:.0f}", e["errors"] + p["errors"]])
+    table = md_table(["conc.", "engine size 100 p50 ms", "proxy hit p50 ms", "p50 ratio", "engine p99 ms",
+                      "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "errors"], rows)
+    t = h["target"]
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {h['queries']} queries, "
+            f"{h['warm_cached']}/{h['queries']} answered `X-Rerank: cached` after warming; provider requests "
+            f"while wrk ran: {h['provider_calls_during_timed_runs']} (so every timed search was a hit). "
+            f"wrk runs of {d['params']['duration']:.0f} s, {d['params']['rounds']} rounds, medians over rounds.\n\n"
+            f"{table}\n\nTarget: {t['check']}: {t['value']:.2f}x, {yes(t['met'])}.")
+
+
+def search_miss_tables(d: dict[str, Any]) -> str:
+    rows = []
+    for name, r in d["cache_miss"].items():
+        setup, conc = name.split("/")
+        rows.append([setup, conc[1:], f"{r['measured_misses']}/{r['requests']}", f"{r['throughput_rps']:.0f}",
+                     ms(r["total"]["p50"], 1), ms(r["engine"]["p50"], 1), ms(r["provider"]["p50"], 1),
+                     ms(r["added"]["p50"]), ms(r["added"]["p99"]), ms(r["rerank_minus_provider"]["p50"]),
+                     ms(r["outside_engine_and_rerank"]["p50"])])
+    table = md_table(["set-up", "conc.", "misses measured", "searches/s", "total p50 ms", "engine p50 ms",
+                      "provider p50 ms", "**proxy's own p50 ms**", "**proxy's own p99 ms**",
+                      "rerank - provider p50 ms", "total - engine - rerank p50 ms"], rows)
+    checks = md_table(["target", "p50 ms", "p99 ms", "result"],
+                      [[c["check"], ms(c["p50"]), ms(c["p99"]), yes(c["met"])] for c in d["cache_miss_checks"]])
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Set-ups: `1w_conc16` = 1 worker, default "
+            f"RERANK_MAX_CONCURRENCY=16; `1w_conc64` = 1 worker, RERANK_MAX_CONCURRENCY=64; `2w_conc16` = 2 workers "
+            f"(16 provider calls per worker). Provider: the Cohere-protocol test server, fixed "
+            f"{d['params']['provider_delay_ms']:.0f} ms delay.\n\n{table}\n\n{checks}")
+
+
+def cost_tables(d: dict[str, Any]) -> str:
+    labels = {"no_cache": "no cache (CACHE_MAX_ENTRIES=0)", "in_process": "in-process cache (1 proxy)",
+              "two_replicas_redis": "2 replicas sharing Redis (round-robin)"}
+    rows = []
+    for name, r in d["setups"].items():
+        per, last = r["per_1000"], r.get("last_1000") or {}
+        rows.append([labels.get(name, name), f"{per['provider_calls']:.0f}", f"{per['documents_sent']:.0f}",
+                     f"{per['search_units']:.0f}", str(last.get("provider_calls", "-")), str(last.get("documents_sent", "-")),
+                     str(last.get("search_units", "-")), ", ".join(f"{k} {v}" for k, v in sorted(r["x_rerank"].items())),
+                     ", ".join(f"{k} {v}" for k, v in sorted(r["http_status"].items()))])
+    table = md_table(["set-up", "provider requests / 1,000 searches", "documents sent / 1,000", "search units / 1,000",
+                      "requests, last 1,000", "documents, last 1,000", "units, last 1,000", "X-Rerank", "HTTP"], rows)
+    lg, p = d["log"], d["params"]
+    t = d["target"]
+    head = (f"{machine_block(d['machine'])} Engine: {d['engine']}. Log: {lg['searches']} searches (seed {p['seed']}), "
+            f"Zipf exponent s = {p['zipf']} over the {225} Cranfield queries; {lg['new_searches']} new searches "
+            f"({lg['filtered_new_searches']} with a `bucket < k` filter), {lg['next_page_searches']} next-page searches "
+            f"({100 * lg['next_page_searches'] / lg['searches']:.0f}%); {lg['distinct_queries']} distinct queries, "
+            f"{lg['distinct_query_filter_pairs']} distinct query+filter pairs; deepest page {lg['max_page']}. "
+            f"Replayed in order, concurrency {p['concurrency']}; per-1,000 figures = whole-log totals x 1000 / "
+            f"{lg['searches']}; \"last 1,000\" = the last 1,000 searches of the log (warm caches).\n\n{table}\n\n"
+            f"Target: the in-process cache makes {t['in_process_calls_vs_no_cache']:.2f}x the provider requests of no "
+            f"cache: at least halved: {yes(t['halved'])}.")
+    hit = d["setups"].get("in_process", {}).get("hit_latency")
+    if hit:
+        rows = [["rerank-proxy, cache hit (page of 10)", ms(hit["proxy_hit_ms"]["p50"]), ms(hit["proxy_hit_ms"]["p90"]),
+                 ms(hit["proxy_hit_ms"]["p99"])],
+                ["engine direct, size 100", ms(hit["direct_size100_ms"]["p50"]), ms(hit["direct_size100_ms"]["p90"]),
+                 ms(hit["direct_size100_ms"]["p99"])],
+                ["ratio", f"{hit['ratio_p50']:.2f}x", "", f"{hit['ratio_p99']:.2f}x"]]
+        head += (f"\n\nCache-hit latency on the log's searches: {hit['searches']} distinct first-page searches of the "
+                 f"log, after the replay (warm), sent one at a time alternately through the proxy and straight to "
+                 f"the engine with size 100; {hit['proxy_cached_responses']}/{hit['searches']} proxy answers were "
+                 f"`X-Rerank: cached`.\n\n" + md_table(["path", "p50 ms", "p90 ms", "p99 ms"], rows))
+    return head
+
+
+def memory_tables(d: dict[str, Any]) -> str:
+    r = d["rss_mib"]
+    p = d["params"]
+    rows = [["RSS at start (idle, after start-up)", ms(r["first"], 1)],
+            ["RSS when the cache reached its bound", f"{ms(r['at_cache_full'], 1)} (at {d['cache_full_at_s']} s)"],
+            ["RSS min / max after the cache was full", f"{ms(r['min_after_cache_full'], 1)} / {ms(r['max_after_cache_full'], 1)}"],
+            ["RSS at the end", ms(r["last"], 1)],
+            ["peak (VmHWM)", ms(r["hwm"], 1)],
+            ["RSS slope over the second half of the run", f"{ms(d['rss_slope_second_half_mib_per_min'], 3)} MiB/min"]]
+    load_rows = [[k, v["requests"], ", ".join(f"{s}: {n}" for s, n in v["status"].items()), ms(v["latency_ms"].get("p50")),
+                  ms(v["latency_ms"].get("p99"))] for k, v in d["load"].items()]
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Duration {p['duration']:.0f} s "
+            f"({p['duration'] / 60:.1f} min), concurrency {p['concurrency']}, CACHE_MAX_ENTRIES={p['cache_max_entries']}, "
+            f"RSS sampled every {p['interval']:.0f} s, test provider delay {p['provider_delay_ms']:.0f} ms.\n\n"
+            + md_table(["measure", "MiB"], rows) + "\n\n"
+            + md_table(["requests", "count", "HTTP status", "p50 ms", "p99 ms"], load_rows))
+
+
+def profile_tables(d: dict[str, Any]) -> str:
+    out = [machine_block(d["machine"])]
+    for name, label in (("passthrough_get_c32", "pass-through GET, c=32"), ("passthrough_bulk_c32", "pass-through _bulk, c=32"),
+                        ("cache_miss_c32", "reranked search, cache miss, c=32")):
+        r = d.get(name)
+        if not r:
+            continue
+        load = r["load"]
+        out.append(f"\n**{label}** ({load['rps']:.0f} req/s during sampling; the proxy process used "
+                   f"{r['cpu_share_of_one_core']:.2f} of a core; {r['samples']} samples; raw stacks: `{r['raw']}`)\n")
+        rows = [[n, f"{p}%"] for n, _, p in r["top_self"][:12]]
+        out.append(md_table(["top frames by own time (function, file)", "share of samples"], rows))
+        incl = [[n, f"{p}%"] for n, _, p in r["top_inclusive"] if "proxy/" in n or "httpx" in n or "aiohttp/client.py" in n][:14]
+        out.append("\n" + md_table(["proxy code and HTTP clients, inclusive", "share of samples"], incl))
+        if "test_provider" in r:
+            out.append(f"\n(The Cohere-protocol test server used {r['test_provider']['cpu_share_of_one_core']:.2f} "
+                       f"of a core meanwhile.)")
+    return "\n".join(out)
+
+
+def images(*names: str) -> str:
+    return "\n\n".join(f"![{n}](bench/results/{n})" for n in names if n)
+
+
+def fill(doc: str, name: str, content: str) -> str:
+    pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n)(?:.*?\n)?(<!-- END:{name} -->)", re.S)
+    if not pattern.search(doc):
+        log(f"BENCHMARKS.md has no block {name}; skipped")
+        return doc
+    return pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), doc)
+
+
+def main() -> None:
+    doc = DOC.read_text()
+    blocks: dict[str, Callable[[], str]] = {}
+    pt = load("passthrough.json")
+    if pt:
+        img = plot_passthrough(pt)
+        blocks["passthrough"] = lambda: passthrough_tables(pt) + "\n\n" + images(img)
+    sl = load("search_latency.json")
+    if sl:
+        imgs = plot_search(sl)
+        if "cache_hit" in sl:
+            blocks["search_hit"] = lambda: search_hit_tables(sl) + "\n\n" + images(*[i for i in imgs if "hit" in i])
+        if "cache_miss" in sl:
+            blocks["search_miss"] = lambda: search_miss_tables(sl) + "\n\n" + images(*[i for i in imgs if "miss" in i])
+    co = load("cost.json")
+    if co:
+        imgs_c = plot_cost(co)
+        blocks["cost"] = lambda: cost_tables(co) + "\n\n" + images(*imgs_c)
+    me = load("memory.json")
+    if me:
+        img_m = plot_memory(me)
+        blocks["memory"] = lambda: memory_tables(me) + "\n\n" + images(img_m)
+    pr = load("profile.json")
+    if pr:
+        blocks["profile"] = lambda: profile_tables(pr)
+    for name, render in blocks.items():
+        doc = fill(doc, name, render())
+    DOC.write_text(doc)
+    log(f"updated {DOC.name}: {', '.join(blocks)}")
+
+
+if __name__ == "__main__":
+    main()
