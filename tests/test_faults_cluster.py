@@ -92,6 +92,8 @@ def test_node_stop_and_return_under_traffic(cluster):
         count = admin.get(f"/{index}/_count").json()["count"]
         admin.delete(f"/{index}")
 
+    print(f"\ncluster failover: writes {dict(traffic.write_status)}, searches {dict(traffic.search_status)}, "
+          f"acknowledged {len(traffic.acked)}, present {len(present)}, lost {len(traffic.acked - present)}")
     assert traffic.acked, "no write was acknowledged"
     assert traffic.acked <= present, f"acknowledged writes lost: {sorted(traffic.acked - present)[:10]}"
     assert count == len(present)
