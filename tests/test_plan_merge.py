@@ -1,6 +1,7 @@
 """Rewrite and merge rules: which searches are reranked, what is fetched, how pages are cut."""
 
 import copy
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -156,3 +157,36 @@ def test_fallback_keeps_lexical_order():
     merged = merge(_response(5), decision, None)
     assert [h["_id"] for h in merged["hits"]["hits"]] == ["1", "2"]
     assert merged["hits"]["max_score"] == 9.0
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+                           lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+                           max_leaves=10)
+hits_strategy = st.lists(st.fixed_dictionaries(
+    {"_id": st.text(min_size=1, max_size=6), "_score": st.one_of(st.none(), st.floats(0, 100, allow_nan=False))},
+    optional={"_source": json_values, "_index": st.text(max_size=5), "highlight": json_values}), max_size=40)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(hits=hits_strategy, start=st.integers(0, 30), size=st.integers(1, 30), explain=st.booleans(),
+       source=st.sampled_from([None, False, ["a"], {"excludes": ["b.*"]}, "x*"]),
+       scores=st.lists(st.floats(-10, 10, allow_nan=False), min_size=40, max_size=40))
+def test_merge_never_raises_and_returns_a_page_of_the_candidates(hits, start, size, explain, source, scores):
+    body = {**MATCH, "from": start, "size": size, "rerank": {"explain": explain}}
+    if source is not None:
+        body["_source"] = source
+    decision = plan(body)
+    if isinstance(decision, Bypass):
+        return
+    response = {"hits": {"total": {"value": len(hits)}, "max_score": None, "hits": copy.deepcopy(hits)}}
+    window = min(decision.window, len(hits))
+    merged = merge(response, decision, scores[:window] if window else None)
+    page = merged["hits"]["hits"]
+    all_ids = [h["_id"] for h in hits]
+    page_ids = [h["_id"] for h in page]
+    assert len(page) == max(0, min(size, len(hits) - start))
+    assert not Counter(page_ids) - Counter(all_ids)  # only candidates, none twice more than given
+    if window:
+        ranked = sorted(range(window), key=lambda i: (-scores[i], i))
+        expected = ([hits[i]["_id"] for i in ranked] + all_ids[window:])[start:start + size]
+        assert page_ids == expected
