@@ -9,6 +9,7 @@ above unrelated ones, and batching, padding, order and threading change nothing.
 from __future__ import annotations
 
 import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,28 @@ def test_threads_and_small_batches_give_the_same_vectors():
     finally:
         pooled.close()
     np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def _embed_in_child(model: MiniLM, texts: list[str], queue) -> None:
+    queue.put(model.embed(texts))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_works_in_a_forked_child_after_the_parent_used_its_threads():
+    model = MiniLM(max_tokens=64, threads=2, batch_tokens=64)
+    texts = [f"text number {i} about shock waves" for i in range(6)]
+    parent = model.embed(texts)                    # starts the batch threads in the parent
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_embed_in_child, args=(model, texts, queue))
+    child.start()
+    try:
+        np.testing.assert_allclose(queue.get(timeout=60), parent, atol=1e-6)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    model.close()
 
 
 def test_truncation_length_is_a_parameter(model: MiniLM):

@@ -30,15 +30,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACCEPTED_MODEL_NAMES = ("", MODEL_NAME, f"sentence-transformers/{MODEL_NAME}")
-NATIVE_MAX_TOKENS = 256   # the length the model was trained at (sentence_bert_config.json)
+NATIVE_MAX_TOKENS = 256   # sentence-transformers' max_seq_length for this model (trained at 128)
 
 
 class LocalReranker:
     """`Reranker` backed by the bundled MiniLM model and the SQLite vector store.
 
-    `model` is "all-MiniLM-L6-v2" at the model's native 256 tokens and "all-MiniLM-L6-v2@<n>" for any
-    other LOCAL_MODEL_MAX_TOKENS, because the token limit changes the scores and `model` is part of
-    every score-cache key.
+    `model` is "all-MiniLM-L6-v2" at sentence-transformers' 256 tokens and "all-MiniLM-L6-v2@<n>" for
+    any other LOCAL_MODEL_MAX_TOKENS, because the token limit changes the scores and `model` is part
+    of every score-cache key.
     """
 
     name = "local"
