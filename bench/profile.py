@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.profile [--duration 20]
 
 Loads: wrk `GET /bench-small/_doc/{id}` at concurrency 32, wrk `_bulk` of 1,000 documents at
-concurrency 32, and 32 concurrent reranked searches with distinct queries (every one a cache miss)
-against the Cohere-protocol test server with its 50 ms delay (bench/loadgen.py). While each load
+concurrency 32, 32 concurrent reranked searches with distinct queries (every one a cache miss)
+against the Cohere-protocol test server with its 50 ms delay (bench/loadgen.py), and wrk cycling
+50 warmed searches (every one a cache hit) at concurrency 32. While each load
 runs, `py-spy record --format raw --function` samples the proxy (and, for the cache-miss load, the
 test server too, to show how busy the double itself is). The raw stacks are kept in
 bench/results/profile/*.txt and summarised (top self and inclusive frames) in
@@ -162,12 +163,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "passthrough_bulk_c32", proxy, [("POST", "/_bulk", bulk_body(1000), {"Content-Type": "application/x-ndjson"})],
                 args.duration, args.rate)
             results["cache_miss_c32"] = profile_miss(proxy, provider, args.duration, args.rate, args.miss_count)
+            # cache hit: 50 searches warmed once, then cycled by wrk
+            bodies = [json.dumps(search_body(q)).encode() for q in load_queries()[:50]]
+            hit_requests = [("POST", f"/{CRANFIELD_INDEX}/_search", b, {"Content-Type": "application/json"}) for b in bodies]
+            run_wrk(proxy.url, hit_requests, connections=1, duration_s=3)
+            results["cache_hit_c32"] = profile_wrk("cache_hit_c32", proxy, hit_requests, args.duration, args.rate)
         finally:
             proxy.stop()
     finally:
         provider.stop()
+    results["machine"]["loadavg_at_end"] = list(os.getloadavg())
     save_json("profile.json", results)
-    for name in ("passthrough_get_c32", "passthrough_bulk_c32", "cache_miss_c32"):
+    for name in ("passthrough_get_c32", "passthrough_bulk_c32", "cache_miss_c32", "cache_hit_c32"):
         r = results[name]
         log(f"{name}: proxy used {r['cpu_share_of_one_core']:.2f} of a core; top self: "
             + "; ".join(f"{n} {p}%" for n, _, p in r["top_self"][:6]))

@@ -160,8 +160,9 @@ def plot_cost(data: dict[str, Any]) -> list[str]:
         if not res.get("cumulative"):
             continue
         xs = range(1, len(res["cumulative"]["calls"]) + 1)
-        axes[0].plot(xs, res["cumulative"]["calls"], label=name)
-        axes[1].plot(xs, res["cumulative"]["documents"], label=name)
+        style = {"linestyle": "--", "linewidth": 2.5} if name == "two_replicas_redis" else {}
+        axes[0].plot(xs, res["cumulative"]["calls"], label=name, **style)
+        axes[1].plot(xs, res["cumulative"]["documents"], label=name, **style)
     axes[0].set_ylabel("provider requests (cumulative)")
     axes[1].set_ylabel("documents sent (cumulative)")
     for ax in axes:
@@ -192,7 +193,7 @@ def machine_block(m: dict[str, Any], extra: str = "") -> str:
     end = m.get("loadavg_at_end", [])
     return (f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
             f"Python {m['python']}; run {m['when']}; load average (1/5/15 min) "
-            f"{'/'.join(f'{x:.1f}' for x in load)} at start, {'/'.join(f'{x:.1f}' for x in end) or '-'} at end. {extra}")
+            f"{'/'.join(f'{x:.1f}' for x in load)} at start, {'/'.join(f'{x:.1f}' for x in end) or '-'} at end." + (f" {extra}" if extra else ""))
 
 
 def passthrough_tables(d: dict[str, Any]) -> str:
@@ -222,9 +223,10 @@ def search_hit_tables(d: dict[str, Any]) -> str:
     for conc in (1, 32):
         e, p, r = h["cells"][f"c{conc}/engine_size100"], h["cells"][f"c{conc}/proxy_hit"], h["ratios"][f"c{conc}"]
         rows.append([conc, ms(e["p50_ms"]), ms(p["p50_ms"]), f"{r['p50']:.2f}x", ms(e["p99_ms"]), ms(p["p99_ms"]),
-                     f"{r['p99']:.2f}x", f"{e['rps']:.0f}", f"{p['rps']:.0f}", e["errors"] + p["errors"]])
+                     f"{r['p99']:.2f}x", f"{e['rps']:.0f}", f"{p['rps']:.0f}", ms(p.get("proxy_cpu_ms_per_request")),
+                     e["errors"] + p["errors"]])
     table = md_table(["conc.", "engine size 100 p50 ms", "proxy hit p50 ms", "p50 ratio", "engine p99 ms",
-                      "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "errors"], rows)
+                      "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "proxy CPU ms / search", "errors"], rows)
     t = h["target"]
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {h['queries']} queries, "
             f"{h['warm_cached']}/{h['queries']} answered `X-Rerank: cached` after warming; provider requests "
@@ -240,10 +242,12 @@ def search_miss_tables(d: dict[str, Any]) -> str:
         rows.append([setup, conc[1:], f"{r['measured_misses']}/{r['requests']}", f"{r['throughput_rps']:.0f}",
                      ms(r["total"]["p50"], 1), ms(r["engine"]["p50"], 1), ms(r["provider"]["p50"], 1),
                      ms(r["added"]["p50"]), ms(r["added"]["p99"]), ms(r["rerank_minus_provider"]["p50"]),
-                     ms(r["outside_engine_and_rerank"]["p50"])])
+                     ms(r["outside_engine_and_rerank"]["p50"]), ms(r.get("proxy_cpu_ms_per_search")),
+                     ms(r.get("proxy_cpu_share"))])
     table = md_table(["set-up", "conc.", "misses measured", "searches/s", "total p50 ms", "engine p50 ms",
                       "provider p50 ms", "**proxy's own p50 ms**", "**proxy's own p99 ms**",
-                      "rerank - provider p50 ms", "total - engine - rerank p50 ms"], rows)
+                      "rerank - provider p50 ms", "total - engine - rerank p50 ms", "proxy CPU ms / search",
+                      "proxy CPU (cores)"], rows)
     checks = md_table(["target", "p50 ms", "p99 ms", "result"],
                       [[c["check"], ms(c["p50"]), ms(c["p99"]), yes(c["met"])] for c in d["cache_miss_checks"]])
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Set-ups: `1w_conc16` = 1 worker, default "
@@ -310,7 +314,8 @@ def memory_tables(d: dict[str, Any]) -> str:
 def profile_tables(d: dict[str, Any]) -> str:
     out = [machine_block(d["machine"])]
     for name, label in (("passthrough_get_c32", "pass-through GET, c=32"), ("passthrough_bulk_c32", "pass-through _bulk, c=32"),
-                        ("cache_miss_c32", "reranked search, cache miss, c=32")):
+                        ("cache_miss_c32", "reranked search, cache miss, c=32"),
+                        ("cache_hit_c32", "reranked search, cache hit, c=32")):
         r = d.get(name)
         if not r:
             continue
@@ -319,12 +324,44 @@ def profile_tables(d: dict[str, Any]) -> str:
                    f"{r['cpu_share_of_one_core']:.2f} of a core; {r['samples']} samples; raw stacks: `{r['raw']}`)\n")
         rows = [[n, f"{p}%"] for n, _, p in r["top_self"][:12]]
         out.append(md_table(["top frames by own time (function, file)", "share of samples"], rows))
-        incl = [[n, f"{p}%"] for n, _, p in r["top_inclusive"] if "proxy/" in n or "httpx" in n or "aiohttp/client.py" in n][:14]
-        out.append("\n" + md_table(["proxy code and HTTP clients, inclusive", "share of samples"], incl))
+        inclusive = r["top_inclusive"]
+        raw = REPO / r["raw"]
+        if raw.exists():  # the summary keeps 25 frames; the raw stacks give the deeper ones
+            from .profile import summarise
+            inclusive = summarise(raw, r["duration_s"], r["rate_hz"], 0.0, top=200)["top_inclusive"]
+        skip = ("main (", "run (proxy/serve.py)", "ProxyApp.__call__", "<module>")
+        incl = [[n, f"{p}%"] for n, _, p in inclusive
+                if any(k in n for k in ("proxy/", "httpx/", "httpcore/", "aiohttp/client.py", "cachetools/"))
+                and not n.startswith(skip)][:16]
+        out.append("\n" + md_table(["proxy code, HTTP clients and cache library, inclusive", "share of samples"], incl))
         if "test_provider" in r:
             out.append(f"\n(The Cohere-protocol test server used {r['test_provider']['cpu_share_of_one_core']:.2f} "
                        f"of a core meanwhile.)")
     return "\n".join(out)
+
+
+def summary_table(pt, sl, co, me) -> str:
+    rows = []
+    if pt:
+        for c in pt["checks"]:
+            rows.append(["pass-through", c["check"], f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x",
+                         yes(c["met"])])
+    if sl and "cache_hit" in sl:
+        t = sl["cache_hit"]["target"]
+        rows.append(["search, cache hit", t["check"], f"{t['value']:.2f}x", yes(t["met"])])
+    if sl and "cache_miss_checks" in sl:
+        for c in sl["cache_miss_checks"]:
+            rows.append(["search, cache miss", c["check"], f"p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms", yes(c["met"])])
+    if co:
+        t = co["target"]
+        rows.append(["cost", "in-process cache at least halves provider requests (vs CACHE_MAX_ENTRIES=0)",
+                     f"{t['in_process_calls_vs_no_cache']:.2f}x", yes(t["halved"])])
+    if me:
+        r = me["rss_mib"]
+        rows.append(["memory", f"RSS flat once the cache is full ({me['params']['duration'] / 60:.0f} min run)",
+                     f"{ms(r['min_after_cache_full'], 1)}-{ms(r['max_after_cache_full'], 1)} MiB after the cache filled; "
+                     f"slope {ms(me['rss_slope_second_half_mib_per_min'], 3)} MiB/min over the second half", "see section"])
+    return md_table(["benchmark", "target", "measured", "result"], rows)
 
 
 def images(*names: str) -> str:
@@ -364,6 +401,7 @@ def main() -> None:
     pr = load("profile.json")
     if pr:
         blocks["profile"] = lambda: profile_tables(pr)
+    blocks["summary"] = lambda: summary_table(pt, sl, co, me)
     for name, render in blocks.items():
         doc = fill(doc, name, render())
     DOC.write_text(doc)

@@ -25,13 +25,18 @@ import os
 import re
 from typing import Any
 
-from .common import (CRANFIELD_INDEX, Service, counting_stats, engine_version, index_cranfield, load_queries, log,
+from .common import (CRANFIELD_INDEX, Service, counting_stats, cpu_seconds, engine_version, index_cranfield, load_queries, log,
                      loadavg, machine_info, median, run_loadgen, run_wrk, save_json, search_body,
                      start_counting_server, start_engine, start_proxy, summary)
 
 PCTS = [str(p) for p in range(1, 100)] + ["99.5", "99.9", "99.99"]
 _TIMING = re.compile(r"(\w+);dur=([0-9.]+)")
 _serial = itertools.count(1)
+
+
+def proxy_cpu(proxy: Service) -> float:
+    """CPU seconds used so far by the proxy's processes (supervisor and workers)."""
+    return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
 
 
 def server_timing(value: str) -> dict[str, float]:
@@ -60,12 +65,17 @@ def cache_hit(engine: str, proxy: Service, provider: Service, queries: list[str]
     for r in range(rounds):
         for conc in (1, 32):
             for name, (url, reqs) in targets.items():
+                cpu_before = proxy_cpu(proxy)
                 rep = run_wrk(url, reqs, connections=conc, duration_s=duration)
+                cpu_used = proxy_cpu(proxy) - cpu_before
                 lat = rep["latency_us"]["percentiles"]
                 rps = rep["requests"] / (rep["duration_us"] / 1e6)
                 cells.setdefault(f"c{conc}/{name}", {"runs": []})["runs"].append(
                     {"p50_ms": lat["50"] / 1000, "p99_ms": lat["99"] / 1000, "rps": rps, "requests": rep["requests"],
-                     "errors": rep["errors"], "percentiles_ms": {p: lat[p] / 1000 for p in PCTS},
+                     "errors": rep["errors"],
+                     "proxy_cpu_ms_per_request": (cpu_used * 1000 / rep["requests"]
+                                                  if name == "proxy_hit" and rep["requests"] else None),
+                     "percentiles_ms": {p: lat[p] / 1000 for p in PCTS},
                      "loadavg": loadavg()})
                 log(f"round {r + 1}/{rounds} cache hit c{conc}/{name}: p50 {lat['50'] / 1000:.2f} ms, "
                     f"p99 {lat['99'] / 1000:.2f} ms, {rps:.0f} req/s")
@@ -75,6 +85,8 @@ def cache_hit(engine: str, proxy: Service, provider: Service, queries: list[str]
         cell.update(p50_ms=median(x["p50_ms"] for x in runs), p99_ms=median(x["p99_ms"] for x in runs),
                     rps=median(x["rps"] for x in runs), errors=sum(sum(x["errors"].values()) for x in runs),
                     percentiles_ms={p: median(x["percentiles_ms"][p] for x in runs) for p in PCTS})
+        cpu = [x["proxy_cpu_ms_per_request"] for x in runs if x.get("proxy_cpu_ms_per_request") is not None]
+        cell["proxy_cpu_ms_per_request"] = median(cpu) if cpu else None
     ratios = {}
     for conc in (1, 32):
         p, d = cells[f"c{conc}/proxy_hit"], cells[f"c{conc}/engine_size100"]
@@ -103,8 +115,10 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
 
     run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(warmup)})
     counting_stats(provider, reset=True)
+    cpu_before = proxy_cpu(proxy)
     out = run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(count),
                        "capture_headers": ["server-timing", "x-rerank", "x-rerank-cache"], "progress_s": 5})
+    cpu_ms_per_search = (proxy_cpu(proxy) - cpu_before) * 1000 / count
     provider_ms = {row[0]: row[2] for row in counting_stats(provider, records=True)["records"]}
     rows = []
     outcomes: dict[str, int] = {}
@@ -120,7 +134,9 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
                      "added": total - engine_ms - prov, "rerank_minus_provider": rerank_ms - prov,
                      "outside_engine_and_rerank": total - engine_ms - rerank_ms})
     result = {"concurrency": concurrency, "requests": count, "measured_misses": len(rows), "outcomes": outcomes,
-              "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg()}
+              "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg(),
+              "proxy_cpu_ms_per_search": cpu_ms_per_search,
+              "proxy_cpu_share": cpu_ms_per_search * count / 1000 / out["elapsed_s"]}
     for field in ("total", "engine", "rerank", "provider", "added", "rerank_minus_provider", "outside_engine_and_rerank"):
         result[field] = summary([r[field] for r in rows])
     result["added_distribution"] = sorted(round(r["added"], 3) for r in rows)
