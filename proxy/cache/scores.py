@@ -93,7 +93,9 @@ class ScoreCache:
         return count
 
     def _doc_key(self, query: str, text: str) -> bytes:
-        return hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f" + text_hash(text),
+        """One hash over provider, model, query and text (the query cannot end in the separator
+        after normalisation, so distinct pairs never collide by concatenation)."""
+        return hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f" + text.encode("utf-8"),
                                digest_size=16).digest()
 
     async def scores(self, query: str, texts: Sequence[str]) -> ScoreOutcome:

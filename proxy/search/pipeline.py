@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import orjson
 
 from ..cache.scores import ScoreCache
-from ..config import Settings
+from ..config import IndexRule, Settings
 from ..errors import ProxyError, bad_request, parse_error
 from ..rerank.base import RerankError
 from ..upstream import UpstreamPool, forwardable_headers
@@ -91,6 +91,17 @@ class SearchPipeline:
         self.settings = settings
         self.upstream = upstream
         self.cache = cache
+        self._rules: dict[str, IndexRule | None] = {}
+
+    def _rule_for(self, index: str) -> IndexRule | None:
+        """Settings.rule_for, memoised: it pattern-matches every rule and runs for every hit."""
+        try:
+            return self._rules[index]
+        except KeyError:
+            if len(self._rules) > 10_000:
+                self._rules.clear()
+            rule = self._rules[index] = self.settings.rule_for(index)
+            return rule
 
     # --- _search -----------------------------------------------------------------------------
 
@@ -134,7 +145,7 @@ class SearchPipeline:
         window = hits[: plan.window]
         if not window:
             return _Scored(None, "reranked", "no_hits")
-        texts = [hit_text(h.get("_source"), self.settings.rule_for(str(h.get("_index", ""))) or plan.rule)
+        texts = [hit_text(h.get("_source"), self._rule_for(str(h.get("_index", ""))) or plan.rule)
                  if isinstance(h, dict) else "" for h in window]
         mode = plan.options.score_mode or self.settings.score_mode
         weight = plan.options.blend_weight if plan.options.blend_weight is not None else self.settings.rerank_blend_weight
