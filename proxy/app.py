@@ -61,6 +61,9 @@ async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: 
     if reranker is not None:
         cache = ScoreCache(reranker, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s,
                            shared=shared_cache, shared_timeout_s=settings.redis_timeout_ms / 1000)
+    preload = getattr(getattr(reranker, "inner", reranker), "load", None)
+    if preload is not None:
+        await preload()  # the built-in model loads here, not on the first search
     metrics = Metrics()
     runtime = Runtime(settings, upstream, reranker, cache, SearchPipeline(settings, upstream, cache),
                       metrics, shared_cache, time.time())

@@ -51,7 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RERANK_INDICES", "*", "Comma-separated index patterns whose searches are reranked; others pass through.", "products*,docs"),
     Setting("RERANK_RULES", "", "JSON list of per-index rules overriding fields/template/window/max_chars/enabled.", '[{"index":"products*","fields":["title","description"],"window":50}]'),
     Setting("RERANK_SCORE_MODE", "auto", "Hit _score: rerank (provider score), blend (weighted with lexical), auto (blend for local, rerank otherwise).", "rerank"),
-    Setting("RERANK_BLEND_WEIGHT", "0.5", "Weight of the reranker in blend mode (0-1); the rest goes to the normalised lexical score.", "0.7"),
+    Setting("RERANK_BLEND_WEIGHT", "0.7", "Weight of the reranker in blend mode (0-1); the rest goes to the normalised lexical score (0.7: best on Cranfield, see BENCHMARKS.md).", "0.5"),
     Setting("RERANK_DEADLINE_MS", "3000", "Total time for one rerank, retries included; past it the search answers in lexical order.", "1500"),
     Setting("RERANK_ATTEMPT_TIMEOUT_MS", "2000", "Time limit for one provider attempt.", "1000"),
     Setting("RERANK_MAX_RETRIES", "2", "Retries after a failed provider attempt (429, 5xx, connection errors).", "3"),
@@ -61,9 +61,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RERANK_BREAKER_FAILURES", "5", "Consecutive failed reranks that open the circuit breaker.", "10"),
     Setting("RERANK_BREAKER_COOLDOWN_S", "30", "Seconds the breaker stays open before one probe is let through.", "10"),
     Setting("RERANK_FAIL_MODE", "open", "When the reranker fails: open (lexical order, flagged) or closed (engine-style 503).", "closed"),
-    Setting("LOCAL_MODEL_MAX_TOKENS", "256", "Token limit of the built-in model's inputs (the model was trained at 256).", "128"),
+    Setting("LOCAL_MODEL_MAX_TOKENS", "256", "Token limit of the built-in model's inputs (sentence-transformers' default for this model, which was trained at 128).", "128"),
     Setting("LOCAL_VECTOR_STORE", "~/.cache/rerank-proxy/vectors.sqlite", "SQLite file of document vectors for the built-in model (shared by workers, survives restarts).", "/var/lib/rerank-proxy/vectors.sqlite"),
-    Setting("LOCAL_VECTOR_STORE_MAX_ENTRIES", "1000000", "Bound on stored document vectors (about 1.6 KB each); the oldest are evicted.", "200000"),
+    Setting("LOCAL_VECTOR_STORE_MAX_ENTRIES", "1000000", "Bound on stored document vectors (about 0.9 KB each on disk); the oldest are evicted.", "200000"),
     Setting("CACHE_TTL_S", "3600", "Lifetime of a cached rerank score, in seconds.", "86400"),
     Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 150 bytes each), per worker.", "1000000"),
     Setting("REDIS_URL", "", "Shared score cache for several replicas (empty: in-process cache only).", "redis://redis:6379/0", secret=True),
@@ -136,7 +136,7 @@ class Settings:
     rerank_indices: tuple[str, ...] = ("*",)
     rerank_rules: tuple[IndexRule, ...] = ()
     rerank_score_mode: str = "auto"
-    rerank_blend_weight: float = 0.5
+    rerank_blend_weight: float = 0.7
     rerank_deadline_ms: int = 3000
     rerank_attempt_timeout_ms: int = 2000
     rerank_max_retries: int = 2
