@@ -1,0 +1,126 @@
+"""Cranfield through the proxy: does the shipped built-in reranker beat the engine alone?
+
+Everything as a user would run it: Elasticsearch from the engine runner, the corpus indexed as
+{title, text}, `rerank-proxy warm` filling a fresh vector store, then `rerank-proxy serve` on its
+embedded defaults (RERANK_PROVIDER=local, auto = blend, weight 0.7, 256 tokens, window 100). Each of
+the 225 judged queries is sent as a `multi_match` over title and text with `size: 100` straight to
+the engine and through the proxy; nDCG@10, MRR@10 and Recall@100 are computed on both. Two more
+rows use the per-request option `rerank.score_mode` to show the alternatives (cosine only, and the
+blend at 0.5). Latency of the rerank step (the proxy's `Server-Timing: rerank`) is reported with
+stored vectors, and cold (a fresh store, one search, deadline raised so it does not fall back).
+
+    .venv/bin/python -m bench.relevance
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import REPO, clean_env, free_port, index_cranfield, log, machine_info, spawn, start_engine, wait_http
+from bench.relevance_offline import load, mrr_at, ndcg_at, recall_at
+
+DATASET = Path("/work/shared/datasets/cranfield")
+INDEX = "cranfield"
+RESULTS = REPO / "bench" / "results" / "relevance.json"
+VARIANTS = {"engine alone": None, "proxy, shipped default (blend 0.7)": {},
+            "proxy, cosine only": {"score_mode": "rerank"}, "proxy, blend 0.5": {"blend_weight": 0.5}}
+_TIMING = re.compile(r"rerank;dur=([0-9.]+)")
+
+
+def start_proxy(engine_url: str, store: Path, **extra: str):
+    port = free_port()
+    env = clean_env(UPSTREAM_URLS=engine_url, LOCAL_VECTOR_STORE=str(store), LOG_LEVEL="warning", **extra)
+    service = spawn("relevance-proxy", [str(REPO / ".venv/bin/rerank-proxy"), "serve", "--port", str(port)], env)
+    service.url = f"http://127.0.0.1:{port}"
+    wait_http(service, "/_rerank/health")
+    return service
+
+
+def search(client: httpx.Client, url: str, query: str, options: dict | None) -> tuple[list[str], httpx.Response]:
+    body = {"query": {"multi_match": {"query": query, "fields": ["title", "text"]}}, "size": 100, "_source": False}
+    if options:
+        body["rerank"] = options
+    response = client.post(f"{url}/{INDEX}/_search", json=body)
+    response.raise_for_status()
+    return [h["_id"] for h in response.json()["hits"]["hits"]], response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold-runs", type=int, default=3)
+    args = parser.parse_args()
+    _, queries, qrels = load(DATASET)
+    engine_url = start_engine()
+    index_cranfield(engine_url, INDEX)
+    folder = Path(tempfile.mkdtemp(prefix="relevance-"))
+    store = folder / "vectors.sqlite"
+
+    started = time.perf_counter()
+    warm = spawn("warm", [str(REPO / ".venv/bin/rerank-proxy"), "warm", "--index", INDEX, "--url", engine_url],
+                 clean_env(LOCAL_VECTOR_STORE=str(store)))
+    if warm.proc.wait() != 0:
+        raise SystemExit(f"warm failed:\n{warm.log_tail()}")
+    warm_s = time.perf_counter() - started
+    log(f"warm: 1,400 documents embedded in {warm_s:.1f} s")
+
+    proxy = start_proxy(engine_url, store)
+    rows: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, int] = {}
+    rerank_ms: list[float] = []
+    with httpx.Client(timeout=120) as client:
+        for name, options in VARIANTS.items():
+            ndcg, mrr, recall = [], [], []
+            for n, (qid, text) in enumerate(queries.items(), 1):
+                url = engine_url if options is None else proxy.url
+                ranked, response = search(client, url, text, options)
+                if options is not None:
+                    outcome = response.headers.get("x-rerank", "?")
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    if options == {} and (m := _TIMING.search(response.headers.get("server-timing", ""))):
+                        rerank_ms.append(float(m.group(1)))
+                ndcg.append(ndcg_at(ranked, qrels[qid]))
+                mrr.append(mrr_at(ranked, qrels[qid]))
+                recall.append(recall_at(ranked, qrels[qid]))
+                if n % 75 == 0:
+                    log(f"{name}: {n}/{len(queries)} queries")
+            rows[name] = {"ndcg@10": statistics.fmean(ndcg), "mrr@10": statistics.fmean(mrr),
+                          "recall@100": statistics.fmean(recall)}
+    proxy.stop()
+
+    cold_ms = []
+    for run in range(args.cold_runs):
+        fresh = folder / f"cold-{run}.sqlite"
+        proxy = start_proxy(engine_url, fresh, RERANK_DEADLINE_MS="60000", RERANK_ATTEMPT_TIMEOUT_MS="60000")
+        with httpx.Client(timeout=120) as client:
+            _, response = search(client, proxy.url, list(queries.values())[run], {})
+        proxy.stop()
+        if m := _TIMING.search(response.headers.get("server-timing", "")):
+            cold_ms.append(float(m.group(1)))
+        log(f"cold run {run + 1}: rerank {cold_ms[-1]:.0f} ms")
+
+    result = {"machine": machine_info(), "queries": len(queries), "warm_s": warm_s, "rows": rows,
+              "outcomes_through_proxy": outcomes,
+              "rerank_ms_stored": {"p50": statistics.median(rerank_ms),
+                                   "p90": sorted(rerank_ms)[int(0.9 * len(rerank_ms))]},
+              "rerank_ms_cold": {"runs": cold_ms, "p50": statistics.median(cold_ms)}}
+    RESULTS.write_text(json.dumps(result, indent=2))
+    base = rows["engine alone"]["ndcg@10"]
+    print(f"\n| ranking (Cranfield, {len(queries)} queries) | nDCG@10 | vs engine | MRR@10 | Recall@100 |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - base:+.4f} | {row['mrr@10']:.4f} | {row['recall@100']:.4f} |")
+    print(f"\nX-Rerank outcomes through the proxy: {outcomes}")
+    print(f"rerank step, stored vectors: p50 {result['rerank_ms_stored']['p50']:.1f} ms, "
+          f"p90 {result['rerank_ms_stored']['p90']:.1f} ms; cold (100 new documents): {cold_ms}")
+
+
+if __name__ == "__main__":
+    main()
