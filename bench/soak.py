@@ -112,7 +112,9 @@ async def load(proxy_url: str, index: str, stop: asyncio.Event, stats: dict[str,
                     stats["acked"].append(doc_id)
             except httpx.HTTPError as exc:
                 stats["writes"][type(exc).__name__] += 1
-            query = " ".join(rng.sample(WORDS, 2))
+            # Half the searches repeat common two-word queries (cache hits); half carry a serial
+            # token, so they are new to the cache and reach the provider and its faults.
+            query = " ".join(rng.sample(WORDS, 2)) + (f" q{worker}x{n}" if n % 2 else "")
             body = {"query": {"match": {"body": query}}, "size": 10, "from": 10 * rng.randint(0, 1)}
             try:
                 response = await client.post(f"/{index}/_search", json=body)
