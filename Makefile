@@ -6,12 +6,16 @@ VENV := .venv
 # declares sentence-transformers/torch (several GB) but we only need its files.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo engines
+.PHONY: install system test demo engines
 
 # playwright-core for the console's browser test (the browser itself is Debian's chromium).
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 
 install: $(STAMP) $(BROWSER_STAMP)
+
+# Debian packages (redis-server, chromium, maven...): a no-op when they are all there.
+system:
+	bash .ci/system-packages
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +26,10 @@ $(STAMP): pyproject.toml Makefile
 $(BROWSER_STAMP): tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund
 
-test: install
+test: system install
 	$(VENV)/bin/python -m pytest -q
 
-demo: install
+demo: system install
 	$(VENV)/bin/rerank-proxy demo
 
 # Download and unpack the default Elasticsearch and OpenSearch builds (tests then start at once).
