@@ -411,4 +411,4 @@ def test_batch_size_is_capped_by_the_provider_limit():
     assert TEIReranker(base_url="http://x", max_documents=256, batch_size=1000).batch_size == 256
     assert VoyageReranker(api_key=KEY, batch_size=5000).batch_size == 1000
     assert math.isclose(CohereReranker.from_settings(Settings(rerank_attempt_timeout_ms=750))
-                        ._client.timeout.read, 0.75)
+                        ._timeout_s, 0.75)

@@ -15,6 +15,8 @@ Choices made here:
   be empty" for the whole request); they score 0.0, the bottom of every provider's [0, 1] range.
 - The API key is only ever in the Authorization header; every message built from a provider reply
   is scrubbed of it, and transport exceptions are not chained (their request holds the headers).
+- The HTTP client is aiohttp's, as for the engines: profiles of the cache-miss path showed httpx's
+  pool bookkeeping as about 30% of the proxy's CPU per search (BENCHMARKS.md, section 7).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import httpx
+import aiohttp
 import orjson
 
 from ..config import Settings
@@ -71,7 +73,6 @@ class HTTPReranker:
         timeout_s: float = 2.0,
         max_connections: int = 100,
         pointwise: bool = True,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         if not self.base_url:
@@ -87,14 +88,20 @@ class HTTPReranker:
                    "User-Agent": USER_AGENT, **self.extra_headers()}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
-            transport=transport,
-        )
+        self._headers = headers
+        self._timeout_s = timeout_s
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """Created on first use, inside the running event loop (aiohttp requires it)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+                cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "HTTPReranker":
@@ -146,7 +153,8 @@ class HTTPReranker:
         return RerankResult(scores=scores, billed_units=billed, provider_calls=len(batches), meta=meta)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     # --- one HTTP call ------------------------------------------------------------------------
 
@@ -159,31 +167,30 @@ class HTTPReranker:
 
     async def _post(self, body: bytes) -> Any:
         try:
-            response = await self._client.post(self.path, content=body)
-        except httpx.TimeoutException as exc:
+            async with self._client().post(self.base_url + self.path, data=body) as response:
+                status, reason, headers = response.status, response.reason, response.headers
+                content = await response.read()
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise RerankTimeout(self._scrub(f"{self.name}: {type(exc).__name__} after "
-                                            f"{self._client.timeout.read}s"), retryable=True) from None
-        except httpx.TransportError as exc:
+                                            f"{self._timeout_s}s"), retryable=True) from None
+        except aiohttp.ClientError as exc:  # refused, reset, or a body cut short
             raise RerankConnectionError(self._scrub(f"{self.name}: {type(exc).__name__}: {exc}"),
                                         retryable=True) from None
-        except httpx.HTTPError as exc:
-            raise RerankResponseError(self._scrub(f"{self.name}: {type(exc).__name__}: {exc}")) from None
-        if not 200 <= response.status_code < 300:
-            raise self._status_error(response)
+        if not 200 <= status < 300:
+            raise self._status_error(status, reason, content, headers)
         try:
-            return orjson.loads(response.content)
+            return orjson.loads(content)
         except orjson.JSONDecodeError:
             raise RerankResponseError(
-                f"{self.name}: HTTP {response.status_code} body is not valid JSON "
-                f"({len(response.content)} bytes)") from None
+                f"{self.name}: HTTP {status} body is not valid JSON ({len(content)} bytes)") from None
 
-    def _status_error(self, response: httpx.Response) -> RerankError:
-        status = response.status_code
-        message = error_message(response.content) or response.reason_phrase or "no message"
+    def _status_error(self, status: int, reason: str | None, content: bytes,
+                      headers: Mapping[str, str]) -> RerankError:
+        message = error_message(content) or reason or "no message"
         return RerankStatusError(
             self._scrub(f"{self.name}: HTTP {status}: {message}"),
             retryable=is_retryable_status(status),
-            retry_after=retry_after_s(response.headers),
+            retry_after=retry_after_s(headers),
             status=status,
         )
 
