@@ -192,8 +192,7 @@ class Settings:
         for setting in SETTINGS:
             value = getattr(self, setting.name.lower())
             if isinstance(value, tuple):
-                value = [v.__dict__ if hasattr(v, "__dict__") else _rule_dict(v) if isinstance(v, IndexRule) else v
-                         for v in value]
+                value = [_rule_dict(v) if isinstance(v, IndexRule) else v for v in value]
             if setting.secret:
                 value = "<redacted>" if value else ""
             if setting.name == "UPSTREAM_URLS":

@@ -14,7 +14,7 @@ So paging through all results never shows a hit twice and never skips one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -68,7 +68,6 @@ class Bypass:
     reason: str
     body: dict[str, Any] | None = None
     body_changed: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def match_search_path(path: str) -> tuple[str | None, str] | None:
