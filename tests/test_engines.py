@@ -117,5 +117,39 @@ def test_second_line_version(kind: str) -> None:
     info = ensure_engine(kind, version=version, port=port, timeout_s=300)
     try:
         assert_is(info, kind, version)
+        _reranks_through_the_proxy(info)
     finally:
         stop_engine(port=port)
+
+
+def _reranks_through_the_proxy(info: EngineInfo) -> None:
+    """The second line is first-class too: the official client through the proxy gets the
+    engine's candidates in the reranker's order, and writes pass through."""
+    from tests.fixtures.proxy import proxy_settings, run_proxy
+    from tests.support_data import expected_order, load_corpus, official_client
+    from tests.support_rerankers import OverlapReranker
+
+    load_corpus(info.url, "second-line")
+    body = {"query": {"match": {"body": "jet engine noise"}}, "size": 100}
+    with run_proxy(proxy_settings(info.url), reranker=OverlapReranker()) as running:
+        if info.kind == ELASTICSEARCH and info.version.startswith("8."):
+            # elasticsearch-py 9 only speaks to 9.x servers; an app on the 8.x line sends what
+            # elasticsearch-py 8 sends (the versioned media type), which must pass through as is.
+            media = "application/vnd.elasticsearch+json; compatible-with=8"
+            headers = {"accept": media, "content-type": media}
+            put = httpx.put(f"{running.url}/second-line/_doc/new?refresh=true", json={"title": "t", "body": "x"},
+                            headers=headers, timeout=30)
+            assert put.status_code == 201, put.text
+            reply = httpx.post(f"{running.url}/second-line/_search", json=body, headers=headers, timeout=30)
+            assert reply.headers["content-type"].startswith("application/vnd.elasticsearch+json")
+            mine = reply.json()
+        else:
+            client = official_client(info.kind, running.url)
+            client.index(index="second-line", id="new", body={"title": "t", "body": "x"}, refresh=True)
+            mine = client.search(index="second-line", body=dict(body))
+            mine = getattr(mine, "body", mine)
+            client.close()
+    direct = httpx.post(f"{info.url}/second-line/_search", json=body, timeout=30).json()
+    engine_ids = [h["_id"] for h in direct["hits"]["hits"]]
+    assert [h["_id"] for h in mine["hits"]["hits"]] == expected_order("jet engine noise", engine_ids)
+    assert httpx.get(f"{info.url}/second-line/_doc/new", timeout=30).json()["found"] is True
