@@ -1,13 +1,15 @@
 """Rewrite and merge rules: which searches are reranked, what is fetched, how pages are cut."""
 
 import copy
+import re
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from proxy.config import load_settings
+from proxy.config import IndexRule, load_settings
 from proxy.errors import ProxyError
+from proxy.search.hit_text import hit_text, lookup
 from proxy.search.merge import final_scores, merge
 from proxy.search.plan import Bypass, Plan, match_search_path, plan_search
 
@@ -190,3 +192,63 @@ def test_merge_never_raises_and_returns_a_page_of_the_candidates(hits, start, si
         ranked = sorted(range(window), key=lambda i: (-scores[i], i))
         expected = ([hits[i]["_id"] for i in ranked] + all_ids[window:])[start:start + size]
         assert page_ids == expected
+
+
+# --- hit text: the faster builders must give byte-identical text (cache and vector keys hash it) ---
+
+_ORACLE_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+def _oracle_flatten(value):
+    if isinstance(value, str):
+        if value.strip():
+            yield value.strip()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield str(value)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _oracle_flatten(item)
+
+
+def _oracle_all_strings(value):
+    if isinstance(value, str):
+        if value.strip():
+            yield value.strip()
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _oracle_all_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _oracle_all_strings(item)
+
+
+def _oracle_hit_text(source, rule):
+    """The generator-based builder the proxy used before (kept here as the reference)."""
+    if rule.template:
+        text = _ORACLE_PLACEHOLDER.sub(lambda m: " ".join(_oracle_flatten(lookup(source, m.group(1).strip()))),
+                                       rule.template)
+    elif rule.fields:
+        text = "\n".join(part for f in rule.fields for part in _oracle_flatten(lookup(source, f)))
+    else:
+        text = "\n".join(_oracle_all_strings(source))
+    return text[: rule.max_chars]
+
+
+source_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(" \t\nab{}.", max_size=6)),
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "a.b", "c", " a"]), c, max_size=3)),
+    max_leaves=12)
+rules = st.one_of(
+    st.builds(IndexRule, st.just("*"), max_chars=st.integers(1, 40)),
+    st.builds(IndexRule, st.just("*"), fields=st.lists(st.sampled_from(["a", "b", "a.b", "c", "x"]), max_size=3).map(tuple),
+              max_chars=st.integers(1, 40)),
+    st.builds(IndexRule, st.just("*"), template=st.text(st.sampled_from("ab{}. \n:"), max_size=14),
+              max_chars=st.integers(1, 40)),
+    st.builds(IndexRule, st.just("*"), template=st.sampled_from(["t: {a}\nb: {b}", "{ a.b }{c}", "{a}{{b}}", "{}{x"])),
+)
+
+
+@hsettings(max_examples=600, deadline=None)
+@given(source=source_values, rule=rules)
+def test_hit_text_matches_the_reference_builder(source, rule):
+    assert hit_text(source, rule) == _oracle_hit_text(source, rule)

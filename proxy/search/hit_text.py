@@ -7,7 +7,8 @@ local vector store and the score cache are keyed by a hash of it).
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from functools import lru_cache
+from typing import Any, Iterable
 
 from ..config import IndexRule
 
@@ -30,28 +31,61 @@ def lookup(source: Any, dotted: str) -> Any:
     return None
 
 
-def _flatten(value: Any) -> Iterator[str]:
+def _flatten_into(value: Any, out: list[str]) -> None:
+    """A field's value as text parts: strings (stripped, non-empty), numbers, lists of them."""
     if isinstance(value, str):
-        if value.strip():
-            yield value.strip()
+        stripped = value.strip()
+        if stripped:
+            out.append(stripped)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield str(value)
+        out.append(str(value))
     elif isinstance(value, list):
         for item in value:
-            yield from _flatten(item)
+            _flatten_into(item, out)
 
 
-def _all_strings(value: Any) -> Iterator[str]:
-    """Every non-empty string of a document, depth first, in key order (the default text)."""
-    if isinstance(value, str):
-        if value.strip():
-            yield value.strip()
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _all_strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _all_strings(item)
+def _flatten(value: Any) -> list[str]:
+    out: list[str] = []
+    _flatten_into(value, out)
+    return out
+
+
+def _strings_into(values: Iterable[Any], out: list[str]) -> None:
+    """Every non-empty string among `values`, depth first, in key order (the default text).
+
+    Appends to one list and recurses only into containers: this runs for every hit of every
+    search, and nested generators cost several times more per string (BENCHMARKS.md, section 8).
+    """
+    for value in values:
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped:
+                out.append(stripped)
+        elif isinstance(value, dict):
+            _strings_into(value.values(), out)
+        elif isinstance(value, list):
+            _strings_into(value, out)
+
+
+def _all_strings(value: Any) -> list[str]:
+    out: list[str] = []
+    _strings_into((value,), out)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[str, ...]:
+    """The template split once into literal, field, literal, field, ... (fields at odd positions)."""
+    return tuple(_PLACEHOLDER.split(template))
+
+
+def _render(template: str, source: Any) -> str:
+    """What `_PLACEHOLDER.sub` would produce, without a regex pass and a callback per hit."""
+    parts = _template_parts(template)
+    out = list(parts)
+    for i in range(1, len(parts), 2):
+        out[i] = " ".join(_flatten(lookup(source, parts[i].strip())))
+    return "".join(out)
 
 
 def hit_text(source: Any, rule: IndexRule) -> str:
@@ -61,10 +95,16 @@ def hit_text(source: Any, rule: IndexRule) -> str:
     dropped and never misaligned; the result is cut to `rule.max_chars` characters.
     """
     if rule.template:
-        text = _PLACEHOLDER.sub(lambda m: " ".join(_flatten(lookup(source, m.group(1).strip()))),
-                                rule.template)
+        text = _render(rule.template, source)
     elif rule.fields:
-        text = "\n".join(part for f in rule.fields for part in _flatten(lookup(source, f)))
+        parts: list[str] = []
+        for name in rule.fields:
+            _flatten_into(lookup(source, name), parts)
+        text = "\n".join(parts)
+    elif isinstance(source, dict):  # the usual case, without the one-element detour below
+        parts = []
+        _strings_into(source.values(), parts)
+        text = "\n".join(parts)
     else:
         text = "\n".join(_all_strings(source))
     return text[: rule.max_chars]
