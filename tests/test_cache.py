@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Sequence
 
 import httpx
 import pytest
 
+from proxy.cache.local_tier import LocalTier
 from proxy.cache.redis_tier import RedisTier
 from proxy.cache.scores import ScoreCache
 from proxy.rerank.base import RerankError, RerankResult
@@ -116,6 +118,92 @@ async def test_flush():
     await cache.scores("q", DOCS)
     assert cache.flush() == len(DOCS)
     assert (await cache.scores("q", DOCS)).status == "miss"
+
+
+def test_local_tier_keeps_ttlcache_rules():
+    """TTL from the last write, reads do not extend it, least recently used evicted, len counts live."""
+    clock = FakeClock()
+    tier = LocalTier(3, 10, clock)
+    tier.set_many([(b"a", 1.0), (b"b", 2.0), (b"c", 3.0)])
+    assert tier.get_many([b"a", b"x"]) == [1.0, None]         # a is now the most recently used
+    tier[b"d"] = 4.0                                            # full: b (least recently used) goes
+    assert tier.get_many([b"a", b"b", b"c", b"d"]) == [1.0, None, 3.0, 4.0] and len(tier) == 3
+    clock.now += 5
+    tier[b"c"] = 30.0                                           # rewritten: lives 10 s from now
+    clock.now += 5                                              # a and d expire, reads did not extend them
+    assert tier.get_many([b"a", b"c", b"d"]) == [None, 30.0, None]
+    assert len(tier) == 1 and b"c" in tier and b"a" not in tier
+    clock.now += 10
+    assert len(tier) == 0 and tier.get(b"c") is None
+    tier[b"e"] = 5.0
+    tier.clear()
+    assert len(tier) == 0
+
+
+def test_local_tier_matches_cachetools_ttlcache():
+    """Random reads, writes and clock steps: same answers and sizes as cachetools' TTLCache."""
+    import random
+
+    from cachetools import TTLCache
+
+    rng = random.Random(7)
+    clock = FakeClock()
+    ours, reference = LocalTier(20, 30, clock), TTLCache(maxsize=20, ttl=30, timer=clock)
+    for _ in range(5000):
+        keys = [rng.randrange(40) for _ in range(rng.randrange(1, 6))]
+        if rng.random() < 0.5:
+            items = [(k, rng.random()) for k in keys]
+            ours.set_many(items)
+            for k, v in items:
+                reference[k] = v
+        else:
+            assert ours.get_many(keys) == [reference.get(k) for k in keys]
+        clock.now += rng.choice([0, 0, 1, 3])
+        assert len(ours) == len(reference)
+
+
+def test_document_keys_are_stable():
+    """Keys are shared with other replicas through Redis: their derivation must not drift."""
+    cache = ScoreCache(OverlapReranker(), max_entries=10, ttl_s=60)
+    expected = hashlib.blake2b(b"overlap\x1foverlap-v1\x1fjet\x1fwing flutter", digest_size=16).digest()
+    assert cache._doc_keys("jet", ["wing flutter"]) == [expected] == [cache._doc_key("jet", "wing flutter")]
+
+
+async def test_repeated_documents_in_one_request_make_one_score():
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=0, ttl_s=60)
+    outcome = await cache.scores("jet", ["jet engine", "wing", "jet engine"])
+    assert reranker.documents == 2 and outcome.scores[0] == outcome.scores[2] and outcome.coalesced == 1
+
+
+async def test_waiters_on_several_calls_get_their_own_scores():
+    """A request overlapping two in-flight calls reads each document's score from the right call."""
+    reranker = GatedReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    first = asyncio.create_task(cache.scores("jet engine", DOCS[:2]))
+    second = asyncio.create_task(cache.scores("jet engine", DOCS[2:]))
+    await reranker.entered.wait()
+    await asyncio.sleep(0)
+    third = asyncio.create_task(cache.scores("jet engine", list(reversed(DOCS)) + ["new doc"]))
+    await asyncio.sleep(0)
+    reranker.gate.set()
+    a, b, c = await asyncio.gather(first, second, third)
+    assert reranker.calls == 3 and reranker.documents == len(DOCS) + 1
+    assert c.scores[:4] == list(reversed(a.scores + b.scores)) and c.coalesced == len(DOCS)
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_call():
+    reranker = GatedReranker()
+    cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
+    first = asyncio.create_task(cache.scores("q", DOCS))
+    await reranker.entered.wait()
+    second = asyncio.create_task(cache.scores("q", DOCS))
+    await asyncio.sleep(0)
+    second.cancel()
+    reranker.gate.set()
+    assert (await first).status == "miss"
+    with pytest.raises(asyncio.CancelledError):
+        await second
 
 
 async def test_replicas_share_scores_through_redis(redis_server):

@@ -7,9 +7,9 @@ or a reindexed-but-unchanged document reuses scores, and only the documents neve
 Listwise providers are cached per whole request (query + ordered document hashes).
 
 Concurrent requests that need the same (query, document) score share one provider call: the first
-registers a future per missing document, the others await it.
+registers its call for each missing document, the others await that call and read their score.
 
-Tiers: an in-process TTL cache (cachetools, bounded by entries) and, optionally, a shared tier
+Tiers: an in-process TTL + LRU tier (`local_tier.LocalTier`, bounded by entries) and, optionally, a shared tier
 (Redis) so replicas reuse each other's scores; a shared-tier failure is a miss, never an error.
 """
 
@@ -22,9 +22,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from cachetools import TTLCache
-
 from ..rerank.base import RerankError, Reranker
+from .local_tier import LocalTier
 
 
 class SharedTier(Protocol):
@@ -79,12 +78,13 @@ class ScoreCache:
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.reranker = reranker
         self.ttl_s = ttl_s
-        self.local: TTLCache[bytes, object] = TTLCache(maxsize=max(max_entries, 1), ttl=ttl_s, timer=timer)
+        self.local: LocalTier[bytes, object] = LocalTier(max(max_entries, 1), ttl_s, timer)
         self.enabled = max_entries > 0
         self.shared = shared
         self.shared_timeout_s = shared_timeout_s
         self.stats = CacheStats()
-        self._inflight: dict[bytes, asyncio.Future[float]] = {}
+        # key -> (the provider call computing it, its position in that call's documents)
+        self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
         self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
 
     def flush(self) -> int:
@@ -98,84 +98,111 @@ class ScoreCache:
         return hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f" + text.encode("utf-8"),
                                digest_size=16).digest()
 
+    def _doc_keys(self, query: str, texts: Sequence[str]) -> list[bytes]:
+        """`_doc_key` for every text, hashing the shared prefix once (same digests, less work)."""
+        base = hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f", digest_size=16)
+        keys = []
+        for text in texts:
+            digest = base.copy()
+            digest.update(text.encode("utf-8"))
+            keys.append(digest.digest())
+        return keys
+
     async def scores(self, query: str, texts: Sequence[str]) -> ScoreOutcome:
         query = normalise_query(query)
         if not self.reranker.pointwise:
             return await self._listwise(query, texts)
-        keys = [self._doc_key(query, t) for t in texts]
-        result: list[float | None] = [None] * len(texts)
+        keys = self._doc_keys(query, texts)
+        result: list[float | None]
+        result = self.local.get_many(keys) if self.enabled else [None] * len(texts)  # type: ignore[assignment]
         outcome = ScoreOutcome(scores=[])
-        if self.enabled:
-            for i, key in enumerate(keys):
-                value = self.local.get(key)
-                if value is not None:
-                    result[i] = value  # type: ignore[assignment]
-                    outcome.cached += 1
         missing = [i for i, v in enumerate(result) if v is None]
+        outcome.cached = len(texts) - len(missing)
         if missing and self.shared is not None:
             found = await self._shared_get([keys[i] for i in missing])
+            fetched = []
             for i, value in zip(missing, found):
                 if value is not None:
                     result[i] = value
-                    self.local[keys[i]] = value
-                    outcome.cached += 1
-                    self.stats.shared_hits += 1
-            missing = [i for i in missing if result[i] is None]
-
-        # Coalesce: wait on work already in flight; claim the rest for one provider call.
-        waiting: list[tuple[int, asyncio.Future[float]]] = []
-        claimed: list[int] = []
-        claimed_keys: set[bytes] = set()
-        loop = asyncio.get_running_loop()
-        for i in missing:
-            future = self._inflight.get(keys[i])
-            if future is not None:
-                waiting.append((i, future))
-            elif keys[i] in claimed_keys:
-                waiting.append((i, self._inflight[keys[i]]))
-            else:
-                self._inflight[keys[i]] = loop.create_future()
-                claimed.append(i)
-                claimed_keys.add(keys[i])
-        if claimed:
-            await self._call_provider(query, texts, keys, claimed, result, outcome)
-        for i, future in waiting:
-            result[i] = await asyncio.shield(future)
-            outcome.coalesced += 1
+                    fetched.append((keys[i], value))
+            if fetched:
+                if self.enabled:
+                    self.local.set_many(fetched)
+                outcome.cached += len(fetched)
+                self.stats.shared_hits += len(fetched)
+                missing = [i for i in missing if result[i] is None]
+        if missing:
+            await self._fill(query, texts, keys, missing, result, outcome)
         outcome.scores = [float(v) for v in result]  # type: ignore[arg-type]
         self._count(outcome)
         return outcome
 
-    async def _call_provider(self, query: str, texts: Sequence[str], keys: list[bytes],
-                             claimed: list[int], result: list[float | None], outcome: ScoreOutcome) -> None:
-        futures = [self._inflight[keys[i]] for i in claimed]
+    async def _fill(self, query: str, texts: Sequence[str], keys: list[bytes], missing: list[int],
+                    result: list[float | None], outcome: ScoreOutcome) -> None:
+        """Coalesce: wait on provider calls already in flight; claim the rest for one call.
+
+        One future per provider call (not per document): waiters read their document's score
+        from the call's list by position.
+        """
+        inflight = self._inflight
+        waiting: dict[asyncio.Future[list[float]], list[tuple[int, int]]] = {}
+        claimed: list[int] = []
+        claimed_at: dict[bytes, int] = {}
+        duplicates: list[tuple[int, int]] = []
+        for i in missing:
+            key = keys[i]
+            entry = inflight.get(key)
+            if entry is not None:
+                waiting.setdefault(entry[0], []).append((i, entry[1]))
+            elif key in claimed_at:
+                duplicates.append((i, claimed_at[key]))
+            else:
+                claimed_at[key] = len(claimed)
+                claimed.append(i)
+        if claimed:
+            call: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+            for key, position in claimed_at.items():
+                inflight[key] = (call, position)
+            scores = await self._call_provider(query, texts, keys, claimed, call, outcome)
+            for i, score in zip(claimed, scores):
+                result[i] = score
+            for i, position in duplicates:
+                result[i] = scores[position]
+                outcome.coalesced += 1
+        for future, slots in waiting.items():
+            scores = await asyncio.shield(future)
+            for i, position in slots:
+                result[i] = scores[position]
+            outcome.coalesced += len(slots)
+
+    async def _call_provider(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
+                             call: asyncio.Future[list[float]], outcome: ScoreOutcome) -> list[float]:
         try:
             reply = await self.reranker.rerank(query, [texts[i] for i in claimed])
         except BaseException as exc:
             # Waiters must not inherit this request's cancellation (its client hung up): they get
             # a provider error instead, and fall back like any other failed rerank.
             shared_exc = exc if isinstance(exc, Exception) else RerankError("the coalesced call was cancelled")
-            for future in futures:
-                if not future.done():
-                    future.set_exception(shared_exc)
-                    future.exception()  # mark retrieved: there may be no waiter
+            if not call.done():
+                call.set_exception(shared_exc)
+                call.exception()  # mark retrieved: there may be no waiter
             raise
         finally:
             for i in claimed:
                 self._inflight.pop(keys[i], None)
-        fresh: dict[bytes, float] = {}
-        for i, score, future in zip(claimed, reply.scores, futures):
-            result[i] = score
-            fresh[keys[i]] = score
-            if not future.done():
-                future.set_result(score)
-        if self.enabled:
-            self.local.update(fresh)
+        scores = reply.scores
+        if not call.done():
+            call.set_result(scores)
+        if self.enabled or self.shared is not None:
+            fresh = [(keys[i], score) for i, score in zip(claimed, scores)]
+            if self.enabled:
+                self.local.set_many(fresh)
+            if self.shared is not None:
+                await self._shared_set(dict(fresh))
         outcome.sent += len(claimed)
         outcome.provider_calls += reply.provider_calls
         outcome.billed_units += reply.billed_units
-        if self.shared is not None:
-            await self._shared_set(fresh)
+        return scores
 
     async def _listwise(self, query: str, texts: Sequence[str]) -> ScoreOutcome:
         digest = hashlib.blake2b(self._prefix + query.encode("utf-8"), digest_size=16)
