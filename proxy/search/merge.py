@@ -39,7 +39,8 @@ def final_scores(rerank_scores: Sequence[float], lexical: Sequence[float | None]
 
 def rerank_order(scores: Sequence[float]) -> list[int]:
     """Window positions by descending score; ties keep the engine's order."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    negated = [-s for s in scores]
+    return sorted(range(len(scores)), key=negated.__getitem__)  # stable: ties stay in engine order
 
 
 def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None) -> dict[str, Any]:

@@ -103,6 +103,23 @@ class SearchPipeline:
             rule = self._rules[index] = self.settings.rule_for(index)
             return rule
 
+    def _hit_texts(self, window: list[Any], default: IndexRule) -> list[str]:
+        """The rerank text of each window hit, under its index's rule (looked up once per run of
+        hits from the same index, not once per hit)."""
+        texts: list[str] = []
+        last_index: Any = None
+        rule = default
+        for hit in window:
+            if not isinstance(hit, dict):
+                texts.append("")
+                continue
+            index = hit.get("_index", "")
+            if index != last_index or last_index is None:
+                last_index = index
+                rule = self._rule_for(str(index)) or default
+            texts.append(hit_text(hit.get("_source"), rule))
+        return texts
+
     # --- _search -----------------------------------------------------------------------------
 
     async def search(self, method: str, targets: str | None, params: dict[str, str],
@@ -145,8 +162,7 @@ class SearchPipeline:
         window = hits[: plan.window]
         if not window:
             return _Scored(None, "reranked", "no_hits")
-        texts = [hit_text(h.get("_source"), self._rule_for(str(h.get("_index", ""))) or plan.rule)
-                 if isinstance(h, dict) else "" for h in window]
+        texts = self._hit_texts(window, plan.rule)
         mode = plan.options.score_mode or self.settings.score_mode
         weight = plan.options.blend_weight if plan.options.blend_weight is not None else self.settings.rerank_blend_weight
         if mode == "lexical" or self.cache is None:
