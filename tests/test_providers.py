@@ -12,6 +12,7 @@ from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from proxy.config import Settings
 from proxy.rerank.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
@@ -22,7 +23,7 @@ from proxy.rerank.errors import (
     RerankTimeout,
 )
 from proxy.rerank.factory import build_provider, build_reranker, is_pointwise
-from proxy.rerank.http_client import error_message, retry_after_s
+from proxy.rerank.http_client import _checked_scores, error_message, retry_after_s, scores_by_index
 from proxy.rerank.resilience import ResilientReranker
 from proxy.rerank.tei import TEIReranker
 from proxy.rerank.voyage import VoyageReranker
@@ -412,3 +413,36 @@ def test_batch_size_is_capped_by_the_provider_limit():
     assert VoyageReranker(api_key=KEY, batch_size=5000).batch_size == 1000
     assert math.isclose(CohereReranker.from_settings(Settings(rerank_attempt_timeout_ms=750))
                         ._timeout_s, 0.75)
+
+
+# --- score mapping: the bulk-checked fast path agrees with the item-by-item check -------------------
+
+_items = st.lists(st.one_of(
+    st.fixed_dictionaries({"index": st.one_of(st.integers(-1, 6), st.booleans(), st.floats(0, 5), st.none()),
+                           "relevance_score": st.one_of(st.floats(), st.integers(-3, 3), st.booleans(),
+                                                        st.just(1e308), st.text(max_size=2), st.none())},
+                          optional={"score": st.floats(allow_nan=False), "document": st.text(max_size=3)}),
+    st.fixed_dictionaries({"index": st.integers(0, 5), "score": st.floats(0, 1)}),
+    st.lists(st.integers(), max_size=2), st.text(max_size=2), st.integers()), max_size=7)
+
+
+def _outcome(fn, items, count, keys):
+    try:
+        return "ok", fn(items, count, keys)
+    except ValueError as exc:
+        return "error", str(exc)
+
+
+@hsettings(max_examples=800, deadline=None)
+@given(items=_items, count=st.integers(0, 6),
+       keys=st.sampled_from([("relevance_score",), ("relevance_score", "score")]))
+def test_score_mapping_fast_path_agrees_with_the_full_check(items, count, keys):
+    expected = _outcome(_checked_scores, items, count, keys)
+    assert _outcome(scores_by_index, items, count, keys) == expected
+
+
+def test_score_mapping_of_a_well_formed_reply_is_by_index():
+    items = [{"index": 2, "relevance_score": 0.5}, {"index": 0, "relevance_score": 1},
+             {"index": 1, "relevance_score": 0.25, "document": {"text": "x"}}]
+    assert scores_by_index(items, 3, ("relevance_score",)) == [1.0, 0.25, 0.5]
+    assert all(type(s) is float for s in scores_by_index(items, 3, ("relevance_score",)))

@@ -145,8 +145,11 @@ class HTTPReranker:
         else:
             parts = await _gather_or_first_error(self._rerank_batch(query, b) for b in batches)
         merged = [score for part in parts for score in part.scores]
-        for position, score in zip(sent, merged):
-            scores[position] = score
+        if len(sent) == len(documents):
+            scores = merged  # nothing was blank: already in the documents' order
+        else:
+            for position, score in zip(sent, merged):
+                scores[position] = score
         billed = sum(part.billed_units for part in parts)
         tokens = sum(part.tokens for part in parts)
         meta = {"total_tokens": tokens} if tokens else {}
@@ -224,6 +227,40 @@ def result_items(payload: Any, keys: tuple[str, ...] = ("results", "data")) -> l
 
 def scores_by_index(items: list[Any], count: int, score_keys: tuple[str, ...]) -> list[float]:
     """Scores aligned with the request's documents, placed by each result's `index`."""
+    fast = _well_formed_scores(items, count, score_keys[0])
+    if fast is not None:
+        return fast
+    return _checked_scores(items, count, score_keys)
+
+
+def _well_formed_scores(items: list[Any], count: int, score_key: str) -> list[float] | None:
+    """The scores of a reply in the usual shape, checked in bulk; None sends it to the
+    item-by-item check (which then names the problem, or accepts an unusual valid reply)."""
+    if len(items) != count:
+        return None
+    try:
+        indexes = [item["index"] for item in items]
+        values = [item[score_key] for item in items]
+    except (KeyError, TypeError):
+        return None
+    if not {type(i) for i in indexes} <= _INT or not {type(v) for v in values} <= _NUMBER:
+        return None
+    try:
+        if sorted(indexes) != list(range(count)) or not math.isfinite(sum(values)):
+            return None
+    except OverflowError:  # a sum past the float range: let the per-item check decide
+        return None
+    scores = [0.0] * count
+    for index, value in zip(indexes, values):
+        scores[index] = float(value)
+    return scores
+
+
+_INT = frozenset({int})
+_NUMBER = frozenset({int, float})
+
+
+def _checked_scores(items: list[Any], count: int, score_keys: tuple[str, ...]) -> list[float]:
     scores: list[float | None] = [None] * count
     for item in items:
         if not isinstance(item, dict):
