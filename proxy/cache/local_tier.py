@@ -64,18 +64,22 @@ class LocalTier(Generic[K, V]):
 
     def set_many(self, items: Iterable[tuple[K, V]]) -> None:
         """Write (or rewrite) entries: each lives `ttl_s` from now and is the most recently used."""
+        items = list(items)
         now = self.timer()
         self._expire(now)
-        expires = now + self.ttl_s
+        fresh = dict(items)
         values, expiry = self._values, self._expires
-        for key, value in items:
-            if key in expiry:
-                values.move_to_end(key)
-                expiry.move_to_end(key)
-            values[key] = value
-            expiry[key] = expires
-        excess = len(values) - self.maxsize
-        for _ in range(max(0, excess)):
+        if len(fresh) != len(items):  # a key twice: its last write decides its place, as one by one
+            fresh = {}
+            for key, value in items:
+                fresh.pop(key, None)
+                fresh[key] = value
+        for key in fresh.keys() & expiry.keys():  # rewritten entries move to the end
+            del values[key]
+            del expiry[key]
+        values.update(fresh)
+        expiry.update(dict.fromkeys(fresh, now + self.ttl_s))
+        for _ in range(len(values) - self.maxsize):
             key, _value = values.popitem(last=False)
             del expiry[key]
 

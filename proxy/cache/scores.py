@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -146,23 +147,25 @@ class ScoreCache:
         """
         inflight = self._inflight
         waiting: dict[asyncio.Future[list[float]], list[tuple[int, int]]] = {}
-        claimed: list[int] = []
-        claimed_at: dict[bytes, int] = {}
         duplicates: list[tuple[int, int]] = []
-        for i in missing:
-            key = keys[i]
-            entry = inflight.get(key)
-            if entry is not None:
-                waiting.setdefault(entry[0], []).append((i, entry[1]))
-            elif key in claimed_at:
-                duplicates.append((i, claimed_at[key]))
-            else:
-                claimed_at[key] = len(claimed)
-                claimed.append(i)
+        missing_keys = [keys[i] for i in missing]
+        claimed_at = dict(zip(missing_keys, range(len(missing))))
+        if len(claimed_at) == len(missing) and inflight.keys().isdisjoint(claimed_at):
+            claimed = missing  # the usual case: nothing shared, nothing repeated
+        else:
+            claimed, claimed_at = [], {}
+            for i, key in zip(missing, missing_keys):
+                entry = inflight.get(key)
+                if entry is not None:
+                    waiting.setdefault(entry[0], []).append((i, entry[1]))
+                elif key in claimed_at:
+                    duplicates.append((i, claimed_at[key]))
+                else:
+                    claimed_at[key] = len(claimed)
+                    claimed.append(i)
         if claimed:
             call: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
-            for key, position in claimed_at.items():
-                inflight[key] = (call, position)
+            inflight.update(zip(claimed_at, zip(itertools.repeat(call), claimed_at.values())))
             scores = await self._call_provider(query, texts, keys, claimed, call, outcome)
             for i, score in zip(claimed, scores):
                 result[i] = score
