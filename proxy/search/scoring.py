@@ -17,6 +17,9 @@ async def score_texts(cache: ScoreCache, query: str,
     scorable = [i for i, text in enumerate(texts) if text.strip()]
     if not scorable:
         return [0.0] * len(texts), scorable, None
+    if len(scorable) == len(texts):  # the usual case: every hit has text
+        outcome = await cache.scores(query, texts)
+        return list(outcome.scores), scorable, outcome
     outcome = await cache.scores(query, [texts[i] for i in scorable])
     raw = [min(outcome.scores)] * len(texts)
     for i, score in zip(scorable, outcome.scores):
