@@ -16,6 +16,9 @@ the median and the minimum over repeats are printed and written to bench/results
 size-100 request to the engine through the upstream pool, read whole, nothing else.
 
     .venv/bin/python -m bench.search_cpu [--hit-searches 2000] [--miss-searches 800] [--repeats 3]
+
+The before/after record of the hit- and miss-path work is bench/results/search_cpu_before_after.json
+("before" = this script run in an export of commit 89051b1, interleaved with runs of the new code).
     .venv/bin/python -m bench.search_cpu --profile miss --concurrency 32 [--profiler pyinstrument]
 """
 
@@ -140,7 +143,9 @@ async def profile(runtime: Runtime, queries: list[str], args: argparse.Namespace
         profiler.stop()
         print(profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False))
         return
-    prof = cProfile.Profile(time.process_time)  # CPU, not wall: the machine is shared
+    # The default (wall) timer: a CPU-time timer costs more per call than many of the calls it
+    # times, which inflates call-heavy code; run on a quiet moment or read shares, not absolutes.
+    prof = cProfile.Profile()
     prof.enable()
     await run_batch(search, count, args.concurrency)
     prof.disable()
