@@ -2,11 +2,12 @@
 
 The same rules as cachetools' `TTLCache`, which this replaces on the search path: an entry lives
 `ttl_s` from its last write, reads do not extend it but make it recently used, the least recently
-used entry goes when the bound is reached, and `len()` counts live entries only. It is built on
-two C-implemented `OrderedDict`s (recency order and write order) and works on whole batches,
-with one clock read per batch: a search looks up 100 keys, and cachetools' pure-Python `get`
-(about 1.2 µs per key) was the largest single cost of a cache-hit search (BENCHMARKS.md,
-section 8, has the numbers). cachetools stays the library for caches off that path.
+used entry goes when the bound is reached, and `len()` counts live entries only (a randomized test
+compares the two). It is built on two C-implemented `OrderedDict`s (recency order and write order)
+and works on whole batches, with one clock read per batch: a search looks up 100 keys, and
+cachetools' pure-Python `get` and `__setitem__` (about 1.2 µs per key each, against about 0.1 µs
+for a lookup here) were the largest single cost of a cache-hit search in the profiles
+(`python -m bench.search_cpu --profile hit`). cachetools stays the library for caches off that path.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def _strings_into(values: Iterable[Any], out: list[str]) -> None:
     """Every non-empty string among `values`, depth first, in key order (the default text).
 
     Appends to one list and recurses only into containers: this runs for every hit of every
-    search, and nested generators cost several times more per string (BENCHMARKS.md, section 8).
+    search, and nested generators cost several times more per string (bench/search_cpu.py).
     """
     for value in values:
         if isinstance(value, str):
