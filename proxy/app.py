@@ -93,21 +93,33 @@ class ProxyApp:
             return
         if self.runtime is None:  # lifespan disabled by the host server: build lazily
             await self.startup()
-        self._in_flight += 1
-        self._idle.clear()
-        self.runtime.metrics.in_flight.inc()  # type: ignore[union-attr]
+        self.request_started()
         try:
             await self._handle(scope, receive, send)
         finally:
-            self._in_flight -= 1
-            self.runtime.metrics.in_flight.dec()  # type: ignore[union-attr]
-            if self._in_flight == 0:
-                self._idle.set()
+            self.request_finished()
+
+    # --- in-flight accounting (also used by the server's pass-through fast path) -----------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._idle.clear()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def startup(self) -> None:
         self.runtime = await build_runtime(self.settings, *self._injected)
         from .ops.endpoints import build_ops_app
         self._ops = build_ops_app(self.runtime)
+        self.runtime.metrics.track_in_flight(lambda: self._in_flight)
 
     async def shutdown(self) -> None:
         """Let in-flight requests finish (within the grace period), then close clients."""
@@ -184,18 +196,20 @@ class ProxyApp:
                 elapsed = time.perf_counter() - started
                 runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
                                         extra.get("rerank_ms", 0.0), extra.get("reason", ""))
-                _access(scope, method, path, status, outcome, elapsed, extra)
+                log_access(scope["headers"], method, path, status, outcome, elapsed, extra)
 
     def _check_api_key(self, scope: Scope) -> None:
-        keys = self.settings.proxy_api_keys
-        if not keys:
+        if not self.settings.proxy_api_keys:
             return
         sent = next((v for k, v in scope["headers"] if k.lower() == PROXY_KEY_HEADER), b"")
-        ok = False
-        for key in keys:  # compare against every key so timing does not tell which one matched
-            ok |= hmac.compare_digest(sent, key.encode())
-        if not ok:
+        if not self.api_key_ok(sent):
             raise ProxyError(401, "security_exception", "missing or invalid X-Proxy-Api-Key")
+
+    def api_key_ok(self, sent: bytes) -> bool:
+        ok = False
+        for key in self.settings.proxy_api_keys:  # compare with every key: timing tells nothing
+            ok |= hmac.compare_digest(sent, key.encode())
+        return ok
 
     # --- searches --------------------------------------------------------------------------------
 
@@ -353,11 +367,12 @@ async def _send_error(send: Send, exc: ProxyError) -> None:
         pass
 
 
-def _access(scope: Scope, method: str, path: str, status: int, outcome: str, elapsed: float,
-            extra: dict[str, Any]) -> None:
+def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, status: int, outcome: str,
+               elapsed: float, extra: dict[str, Any]) -> None:
+    """One JSON access line (at INFO), with the client's request id and trace context if sent."""
     if not logs.access_log.isEnabledFor(logging.INFO):
         return
-    headers = {k: v for k, v in scope["headers"] if k in (b"x-opaque-id", b"traceparent")}
+    headers = {k.lower(): v for k, v in raw_headers if k.lower() in (b"x-opaque-id", b"traceparent")}
     fields = {"method": method, "path": path, "status": status, "outcome": outcome,
               "ms": round(elapsed * 1000, 2)}
     for key in ("engine_ms", "rerank_ms"):

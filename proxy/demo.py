@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import sys
-import threading
 import time
 from typing import Any
 
@@ -104,33 +103,20 @@ def _cell(hits: list[dict[str, Any]], rank: int, width: int) -> str:
 
 
 class _proxy:
-    """Run the proxy app in uvicorn on a free loopback port for the duration of the demo."""
+    """Run the proxy on a free loopback port for the duration of the demo."""
 
     def __init__(self, settings: Any) -> None:
         self.settings = settings
 
     def __enter__(self) -> str:
-        import socket
-
-        import uvicorn
-
         from .app import ProxyApp
+        from .server import BackgroundServer
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        config = uvicorn.Config(ProxyApp(self.settings), host="127.0.0.1", port=port, loop="uvloop",
-                                http="httptools", lifespan="on", access_log=False, log_level="warning",
-                                server_header=False, date_header=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise SystemExit("demo: the proxy failed to start (see the log above)")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{port}"
+        try:
+            self.server = BackgroundServer(ProxyApp(self.settings)).start()
+        except Exception as exc:
+            raise SystemExit(f"demo: the proxy failed to start: {exc}") from None
+        return self.server.url
 
     def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.server.stop()

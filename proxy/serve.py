@@ -1,16 +1,24 @@
-"""`rerank-proxy serve`: run the proxy with uvicorn (uvloop + httptools).
+"""`rerank-proxy serve`: run the proxy on its own HTTP/1.1 server (uvloop), one or more workers.
 
-Flags override the environment. uvicorn's own `Server` and `Date` headers are switched off so the
-responses clients see carry exactly the engine's headers plus the documented X-Rerank ones.
+Flags override the environment. With WORKERS > 1 the parent binds the socket, forks the workers
+(each builds its own clients, caches and model) and only supervises: it passes SIGTERM/SIGINT on,
+and starts a new worker if one dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
+import socket
 import sys
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
+
+_log = logging.getLogger("rerank_proxy")
+STARTUP_FAILED = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,24 +39,103 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"rerank-proxy: configuration error: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
-
     from .ops import logs
 
     logs.setup(settings.log_level)
-    uvicorn.run("proxy.serve:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, loop="uvloop", http="httptools", lifespan="on",
-                access_log=False, server_header=False, date_header=False, proxy_headers=False,
-                log_config=None, log_level=settings.log_level,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None, timeout_keep_alive=75)
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"rerank-proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+              "set HOST/PORT (or --host/--port) to a free address", file=sys.stderr)
+        return 2
+    if settings.workers <= 1:
+        return run_worker(settings, sock)
+    return _supervise(settings, sock)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run_worker(settings: Settings, sock: socket.socket) -> int:
+    import uvloop
+
+    return uvloop.run(_serve(settings, sock))
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> int:
+    from .app import ProxyApp
+    from .ops import logs
+    from .server import ProxyServer
+
+    server = ProxyServer(ProxyApp(settings))
+    try:
+        await server.start(sock=sock)
+    except Exception as exc:  # one clear line, not a trace
+        print(f"rerank-proxy: start-up failed: {logs.redact(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        return STARTUP_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    host, port = sock.getsockname()[:2]
+    _log.info("listening", extra={"fields": {"host": host, "port": port, "pid": os.getpid(),
+                                             "upstreams": len(settings.upstream_urls)}})
+    await stop.wait()
+    _log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
+    await server.stop()
     return 0
 
 
-def create_app():
-    """uvicorn factory: each worker reads (already validated) settings and builds its app."""
-    from .app import ProxyApp
-    from .ops import logs
+def _supervise(settings: Settings, sock: socket.socket) -> int:
+    children: set[int] = set()
+    stopping = False
 
-    settings = load_settings()
-    logs.setup(settings.log_level)
-    return ProxyApp(settings)
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = STARTUP_FAILED
+            try:
+                code = run_worker(settings, sock)
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(settings.workers):
+        spawn()
+    result = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        if code == STARTUP_FAILED:
+            result = STARTUP_FAILED
+            on_signal(signal.SIGTERM, None)
+            continue
+        _log.warning("worker exited; starting another", extra={"fields": {"pid": pid, "exit_code": code}})
+        spawn()
+    return result

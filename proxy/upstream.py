@@ -100,7 +100,7 @@ class UpstreamPool:
         if self._session is None:
             settings = self._settings
             connector = aiohttp.TCPConnector(limit=settings.upstream_max_connections, limit_per_host=0,
-                                             keepalive_timeout=30, ssl=_tls_context(settings),
+                                             keepalive_timeout=30, ssl=tls_context(settings),
                                              enable_cleanup_closed=True)
             timeout = aiohttp.ClientTimeout(total=None, connect=settings.upstream_connect_timeout_s,
                                             sock_read=settings.upstream_timeout_s)
@@ -196,7 +196,7 @@ class _StartFlag:
             yield chunk
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | bool:
+def tls_context(settings: Settings) -> ssl.SSLContext | bool:
     if not settings.upstream_tls_verify:
         return False
     context = ssl.create_default_context(cafile=settings.upstream_ca_file or None)

@@ -32,6 +32,13 @@ class Metrics:
                                  ["reason"], registry=self.registry)
         self._sources: list[Callable[[], Iterable[Any]]] = []
         self.registry.register(_Collector(self._sources))
+        # labels() takes a lock and a dict lookup per call: resolved children are kept here instead.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
+
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        """The in-flight gauge reads its owner's counter at scrape time: nothing per request."""
+        self.in_flight.set_function(count)
 
     def add_source(self, source: Callable[[], Iterable[Any]]) -> None:
         """A callable yielding metric families at scrape time (cache stats, provider stats...)."""
@@ -39,8 +46,15 @@ class Metrics:
 
     def observe(self, outcome: str, status: int, seconds: float, engine_ms: float = 0.0,
                 rerank_ms: float = 0.0, reason: str = "") -> None:
-        self.requests.labels(outcome, f"{status // 100}xx").inc()
-        self.latency.labels(outcome).observe(seconds)
+        key = (outcome, status // 100)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(outcome, f"{status // 100}xx")
+        counter.inc()
+        histogram = self._timed.get(outcome)
+        if histogram is None:
+            histogram = self._timed[outcome] = self.latency.labels(outcome)
+        histogram.observe(seconds)
         if engine_ms:
             self.engine_latency.observe(engine_ms / 1000)
         if rerank_ms:

@@ -1,0 +1,204 @@
+"""The proxy's own HTTP/1.1 server, spoken to on raw sockets: framing, keep-alive, pipelining,
+100-continue, bad requests, engine faults on the pass-through fast path, and `rerank-proxy serve`
+with several workers stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
+from tests.support_loopback import FaultServer, response_bytes
+from tests.support_rerankers import OverlapReranker
+
+
+def _exchange(url: str, raw: bytes, responses: int = 1, timeout: float = 30) -> bytes:
+    """Send raw bytes, read until `responses` complete responses arrived (or the server closed)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        while _complete_responses(data) < responses:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def _complete_responses(data: bytes) -> int:
+    count, rest = 0, data
+    while b"\r\n\r\n" in rest:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        if head.startswith(b"HTTP/1.1 100"):
+            continue
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        if len(rest) < length:
+            break
+        rest = rest[length:]
+        count += 1
+    return count
+
+
+def test_pipelined_requests_are_answered_in_order(engine, proxy, index_name):
+    httpx.put(f"{engine.url}/{index_name}/_doc/1?refresh=true", json={"n": 1})
+    httpx.put(f"{engine.url}/{index_name}/_doc/2?refresh=true", json={"n": 2})
+    raw = b"".join(f"GET /{index_name}/_doc/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in (2, 1, 2))
+    data = _exchange(proxy.url, raw, responses=3)
+    bodies = [part for part in data.split(b"\r\n\r\n")[1:]]
+    ids = [orjson.loads(body[:body.index(b"}}") + 2])["_id"] for body in bodies if body.startswith(b"{")]
+    assert ids == ["2", "1", "2"]
+
+
+def test_http10_client_gets_a_closed_connection(engine, proxy):
+    data = _exchange(proxy.url, b"GET /_cluster/health HTTP/1.0\r\n\r\n")
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert data.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+
+
+def test_expect_continue_and_chunked_upload(engine, proxy, index_name):
+    body = b"".join(b'{"index":{"_id":"%d"}}\n{"n":%d}\n' % (i, i) for i in range(50))
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 100]), body[i:i + 100]) for i in range(0, len(body), 100))
+    raw = (f"POST /{index_name}/_bulk?refresh=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+           "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+    data = _exchange(proxy.url, raw)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), data[:80]
+    assert httpx.get(f"{engine.url}/{index_name}/_count").json()["count"] == 50
+
+
+def test_head_keeps_the_length_and_sends_no_body(engine, proxy, index_name):
+    httpx.put(f"{engine.url}/{index_name}/_doc/1?refresh=true", json={"n": 1})
+    raw = f"HEAD /{index_name}/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /{index_name}/_doc/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(raw.encode())
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+            data += sock.recv(65536)
+    head_answer, _, rest = data.partition(b"\r\n\r\n")
+    assert b"content-length" in head_answer.lower()
+    assert rest.startswith(b"HTTP/1.1 200"), "the HEAD answer carried a body"
+
+
+def test_malformed_request_gets_an_engine_style_400(proxy):
+    data = _exchange(proxy.url, b"GET /_cluster/health HTTP/1.1\r\nHost x\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert orjson.loads(body)["error"]["type"] == "illegal_argument_exception"
+
+
+def test_many_requests_share_one_connection(engine, proxy):
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for _ in range(50):
+            sock.sendall(b"GET /_cluster/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while _complete_responses(data) < 1:
+                chunk = sock.recv(65536)
+                assert chunk, "the proxy closed a keep-alive connection"
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+
+
+async def test_engine_read_timeout_is_a_504():
+    async def never_answer(request, writer):
+        await asyncio.sleep(3600)
+
+    async with FaultServer(never_answer) as server, httpx.AsyncClient(timeout=30) as client:
+        settings = proxy_settings(server.url, UPSTREAM_TIMEOUT_S="0.5")
+        with run_proxy(settings, reranker=OverlapReranker()) as running:
+            response = await client.get(f"{running.url}/_cluster/health")
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "proxy_upstream_timeout_exception"
+
+
+async def test_a_stale_pooled_connection_is_retried_for_reads_only():
+    """The engine answers, then closes the kept-alive connection: the next GET is asked again on a
+    new connection; a PUT that meets a dead connection is not resent."""
+    async def answer_then_hang_up(request, writer):
+        writer.write(response_bytes(200, b'{"ok":true}'))
+        await writer.drain()
+        return False
+
+    async with FaultServer(answer_then_hang_up) as server, httpx.AsyncClient(timeout=30) as client:
+        with run_proxy(proxy_settings(server.url), reranker=OverlapReranker()) as running:
+            for _ in range(5):
+                response = await client.get(f"{running.url}/_cluster/health")
+                assert response.status_code == 200
+            writes = 0
+            for _ in range(5):
+                before = len(server.requests)
+                response = await client.put(f"{running.url}/idx/_doc/1", content=b'{"a":1}')
+                assert response.status_code in (200, 502)
+                assert len(server.requests) == before + (response.status_code == 200)
+                writes += response.status_code == 200
+            assert writes >= 1
+
+
+async def test_a_client_hanging_up_mid_pass_through_leaks_nothing():
+    arrived = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def slow(request, writer):
+        await arrived.put(request)
+        await release.wait()  # the engine answers only after the client has gone
+        writer.write(response_bytes(200, b'{"ok":true}'))
+        await writer.drain()
+
+    async with FaultServer(slow) as server, httpx.AsyncClient(timeout=30) as client:
+        with run_proxy(proxy_settings(server.url), reranker=OverlapReranker()) as running:
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", running.port)) as sock:
+                    sock.sendall(b"GET /_cluster/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await asyncio.wait_for(arrived.get(), 30)
+            async with asyncio.timeout(30):
+                while running.app.in_flight:  # the proxy notices each hang-up and lets go
+                    await asyncio.sleep(0.01)
+            release.set()
+            assert all(not target.idle for target in running.server.server.relay_pool.targets)
+            response = await client.get(f"{running.url}/_cluster/health")
+            assert response.status_code == 200
+
+
+def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RERANK_", "UPSTREAM_"))}
+    env.update({"UPSTREAM_URLS": engine.url, "RERANK_PROVIDER": "none", "PORT": str(port), "WORKERS": "2",
+                "LOG_LEVEL": "warning"})
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/_cluster/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        with httpx.Client() as client:  # both workers answer (each request on a new connection)
+            statuses = {client.get(f"http://127.0.0.1:{port}/_cluster/health",
+                                   headers={"Connection": "close"}).status_code for _ in range(20)}
+        assert statuses == {200}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("target", ["http://elsewhere.example/_cluster/health", "*"])
+def test_non_origin_targets_are_refused(proxy, target):
+    data = _exchange(proxy.url, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 400")
