@@ -1,8 +1,10 @@
 """The ASGI application: routes each request to ops, the search pipeline or the pass-through.
 
-Kept as a plain ASGI callable because it sits on every request of the app: pass-through requests
-are streamed both ways chunk by chunk (a large `_bulk` or response is never held in memory), and
-only searches are read whole, parsed and rewritten.
+Under `rerank-proxy serve` the server (`proxy/server/`) relays plain requests to the engine itself
+and hands this app only what needs it: searches, the proxy's `/_rerank/` endpoints, and requests to
+refuse (too large, bad key, bad target). The app stays a complete proxy on its own (any ASGI server
+can run it): pass-through requests are streamed both ways chunk by chunk (a large `_bulk` or
+response is never held in memory), and only searches are read whole, parsed and rewritten.
 """
 
 from __future__ import annotations

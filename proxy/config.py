@@ -65,7 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOCAL_VECTOR_STORE", "~/.cache/rerank-proxy/vectors.sqlite", "SQLite file of document vectors for the built-in model (shared by workers, survives restarts).", "/var/lib/rerank-proxy/vectors.sqlite"),
     Setting("LOCAL_VECTOR_STORE_MAX_ENTRIES", "1000000", "Bound on stored document vectors (about 0.9 KB each on disk); the oldest are evicted.", "200000"),
     Setting("CACHE_TTL_S", "3600", "Lifetime of a cached rerank score, in seconds.", "86400"),
-    Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 150 bytes each), per worker.", "1000000"),
+    Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 210 bytes each), per worker.", "1000000"),
     Setting("REDIS_URL", "", "Shared score cache for several replicas (empty: in-process cache only).", "redis://redis:6379/0", secret=True),
     Setting("REDIS_TIMEOUT_MS", "50", "Time limit for one Redis operation; slower means a miss, never a failed search.", "100"),
     Setting("ADMIN_TOKEN", "", "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); empty disables them.", "s3cret", secret=True),
