@@ -428,40 +428,34 @@ class RelayExchange:
                   "no engine could be reached (ServerDisconnectedError)")
 
     def upstream_broken(self, reason: str) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.exchange = None
-            conn.close()
-        if self.response_started:
-            self.abort_client()
-        else:
-            self.fail(502, "proxy_upstream_unavailable_exception", reason)
+        self._give_up(502, "proxy_upstream_unavailable_exception", reason)
 
     def _body_too_large(self) -> None:
         """A streamed body passed MAX_BODY_BYTES: the engine's connection is dropped mid-body, so
         it never sees a complete request, and the client gets 413 (or a cut connection)."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.exchange = None
-            conn.close()
-        if self.response_started:
-            self.abort_client()
-        else:
-            limit = self.pool.settings.max_body_bytes
-            self.fail(413, "content_too_long_exception", f"request body is larger than the limit of {limit} bytes")
+        limit = self.pool.settings.max_body_bytes
+        self._give_up(413, "content_too_long_exception", f"request body is larger than the limit of {limit} bytes")
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's periodic tick: no timer is armed per request."""
         if self.finished or self.conn is None or now - self.last_read < self.pool.settings.upstream_timeout_s:
             return
+        self._give_up(504, "proxy_upstream_timeout_exception", "the engine did not answer within UPSTREAM_TIMEOUT_S")
+
+    def _give_up(self, status: int, error_type: str, reason: str) -> None:
+        """Drop the engine connection; the client gets the error, or a cut connection if its
+        answer had already started."""
+        self._drop_engine_connection()
+        if self.response_started:
+            self.abort_client()
+        else:
+            self.fail(status, error_type, reason)
+
+    def _drop_engine_connection(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.exchange = None
             conn.close()
-        if self.response_started:
-            self.abort_client()
-        else:
-            self.fail(504, "proxy_upstream_timeout_exception", "the engine did not answer within UPSTREAM_TIMEOUT_S")
 
     def fail(self, status: int, error_type: str, reason: str) -> None:
         """Answer the client with an engine-style error (nothing was relayed yet)."""
@@ -490,11 +484,8 @@ class RelayExchange:
         """The client disconnected: drop the engine connection unless the exchange is over."""
         if self.finished:
             return
-        conn, self.conn = self.conn, None
+        self._drop_engine_connection()
         self._finish()
-        if conn is not None:
-            conn.exchange = None
-            conn.close()
         self.on_done(self)
 
     def _finish(self) -> None:
