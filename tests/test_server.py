@@ -36,10 +36,20 @@ def _exchange(url: str, raw: bytes, responses: int = 1, timeout: float = 30) -> 
 
 
 def _complete_responses(data: bytes) -> int:
+    """Complete responses in `data` (Content-Length or chunked framing)."""
     count, rest = 0, data
     while b"\r\n\r\n" in rest:
         head, _, rest = rest.partition(b"\r\n\r\n")
         if head.startswith(b"HTTP/1.1 100"):
+            continue
+        if b"transfer-encoding: chunked" in head.lower():
+            end = rest.find(b"0\r\n\r\n")
+            while end > 0 and rest[end - 2:end] != b"\r\n":
+                end = rest.find(b"0\r\n\r\n", end + 1)
+            if end < 0:
+                break
+            rest = rest[end + 5:]
+            count += 1
             continue
         length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                        if line.lower().startswith(b"content-length:")), 0)
@@ -202,3 +212,45 @@ def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
 def test_non_origin_targets_are_refused(proxy, target):
     data = _exchange(proxy.url, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert data.startswith(b"HTTP/1.1 400")
+
+
+def test_a_large_answer_to_a_stalled_client_arrives_whole(engine, proxy, index_name):
+    """A 12 MB answer to a client that does not read at first: the relay pauses (its buffer to the
+    client is full, so it stops reading the engine), then resumes, and every byte arrives in order."""
+    for n in range(3):  # three 4 MB documents (one 12 MB document passes the engine's indexing limit)
+        text = "".join(f"{n}{i:07d}" for i in range(500_000))
+        httpx.put(f"{engine.url}/{index_name}/_doc/big{n}", json={"text": text}, timeout=120).raise_for_status()
+    httpx.post(f"{engine.url}/{index_name}/_refresh")
+    body = b'{"ids":["big0","big1","big2"]}'
+    direct = httpx.post(f"{engine.url}/{index_name}/_mget", content=body,
+                        headers={"Content-Type": "application/json"}, timeout=120).content
+    assert len(direct) > 12_000_000
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"POST /{index_name}/_mget HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 60
+        while not any(conn._write_paused for conn in list(proxy.server.server.connections)):
+            assert time.monotonic() < deadline, "the proxy never had to pause writing"
+            time.sleep(0.01)
+        data = b""
+        while _complete_responses(data) < 1:
+            chunk = sock.recv(65536)
+            assert chunk, "the proxy closed the connection mid-answer"
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    assert body == direct
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[:size])
+        data = data[size + 2:]
