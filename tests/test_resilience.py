@@ -271,6 +271,8 @@ async def test_concurrency_is_limited_to_max_concurrency():
     inner.gate.set()
     await asyncio.gather(*tasks)
     assert inner.calls == 5 and inner.max_in_flight == 2
+    # three of the five found both slots taken; their wait is counted for /metrics
+    assert reranker.stats.slot_waits == 3 and reranker.stats.slot_wait_seconds > 0
 
 
 async def test_waiting_for_a_slot_counts_against_the_deadline():
@@ -398,7 +400,8 @@ async def test_stats_count_calls_documents_and_billed_units():
             await reranker.rerank("q", ["a", "b"])
     snapshot = reranker.stats.snapshot()
     assert snapshot == {"calls": 2, "failures": 0, "attempts": 3, "retries": 1, "timeouts": 0,
-                        "billed_units": 2, "tokens": 0, "documents_sent": 6, "errors": {"http_500": 1}}
+                        "billed_units": 2, "tokens": 0, "documents_sent": 6, "slot_waits": 0,
+                        "slot_wait_seconds": 0.0, "errors": {"http_500": 1}}
     assert (reranker.name, reranker.model, reranker.pointwise) == ("cohere", "rerank-v3.5", True)
 
 

@@ -132,13 +132,16 @@ class RerankStats:
     billed_units: float = 0.0  # as reported by the provider (Cohere search units)
     tokens: int = 0            # as reported by token-billed providers (Voyage, ...)
     documents_sent: int = 0    # documents handed to the provider, counted once per attempt
+    slot_waits: int = 0        # attempts that found all RERANK_MAX_CONCURRENCY slots taken
+    slot_wait_seconds: float = 0.0  # time those attempts waited: a sign the limit is too low
     errors: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
         return {"calls": self.calls, "failures": self.failures, "attempts": self.attempts,
                 "retries": self.retries, "timeouts": self.timeouts,
                 "billed_units": self.billed_units, "tokens": self.tokens,
-                "documents_sent": self.documents_sent, "errors": dict(self.errors)}
+                "documents_sent": self.documents_sent, "slot_waits": self.slot_waits,
+                "slot_wait_seconds": self.slot_wait_seconds, "errors": dict(self.errors)}
 
 
 class ResilientReranker:
@@ -231,11 +234,14 @@ class ResilientReranker:
         overall = asyncio.timeout_at(deadline)
         try:
             async with overall:
-                async with self._slots:
+                await self._take_slot()
+                try:
                     self.stats.attempts += 1
                     self.stats.documents_sent += len(documents)
                     async with asyncio.timeout(self.attempt_timeout_s):
                         return await self.inner.rerank(query, documents)
+                finally:
+                    self._slots.release()
         except TimeoutError:
             if overall.expired():
                 raise RerankDeadlineExceeded(
@@ -247,6 +253,18 @@ class ResilientReranker:
             raise
         except Exception as exc:  # a bug in a provider must still end as lexical order
             raise RerankError(f"{self.name}: unexpected {type(exc).__name__}: {exc}") from exc
+
+    async def _take_slot(self) -> None:
+        """Take a provider slot, counting how long a full set of slots kept this attempt waiting."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        waited_from = time.perf_counter()
+        try:
+            await self._slots.acquire()
+        finally:
+            self.stats.slot_waits += 1
+            self.stats.slot_wait_seconds += time.perf_counter() - waited_from
 
     def _delay(self, error: RerankError, attempt: int) -> float:
         """The provider's hint if any, else full jitter over an exponentially growing cap."""
