@@ -25,6 +25,8 @@ import os
 import re
 from typing import Any
 
+import httpx
+
 from .common import (CRANFIELD_INDEX, Service, counting_stats, cpu_seconds, engine_version, index_cranfield, load_queries, log,
                      loadavg, machine_info, median, run_loadgen, run_wrk, save_json, search_body,
                      start_counting_server, start_engine, start_proxy, summary)
@@ -37,6 +39,17 @@ _serial = itertools.count(1)
 def proxy_cpu(proxy: Service) -> float:
     """CPU seconds used so far by the proxy's processes (supervisor and workers)."""
     return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
+
+
+def slot_wait_seconds(proxy: Service) -> float | None:
+    """The proxy's `rerank_proxy_provider_slot_wait_seconds_total` (one worker: a scrape sees it all)."""
+    if proxy.extra.get("workers", 1) != 1:
+        return None
+    text = httpx.get(proxy.url + "/_rerank/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("rerank_proxy_provider_slot_wait_seconds_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def server_timing(value: str) -> dict[str, float]:
@@ -116,9 +129,13 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
     run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(warmup)})
     counting_stats(provider, reset=True)
     cpu_before = proxy_cpu(proxy)
+    waited_before = slot_wait_seconds(proxy)
     out = run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(count),
                        "capture_headers": ["server-timing", "x-rerank", "x-rerank-cache"], "progress_s": 5})
     cpu_ms_per_search = (proxy_cpu(proxy) - cpu_before) * 1000 / count
+    waited_after = slot_wait_seconds(proxy)
+    slot_wait_ms = (None if waited_before is None or waited_after is None
+                    else (waited_after - waited_before) * 1000 / count)
     provider_ms = {row[0]: row[2] for row in counting_stats(provider, records=True)["records"]}
     rows = []
     outcomes: dict[str, int] = {}
@@ -135,7 +152,7 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
                      "outside_engine_and_rerank": total - engine_ms - rerank_ms})
     result = {"concurrency": concurrency, "requests": count, "measured_misses": len(rows), "outcomes": outcomes,
               "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg(),
-              "proxy_cpu_ms_per_search": cpu_ms_per_search,
+              "proxy_cpu_ms_per_search": cpu_ms_per_search, "slot_wait_ms_per_search": slot_wait_ms,
               "proxy_cpu_share": cpu_ms_per_search * count / 1000 / out["elapsed_s"]}
     for field in ("total", "engine", "rerank", "provider", "added", "rerank_minus_provider", "outside_engine_and_rerank"):
         result[field] = summary([r[field] for r in rows])

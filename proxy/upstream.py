@@ -21,7 +21,7 @@ import itertools
 import ssl
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 from yarl import URL
@@ -49,6 +49,18 @@ def forwardable_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
             named.update(token.strip().lower() for token in value.split(b","))
     return [(k, v) for k, v in raw
             if (lowered := k.lower()) not in HOP_BY_HOP and lowered not in named and lowered != b"host"]
+
+
+Fetcher = Callable[[str, str, list[tuple[bytes, bytes]], bytes | None],
+                   Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]
+
+
+class FetchedResponse:
+    """An engine response read whole by a fetcher (see `UpstreamPool.use_fetcher`)."""
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status_code
+        self.raw_headers = raw_headers
 
 
 class UpstreamResponse:
@@ -94,6 +106,13 @@ class UpstreamPool:
         self._upstreams = [_Upstream.parse(url) for url in settings.upstream_urls]
         self._next = itertools.count()
         self._session: aiohttp.ClientSession | None = None
+        self._fetcher: Fetcher | None = None
+
+    def use_fetcher(self, fetcher: Fetcher) -> None:
+        """Reads that are read whole (a search's candidates, probes) go through `fetcher`: the
+        proxy's own server passes its relay pool here, which costs a fraction of aiohttp's CPU per
+        request (BENCHMARKS.md section 8). Same failover and retry rules for reads."""
+        self._fetcher = fetcher
 
     def _client(self) -> aiohttp.ClientSession:
         """Created on first use, inside the running event loop (aiohttp requires it)."""
@@ -174,6 +193,9 @@ class UpstreamPool:
     async def request(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                       content: bytes | None, *, idempotent: bool = True) -> tuple[UpstreamResponse, bytes]:
         """Send and read the whole body: for responses the proxy must parse."""
+        if idempotent and self._fetcher is not None:
+            status, headers, body = await self._fetcher(method, target, headers, content)
+            return FetchedResponse(status, headers), body  # type: ignore[return-value]
         response = await self.send(method, target, headers, content, idempotent=idempotent)
         try:
             body = await response.aread()

@@ -243,6 +243,9 @@ def test_a_large_answer_to_a_stalled_client_arrives_whole(engine, proxy, index_n
     if b"transfer-encoding: chunked" in head.lower():
         body = _dechunk(body)
     assert body == direct
+    # the engine connection went back to the pool reading again: the next request is answered
+    for _ in range(3):
+        assert httpx.get(f"{proxy.url}/_cluster/health", timeout=10).status_code == 200
 
 
 def _dechunk(data: bytes) -> bytes:

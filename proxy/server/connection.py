@@ -57,6 +57,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._read_paused: set[str] = set()
         self._write_paused = False
+        self._paused_engine: Any = None   # the engine connection paused while this client caught up
         self._drained: asyncio.Future[None] | None = None
 
     # --- transport events --------------------------------------------------------------------
@@ -98,15 +99,16 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        relay_conn = getattr(self.active, "conn", None)
-        if relay_conn is not None and relay_conn.transport is not None:
-            relay_conn.transport.pause_reading()
+        engine_conn = getattr(self.active, "conn", None)
+        if engine_conn is not None:
+            engine_conn.pause_reading()
+            self._paused_engine = engine_conn
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        relay_conn = getattr(self.active, "conn", None)
-        if relay_conn is not None and relay_conn.transport is not None:
-            relay_conn.transport.resume_reading()
+        engine_conn, self._paused_engine = self._paused_engine, None
+        if engine_conn is not None and engine_conn.exchange is self.active:  # else the pool resumed it
+            engine_conn.resume_reading()
         self._wake_writer()
 
     # --- request parser callbacks --------------------------------------------------------------

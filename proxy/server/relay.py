@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..config import Settings
-from ..errors import error_body
+from ..errors import ProxyError, error_body
 from ..upstream import HOP_BY_HOP, tls_context
 
 if TYPE_CHECKING:
@@ -93,11 +93,39 @@ class RelayPool:
         now = time.monotonic()
         return [t for t in rotated if t.down_until <= now] + [t for t in rotated if t.down_until > now]
 
+    async def connect(self, target: Target) -> "UpstreamConnection | None":
+        """A new connection to `target`, or None (then the engine is skipped for a while)."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, target), target.host, target.port,
+                                       ssl=target.ssl, server_hostname=target.host if target.ssl else None),
+                self.settings.upstream_connect_timeout_s)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            target.down_until = time.monotonic() + _DOWN_FOR_S
+            return None
+        return conn  # type: ignore[return-value]
+
+    def take_idle(self, target: Target) -> "UpstreamConnection | None":
+        while target.idle:
+            conn = target.idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def fetch(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                    body: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A read the proxy makes itself (a search's candidates, a health probe), answer read whole."""
+        return await FetchExchange(self, method.encode("ascii"), target.encode("latin-1"), headers, body).run()
+
     def release(self, conn: "UpstreamConnection") -> None:
         target = conn.target
         if conn.closed or len(target.idle) >= self.max_idle:
             conn.close()
             return
+        # The last bytes of an answer can complete it while the client's buffer is full: a pooled
+        # connection must be reading again, or the next request on it would never see its answer.
+        conn.resume_reading()
         target.idle.append(conn)
 
     def forget(self, conn: "UpstreamConnection") -> None:
@@ -124,6 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self._skip = False          # rest of a HEAD response: its body never comes
         self._complete = False
+        self.reading_paused = False
 
     # --- transport events --------------------------------------------------------------------
 
@@ -159,16 +188,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.pause_reading("upstream")
+            self.exchange.pause_source()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.client.resume_reading("upstream")
+            self.exchange.resume_source()
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def pause_reading(self) -> None:
+        """The client is not taking the answer as fast as the engine sends it."""
+        if not self.reading_paused and not self.closed and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     # --- response parser callbacks -------------------------------------------------------------
 
@@ -264,18 +304,11 @@ class RelayExchange:
         self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
-        settings = self.pool.settings
         for target in self.pool.order():
             if target in self._tried and self.answered:
                 continue
-            try:
-                _, conn = await asyncio.wait_for(
-                    self.loop.create_connection(lambda t=target: UpstreamConnection(self.pool, t),
-                                                target.host, target.port, ssl=target.ssl,
-                                                server_hostname=target.host if target.ssl else None),
-                    settings.upstream_connect_timeout_s)
-            except (OSError, asyncio.TimeoutError, ssl.SSLError):
-                target.down_until = time.monotonic() + _DOWN_FOR_S
+            conn = await self.pool.connect(target)
+            if conn is None:
                 continue
             if self.finished:  # the client went away while connecting
                 conn.close()
@@ -289,18 +322,7 @@ class RelayExchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         conn.exchange = self
-        target = conn.target
-        head = [self.method, b" ", target.base_path, self.path, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
-        has_auth = False
-        for name, value in self.request_headers:
-            head += (name, b": ", value, b"\r\n")
-            if not has_auth and len(name) == 13 and name.lower() == b"authorization":
-                has_auth = True
-        if target.authorization is not None and not has_auth:
-            head += (b"Authorization: ", target.authorization, b"\r\n")
-        if self.body_framing == b"chunked":
-            head.append(b"Transfer-Encoding: chunked\r\n")
-        head.append(b"\r\n")
+        head = request_head(conn.target, self.method, self.path, self.request_headers, self.body_framing)
         self.last_read = self.loop.time()
         self.body_started = bool(self.body_queue)
         if self.body_queue:
@@ -308,6 +330,13 @@ class RelayExchange:
             self.body_queue.clear()
             self.client.resume_reading("buffer")
         conn.transport.write(b"".join(head))  # type: ignore[union-attr]
+
+    def pause_source(self) -> None:
+        """The engine is not taking the body as fast as the client sends it."""
+        self.client.pause_reading("upstream")
+
+    def resume_source(self) -> None:
+        self.client.resume_reading("upstream")
 
     # --- request body from the client -----------------------------------------------------------
 
@@ -494,6 +523,139 @@ class RelayExchange:
 
 _REASONS = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
             500: b"Internal Server Error", 502: b"Bad Gateway", 504: b"Gateway Timeout"}
+
+
+def request_head(target: Target, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]],
+                 framing: bytes | None) -> list[bytes]:
+    """The request line and headers for `target`: its Host, and its credentials if the client
+    sent no Authorization of its own."""
+    head = [method, b" ", target.base_path, path, b" HTTP/1.1\r\nHost: ", target.host_header, b"\r\n"]
+    has_auth = False
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
+        if not has_auth and len(name) == 13 and name.lower() == b"authorization":
+            has_auth = True
+    if target.authorization is not None and not has_auth:
+        head += (b"Authorization: ", target.authorization, b"\r\n")
+    if framing == b"chunked":
+        head.append(b"Transfer-Encoding: chunked\r\n")
+    head.append(b"\r\n")
+    return head
+
+
+class FetchExchange:
+    """A read the proxy makes on its own behalf; the whole answer is collected.
+
+    Only reads come here, so any failure may be asked again: a dead pooled connection on a new
+    connection to the same engine, anything else on the next engine (as the ASGI path's client does
+    for idempotent requests)."""
+
+    def __init__(self, pool: RelayPool, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]],
+                 body: bytes | None) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.method = method
+        self.path = path
+        self.head_only = method == b"HEAD"
+        kept = [(k, v) for k, v in headers if k.lower() not in _REQUEST_DROP and k.lower() != b"content-length"]
+        if body or method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+            kept.append((b"Content-Length", b"%d" % len(body or b"")))
+        self.headers = kept
+        self.body = body or b""
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.answered = False
+        self.last_read = 0.0
+        self.keep_alive = True
+        self.outcome: asyncio.Future[str] = self.loop.create_future()
+        self.conn: UpstreamConnection | None = None
+
+    async def run(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        failure = "no upstream"
+        for target in self.pool.order():
+            conn = self.pool.take_idle(target) if target.down_until <= time.monotonic() else None
+            pooled = conn is not None
+            while True:
+                if conn is None:
+                    conn = await self.pool.connect(target)
+                    if conn is None:
+                        failure = "ClientConnectorError"
+                        break
+                result = await self._ask(conn)
+                if result == "ok":
+                    return self.status, self.response_headers, b"".join(self.chunks)
+                failure = result
+                if pooled and result == "ServerDisconnectedError" and not self.answered:
+                    conn, pooled = None, False  # a stale pooled connection: once more on a new one
+                    continue
+                break
+        raise ProxyError(502, "proxy_upstream_unavailable_exception", f"no engine could be reached ({failure})")
+
+    async def _ask(self, conn: UpstreamConnection) -> str:
+        self._reset()
+        self.conn = conn
+        conn.exchange = self
+        head = request_head(conn.target, self.method, self.path, self.headers, None)
+        head.append(self.body)
+        self.last_read = self.loop.time()
+        conn.transport.write(b"".join(head))  # type: ignore[union-attr]
+        try:
+            return await asyncio.wait_for(self.outcome, self.pool.settings.upstream_timeout_s)
+        except asyncio.TimeoutError:
+            conn.exchange = None
+            conn.close()
+            return "TimeoutError"
+        except asyncio.CancelledError:
+            conn.exchange = None
+            conn.close()
+            raise
+
+    # --- called by UpstreamConnection ----------------------------------------------------------
+
+    def response_head(self, status: int, upstream_keep_alive: bool) -> None:
+        self.status = status
+        self.keep_alive = upstream_keep_alive
+
+    def response_body(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def flush(self) -> None:
+        pass
+
+    def response_done(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            if self.keep_alive:
+                self.pool.release(conn)
+            else:
+                conn.close()
+        if not self.outcome.done():
+            self.outcome.set_result("ok")
+
+    def upstream_lost(self) -> None:
+        self.conn = None
+        if not self.outcome.done():
+            self.outcome.set_result("ServerDisconnectedError")
+
+    def upstream_broken(self, reason: str) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.close()
+        if not self.outcome.done():
+            self.outcome.set_result("malformed response")
+
+    def pause_source(self) -> None:
+        pass
+
+    def resume_source(self) -> None:
+        pass
 
 
 def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:

@@ -46,6 +46,7 @@ class ProxyServer:
         """Build the application (model load, clients), then listen."""
         self.loop = asyncio.get_running_loop()
         await self.app.startup()
+        self.app.runtime.upstream.use_fetcher(self.relay_pool.fetch)  # type: ignore[union-attr]
         if sock is not None:
             self._server = await self.loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=2048)
         else:
