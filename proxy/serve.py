@@ -1,8 +1,9 @@
 """`rerank-proxy serve`: run the proxy on its own HTTP/1.1 server (uvloop), one or more workers.
 
-Flags override the environment. With WORKERS > 1 the parent binds the socket, forks the workers
-(each builds its own clients, caches and model) and only supervises: it passes SIGTERM/SIGINT on,
-and starts a new worker if one dies.
+Flags override the environment. With WORKERS > 1 the parent checks the address, forks the workers
+(each builds its own clients, caches and model, and listens on its own SO_REUSEPORT socket, so the
+kernel spreads connections evenly across workers) and only supervises: it passes SIGTERM/SIGINT
+on, and starts a new worker if one dies.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
     logs.setup(settings.log_level)
     try:
-        sock = _bind(settings.host, settings.port)
+        # One worker listens on this socket; with several, it only holds the address (bound, not
+        # listening, so the kernel never hands it a connection) and each worker listens on its own.
+        sock = _bind(settings.host, settings.port, listen=settings.workers <= 1, reuse_port=settings.workers > 1)
     except OSError as exc:
         print(f"rerank-proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
               "set HOST/PORT (or --host/--port) to a free address", file=sys.stderr)
@@ -53,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(settings, sock)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if listen:
+        sock.listen(2048)
     sock.setblocking(False)
     return sock
 
@@ -104,7 +110,8 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = STARTUP_FAILED
             try:
-                code = run_worker(settings, sock)
+                sock.close()
+                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True))
             finally:
                 os._exit(code)
         children.add(pid)
