@@ -81,7 +81,7 @@ class RelayPool:
         self.targets = [Target(url, settings) for url in settings.upstream_urls]
         self.max_idle = settings.upstream_max_connections
         self._turn = 0
-        self._open = 0
+        self.open_connections = 0   # all open engine connections, idle or in use
 
     def order(self) -> list[Target]:
         """Engines to try for one request: round robin start, healthy ones first."""
@@ -134,6 +134,10 @@ class RelayPool:
         except ValueError:
             pass
 
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(target.idle) for target in self.targets)
+
     def close(self) -> None:
         for target in self.targets:
             while target.idle:
@@ -158,6 +162,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.open_connections += 1
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -181,6 +186,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.open_connections -= 1
         self.pool.forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
