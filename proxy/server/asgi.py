@@ -10,23 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ..errors import error_body
+from .connection import BODY_HIGH_WATER, status_phrase
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
 
 _log = logging.getLogger("rerank_proxy")
-_HIGH_WATER = 256 * 1024
-
-
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
 
 
 class AsgiExchange:
@@ -57,7 +49,7 @@ class AsgiExchange:
     def request_body(self, chunk: bytes) -> None:
         self._body.append(chunk)
         self._buffered += len(chunk)
-        if self._buffered > _HIGH_WATER:
+        if self._buffered > BODY_HIGH_WATER:
             self.client.pause_reading("asgi")
         self._wake()
 
@@ -146,7 +138,7 @@ class AsgiExchange:
     def _head(self, body: bytes, more: bool) -> bytes:
         headers = self._headers
         has_length = any(name.lower() == b"content-length" for name, _ in headers)
-        lines = [b"HTTP/1.1 %d %b\r\n" % (self._status, _phrase(self._status))]
+        lines = [b"HTTP/1.1 %d %b\r\n" % (self._status, status_phrase(self._status))]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
         if not has_length:

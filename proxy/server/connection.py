@@ -9,7 +9,6 @@ order: while one is active the next waits, and reading from the client pauses.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,10 +20,25 @@ from ..errors import error_body
 if TYPE_CHECKING:
     from .server import ProxyServer
 
-_log = logging.getLogger("rerank_proxy")
 # Beyond this the proxy stops collecting header bytes at all and answers 431 at once.
 _HEADER_HARD_CAP = 1024 * 1024
-_BODY_HIGH_WATER = 256 * 1024
+# Request body buffered for an exchange that cannot take it yet; past this, reading pauses.
+BODY_HIGH_WATER = 256 * 1024
+
+
+def status_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def error_response(status: int, error_type: str, reason: str, *, close: bool) -> bytes:
+    """A whole engine-style error answer, as written on the wire by the server itself."""
+    body = error_body(status, error_type, reason)
+    return (b"HTTP/1.1 %d %b\r\ncontent-type: application/json; charset=UTF-8\r\ncontent-length: %d\r\n"
+            b"x-rerank: error\r\n%b\r\n%b"
+            % (status, status_phrase(status), len(body), b"Connection: close\r\n" if close else b"", body))
 
 
 class Exchange(Protocol):
@@ -217,10 +231,7 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
             return
         if self.active is None:
-            body = error_body(status, error_type, reason)
-            self.write(b"HTTP/1.1 %d %b\r\ncontent-type: application/json; charset=UTF-8\r\n"
-                       b"content-length: %d\r\nx-rerank: error\r\nConnection: close\r\n\r\n%b"
-                       % (status, HTTPStatus(status).phrase.encode(), len(body), body))
+            self.write(error_response(status, error_type, reason, close=True))
             self.close()
         else:  # answer what came before, then close
             last = self.pending[-1] if self.pending else self.active

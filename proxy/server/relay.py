@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..config import Settings
-from ..errors import ProxyError, error_body
+from ..errors import ProxyError
 from ..upstream import HOP_BY_HOP, tls_context
+from .connection import BODY_HIGH_WATER, error_response
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 _DOWN_FOR_S = 2.0
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _NO_BODY_STATUS = frozenset({204, 304})
-_HIGH_WATER = 256 * 1024
 # Dropped from requests besides the hop-by-hop ones: Host is the engine's; Expect is answered by the
 # proxy itself (it sends 100 Continue when it starts reading the body); the proxy's own key stays here.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect", b"x-proxy-api-key"}
@@ -300,13 +300,12 @@ class RelayExchange:
         if self.expect_continue:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for target in self.pool.order():
-            if target.idle and target.down_until <= time.monotonic():
-                conn = target.idle.pop()
-                if not conn.closed:
-                    self._tried.append(target)
-                    self.from_pool = True
-                    self._attach(conn)
-                    return
+            conn = self.pool.take_idle(target) if target.down_until <= time.monotonic() else None
+            if conn is not None:
+                self._tried.append(target)
+                self.from_pool = True
+                self._attach(conn)
+                return
         self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -357,7 +356,7 @@ class RelayExchange:
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
         if self.conn is None:
             self.body_queue.append(chunk)
-            if sum(map(len, self.body_queue)) > _HIGH_WATER:
+            if sum(map(len, self.body_queue)) > BODY_HIGH_WATER:
                 self.client.pause_reading("buffer")
             return
         self.body_started = True
@@ -497,11 +496,8 @@ class RelayExchange:
         if self.finished:
             return
         self.status = status
-        body = error_body(status, error_type, reason)
-        self.client.write(b"HTTP/1.1 %d %b\r\ncontent-type: application/json; charset=UTF-8\r\n"
-                          b"content-length: %d\r\nx-rerank: error\r\n%b\r\n%b"
-                          % (status, _REASONS.get(status, b"Error"), len(body),
-                             b"" if self.keep_alive and self.body_complete else b"Connection: close\r\n", body))
+        self.client.write(error_response(status, error_type, reason,
+                                         close=not (self.keep_alive and self.body_complete)))
         if not self.body_complete:
             self.keep_alive = False
         self._finish()
@@ -525,10 +521,6 @@ class RelayExchange:
 
     def _finish(self) -> None:
         self.finished = True
-
-
-_REASONS = {400: b"Bad Request", 413: b"Content Too Large", 431: b"Request Header Fields Too Large",
-            500: b"Internal Server Error", 502: b"Bad Gateway", 504: b"Gateway Timeout"}
 
 
 def request_head(target: Target, method: bytes, path: bytes, headers: list[tuple[bytes, bytes]],

@@ -10,12 +10,11 @@ application `ProxyApp`, exactly as under any ASGI server.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from ..app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp, log_access
+from ..app import PROXY_KEY_HEADER, ProxyApp, log_access
 from ..search.plan import match_search_path
 from .asgi import AsgiExchange
 from .connection import HttpConnection
@@ -24,9 +23,7 @@ from .relay import RelayExchange, RelayPool, forward_request_headers
 if TYPE_CHECKING:
     from .connection import Exchange
 
-_log = logging.getLogger("rerank_proxy")
 KEEP_ALIVE_TIMEOUT_S = 75.0
-_OPS = OPS_PREFIX.encode()
 
 
 class ProxyServer:
@@ -40,7 +37,6 @@ class ProxyServer:
         self.started = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._fast_enabled = True
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock=None) -> None:  # type: ignore[no-untyped-def]
         """Build the application (model load, clients), then listen."""
@@ -84,24 +80,14 @@ class ProxyServer:
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
-        if self._fast_enabled and self._plain_passthrough(method, raw_path, path, headers, header_bytes):
-            forwarded, framing, expect = forward_request_headers(headers)
+        forwarded, framing, expect = forward_request_headers(headers)
+        if self._plain_passthrough(method, raw_path, path, headers, header_bytes):
             self.app.request_started()
             exchange = RelayExchange(conn, method, url, forwarded, framing, keep_alive, expect, self._relay_done)
             exchange.started_at = time.perf_counter()
             exchange.log_path = path
             exchange.log_headers = headers
             return exchange
-        body_expected = False
-        expect = False
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                body_expected = value.strip() != b"0"
-            elif lowered == b"transfer-encoding":
-                body_expected = True
-            elif lowered == b"expect":
-                expect = value.strip().lower() == b"100-continue"
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1" if conn.http11 else "1.0", "method": method.decode("latin-1"),
@@ -109,7 +95,7 @@ class ProxyServer:
             "headers": [(name.lower(), value) for name, value in headers],
             "client": conn.client_addr, "server": conn.server_addr,
         }
-        return AsgiExchange(conn, scope, keep_alive, body_expected, expect)
+        return AsgiExchange(conn, scope, keep_alive, framing is not None, expect)
 
     def _plain_passthrough(self, method: bytes, raw_path: bytes, path: str, headers: list[tuple[bytes, bytes]],
                            header_bytes: int) -> bool:
@@ -117,7 +103,7 @@ class ProxyServer:
         which also produces every refusal (431, 401, 429, 413, 400) in the engine's format."""
         if method == b"CONNECT" or raw_path[:1] != b"/" or raw_path[:2] == b"//":
             return False
-        if raw_path.startswith(b"/_rerank") or path.startswith("/_rerank"):
+        if path.startswith("/_rerank"):  # `path` is `raw_path` percent-decoded
             return False
         if (method == b"GET" or method == b"POST") and match_search_path(path) is not None:
             return False
