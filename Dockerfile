@@ -32,7 +32,7 @@ WORKDIR /src
 
 # Only what the package build needs (see .dockerignore): metadata, readme and the package itself.
 COPY pyproject.toml README.md ./
-COPY proxy ./proxy
+COPY rerank_proxy ./rerank_proxy
 
 # 1. Wheels for the project and every runtime dependency.
 # 2. A virtualenv installed from those wheels alone (--no-index: nothing else sneaks in).

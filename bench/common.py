@@ -234,7 +234,7 @@ def wait_http(service: Service, path: str, timeout_s: float = 60.0, ok=lambda r:
 
 def start_engine(kind: str = "elasticsearch", port: int = DEFAULT_ENGINE_PORT) -> str:
     """A real engine on `port` (reused when already running); returns its URL."""
-    from proxy.engines.runner import ensure_engine
+    from rerank_proxy.engines.runner import ensure_engine
 
     info = ensure_engine(kind, port=port, say=lambda m: log(f"engine: {m}"))
     return info.url
@@ -349,7 +349,7 @@ def search_body(query: str, *, size: int | None = None, from_: int | None = None
 
 def clean_env(**settings: Any) -> dict[str, str]:
     """This process's environment without any proxy setting, plus the given ones."""
-    from proxy.config import FILE_VARIANTS, SETTING_NAMES
+    from rerank_proxy.config import FILE_VARIANTS, SETTING_NAMES
 
     env = {k: v for k, v in os.environ.items()
            if k not in SETTING_NAMES and k not in {f"{n}_FILE" for n in FILE_VARIANTS}}

@@ -1,6 +1,6 @@
 """A Cohere-protocol test server for the benchmarks: counts what it is asked, answers after a fixed delay.
 
-It is the project's own Cohere v2 server (`proxy.rerank.server.build_app`) around a deterministic
+It is the project's own Cohere v2 server (`rerank_proxy.local.rerank_server.build_app`) around a deterministic
 scorer that sleeps a fixed time per request and scores each document by a hash of (query, text).
 It is NOT Cohere's API: it only speaks its protocol.
 
@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from proxy.rerank.base import RerankResult
-from proxy.rerank.server import build_app
+from rerank_proxy.scoring.providers.base import RerankResult
+from rerank_proxy.local.rerank_server import build_app
 
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("bench_request", default=None)
 

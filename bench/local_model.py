@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from proxy.config import IndexRule, Settings
-from proxy.rerank.local import LocalReranker
-from proxy.rerank.minilm import shared_model
-from proxy.rerank.vector_store import VectorStore
-from proxy.search.hit_text import hit_text
+from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.local.reranker import LocalReranker
+from rerank_proxy.local.minilm import shared_model
+from rerank_proxy.local.vector_store import VectorStore
+from rerank_proxy.search.hit_text import hit_text
 
 RULE = IndexRule(pattern="*")  # all string fields: title, then text
 

@@ -64,7 +64,7 @@ class Recorder:
 
 
 def _frame_name(frame: str) -> str:
-    # raw frames look like "handle (proxy/app.py:123)"; keep function and file, shorten site-packages
+    # raw frames look like "handle (rerank_proxy/app.py:123)"; keep function and file, shorten site-packages
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     path = where.rsplit(":", 1)[0]

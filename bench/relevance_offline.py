@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 import httpx
 import numpy as np
 
-from proxy.config import IndexRule
-from proxy.rerank.minilm import MiniLM
-from proxy.search.hit_text import hit_text
-from proxy.search.merge import final_scores, rerank_order
+from rerank_proxy.config import IndexRule
+from rerank_proxy.local.minilm import MiniLM
+from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.merge import final_scores, rerank_order
 
 RULE = IndexRule(pattern="*")
 WINDOW = 100

@@ -329,7 +329,7 @@ def profile_tables(d: dict[str, Any]) -> str:
         if raw.exists():  # the summary keeps 25 frames; the raw stacks give the deeper ones
             from .profile import summarise
             inclusive = summarise(raw, r["duration_s"], r["rate_hz"], 0.0, top=200)["top_inclusive"]
-        skip = ("main (", "run (proxy/serve.py)", "ProxyApp.__call__", "<module>")
+        skip = ("main (", "run (rerank_proxy/serve.py)", "ProxyApp.__call__", "<module>")
         incl = [[n, f"{p}%"] for n, _, p in inclusive
                 if any(k in n for k in ("proxy/", "httpx/", "httpcore/", "aiohttp/client.py", "cachetools/"))
                 and not n.startswith(skip)][:16]

@@ -5,7 +5,7 @@
 
 Needs: the venv with the `bench` extra (matplotlib) and py-spy, and the Debian packages wrk, nginx,
 redis-server. Starts (or reuses) an Elasticsearch on --engine-port (9400) with the runner of
-proxy/engines; `--stop-engine` stops it at the end.
+rerank_proxy/engines; `--stop-engine` stops it at the end.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
     save_json("run_all.json", {"steps": steps, "quick": quick})
     report.main()
     if args.stop_engine:
-        from proxy.engines.runner import stop_engine
+        from rerank_proxy.engines.runner import stop_engine
         stop_engine("elasticsearch", args.engine_port)
 
 

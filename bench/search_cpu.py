@@ -1,6 +1,6 @@
 """CPU time per reranked search inside the proxy's search pipeline, cache hit and cache miss.
 
-In-process harness: it builds the real runtime (`proxy.app.build_runtime`: upstream pool, Cohere
+In-process harness: it builds the real runtime (`rerank_proxy.app.build_runtime`: upstream pool, Cohere
 provider behind the resilience layer, score cache, `SearchPipeline`) and calls
 `SearchPipeline.search` directly, so the figures are the pipeline's CPU (engine client, parse,
 hit texts, cache, provider client, merge, serialise) without the HTTP server in front of it. The
@@ -36,9 +36,9 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from proxy.app import Runtime, build_runtime
-from proxy.config import load_settings
-from proxy.search.pipeline import Finished
+from rerank_proxy.app import Runtime, build_runtime
+from rerank_proxy.config import load_settings
+from rerank_proxy.search.pipeline import Finished
 
 from .common import (CRANFIELD_INDEX, DEFAULT_ENGINE_PORT, PROVIDER_KEY, Service, index_cranfield,
                      load_queries, loadavg, log, machine_info, save_json, search_body,

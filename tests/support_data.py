@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
-from proxy.config import IndexRule
-from proxy.search.hit_text import hit_text
+from rerank_proxy.config import IndexRule
+from rerank_proxy.search.hit_text import hit_text
 from tests.support_rerankers import overlap_score
 
 _TOPICS = [

@@ -6,7 +6,7 @@ import asyncio
 import re
 from typing import Sequence
 
-from proxy.rerank.base import RerankError, RerankResult
+from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 
 _WORD = re.compile(r"\w+")
 

@@ -9,10 +9,10 @@ from typing import Sequence
 import httpx
 import pytest
 
-from proxy.cache.local_tier import LocalTier
-from proxy.cache.redis_tier import RedisTier
-from proxy.cache.scores import ScoreCache
-from proxy.rerank.base import RerankError, RerankResult
+from rerank_proxy.scoring.cache.local_tier import LocalTier
+from rerank_proxy.scoring.cache.redis_tier import RedisTier
+from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
@@ -241,7 +241,7 @@ def test_proxy_cached_response_equals_uncached_and_admin_flush(engine, index_nam
     settings = proxy_settings(engine.url, ADMIN_TOKEN="admin-secret-1", REDIS_URL=redis_server.url,
                               REDIS_TIMEOUT_MS="500")
     reranker = OverlapReranker()
-    from proxy.cache.wiring import build_shared_cache
+    from rerank_proxy.wiring import build_shared_cache
 
     with run_proxy(settings, reranker=reranker, shared_cache=build_shared_cache(settings)) as running:
         body = {"query": {"match": {"body": "jet engine noise"}}, "size": 5}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import SETTINGS, SETTING_NAMES, TOOL_SETTING_NAMES, ConfigError, load_settings
+from rerank_proxy.config import SETTINGS, SETTING_NAMES, TOOL_SETTING_NAMES, ConfigError, load_settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -67,12 +67,12 @@ def test_readme_documents_exactly_the_settings():
 
 def test_code_reads_only_declared_settings():
     """Every environment name the package reads is declared in config.SETTINGS (or is a tool's)."""
-    package = Path(__file__).resolve().parent.parent / "proxy"
+    package = Path(__file__).resolve().parent.parent / "rerank_proxy"
     read = set()
     for path in package.rglob("*.py"):
         read |= set(re.findall(r"""(?:environ(?:\.get)?|getenv)\(\s*["']([A-Z][A-Z0-9_]+)["']""", path.read_text()))
         read |= set(re.findall(r"""environ\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]""", path.read_text()))
     system = {"PATH", "HOME", "JAVA_HOME"}  # the usual meaning, passed on to the engines' scripts
     unknown = read - set(SETTING_NAMES) - set(TOOL_SETTING_NAMES) - system - {f"{n}_FILE" for n in SETTING_NAMES}
-    assert not unknown, f"read but not declared in proxy/config.py SETTINGS: {sorted(unknown)}"
+    assert not unknown, f"read but not declared in rerank_proxy/config.py SETTINGS: {sorted(unknown)}"
     assert len(SETTINGS) == len(SETTING_NAMES)

@@ -18,12 +18,12 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from proxy.config import IndexRule, Settings
-from proxy.ops import console_judgments
-from proxy.ops.console_beir import parse_qrels_tsv
-from proxy.ops.console_judgments import JudgmentStore, query_id
-from proxy.ops.console_ndcg import ndcg_at_k
-from proxy.search.hit_text import hit_text
+from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.console import judgments as console_judgments
+from rerank_proxy.console.beir import parse_qrels_tsv
+from rerank_proxy.console.judgments import JudgmentStore, query_id
+from rerank_proxy.console.ndcg import ndcg_at_k
+from rerank_proxy.search.hit_text import hit_text
 from tests.fixtures.engines import delete_indices
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
@@ -357,7 +357,7 @@ def compatible_server() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_another_model_of_the_configured_provider(engine, console_index, compatible_server, tmp_path, monkeypatch):
-    from proxy.config import load_settings
+    from rerank_proxy.config import load_settings
 
     url, seen = compatible_server
     settings = load_settings({"UPSTREAM_URLS": engine.url, "ADMIN_TOKEN": TOKEN, "RERANK_PROVIDER": "compatible",
@@ -589,7 +589,7 @@ def test_judgment_store_is_safe_for_several_workers(tmp_path):
 def test_static_assets_ship_with_the_package():
     from importlib import resources
 
-    static = resources.files("proxy.ops") / "static"
+    static = resources.files("rerank_proxy.console") / "static"
     for name in ("console.html", "console.css", "console.js"):
         assert (static / name).is_file()
     assert "cdn" not in (static / "console.html").read_text().lower()

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from proxy.rerank.cohere import CohereReranker
-from proxy.rerank.resilience import ResilientReranker
+from rerank_proxy.scoring.providers.cohere import CohereReranker
+from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_loopback import Captured, FaultServer, response_bytes, send_json

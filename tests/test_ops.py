@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from proxy.rerank.resilience import ResilientReranker
+from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
@@ -112,7 +112,7 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     fields = records[-1].fields
     assert fields["request_id"] == "trace-1" and fields["status"] == 200 and fields["outcome"] == "passthrough"
     assert fields["traceparent"].startswith("00-0af7")
-    from proxy.ops.logs import JsonFormatter
+    from rerank_proxy.admin.logs import JsonFormatter
 
     line = JsonFormatter().format(records[-1])
     assert TOKEN not in line and API_KEY not in line and "timeout=5s" not in line
@@ -138,7 +138,7 @@ def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):
 
 
 def test_bad_configuration_stops_serve_with_one_line():
-    completed = subprocess.run([sys.executable, "-m", "proxy.cli", "serve"], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "rerank_proxy.cli", "serve"], capture_output=True, text=True,
                                env={"RERANK_WINDOW": "lots", "PATH": "/usr/bin:/bin"}, timeout=60)
     assert completed.returncode == 2
     assert completed.stderr.strip() == ("rerank-proxy: configuration error: RERANK_WINDOW='lots': not an integer; "

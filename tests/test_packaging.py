@@ -5,7 +5,7 @@ Each file is checked twice:
   linter), the Docker Compose CLI (`docker-compose config`, parses without a Docker engine),
   check-jsonschema's vendored compose-spec schema, kubectl's built-in kustomize and
   kubernetes-validate (bundled Kubernetes JSON schemas);
-- by our own assertions tying them to the proxy: setting names exist in `proxy.config.SETTINGS`,
+- by our own assertions tying them to the proxy: setting names exist in `rerank_proxy.config.SETTINGS`,
   probes hit the right endpoints, grace periods exceed SHUTDOWN_GRACE_S, and so on.
 
 A missing validator fails (never skips) with the pip command that installs it.
@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from proxy.config import FILE_VARIANTS, SECRET_NAMES, SETTING_NAMES, SETTINGS, load_settings
+from rerank_proxy.config import FILE_VARIANTS, SECRET_NAMES, SETTING_NAMES, SETTINGS, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -296,9 +296,9 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
         assert not dockerignore_excludes(source), f".dockerignore excludes {source}, which the build copies"
-    assert not dockerignore_excludes("proxy/config.py")
+    assert not dockerignore_excludes("rerank_proxy/config.py")
     for path in (".venv/bin/python", ".git/HEAD", "tests/test_packaging.py", "deploy/example.env",
-                 "proxy/__pycache__/config.cpython-311.pyc", "bench/results/x.json"):
+                 "rerank_proxy/__pycache__/config.cpython-311.pyc", "bench/results/x.json"):
         assert dockerignore_excludes(path), f".dockerignore should exclude {path}"
 
 
@@ -400,7 +400,7 @@ def example_env() -> tuple[dict[str, str], list[str], str]:
 def test_example_env_lists_every_setting_with_its_default_and_meaning() -> None:
     commented, active, comments = example_env()
     unknown = set(commented) - KNOWN_ENV_NAMES
-    assert not unknown, f"not settings of proxy.config.SETTINGS: {sorted(unknown)}"
+    assert not unknown, f"not settings of rerank_proxy.config.SETTINGS: {sorted(unknown)}"
     missing = SETTING_NAMES - set(commented)
     assert not missing, f"example.env lacks: {sorted(missing)}"
     assert not active, f"example.env should leave every setting commented out: {active}"
@@ -413,7 +413,7 @@ def test_example_env_lists_every_setting_with_its_default_and_meaning() -> None:
 
 def _check_known(names: Any, where: str) -> None:
     unknown = set(names) - KNOWN_ENV_NAMES
-    assert not unknown, f"{where}: not settings of proxy.config.SETTINGS: {sorted(unknown)}"
+    assert not unknown, f"{where}: not settings of rerank_proxy.config.SETTINGS: {sorted(unknown)}"
 
 
 def test_compose_proxy_environment_uses_only_known_settings_and_loads() -> None:

@@ -7,11 +7,11 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from proxy.config import IndexRule, load_settings
-from proxy.errors import ProxyError
-from proxy.search.hit_text import hit_text, lookup
-from proxy.search.merge import final_scores, merge
-from proxy.search.plan import Bypass, Plan, match_search_path, plan_search
+from rerank_proxy.config import IndexRule, load_settings
+from rerank_proxy.errors import ProxyError
+from rerank_proxy.search.hit_text import hit_text, lookup
+from rerank_proxy.search.merge import final_scores, merge
+from rerank_proxy.search.plan import Bypass, Plan, match_search_path, plan_search
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
 MATCH = {"query": {"match": {"t": "jet engine"}}}

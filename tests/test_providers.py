@@ -14,19 +14,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from proxy.config import Settings
-from proxy.rerank.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
-from proxy.rerank.errors import (
+from rerank_proxy.config import Settings
+from rerank_proxy.scoring.providers.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
+from rerank_proxy.scoring.providers.errors import (
     RerankConnectionError,
     RerankResponseError,
     RerankStatusError,
     RerankTimeout,
 )
-from proxy.rerank.factory import build_provider, build_reranker, is_pointwise
-from proxy.rerank.http_client import _checked_scores, error_message, retry_after_s, scores_by_index
-from proxy.rerank.resilience import ResilientReranker
-from proxy.rerank.tei import TEIReranker
-from proxy.rerank.voyage import VoyageReranker
+from rerank_proxy.wiring import build_provider, build_reranker, is_pointwise
+from rerank_proxy.scoring.providers.http_client import _checked_scores, error_message, retry_after_s, scores_by_index
+from rerank_proxy.scoring.providers.resilience import ResilientReranker
+from rerank_proxy.scoring.providers.tei import TEIReranker
+from rerank_proxy.scoring.providers.voyage import VoyageReranker
 from tests.support_loopback import FaultServer, response_bytes, send_json
 
 KEY = "co-test-key-0123456789abcdef"

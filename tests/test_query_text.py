@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from proxy.search.query_text import clean_query_string, extract_query_text
+from rerank_proxy.search.query_text import clean_query_string, extract_query_text
 
 
 def q(query):

@@ -17,15 +17,15 @@ from typing import Sequence
 
 import pytest
 
-from proxy.config import Settings
-from proxy.rerank.base import RerankError, RerankResult
-from proxy.rerank.cohere import CohereReranker
-from proxy.rerank.errors import (
+from rerank_proxy.config import Settings
+from rerank_proxy.scoring.providers.base import RerankError, RerankResult
+from rerank_proxy.scoring.providers.cohere import CohereReranker
+from rerank_proxy.scoring.providers.errors import (
     RerankDeadlineExceeded,
     RerankResponseError,
     RerankStatusError,
 )
-from proxy.rerank.resilience import ResilientReranker, RerankUnavailable
+from rerank_proxy.scoring.providers.resilience import ResilientReranker, RerankUnavailable
 from tests.support_loopback import FaultServer, response_bytes, send_json
 
 KEY = "co-resilience-key-0123456789"

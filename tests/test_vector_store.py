@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from proxy.rerank.vector_store import VectorStore, vector_key
+from rerank_proxy.local.vector_store import VectorStore, vector_key
 
 DIM = 384
 

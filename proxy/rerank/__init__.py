@@ -1,1 +1,0 @@
-"""Rerank providers behind one interface (see base.py)."""

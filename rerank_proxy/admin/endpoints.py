@@ -1,0 +1,119 @@
+"""The proxy's own endpoints under /_rerank/ (a prefix no engine API uses).
+
+- /_rerank/health   liveness: the process answers
+- /_rerank/ready    readiness: an engine answers; reranker and cache state reported
+- /_rerank/metrics  Prometheus text format
+- /_rerank/admin/*  cache stats and flush, effective configuration (secrets redacted), breaker
+                    state and reset; bearer ADMIN_TOKEN, compared in constant time; every admin
+                    endpoint answers 404 when no token is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rerank_proxy.errors import error_body
+from rerank_proxy.console.routes import console_routes
+
+
+def _error(status: int, error_type: str, reason: str) -> Response:
+    return Response(error_body(status, error_type, reason), status, media_type="application/json")
+
+
+def build_ops_app(runtime: Any) -> Starlette:
+    settings = runtime.settings
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        engine_ok = False
+        try:
+            response, _ = await runtime.upstream.request("GET", "/_cluster/health", [], None)
+            engine_ok = response.status_code < 500
+        except Exception:
+            engine_ok = False
+        breaker = getattr(runtime.reranker, "breaker", None)
+        shared = runtime.shared_cache
+        body = {
+            "ready": engine_ok,
+            "engine": "reachable" if engine_ok else "unreachable",
+            "reranker": {"provider": settings.rerank_provider,
+                         "model": getattr(runtime.reranker, "model", None),
+                         "breaker": str(getattr(breaker, "state", "closed")) if breaker else None},
+            "shared_cache": None if shared is None else ("up" if await shared.ping() else "down"),
+        }
+        return JSONResponse(body, 200 if engine_ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def admin(handler):
+        async def guarded(request: Request) -> Response:
+            token = settings.admin_token
+            if not token:
+                return _error(404, "resource_not_found_exception", "admin endpoints are disabled (no ADMIN_TOKEN)")
+            sent = request.headers.get("authorization", "")
+            expected = f"Bearer {token}"
+            if not hmac.compare_digest(sent.encode(), expected.encode()):
+                return _error(401, "security_exception", "missing or invalid admin token")
+            return await handler(request)
+        return guarded
+
+    async def cache_stats(request: Request) -> Response:
+        cache = runtime.cache
+        if cache is None:
+            return JSONResponse({"enabled": False})
+        stats = vars(cache.stats) if hasattr(cache.stats, "__dict__") else {
+            k: getattr(cache.stats, k) for k in cache.stats.__slots__}
+        return JSONResponse({"enabled": cache.enabled, "entries": len(cache.local),
+                             "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
+                             "shared": bool(runtime.shared_cache), **stats})
+
+    async def cache_flush(request: Request) -> Response:
+        local = runtime.cache.flush() if runtime.cache is not None else 0
+        shared = 0
+        if runtime.shared_cache is not None:
+            try:
+                shared = await runtime.shared_cache.flush()
+            except Exception:
+                return _error(503, "cache_flush_exception", "the in-process cache was flushed; the shared cache could not be reached")
+        return JSONResponse({"flushed": {"local": local, "shared": shared}})
+
+    async def config(request: Request) -> Response:
+        return JSONResponse(settings.redacted())
+
+    async def breaker_state(request: Request) -> Response:
+        breaker = getattr(runtime.reranker, "breaker", None)
+        if breaker is None:
+            return JSONResponse({"breaker": None})
+        return JSONResponse({"breaker": str(breaker.state)})
+
+    async def breaker_reset(request: Request) -> Response:
+        breaker = getattr(runtime.reranker, "breaker", None)
+        if breaker is not None:
+            breaker.reset()
+        return JSONResponse({"breaker": str(breaker.state) if breaker else None})
+
+    async def not_found(request: Request) -> Response:
+        return _error(404, "resource_not_found_exception", f"no proxy endpoint [{request.url.path}]")
+
+    routes = [
+        Route("/_rerank/health", health, methods=["GET", "HEAD"]),
+        Route("/_rerank/ready", ready, methods=["GET", "HEAD"]),
+        Route("/_rerank/metrics", metrics, methods=["GET"]),
+        Route("/_rerank/admin/cache", admin(cache_stats), methods=["GET"]),
+        Route("/_rerank/admin/cache/flush", admin(cache_flush), methods=["POST"]),
+        Route("/_rerank/admin/config", admin(config), methods=["GET"]),
+        Route("/_rerank/admin/breaker", admin(breaker_state), methods=["GET"]),
+        Route("/_rerank/admin/breaker/reset", admin(breaker_reset), methods=["POST"]),
+        *console_routes(runtime, admin),
+        Route("/_rerank/{rest:path}", not_found),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,391 @@
+"""The ASGI application: routes each request to ops, the search pipeline or the pass-through.
+
+Under `rerank-proxy serve` the server (`rerank_proxy/server/`) relays plain requests to the engine itself
+and hands this app only what needs it: searches, the proxy's `/_rerank/` endpoints, and requests to
+refuse (too large, bad key, bad target). The app stays a complete proxy on its own (any ASGI server
+can run it): pass-through requests are streamed both ways chunk by chunk (a large `_bulk` or
+response is never held in memory), and only searches are read whole, parsed and rewritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.config import Settings
+from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.admin import logs
+from rerank_proxy.admin.metrics import Metrics
+from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline
+from rerank_proxy.search.plan import match_search_path, parse_params
+from rerank_proxy.upstream import IDEMPOTENT_METHODS, UpstreamPool, forwardable_headers
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+OPS_PREFIX = "/_rerank/"
+PROXY_KEY_HEADER = b"x-proxy-api-key"
+_log = logging.getLogger("rerank_proxy")
+
+
+@dataclass
+class Runtime:
+    """Everything built at start-up and shared by requests of one worker."""
+
+    settings: Settings
+    upstream: UpstreamPool
+    reranker: Any
+    cache: ScoreCache | None
+    pipeline: SearchPipeline
+    metrics: Metrics
+    shared_cache: Any = None
+    started_at: float = 0.0
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: Any = None) -> Runtime:
+    """Clients, caches and the pipeline; `reranker` may be injected (tests, benchmarks)."""
+    from rerank_proxy.wiring import build_shared_cache
+    from rerank_proxy.wiring import build_reranker
+
+    if reranker is None:
+        reranker = build_reranker(settings)
+    if shared_cache is None:
+        shared_cache = build_shared_cache(settings)
+    upstream = UpstreamPool(settings)
+    cache = None
+    if reranker is not None:
+        cache = ScoreCache(reranker, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s,
+                           shared=shared_cache, shared_timeout_s=settings.redis_timeout_ms / 1000)
+    preload = getattr(getattr(reranker, "inner", reranker), "load", None)
+    if preload is not None:
+        await preload()  # the built-in model loads here, not on the first search
+    metrics = Metrics()
+    runtime = Runtime(settings, upstream, reranker, cache, SearchPipeline(settings, upstream, cache),
+                      metrics, shared_cache, time.time())
+    from rerank_proxy.admin.collectors import register_collectors
+    register_collectors(runtime)
+    return runtime
+
+
+class ProxyApp:
+    def __init__(self, settings: Settings, reranker: Any = None, shared_cache: Any = None) -> None:
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self._injected = (reranker, shared_cache)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._ops: Any = None
+        logs.register_secrets([settings.rerank_api_key, settings.admin_token, settings.redis_url,
+                               *settings.proxy_api_keys, *_url_passwords(settings.upstream_urls)])
+
+    # --- ASGI entry ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if self.runtime is None:  # lifespan disabled by the host server: build lazily
+            await self.startup()
+        self.request_started()
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            self.request_finished()
+
+    # --- in-flight accounting (also used by the server's pass-through fast path) -----------------
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def request_started(self) -> None:
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._idle.clear()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def startup(self) -> None:
+        self.runtime = await build_runtime(self.settings, *self._injected)
+        from rerank_proxy.admin.endpoints import build_ops_app
+        self._ops = build_ops_app(self.runtime)
+        self.runtime.metrics.track_in_flight(lambda: self._in_flight)
+
+    async def shutdown(self) -> None:
+        """Let in-flight requests finish (within the grace period), then close clients."""
+        if self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
+            except asyncio.TimeoutError:
+                _log.warning("shutdown grace period over", extra={"fields": {"in_flight": self._in_flight}})
+        if self.runtime is not None:
+            for close in self.runtime.closers:
+                await close()
+            await self.runtime.upstream.aclose()
+            if self.runtime.reranker is not None:
+                await self.runtime.reranker.aclose()
+            if self.runtime.shared_cache is not None:
+                await self.runtime.shared_cache.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # a start-up failure must be one clear line, not a trace
+                    await send({"type": "lifespan.startup.failed", "message": logs.redact(str(exc))})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- routing ---------------------------------------------------------------------------------
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.runtime
+        assert runtime is not None
+        started = time.perf_counter()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        status, outcome, extra = 500, "error", {}
+        try:
+            if method == "CONNECT" or not raw_path.startswith(b"/") or raw_path.startswith(b"//"):
+                raise ProxyError(400, "illegal_argument_exception",
+                                 "request target must be an origin-form path")
+            if path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/"):
+                outcome = "ops"
+                await self._ops(scope, receive, send)
+                return
+            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.settings.max_header_bytes:
+                raise ProxyError(431, "too_long_http_header_exception",
+                                 f"request headers are larger than {self.settings.max_header_bytes} bytes")
+            self._check_api_key(scope)
+            if self._in_flight > self.settings.max_concurrent_requests:
+                raise ProxyError(429, "rejected_execution_exception",
+                                 "too many concurrent requests at the proxy; retry later")
+            search = match_search_path(path) if method in ("GET", "POST") else None
+            if search is not None:
+                status, outcome, extra = await self._search(scope, receive, send, *search)
+            else:
+                status = await self._passthrough(scope, receive, send, None)
+                outcome = "passthrough"
+        except ProxyError as exc:
+            status = exc.status
+            await _send_error(send, exc)
+        except Exception:
+            _log.exception("unexpected error", extra={"fields": {"path": path, "method": method}})
+            status = 500
+            await _send_error(send, ProxyError(500, "proxy_internal_exception",
+                                               "the proxy failed to handle this request; see its log"))
+        finally:
+            if outcome != "ops":
+                elapsed = time.perf_counter() - started
+                runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
+                                        extra.get("rerank_ms", 0.0), extra.get("reason", ""))
+                log_access(scope["headers"], method, path, status, outcome, elapsed, extra)
+
+    def _check_api_key(self, scope: Scope) -> None:
+        if not self.settings.proxy_api_keys:
+            return
+        sent = next((v for k, v in scope["headers"] if k.lower() == PROXY_KEY_HEADER), b"")
+        if not self.api_key_ok(sent):
+            raise ProxyError(401, "security_exception", "missing or invalid X-Proxy-Api-Key")
+
+    def api_key_ok(self, sent: bytes) -> bool:
+        ok = False
+        for key in self.settings.proxy_api_keys:  # compare with every key: timing tells nothing
+            ok |= hmac.compare_digest(sent, key.encode())
+        return ok
+
+    # --- searches --------------------------------------------------------------------------------
+
+    async def _search(self, scope: Scope, receive: Receive, send: Send, targets: str | None,
+                      kind: str) -> tuple[int, str, dict[str, Any]]:
+        runtime = self.runtime
+        assert runtime is not None
+        body = await _read_body(scope, receive, self.settings.max_search_body_bytes)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        params = parse_params(scope.get("query_string", b""))
+        raw_headers = _client_headers(scope)
+        handler = runtime.pipeline.search if kind == "search" else runtime.pipeline.msearch
+        result = await handler(scope["method"], targets, params, headers, raw_headers, body)
+        if isinstance(result, Forward):
+            replay = result.body if result.body is not None else body
+            status = await self._passthrough(scope, receive, send, replay,
+                                             extra_headers=[(b"x-rerank", b"bypass"),
+                                                            (b"x-rerank-reason", result.reason.encode())],
+                                             rewritten=result.body is not None)
+            return status, "bypass", {"reason": result.reason}
+        await _send_finished(send, result)
+        extra = {"engine_ms": result.engine_ms, "rerank_ms": result.rerank_ms, "cache": result.cache,
+                 "reason": result.reason}
+        outcome = result.outcome if result.outcome in ("reranked", "cached", "fallback", "error") else "reranked"
+        if "fallback" in result.outcome:
+            outcome = "fallback"
+        return result.status, outcome, extra
+
+    # --- pass-through ----------------------------------------------------------------------------
+
+    async def _passthrough(self, scope: Scope, receive: Receive, send: Send, body: bytes | None,
+                           extra_headers: list[tuple[bytes, bytes]] | None = None,
+                           rewritten: bool = False) -> int:
+        """Stream the request to an engine and its response back, changing nothing."""
+        runtime = self.runtime
+        assert runtime is not None
+        method: str = scope["method"]
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = _client_headers(scope)
+        content: bytes | AsyncIterator[bytes] | None
+        if body is not None:
+            # A search the proxy read whole: replayed as read, or re-serialised (then plain JSON).
+            content = body
+            drop = {b"content-length", b"transfer-encoding"}
+            if rewritten:
+                drop.add(b"content-encoding")
+            headers = [(k, v) for k, v in headers if k.lower() not in drop]
+            if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+                headers.append((b"content-length", str(len(body)).encode()))
+        elif _has_body(scope):
+            _check_declared_length(scope, self.settings.max_body_bytes)
+            content = _stream_body(receive, self.settings.max_body_bytes)
+        else:
+            content = None
+        idempotent = method in IDEMPOTENT_METHODS or body is not None and match_search_path(scope["path"]) is not None
+        response = await runtime.upstream.send(method, target, headers, content, idempotent=idempotent)
+        try:
+            out_headers = forwardable_headers(response.raw_headers) + (extra_headers or [])
+            await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
+            if method != "HEAD":
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+        return response.status_code
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _url_passwords(urls: tuple[str, ...]) -> list[str]:
+    from urllib.parse import urlsplit
+
+    return [p for p in (urlsplit(u).password for u in urls) if p]
+
+
+def _client_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in forwardable_headers(scope["headers"]) if k.lower() != PROXY_KEY_HEADER]
+
+
+def _has_body(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        lowered = key.lower()
+        if lowered == b"content-length":
+            return value.strip() != b"0"
+        if lowered == b"transfer-encoding":
+            return True
+    return False
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise ProxyError(400, "illegal_argument_exception", "invalid Content-Length") from None
+    return None
+
+
+def _check_declared_length(scope: Scope, limit: int) -> None:
+    declared = _declared_length(scope)
+    if declared is not None and declared > limit:
+        raise ProxyError(413, "content_too_long_exception",
+                         f"request body of {declared} bytes is larger than the limit of {limit} bytes")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    _check_declared_length(scope, limit)
+    return b"".join([chunk async for chunk in _stream_body(receive, limit)])
+
+
+async def _stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProxyError(499, "client_closed_request", "the client closed the connection")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ProxyError(413, "content_too_long_exception",
+                             f"request body is larger than the limit of {limit} bytes")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _send_finished(send: Send, result: Finished) -> None:
+    headers = list(result.headers)
+    headers.append((b"content-length", str(len(result.body)).encode()))
+    headers.append((b"x-rerank", result.outcome.encode()))
+    if result.reason:
+        headers.append((b"x-rerank-reason", result.reason.encode()))
+    if result.cache:
+        headers.append((b"x-rerank-cache", result.cache.encode()))
+    headers.append((b"server-timing",
+                    f"engine;dur={result.engine_ms:.1f}, rerank;dur={result.rerank_ms:.1f}".encode()))
+    await send({"type": "http.response.start", "status": result.status, "headers": headers})
+    await send({"type": "http.response.body", "body": result.body, "more_body": False})
+
+
+async def _send_error(send: Send, exc: ProxyError) -> None:
+    body = error_body(exc.status, exc.error_type, exc.reason)
+    try:
+        await send({"type": "http.response.start", "status": exc.status,
+                    "headers": [(b"content-type", b"application/json; charset=UTF-8"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"x-rerank", b"error")]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    except Exception:  # the response had already started: nothing more can be said to the client
+        pass
+
+
+def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, status: int, outcome: str,
+               elapsed: float, extra: dict[str, Any]) -> None:
+    """One JSON access line (at INFO), with the client's request id and trace context if sent."""
+    if not logs.access_log.isEnabledFor(logging.INFO):
+        return
+    headers = {k.lower(): v for k, v in raw_headers if k.lower() in (b"x-opaque-id", b"traceparent")}
+    fields = {"method": method, "path": path, "status": status, "outcome": outcome,
+              "ms": round(elapsed * 1000, 2)}
+    for key in ("engine_ms", "rerank_ms"):
+        if extra.get(key):
+            fields[key] = round(extra[key], 2)
+    if extra.get("cache"):
+        fields["cache"] = extra["cache"]
+    if extra.get("reason"):
+        fields["reason"] = extra["reason"]
+    if b"x-opaque-id" in headers:
+        fields["request_id"] = headers[b"x-opaque-id"].decode("latin-1")[:200]
+    if b"traceparent" in headers:
+        fields["traceparent"] = headers[b"traceparent"].decode("latin-1")[:200]
+    logs.access_log.info("request", extra={"fields": fields})

@@ -1,0 +1,1 @@
+"""The relevance console: compare lexical and reranked results, judge them, run query sets."""

@@ -1,0 +1,234 @@
+"""One side-by-side comparison: the engine's lexical ranking and the reranked one, for one query.
+
+It follows the search pipeline's own steps (candidate window, hit text per index rule, score cache,
+`final_scores`, `rerank_order`) so what the console shows is what a client of the proxy would get
+for the same options, but it keeps every intermediate value (texts, raw and final scores, both
+ranks, timings) that the pipeline throws away.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.scoring.providers.base import RerankError
+from rerank_proxy.search.hit_text import hit_text, needed_source_fields
+from rerank_proxy.search.merge import final_scores, rerank_order
+from rerank_proxy.search.query_text import extract_query_text
+from rerank_proxy.scoring.final import score_texts
+from rerank_proxy.console.params import MAX_WINDOW, CompareOptions
+from rerank_proxy.console.scorers import Scorer, Scorers
+
+LABEL_FIELDS = ("title", "name", "headline", "subject")
+_JSON = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class Candidate:
+    id: str
+    index: str
+    lexical_score: float | None
+    text: str
+    label: str
+
+
+@dataclass(slots=True)
+class Comparison:
+    """The full result; `order` lists window positions by final score (the reranked ranking)."""
+
+    options: CompareOptions
+    query: str
+    scorer: Scorer
+    rule: IndexRule
+    configured_rule: bool
+    window: int
+    mode: str
+    candidates: list[Candidate]
+    rerank_scores: list[float | None]
+    final: list[float]
+    order: list[int]
+    engine_ms: float
+    engine_took_ms: int | None
+    total_hits: int | None
+    rerank_ms: float = 0.0
+    cache: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def lexical_ids(self, k: int) -> list[str]:
+        return [c.id for c in self.candidates[:k]]
+
+    def reranked_ids(self, k: int) -> list[str]:
+        return [self.candidates[i].id for i in self.order[:k]]
+
+
+def effective_rule(settings: Settings, opts: CompareOptions, index: str) -> tuple[IndexRule, bool]:
+    """The hit-text rule for `index` with the console's field/template overrides applied.
+
+    Also returns whether the proxy reranks searches on that index at all (the console compares
+    any index, but the page says when clients would not see the reranked column).
+    """
+    configured = settings.rule_for(index)
+    base = configured or settings.default_rule(index)
+    fields = base.fields if opts.fields is None else opts.fields
+    template = opts.template if opts.template is not None else (base.template if opts.fields is None else "")
+    window = min(opts.window or base.window, MAX_WINDOW)
+    return IndexRule(pattern=base.pattern, fields=fields, template=template, window=window,
+                     max_chars=base.max_chars), configured is not None
+
+
+def _rule_for_hit(settings: Settings, opts: CompareOptions, rule: IndexRule, index: str) -> IndexRule:
+    """As in the pipeline, each hit's own index rule builds its text, unless the page overrides it."""
+    if opts.fields is not None or opts.template is not None or not index:
+        return rule
+    return settings.rule_for(index) or rule
+
+
+def _label(source: Any, text: str) -> str:
+    if isinstance(source, dict):
+        for name in LABEL_FIELDS:
+            value = source.get(name)
+            if isinstance(value, str) and value.strip():
+                return value.strip()[:200]
+    first = text.strip().split("\n", 1)[0] if text.strip() else ""
+    return first[:120]
+
+
+def _engine_reason(payload: bytes) -> str:
+    try:
+        error = orjson.loads(payload).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return payload[:200].decode("utf-8", "replace")
+    if isinstance(error, dict):
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    return str(error)[:200]
+
+
+async def fetch_candidates(runtime: Any, opts: CompareOptions, rule: IndexRule,
+                           query: str) -> tuple[list[dict[str, Any]], float, int | None, int | None]:
+    """The engine's top `rule.window` hits: (hits, wall ms, engine `took`, total hits)."""
+    clause = opts.dsl if opts.dsl is not None else {"multi_match": {"query": query, "lenient": True}}
+    body: dict[str, Any] = {"size": rule.window, "query": clause}
+    needed = needed_source_fields(rule)
+    if needed is not None:
+        body["_source"] = {"includes": [*needed, *LABEL_FIELDS]}
+    started = time.perf_counter()
+    response, payload = await runtime.upstream.request("POST", f"/{quote(opts.index, safe='*')}/_search",
+                                                       _JSON, orjson.dumps(body))
+    engine_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise ProxyError(response.status_code if response.status_code >= 400 else 502,
+                         "engine_exception", f"the engine refused the search: {_engine_reason(payload)}")
+    data = orjson.loads(payload)
+    hits = data.get("hits", {})
+    total = hits.get("total")
+    total_hits = total.get("value") if isinstance(total, dict) else total
+    return list(hits.get("hits") or []), engine_ms, data.get("took"), total_hits
+
+
+async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Comparison:
+    """Run one comparison; a reranker failure is reported in `error`, never raised."""
+    settings: Settings = runtime.settings
+    query = opts.query or extract_query_text({"query": opts.dsl})
+    if not query.strip():
+        raise bad_request("no query text: type a query or use a full-text clause in the DSL")
+    scorer = await scorers.get(opts.provider, opts.model)
+    rule, configured = effective_rule(settings, opts, opts.index)
+    hits, engine_ms, took, total = await fetch_candidates(runtime, opts, rule, query)
+    candidates = []
+    for hit in hits:
+        source = hit.get("_source")
+        index = str(hit.get("_index", ""))
+        text = hit_text(source, _rule_for_hit(settings, opts, rule, index))
+        score = hit.get("_score")
+        candidates.append(Candidate(str(hit.get("_id", "")), index,
+                                    float(score) if isinstance(score, (int, float)) else None,
+                                    text, _label(source, text)))
+    mode = scorer.auto_mode if opts.score_mode == "auto" else opts.score_mode
+    weight = opts.blend_weight if opts.blend_weight is not None else scorer.blend_weight
+    lexical = [c.lexical_score for c in candidates]
+    result = Comparison(opts, query, scorer, rule, configured, rule.window, mode, candidates,
+                        [None] * len(candidates), final_scores([0.0] * len(candidates), lexical, "lexical", 0.0),
+                        list(range(len(candidates))), engine_ms, took, total)
+    if scorer.cache is None or not candidates:
+        result.mode = "lexical" if scorer.cache is None else mode
+        return result
+    await _rerank(result, scorer, query, mode, weight)
+    return result
+
+
+async def _rerank(result: Comparison, scorer: Scorer, query: str, mode: str, weight: float) -> None:
+    """Scores as the pipeline computes them: texts with no words get the lowest score."""
+    assert scorer.cache is not None
+    texts = [c.text for c in result.candidates]
+    started = time.perf_counter()
+    try:
+        raw, scorable, outcome = await score_texts(scorer.cache, query, texts)
+    except RerankError as exc:
+        result.rerank_ms = (time.perf_counter() - started) * 1000
+        result.error = f"the reranker failed ({type(exc).__name__}: {exc}); the reranked column shows lexical order"
+        return
+    result.rerank_ms = (time.perf_counter() - started) * 1000
+    if outcome is not None:
+        for i in scorable:
+            result.rerank_scores[i] = raw[i]
+        result.cache = {"status": outcome.status, "cached": outcome.cached, "coalesced": outcome.coalesced,
+                        "sent": outcome.sent, "provider_calls": outcome.provider_calls}
+    result.final = final_scores(raw, [c.lexical_score for c in result.candidates], mode, weight)
+    result.order = rerank_order(result.final)
+
+
+def _change(before: int, after: int, k: int, missing: str) -> dict[str, Any]:
+    """Movement of one hit between the two top-k lists (ranks are 0-based window positions)."""
+    if before >= k or after >= k:
+        return {"kind": missing, "by": before - after}
+    if after < before:
+        return {"kind": "up", "by": before - after}
+    if after > before:
+        return {"kind": "down", "by": after - before}
+    return {"kind": "same", "by": 0}
+
+
+def to_json(result: Comparison) -> dict[str, Any]:
+    """Both columns for the page: ranks are 1-based, texts are what the reranker was sent."""
+    k = result.options.size
+    new_rank = {pos: rank for rank, pos in enumerate(result.order)}
+    lexical_column = []
+    for pos, cand in enumerate(result.candidates[:k]):
+        lexical_column.append({
+            "id": cand.id, "index": cand.index, "rank": pos + 1, "score": cand.lexical_score,
+            "label": cand.label, "text": cand.text, "reranked_rank": new_rank[pos] + 1,
+            "change": _change(pos, new_rank[pos], k, "out"),
+        })
+    reranked_column = []
+    for rank, pos in enumerate(result.order[:k]):
+        cand = result.candidates[pos]
+        reranked_column.append({
+            "id": cand.id, "index": cand.index, "rank": rank + 1, "score": result.final[pos],
+            "rerank_score": result.rerank_scores[pos], "lexical_rank": pos + 1,
+            "lexical_score": cand.lexical_score, "label": cand.label, "text": cand.text,
+            "change": _change(pos, rank, k, "new"),
+        })
+    scorer = result.scorer
+    return {
+        "index": result.options.index,
+        "query": result.query,
+        "provider": {"choice": scorer.choice, "name": scorer.provider, "model": scorer.model},
+        "score_mode": result.mode,
+        "window": result.window,
+        "candidates": len(result.candidates),
+        "total_hits": result.total_hits,
+        "configured_for_reranking": result.configured_rule,
+        "text_rule": {"fields": list(result.rule.fields), "template": result.rule.template,
+                      "max_chars": result.rule.max_chars},
+        "lexical": lexical_column,
+        "reranked": reranked_column,
+        "timings": {"engine_ms": round(result.engine_ms, 2), "engine_took_ms": result.engine_took_ms,
+                    "rerank_ms": round(result.rerank_ms, 2), "cache": result.cache},
+        "error": result.error,
+    }

@@ -1,0 +1,64 @@
+"""What the console asks the engine about its catalogue: indices and their text fields.
+
+These feed the page's pickers only; they go through the proxy's upstream pool (same TLS, failover
+and credentials as searches) and never carry the console's admin token to the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import orjson
+
+from rerank_proxy.errors import ProxyError
+
+TEXT_TYPES = frozenset({"text", "keyword", "match_only_text", "search_as_you_type", "wildcard",
+                        "constant_keyword"})
+
+
+async def _get_json(runtime: Any, target: str) -> Any:
+    response, payload = await runtime.upstream.request("GET", target, [(b"accept", b"application/json")], None)
+    if response.status_code != 200:
+        raise ProxyError(response.status_code if response.status_code >= 400 else 502, "engine_exception",
+                         f"the engine answered {response.status_code} to {target.split('?')[0]}")
+    return orjson.loads(payload)
+
+
+async def list_indices(runtime: Any) -> list[dict[str, Any]]:
+    """User indices (no dot-indices), with doc counts and whether the proxy reranks them."""
+    rows = await _get_json(runtime, "/_cat/indices?format=json&h=index,docs.count,health,status")
+    out = []
+    for row in rows if isinstance(rows, list) else []:
+        name = str(row.get("index", ""))
+        if not name or name.startswith("."):
+            continue
+        rule = runtime.settings.rule_for(name)
+        docs = row.get("docs.count")
+        out.append({"name": name, "docs": int(docs) if str(docs or "").isdigit() else None,
+                    "health": row.get("health"), "reranked": rule is not None,
+                    "rule": None if rule is None else {"fields": list(rule.fields), "template": rule.template,
+                                                       "window": rule.window, "max_chars": rule.max_chars}})
+    return sorted(out, key=lambda r: r["name"])
+
+
+def _walk(properties: Any, prefix: str = "") -> Iterator[str]:
+    if not isinstance(properties, dict):
+        return
+    for name, spec in properties.items():
+        if not isinstance(spec, dict):
+            continue
+        path = f"{prefix}{name}"
+        if spec.get("type", "object") in TEXT_TYPES:
+            yield path
+        yield from _walk(spec.get("properties"), f"{path}.")
+
+
+async def text_fields(runtime: Any, index: str) -> list[str]:
+    """Text-like `_source` fields of an index (sub-fields like `title.raw` are not in `_source`)."""
+    data = await _get_json(runtime, f"/{quote(index, safe='*')}/_mapping")
+    fields: set[str] = set()
+    for entry in (data.values() if isinstance(data, dict) else []):
+        mappings = entry.get("mappings", {}) if isinstance(entry, dict) else {}
+        fields.update(_walk(mappings.get("properties")))
+    return sorted(fields)

@@ -1,0 +1,287 @@
+"""The relevance console: a page under /_rerank/console and its JSON API, behind the admin token.
+
+Search teams adopt reranking once they have seen, query by query, what it changes. The page shows
+the engine's lexical top 10 next to the reranked top 10, lets them switch scorer, window and hit
+text fields, record relevance judgments, see nDCG@10 of both columns, and run query sets.
+
+Routes (every one behind `guard`, the admin bearer-token check; the page also accepts the token
+once as `?token=`, since a browser cannot send a header on first navigation, and then sets a
+cookie so a reload works; the cookie opens the page only, every API call needs the bearer header):
+
+GET  /_rerank/console                           the page (a sign-in form without a valid token;
+                                                ?signin clears the page cookie and shows the form)
+GET  /_rerank/console/api/options               scorer choices and defaults
+GET  /_rerank/console/api/indices               user indices (no dot-indices)
+GET  /_rerank/console/api/fields?index=         text fields of an index's mapping
+POST /_rerank/console/api/compare               both columns for one query
+GET|PUT /_rerank/console/api/judgments          judgments of a query / list of judged queries; set one
+GET  /_rerank/console/api/judgments/{qrels.tsv,queries.jsonl,export.zip}   BEIR-style exports
+POST /_rerank/console/api/metrics               nDCG@10 of both columns over the judged queries
+POST /_rerank/console/api/batch                 a query set or BEIR folder; NDJSON progress, then result
+GET  /_rerank/console/api/querysets, PUT|DELETE /_rerank/console/api/querysets/{name}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.console import batch, engine, page
+from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
+from rerank_proxy.console.compare import compare, to_json
+from rerank_proxy.console.judgments import JudgmentStore, judgments_path, query_id
+from rerank_proxy.console.ndcg import K, ndcg_at_k
+from rerank_proxy.console.params import index_name, parse_compare, query_text, require_object
+
+PREFIX = page.CONSOLE_PATH
+API = f"{PREFIX}/api"
+MAX_BODY_BYTES = 20 * 1024 * 1024
+_SET_NAME = re.compile(r"^[\w .-]{1,80}$")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, media_type="application/json",
+                    headers={"cache-control": "no-store"})
+
+
+async def _body(request: Request) -> Any:
+    """The JSON body, read up to MAX_BODY_BYTES (a larger one is refused before it is all read)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ProxyError(413, "content_too_long_exception", f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+
+
+def _errors(handler: Handler) -> Handler:
+    """Errors in the engine's JSON shape, as every other proxy endpoint answers them."""
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ProxyError as exc:
+            return Response(exc.body(), exc.status, media_type="application/json")
+    return wrapped
+
+
+def _with_bearer(request: Request, token: str) -> Request:
+    try:
+        value = f"Bearer {token}".encode("latin-1")
+    except UnicodeEncodeError:  # cannot be a valid header value, so it cannot match either
+        return request
+    scope = dict(request.scope)
+    scope["headers"] = [*request.scope["headers"], (b"authorization", value)]
+    return Request(scope, request.receive)
+
+
+def _token_from_query(handler: Handler) -> Handler:
+    """Let `?token=` stand in for the Authorization header (first navigation of a browser)."""
+    async def wrapped(request: Request) -> Response:
+        token = request.query_params.get("token")
+        if token and "authorization" not in request.headers:
+            request = _with_bearer(request, token)
+        return await handler(request)
+    return wrapped
+
+
+def _download(body: str | bytes, filename: str, media_type: str) -> Response:
+    return Response(body, media_type=media_type, headers={"content-disposition": f'attachment; filename="{filename}"',
+                                                          "cache-control": "no-store"})
+
+
+def _optional_index(request: Request) -> str | None:
+    value = request.query_params.get("index")
+    return index_name(value) if value else None
+
+
+def _eval_items(body: dict[str, Any], index: str) -> list[EvalQuery]:
+    """A batch's queries: a BEIR folder on the server, or a list with optional qrels."""
+    if body.get("beir_path"):
+        if not isinstance(body["beir_path"], str):
+            raise bad_request("[beir_path] must be a folder path")
+        limit = body.get("limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise bad_request("[limit] must be a positive integer")
+        return load_folder(body["beir_path"], str(body.get("split") or "test"), limit)
+    queries = body.get("queries")
+    if not isinstance(queries, list) or not queries:
+        raise bad_request("give [queries] (a list of texts or {id, text}) or [beir_path]")
+    if len(queries) > MAX_QUERIES:
+        raise bad_request(f"at most {MAX_QUERIES} queries per run")
+    qrels = body.get("qrels")
+    if isinstance(qrels, str):
+        qrels = parse_qrels_tsv(qrels)
+    if qrels is not None and not (isinstance(qrels, dict) and all(
+            isinstance(d, dict) and all(isinstance(g, int) and not isinstance(g, bool) for g in d.values())
+            for d in qrels.values())):
+        raise bad_request("[qrels] must be qrels TSV text or {query-id: {corpus-id: grade}}")
+    items, seen = [], set()
+    for item in queries:
+        if isinstance(item, dict):
+            text = query_text(item.get("text"), "queries[].text")
+            qid = str(item.get("id") or query_id(index, text))
+        else:
+            text = query_text(item, "queries[]")
+            qid = query_id(index, text)
+        if qid in seen:
+            continue
+        seen.add(qid)
+        items.append(EvalQuery(qid, text, None if qrels is None else {str(k): v for k, v in qrels.get(qid, {}).items()}))
+    return items
+
+
+def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
+    """Routes under /_rerank/console; `guard(handler)` wraps a handler with the admin-token check."""
+    from rerank_proxy.console.scorers import Scorers
+
+    scorers = Scorers(runtime)
+    runtime.closers.append(scorers.aclose)  # extra rerankers the console built are closed at shutdown
+    store = JudgmentStore(judgments_path(runtime.settings))
+
+    def stored_qrels(index: str) -> Callable[[EvalQuery], dict[str, int]]:
+        return lambda item: store.get(index, item.text)
+
+    def api(handler: Handler) -> Handler:
+        return guard(_errors(handler))
+
+    async def page(request: Request) -> Response:
+        return page.page()
+
+    guarded_page = _token_from_query(guard(page))
+
+    async def page_or_login(request: Request) -> Response:
+        """The page; a sign-in form for a browser without a valid token (or one signing out)."""
+        token = runtime.settings.admin_token
+        if "signin" in request.query_params:
+            response: Response = page.login()
+            response.delete_cookie(page.PAGE_COOKIE, path=PREFIX)
+            return response
+        if token and page.cookie_matches(request.cookies.get(page.PAGE_COOKIE, ""), token) \
+                and "authorization" not in request.headers and "token" not in request.query_params:
+            request = _with_bearer(request, token)  # a reload: the page, never the API, trusts the cookie
+        response = await guarded_page(request)
+        if response.status_code == 200 and token:
+            page.set_cookie(response, token, secure=request.url.scheme == "https")
+        elif response.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+            return page.login(rejected="token" in request.query_params)
+        return response
+
+    async def options(request: Request) -> Response:
+        s = runtime.settings
+        return _json({
+            "providers": scorers.choices(),
+            "defaults": {"window": s.rerank_window, "fields": list(s.rerank_fields), "template": s.rerank_template,
+                         "max_chars": s.rerank_max_chars, "score_mode": s.rerank_score_mode,
+                         "blend_weight": s.rerank_blend_weight},
+            "limits": {"max_window": 1000, "max_size": 50}, "k": K,
+            "judgments_file": str(store.path),
+        })
+
+    async def indices(request: Request) -> Response:
+        return _json({"indices": await engine.list_indices(runtime)})
+
+    async def fields(request: Request) -> Response:
+        index = index_name(request.query_params.get("index"))
+        return _json({"index": index, "fields": await engine.text_fields(runtime, index)})
+
+    async def compare_one(request: Request) -> Response:
+        opts = parse_compare(await _body(request))
+        result = to_json(await compare(runtime, scorers, opts))
+        judged = store.get(opts.index, result["query"])
+        result["query_id"] = query_id(opts.index, result["query"])
+        result["judgments"] = judged
+        result["ndcg"] = {"k": K, "lexical": ndcg_at_k([h["id"] for h in result["lexical"]], judged),
+                          "reranked": ndcg_at_k([h["id"] for h in result["reranked"]], judged)}
+        return _json(result)
+
+    async def judgments(request: Request) -> Response:
+        if request.method == "GET":
+            index = index_name(request.query_params.get("index"))
+            text = request.query_params.get("query")
+            if text:
+                text = query_text(text)
+                return _json({"query_id": query_id(index, text), "judgments": store.get(index, text)})
+            return _json({"queries": [{"id": q.id, "query": q.text, "judged": len(q.docs),
+                                       "relevant": sum(1 for g in q.docs.values() if g > 0)}
+                                      for q in store.queries(index)]})
+        body = require_object(await _body(request))
+        index, text = index_name(body.get("index")), query_text(body.get("query"))
+        doc_id, grade = body.get("doc_id"), body.get("grade")
+        if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 512:
+            raise bad_request("[doc_id] must be a document _id")
+        if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int) or not 0 <= grade <= 3):
+            raise bad_request("[grade] must be 0 (not relevant), 1 (relevant), up to 3 for graded, or null to clear")
+        docs = store.set(index, text, doc_id, grade)
+        return _json({"query_id": query_id(index, text), "judgments": docs})
+
+    async def qrels_tsv(request: Request) -> Response:
+        return _download(store.qrels_tsv(_optional_index(request)), "qrels.tsv", "text/tab-separated-values")
+
+    async def queries_jsonl(request: Request) -> Response:
+        return _download(store.queries_jsonl(_optional_index(request)), "queries.jsonl", "application/x-ndjson")
+
+    async def export_zip(request: Request) -> Response:
+        return _download(store.export_zip(_optional_index(request)), "judgments-beir.zip", "application/zip")
+
+    async def metrics(request: Request) -> Response:
+        opts = parse_compare(await _body(request), need_query=False)
+        await scorers.get(opts.provider, opts.model)  # a bad provider choice is a 400, not n row errors
+        items = [EvalQuery(q.id, q.text, q.docs) for q in store.queries(opts.index)]
+        return _json(await batch.collect(runtime, scorers, opts, items, stored_qrels(opts.index)))
+
+    async def batch(request: Request) -> Response:
+        body = require_object(await _body(request))
+        opts = parse_compare(body, need_query=False)
+        items = _eval_items(body, opts.index)
+        await scorers.get(opts.provider, opts.model)
+
+        async def lines() -> Any:
+            async for event in batch.run(runtime, scorers, opts, items, stored_qrels(opts.index)):
+                yield orjson.dumps(event) + b"\n"
+        return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"cache-control": "no-store"})
+
+    async def query_sets(request: Request) -> Response:
+        return _json({"sets": store.query_sets()})
+
+    async def query_set(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not _SET_NAME.match(name):
+            raise bad_request("a query set name is 1-80 letters, digits, spaces, dots or dashes")
+        if request.method == "DELETE":
+            return _json({"deleted": store.delete_set(name)})
+        body = require_object(await _body(request))
+        texts = body.get("queries")
+        if not isinstance(texts, list):
+            raise bad_request("[queries] must be a list of query texts")
+        cleaned = list(dict.fromkeys(query_text(t, "queries[]") for t in texts))
+        store.save_set(name, cleaned)
+        return _json({"name": name, "queries": cleaned})
+
+    return [
+        Route(PREFIX, page_or_login, methods=["GET"]),
+        Route(f"{API}/options", api(options), methods=["GET"]),
+        Route(f"{API}/indices", api(indices), methods=["GET"]),
+        Route(f"{API}/fields", api(fields), methods=["GET"]),
+        Route(f"{API}/compare", api(compare_one), methods=["POST"]),
+        Route(f"{API}/judgments", api(judgments), methods=["GET", "PUT"]),
+        Route(f"{API}/judgments/qrels.tsv", api(qrels_tsv), methods=["GET"]),
+        Route(f"{API}/judgments/queries.jsonl", api(queries_jsonl), methods=["GET"]),
+        Route(f"{API}/judgments/export.zip", api(export_zip), methods=["GET"]),
+        Route(f"{API}/metrics", api(metrics), methods=["POST"]),
+        Route(f"{API}/batch", api(batch), methods=["POST"]),
+        Route(f"{API}/querysets", api(query_sets), methods=["GET"]),
+        Route(f"{API}/querysets/{{name}}", api(query_set), methods=["PUT", "DELETE"]),
+    ]

@@ -1,0 +1,122 @@
+"""`rerank-proxy demo`: a real local engine, the proxy on its embedded defaults, a sample corpus,
+and each demo query's lexical and reranked top results side by side.
+
+Nothing is mocked: the engine is the official distribution started by the engine runner, the
+proxy is the same ASGI app `rerank-proxy serve` runs, and the reranker is the configured one
+(the built-in local model unless RERANK_PROVIDER says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from rerank_proxy.config import ConfigError, load_settings
+from rerank_proxy.demo_corpus import DEMO_DOCS, DEMO_INDEX, DEMO_QUERIES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["elasticsearch", "opensearch"], default="elasticsearch")
+    parser.add_argument("--port", type=int, default=None, help="engine HTTP port (runner default)")
+    parser.add_argument("--query", action="append", help="a query to show (repeatable); default: the demo queries")
+    parser.add_argument("--size", type=int, default=5, help="hits shown per column")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rerank_proxy.engines.runner import EngineError, ensure_engine
+
+    print(f"[1/4] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
+    try:
+        engine = ensure_engine(args.engine, port=args.port, say=lambda m: print(f"      {m}", flush=True))
+    except EngineError as exc:
+        print(f"demo: the engine did not start: {exc}", file=sys.stderr)
+        return 1
+    print(f"      {engine.kind} {engine.version} at {engine.url}")
+
+    print(f"[2/4] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'", flush=True)
+    load_demo_corpus(engine.url)
+
+    env = dict(os.environ)
+    env["UPSTREAM_URLS"] = engine.url
+    try:
+        settings = load_settings(env)
+    except ConfigError as exc:
+        print(f"demo: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[3/4] starting the proxy (reranker: {settings.rerank_provider}, window {settings.rerank_window})", flush=True)
+    with _proxy(settings) as proxy_url:
+        print(f"[4/4] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
+        for query in args.query or DEMO_QUERIES:
+            show(query, engine.url, proxy_url, args.size)
+    return 0
+
+
+def load_demo_corpus(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.delete(f"/{DEMO_INDEX}")
+        client.put(f"/{DEMO_INDEX}", json={
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0},
+            "mappings": {"properties": {"title": {"type": "text"}, "body": {"type": "text"}}}}).raise_for_status()
+        lines = []
+        for i, doc in enumerate(DEMO_DOCS):
+            lines.append(f'{{"index":{{"_id":"{i}"}}}}')
+            lines.append(httpx.Response(200, json=doc).text)
+        client.post(f"/{DEMO_INDEX}/_bulk?refresh=true", content="\n".join(lines) + "\n",
+                    headers={"content-type": "application/x-ndjson"}).raise_for_status()
+
+
+def _search(url: str, query: str, size: int) -> tuple[list[dict[str, Any]], httpx.Headers, float]:
+    body = {"query": {"multi_match": {"query": query, "fields": ["title", "body"]}}, "size": size}
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/{DEMO_INDEX}/_search", json=body, timeout=120)
+    elapsed = (time.perf_counter() - started) * 1000
+    response.raise_for_status()
+    return response.json()["hits"]["hits"], response.headers, elapsed
+
+
+def show(query: str, engine_url: str, proxy_url: str, size: int) -> None:
+    lexical, _, lexical_ms = _search(engine_url, query, size)
+    reranked, headers, reranked_ms = _search(proxy_url, query, size)
+    width = max(30, (shutil.get_terminal_size((120, 20)).columns - 12) // 2)
+    print(f'query: "{query}"')
+    print(f"  {'engine (lexical)':<{width}}  {'through rerank-proxy':<{width}}")
+    for rank in range(size):
+        left = _cell(lexical, rank, width)
+        right = _cell(reranked, rank, width)
+        print(f"{rank + 1:>2} {left:<{width}}  {right:<{width}}")
+    print(f"  engine {lexical_ms:.0f} ms | proxy {reranked_ms:.0f} ms, X-Rerank: {headers.get('x-rerank')}, "
+          f"{headers.get('server-timing', '')}\n", flush=True)
+
+
+def _cell(hits: list[dict[str, Any]], rank: int, width: int) -> str:
+    if rank >= len(hits):
+        return ""
+    hit = hits[rank]
+    text = f"{hit['_score']:7.3f}  {hit['_source'].get('title', hit['_id'])}"
+    return text[:width]
+
+
+class _proxy:
+    """Run the proxy on a free loopback port for the duration of the demo."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    def __enter__(self) -> str:
+        from rerank_proxy.app import ProxyApp
+        from rerank_proxy.server import BackgroundServer
+
+        try:
+            self.server = BackgroundServer(ProxyApp(self.settings)).start()
+        except Exception as exc:
+            raise SystemExit(f"demo: the proxy failed to start: {exc}") from None
+        return self.server.url
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.stop()

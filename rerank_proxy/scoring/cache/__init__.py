@@ -1,0 +1,1 @@
+"""The score cache: in-process and Redis tiers, request coalescing."""

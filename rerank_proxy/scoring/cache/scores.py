@@ -1,0 +1,248 @@
+"""The score cache and request coalescing in front of the provider: fewer billed calls.
+
+Pointwise providers (a score depends only on the query and the document, which is what the
+cross-encoders behind Cohere, TEI, Voyage and the built-in model do) are cached per document:
+key = (provider, model, normalised query, hash of the document text). A next page, a new filter
+or a reindexed-but-unchanged document reuses scores, and only the documents never scored are sent.
+Listwise providers are cached per whole request (query + ordered document hashes).
+
+Concurrent requests that need the same (query, document) score share one provider call: the first
+registers its call for each missing document, the others await that call and read their score.
+
+Tiers: an in-process TTL + LRU tier (`local_tier.LocalTier`, bounded by entries) and, optionally, a shared tier
+(Redis) so replicas reuse each other's scores; a shared-tier failure is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from rerank_proxy.scoring.providers.base import RerankError, Reranker
+from rerank_proxy.scoring.cache.local_tier import LocalTier
+
+
+class SharedTier(Protocol):
+    async def get_many(self, keys: Sequence[bytes]) -> list[float | None]: ...
+    async def set_many(self, items: dict[bytes, float], ttl_s: float) -> None: ...
+
+
+@dataclass(slots=True)
+class ScoreOutcome:
+    scores: list[float]
+    cached: int = 0               # documents answered from a cache tier
+    coalesced: int = 0            # documents answered by another request's in-flight call
+    sent: int = 0                 # documents sent to the provider by this request
+    provider_calls: int = 0
+    billed_units: float = 0.0
+
+    @property
+    def status(self) -> str:
+        """hit (no provider work), miss (all sent) or partial."""
+        if self.sent == 0:
+            return "hit"
+        return "miss" if self.sent == len(self.scores) else "partial"
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    shared_hits: int = 0
+    shared_errors: int = 0
+    provider_calls: int = 0
+    documents_sent: int = 0
+    billed_units: float = 0.0
+    by_outcome: dict[str, int] = field(default_factory=dict)
+
+
+def normalise_query(query: str) -> str:
+    """Queries that differ only in Unicode form or spacing are the same query."""
+    return " ".join(unicodedata.normalize("NFC", query).split())
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class ScoreCache:
+    """Scores for (query, documents) from the caches, coalesced in-flight work, or the provider."""
+
+    def __init__(self, reranker: Reranker, *, max_entries: int, ttl_s: float,
+                 shared: SharedTier | None = None, shared_timeout_s: float = 0.05,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.reranker = reranker
+        self.ttl_s = ttl_s
+        self.local: LocalTier[bytes, object] = LocalTier(max(max_entries, 1), ttl_s, timer)
+        self.enabled = max_entries > 0
+        self.shared = shared
+        self.shared_timeout_s = shared_timeout_s
+        self.stats = CacheStats()
+        # key -> (the provider call computing it, its position in that call's documents)
+        self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
+        self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
+
+    def flush(self) -> int:
+        count = len(self.local)
+        self.local.clear()
+        return count
+
+    def _doc_key(self, query: str, text: str) -> bytes:
+        """One hash over provider, model, query and text (the query cannot end in the separator
+        after normalisation, so distinct pairs never collide by concatenation)."""
+        return hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f" + text.encode("utf-8"),
+                               digest_size=16).digest()
+
+    def _doc_keys(self, query: str, texts: Sequence[str]) -> list[bytes]:
+        """`_doc_key` for every text, hashing the shared prefix once (same digests, less work)."""
+        base = hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f", digest_size=16)
+        keys = []
+        for text in texts:
+            digest = base.copy()
+            digest.update(text.encode("utf-8"))
+            keys.append(digest.digest())
+        return keys
+
+    async def scores(self, query: str, texts: Sequence[str]) -> ScoreOutcome:
+        query = normalise_query(query)
+        if not self.reranker.pointwise:
+            return await self._listwise(query, texts)
+        keys = self._doc_keys(query, texts)
+        result: list[float | None]
+        result = self.local.get_many(keys) if self.enabled else [None] * len(texts)  # type: ignore[assignment]
+        outcome = ScoreOutcome(scores=[])
+        missing = [i for i, v in enumerate(result) if v is None]
+        outcome.cached = len(texts) - len(missing)
+        if missing and self.shared is not None:
+            found = await self._shared_get([keys[i] for i in missing])
+            fetched = []
+            for i, value in zip(missing, found):
+                if value is not None:
+                    result[i] = value
+                    fetched.append((keys[i], value))
+            if fetched:
+                if self.enabled:
+                    self.local.set_many(fetched)
+                outcome.cached += len(fetched)
+                self.stats.shared_hits += len(fetched)
+                missing = [i for i in missing if result[i] is None]
+        if missing:
+            await self._fill(query, texts, keys, missing, result, outcome)
+        outcome.scores = [float(v) for v in result]  # type: ignore[arg-type]
+        self._count(outcome)
+        return outcome
+
+    async def _fill(self, query: str, texts: Sequence[str], keys: list[bytes], missing: list[int],
+                    result: list[float | None], outcome: ScoreOutcome) -> None:
+        """Coalesce: wait on provider calls already in flight; claim the rest for one call.
+
+        One future per provider call (not per document): waiters read their document's score
+        from the call's list by position.
+        """
+        inflight = self._inflight
+        waiting: dict[asyncio.Future[list[float]], list[tuple[int, int]]] = {}
+        duplicates: list[tuple[int, int]] = []
+        missing_keys = [keys[i] for i in missing]
+        claimed_at = dict(zip(missing_keys, range(len(missing))))
+        if len(claimed_at) == len(missing) and inflight.keys().isdisjoint(claimed_at):
+            claimed = missing  # the usual case: nothing shared, nothing repeated
+        else:
+            claimed, claimed_at = [], {}
+            for i, key in zip(missing, missing_keys):
+                entry = inflight.get(key)
+                if entry is not None:
+                    waiting.setdefault(entry[0], []).append((i, entry[1]))
+                elif key in claimed_at:
+                    duplicates.append((i, claimed_at[key]))
+                else:
+                    claimed_at[key] = len(claimed)
+                    claimed.append(i)
+        if claimed:
+            call: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
+            inflight.update(zip(claimed_at, zip(itertools.repeat(call), claimed_at.values())))
+            scores = await self._call_provider(query, texts, keys, claimed, call, outcome)
+            for i, score in zip(claimed, scores):
+                result[i] = score
+            for i, position in duplicates:
+                result[i] = scores[position]
+                outcome.coalesced += 1
+        for future, slots in waiting.items():
+            scores = await asyncio.shield(future)
+            for i, position in slots:
+                result[i] = scores[position]
+            outcome.coalesced += len(slots)
+
+    async def _call_provider(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
+                             call: asyncio.Future[list[float]], outcome: ScoreOutcome) -> list[float]:
+        try:
+            reply = await self.reranker.rerank(query, [texts[i] for i in claimed])
+        except BaseException as exc:
+            # Waiters must not inherit this request's cancellation (its client hung up): they get
+            # a provider error instead, and fall back like any other failed rerank.
+            shared_exc = exc if isinstance(exc, Exception) else RerankError("the coalesced call was cancelled")
+            if not call.done():
+                call.set_exception(shared_exc)
+                call.exception()  # mark retrieved: there may be no waiter
+            raise
+        finally:
+            for i in claimed:
+                self._inflight.pop(keys[i], None)
+        scores = reply.scores
+        if not call.done():
+            call.set_result(scores)
+        if self.enabled or self.shared is not None:
+            fresh = [(keys[i], score) for i, score in zip(claimed, scores)]
+            if self.enabled:
+                self.local.set_many(fresh)
+            if self.shared is not None:
+                await self._shared_set(dict(fresh))
+        outcome.sent += len(claimed)
+        outcome.provider_calls += reply.provider_calls
+        outcome.billed_units += reply.billed_units
+        return scores
+
+    async def _listwise(self, query: str, texts: Sequence[str]) -> ScoreOutcome:
+        digest = hashlib.blake2b(self._prefix + query.encode("utf-8"), digest_size=16)
+        for text in texts:
+            digest.update(text_hash(text))
+        key = b"L" + digest.digest()
+        cached = self.local.get(key) if self.enabled else None
+        if cached is not None:
+            outcome = ScoreOutcome(scores=list(cached), cached=len(texts))  # type: ignore[arg-type]
+        else:
+            reply = await self.reranker.rerank(query, texts)
+            if self.enabled:
+                self.local[key] = tuple(reply.scores)
+            outcome = ScoreOutcome(scores=list(reply.scores), sent=len(texts),
+                                   provider_calls=reply.provider_calls, billed_units=reply.billed_units)
+        self._count(outcome)
+        return outcome
+
+    async def _shared_get(self, keys: list[bytes]) -> list[float | None]:
+        try:
+            return await asyncio.wait_for(self.shared.get_many(keys), self.shared_timeout_s)  # type: ignore[union-attr]
+        except Exception:
+            self.stats.shared_errors += 1
+            return [None] * len(keys)
+
+    async def _shared_set(self, items: dict[bytes, float]) -> None:
+        try:
+            await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)  # type: ignore[union-attr]
+        except Exception:
+            self.stats.shared_errors += 1
+
+    def _count(self, outcome: ScoreOutcome) -> None:
+        stats = self.stats
+        stats.hits += outcome.cached
+        stats.coalesced += outcome.coalesced
+        stats.misses += outcome.sent
+        stats.provider_calls += outcome.provider_calls
+        stats.documents_sent += outcome.sent
+        stats.billed_units += outcome.billed_units
+        stats.by_outcome[outcome.status] = stats.by_outcome.get(outcome.status, 0) + 1

@@ -1,0 +1,126 @@
+"""Turn one hit's `_source` into the text the reranker scores.
+
+Used by the search pipeline and by `rerank-proxy warm`, so both produce byte-identical text (the
+local vector store and the score cache are keyed by a hash of it).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Iterable
+
+from rerank_proxy.config import IndexRule
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+def lookup(source: Any, dotted: str) -> Any:
+    """`a.b.c` inside nested objects; also accepts literal dotted keys (`{"a.b": ...}`)."""
+    if not isinstance(source, dict):
+        return None
+    if dotted in source:
+        return source[dotted]
+    head, _, rest = dotted.partition(".")
+    if rest and head in source:
+        value = source[head]
+        if isinstance(value, list):
+            found = [lookup(v, rest) for v in value]
+            return [f for f in found if f is not None] or None
+        return lookup(value, rest)
+    return None
+
+
+def _flatten_into(value: Any, out: list[str]) -> None:
+    """A field's value as text parts: strings (stripped, non-empty), numbers, lists of them."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped:
+            out.append(stripped)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        out.append(str(value))
+    elif isinstance(value, list):
+        for item in value:
+            _flatten_into(item, out)
+
+
+def _flatten(value: Any) -> list[str]:
+    out: list[str] = []
+    _flatten_into(value, out)
+    return out
+
+
+def _strings_into(values: Iterable[Any], out: list[str]) -> None:
+    """Every non-empty string among `values`, depth first, in key order (the default text).
+
+    Appends to one list and recurses only into containers: this runs for every hit of every
+    search, and nested generators cost several times more per string (bench/search_cpu.py).
+    """
+    for value in values:
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped:
+                out.append(stripped)
+        elif isinstance(value, dict):
+            _strings_into(value.values(), out)
+        elif isinstance(value, list):
+            _strings_into(value, out)
+
+
+def _all_strings(value: Any) -> list[str]:
+    out: list[str] = []
+    _strings_into((value,), out)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _template_parts(template: str) -> tuple[str, ...]:
+    """The template split once into literal, field, literal, field, ... (fields at odd positions)."""
+    return tuple(_PLACEHOLDER.split(template))
+
+
+def _render(template: str, source: Any) -> str:
+    """What `_PLACEHOLDER.sub` would produce, without a regex pass and a callback per hit."""
+    parts = _template_parts(template)
+    out = list(parts)
+    for i in range(1, len(parts), 2):
+        out[i] = " ".join(_flatten(lookup(source, parts[i].strip())))
+    return "".join(out)
+
+
+def hit_text(source: Any, rule: IndexRule) -> str:
+    """The rerank text of a document: template, else the listed fields, else all string fields.
+
+    Missing or empty fields are skipped (a template renders them as empty), so a document is never
+    dropped and never misaligned; the result is cut to `rule.max_chars` characters.
+    """
+    if rule.template:
+        text = _render(rule.template, source)
+    elif rule.fields:
+        parts: list[str] = []
+        for name in rule.fields:
+            _flatten_into(lookup(source, name), parts)
+        text = "\n".join(parts)
+    elif isinstance(source, dict):  # the usual case, without the one-element detour below
+        parts = []
+        _strings_into(source.values(), parts)
+        text = "\n".join(parts)
+    else:
+        text = "\n".join(_all_strings(source))
+    return text[: rule.max_chars]
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The field names a template refers to (what `_source` must contain)."""
+    return tuple(m.group(1).strip() for m in _PLACEHOLDER.finditer(template))
+
+
+def needed_source_fields(rule: IndexRule) -> tuple[str, ...] | None:
+    """The `_source` fields the proxy needs to fetch; None means the whole `_source`."""
+    if rule.template:
+        return template_fields(rule.template)
+    if rule.fields:
+        return rule.fields
+    return None
+
+

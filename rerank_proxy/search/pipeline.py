@@ -1,0 +1,278 @@
+"""The search pipeline: intercept -> rewrite -> fetch candidates -> rerank (cache) -> merge.
+
+`SearchPipeline.search` and `.msearch` take a parsed client request and return either a finished
+response or a `Forward` (bypass: send the client's request on as is). Failures of the reranker
+never fail a search unless fail-closed was chosen: the page is then served in lexical order and
+flagged `X-Rerank: fallback`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import orjson
+
+from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.errors import ProxyError, bad_request, parse_error
+from rerank_proxy.scoring.providers.base import RerankError
+from rerank_proxy.upstream import UpstreamPool, forwardable_headers
+from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.merge import final_scores, merge
+from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
+from rerank_proxy.scoring.final import score_texts
+
+_DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
+_DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})
+
+
+@dataclass(slots=True)
+class Forward:
+    """Bypass: forward the client's request; `body` replaces the original when not None."""
+
+    reason: str
+    body: bytes | None = None
+
+
+@dataclass(slots=True)
+class Finished:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    outcome: str                   # reranked | cached | fallback | bypass | error
+    reason: str = ""
+    engine_ms: float = 0.0
+    rerank_ms: float = 0.0
+    cache: str = ""
+
+
+@dataclass(slots=True)
+class _Scored:
+    scores: list[float] | None
+    outcome: str
+    reason: str = ""
+    rerank_ms: float = 0.0
+    cache: str = ""
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The request body, decompressed (official clients may gzip their requests)."""
+    encoding = content_encoding.strip().lower()
+    if not encoding or encoding == "identity":
+        return raw
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise ProxyError(415, "illegal_argument_exception", f"unsupported Content-Encoding [{encoding}]")
+    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+    try:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise parse_error(f"request body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise ProxyError(413, "content_too_long_exception", f"decompressed request body is larger than {limit} bytes")
+    return out
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise parse_error(f"{what} is not valid JSON: {exc}") from None
+
+
+class SearchPipeline:
+    def __init__(self, settings: Settings, upstream: UpstreamPool, cache: ScoreCache | None) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.cache = cache
+        self._rules: dict[str, IndexRule | None] = {}
+
+    def _rule_for(self, index: str) -> IndexRule | None:
+        """Settings.rule_for, memoised: it pattern-matches every rule and runs for every hit."""
+        try:
+            return self._rules[index]
+        except KeyError:
+            if len(self._rules) > 10_000:
+                self._rules.clear()
+            rule = self._rules[index] = self.settings.rule_for(index)
+            return rule
+
+    def _hit_texts(self, window: list[Any], default: IndexRule) -> list[str]:
+        """The rerank text of each window hit, under its index's rule (looked up once per run of
+        hits from the same index, not once per hit)."""
+        texts: list[str] = []
+        last_index: Any = None
+        rule = default
+        for hit in window:
+            if not isinstance(hit, dict):
+                texts.append("")
+                continue
+            index = hit.get("_index", "")
+            if index != last_index or last_index is None:
+                last_index = index
+                rule = self._rule_for(str(index)) or default
+            texts.append(hit_text(hit.get("_source"), rule))
+        return texts
+
+    # --- _search -----------------------------------------------------------------------------
+
+    async def search(self, method: str, targets: str | None, params: dict[str, str],
+                     headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
+                     body: bytes) -> Finished | Forward:
+        decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
+        parsed = parse_json(decoded)
+        decision = plan_search(targets, params, parsed, headers, self.settings)
+        if isinstance(decision, Bypass):
+            return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
+        upstream_headers = _rewrite_headers(raw_headers)
+        started = time.perf_counter()
+        response, payload = await self.upstream.request(method if method != "HEAD" else "GET", decision.target,
+                                                        upstream_headers, orjson.dumps(decision.body),
+                                                        idempotent=True)
+        engine_ms = (time.perf_counter() - started) * 1000
+        out_headers = forwardable_headers(response.raw_headers)
+        if response.status_code != 200:
+            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+        data = parse_json(payload, "engine response")
+        scored = await self._rerank(decision, data)
+        if scored.outcome == "failed":
+            return self._fail_closed(scored, engine_ms)
+        merged = merge(data, decision, scored.scores)
+        body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
+        return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
+                        engine_ms, scored.rerank_ms, scored.cache)
+
+    def _fail_closed(self, scored: _Scored, engine_ms: float) -> Finished:
+        error = ProxyError(503, "rerank_unavailable_exception",
+                           f"the reranker failed and RERANK_FAIL_MODE=closed ({scored.reason})")
+        return Finished(503, [(b"content-type", b"application/json")], error.body(), "error",
+                        scored.reason, engine_ms, scored.rerank_ms)
+
+    async def _rerank(self, plan: Plan, data: Any) -> _Scored:
+        """Scores for the window hits, or None scores (lexical order) with the reason why."""
+        hits = data.get("hits", {}).get("hits") if isinstance(data, dict) else None
+        if not isinstance(hits, list):
+            return _Scored(None, "fallback", "no_hits_in_response")
+        window = hits[: plan.window]
+        if not window:
+            return _Scored(None, "reranked", "no_hits")
+        texts = self._hit_texts(window, plan.rule)
+        mode = plan.options.score_mode or self.settings.score_mode
+        weight = plan.options.blend_weight if plan.options.blend_weight is not None else self.settings.rerank_blend_weight
+        if mode == "lexical" or self.cache is None:
+            lexical = [h.get("_score") for h in window]
+            return _Scored(final_scores([0.0] * len(window), lexical, "lexical", weight), "reranked", "lexical")
+        started = time.perf_counter()
+        try:
+            raw, _, result = await score_texts(self.cache, plan.query_text, texts)
+        except RerankError as exc:
+            elapsed = (time.perf_counter() - started) * 1000
+            reason = type(exc).__name__
+            if self.settings.rerank_fail_mode == "closed":
+                return _Scored(None, "failed", reason, elapsed)
+            return _Scored(None, "fallback", reason, elapsed)
+        elapsed = (time.perf_counter() - started) * 1000
+        lexical = [h.get("_score") for h in window]
+        scores = final_scores(raw, lexical, mode, weight)
+        status = result.status if result is not None else "hit"
+        outcome = "cached" if status == "hit" else "reranked"
+        return _Scored(scores, outcome, "", elapsed, status)
+
+    # --- _msearch ----------------------------------------------------------------------------
+
+    async def msearch(self, method: str, targets: str | None, params: dict[str, str],
+                      headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> Finished | Forward:
+        decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
+        pairs = parse_ndjson(decoded)
+        plans: list[Plan | None] = []
+        lines: list[bytes] = []
+        any_plan = False
+        for header, search_body in pairs:
+            index = header.get("index")
+            if isinstance(index, list):
+                index = ",".join(str(i) for i in index)
+            sub_targets = index if isinstance(index, str) and index else targets
+            sub_params = {k: v for k, v in params.items() if k not in ("max_concurrent_searches",
+                                                                        "max_concurrent_shard_requests")}
+            decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
+            if isinstance(decision, Plan):
+                any_plan = True
+                plans.append(decision)
+                lines.append(orjson.dumps(header))
+                lines.append(orjson.dumps(decision.body))
+            else:
+                plans.append(None)
+                lines.append(orjson.dumps(header))
+                lines.append(orjson.dumps(decision.body if decision.body is not None else {}))
+        if not any_plan:
+            return Forward("bypass", b"\n".join(lines) + b"\n")
+        upstream_headers = _rewrite_headers(raw_headers)
+        keep = [(k, v) for k, v in params.items()
+                if k not in ("from", "size", "_source", "_source_includes", "_source_excludes")]
+        target = build_target(targets, "msearch", keep)
+        started = time.perf_counter()
+        upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
+                            else (k, b"application/x-ndjson") for k, v in upstream_headers]
+        response, payload = await self.upstream.request(method, target, upstream_headers,
+                                                        b"\n".join(lines) + b"\n", idempotent=True)
+        engine_ms = (time.perf_counter() - started) * 1000
+        out_headers = forwardable_headers(response.raw_headers)
+        if response.status_code != 200:
+            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+        data = parse_json(payload, "engine response")
+        responses = data.get("responses") if isinstance(data, dict) else None
+        if not isinstance(responses, list) or len(responses) != len(plans):
+            raise ProxyError(502, "proxy_upstream_response_exception", "the engine's _msearch reply has the wrong shape")
+        started = time.perf_counter()
+        scored = await asyncio.gather(*(self._rerank_sub(p, r) for p, r in zip(plans, responses)))
+        rerank_ms = (time.perf_counter() - started) * 1000
+        outcomes = [s for s in scored if s]
+        if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
+            return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms)
+        summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
+        return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
+
+    async def _rerank_sub(self, plan: Plan | None, response: Any) -> str:
+        if plan is None or not isinstance(response, dict) or "error" in response:
+            return "bypass" if plan is None else "error"
+        scored = await self._rerank(plan, response)
+        merge(response, plan, scored.scores)
+        return scored.outcome
+
+
+def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(header, body) pairs of an `_msearch` body; a broken line is a 400 naming it."""
+    lines = [line for line in raw.split(b"\n") if line.strip()]
+    if len(lines) % 2:
+        raise bad_request("The msearch request must be terminated by a newline [\\n] and have "
+                          "an even number of lines (header, body)", "parsing_exception")
+    pairs = []
+    for n in range(0, len(lines), 2):
+        header = parse_json(lines[n], f"msearch line {n + 1}")
+        body = parse_json(lines[n + 1], f"msearch line {n + 2}")
+        if not isinstance(header, dict) or not isinstance(body, dict):
+            raise bad_request(f"msearch lines {n + 1}-{n + 2} must be JSON objects", "parsing_exception")
+        pairs.append((header, body))
+    return pairs
+
+
+def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Client headers for a rewritten request: same auth, ids and versioned media types,
+    but no length or compression (the proxy sends its own plain body and must parse the reply)."""
+    headers = [(k, v) for k, v in forwardable_headers(raw) if k.lower() not in _DROP_ON_REWRITE]
+    if not any(k.lower() == b"content-type" for k, _ in headers):
+        headers.append((b"content-type", b"application/json"))
+    return headers
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(k, v) for k, v in raw if k.lower() not in _DROP_ON_RESPONSE]
+
+

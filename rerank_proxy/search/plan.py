@@ -1,0 +1,261 @@
+"""Intercept and rewrite: decide whether a search is reranked, and what to ask the engine for.
+
+Pure functions of (targets, URL parameters, body, headers, settings), so every rule here is unit-
+and property-tested without an engine.
+
+Pagination (documented in the README): the proxy reranks the lexical top `window` hits.
+- a page inside the window (`from + size <= window`) is cut from the reranked window;
+- a page that straddles the end of the window gets the reranked hits up to the window, then the
+  engine's own hits from rank `window` on (fetched in the same request);
+- a page that starts at or past the window is the engine's own page, untouched (bypass).
+So paging through all results never shows a hit twice and never skips one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote
+
+from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.errors import bad_request
+from rerank_proxy.search import source_filter
+from rerank_proxy.search.query_text import extract_query_text
+
+SEARCH_PATH = re.compile(r"^/(?:(?P<targets>[^/_][^/]*)/)?_(?P<kind>search|msearch)/?$")
+OPTIONS_KEY = "rerank"
+OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "enabled": (bool,), "query": (str,), "explain": (bool,), "window": (int,),
+    "score_mode": (str,), "blend_weight": (int, float),
+}
+DEFAULT_SIZE = 10
+_NON_JSON_FORMATS = ("yaml", "cbor", "smile")
+
+
+@dataclass(slots=True)
+class RerankOptions:
+    """Per-request overrides: the `rerank` body extension and the X-Rerank-* headers."""
+
+    enabled: bool = True
+    query: str | None = None
+    explain: bool = False
+    window: int | None = None
+    score_mode: str | None = None
+    blend_weight: float | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """A search that will be reranked: what to fetch and how to cut the page."""
+
+    target: str                       # path + query string for the candidate request
+    body: dict[str, Any]              # candidate request body
+    query_text: str
+    window: int
+    page_from: int
+    page_size: int
+    rule: IndexRule
+    source: source_filter.SourceFilter
+    options: RerankOptions
+    pretty: bool = False
+
+
+@dataclass(slots=True)
+class Bypass:
+    """A search forwarded as is (apart from the stripped `rerank` extension)."""
+
+    reason: str
+    body: dict[str, Any] | None = None
+    body_changed: bool = False
+
+
+def match_search_path(path: str) -> tuple[str | None, str] | None:
+    """(targets, "search"|"msearch") for a search endpoint path, else None."""
+    m = SEARCH_PATH.match(path)
+    if not m:
+        return None
+    targets = m.group("targets")
+    return (unquote(targets) if targets else None), m.group("kind")
+
+
+def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple[RerankOptions, bool]:
+    """Pop the `rerank` extension from the body (the engine would reject it) and read headers."""
+    opts = RerankOptions()
+    changed = False
+    if isinstance(body, dict) and OPTIONS_KEY in body:
+        raw = body.pop(OPTIONS_KEY)
+        changed = True
+        if isinstance(raw, bool):
+            raw = {"enabled": raw}
+        if not isinstance(raw, dict):
+            raise bad_request("[rerank] must be an object or a boolean", "parsing_exception")
+        for key, value in raw.items():
+            types = OPTION_TYPES.get(key)
+            if types is None:
+                raise bad_request(f"unknown rerank option [{key}]; accepted: {', '.join(OPTION_TYPES)}",
+                                  "parsing_exception")
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise bad_request(f"rerank option [{key}] has the wrong type ({type(value).__name__})",
+                                  "parsing_exception")
+            setattr(opts, key, value)
+    header = headers.get("x-rerank")
+    if header is not None:
+        lowered = header.strip().lower()
+        if lowered in ("off", "false", "0", "no", "bypass"):
+            opts.enabled = False
+        elif lowered not in ("on", "true", "1", "yes", ""):
+            raise bad_request("header [X-Rerank] must be on or off")
+    if "x-rerank-query" in headers:
+        opts.query = unquote(headers["x-rerank-query"])
+    if headers.get("x-rerank-explain", "").strip().lower() in ("1", "true", "on", "yes"):
+        opts.explain = True
+    if opts.window is not None and not 1 <= opts.window <= 10_000:
+        raise bad_request("rerank option [window] must be between 1 and 10000")
+    if opts.score_mode is not None and opts.score_mode not in ("rerank", "blend", "lexical"):
+        raise bad_request("rerank option [score_mode] must be rerank, blend or lexical")
+    if opts.blend_weight is not None and not 0.0 <= opts.blend_weight <= 1.0:
+        raise bad_request("rerank option [blend_weight] must be between 0 and 1")
+    return opts, changed
+
+
+def _int_param(params: dict[str, str], name: str) -> int | None:
+    if name not in params:
+        return None
+    try:
+        return int(params[name])
+    except ValueError:
+        raise bad_request(f"Failed to parse int parameter [{name}] with value [{params[name]}]") from None
+
+
+def _body_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+        raise bad_request(f"[{name}] must be an integer", "parsing_exception")
+    return value
+
+
+def _sorts_by_score(sort: Any) -> bool:
+    """True when a `sort` value orders by relevance only (then reranking is still meaningful)."""
+    if sort is None:
+        return True
+    items = sort if isinstance(sort, list) else [sort]
+    for item in items:
+        if item == "_score":
+            continue
+        if isinstance(item, dict) and list(item) == ["_score"]:
+            order = item["_score"]
+            order = order.get("order", "desc") if isinstance(order, dict) else order
+            if order == "desc":
+                continue
+        if isinstance(item, str) and item in ("_score:desc",):
+            continue
+        return False
+    return True
+
+
+def resolve_rule(targets: str | None, settings: Settings) -> IndexRule | None:
+    """The rule for the searched targets; None (no reranking) unless every target is configured."""
+    names = [t.strip() for t in (targets or "_all").split(",") if t.strip()]
+    rules = []
+    for name in names:
+        if name.startswith("-"):
+            continue  # an exclusion narrows the search; it does not need a rule
+        if name in ("_all", "*"):
+            name = "*"
+        elif name.startswith(".") or ":" in name:
+            return None  # system/hidden indices and cross-cluster targets are never reranked
+        rule = settings.rule_for(name)
+        if rule is None:
+            return None
+        rules.append(rule)
+    return rules[0] if rules else None
+
+
+def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any] | None,
+                headers: dict[str, str], settings: Settings) -> Plan | Bypass:
+    """Decide the fate of one search (also one sub-search of an `_msearch`)."""
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object", "parsing_exception")
+    options, changed = parse_options(body, headers)
+
+    def bypass(reason: str) -> Bypass:
+        return Bypass(reason, body, changed)
+
+    if not options.enabled:
+        return bypass("disabled")
+    if settings.rerank_provider == "none":
+        return bypass("no_provider")
+    if params.get("format", "").lower() in _NON_JSON_FORMATS:
+        return bypass("format")
+    if "scroll" in params or "scroll" in body:
+        return bypass("scroll")
+    if body.get("search_after") is not None or body.get("pit") is not None or "pit" in params:
+        return bypass("search_after")
+    if "filter_path" in params:
+        return bypass("filter_path")
+    if body.get("stored_fields") is not None or "stored_fields" in params:
+        return bypass("stored_fields")
+    sort = params.get("sort") if "sort" in params else body.get("sort")
+    if isinstance(sort, str) and "sort" in params:
+        sort = [s for s in sort.split(",") if s]
+        sort = [s for s in sort if s not in ("_score", "_score:desc")] or None
+    if not _sorts_by_score(sort):
+        return bypass("sort")
+    size = _int_param(params, "size")
+    size = _body_int(body, "size") if size is None else size
+    size = DEFAULT_SIZE if size is None else size
+    start = _int_param(params, "from")
+    start = _body_int(body, "from") if start is None else start
+    start = 0 if start is None else start
+    if size < 0:
+        raise bad_request(f"[size] parameter cannot be negative, found [{size}]")
+    if start < 0:
+        raise bad_request(f"[from] parameter cannot be negative but was [{start}]")
+    if size == 0:
+        return bypass("size_0")
+    rule = resolve_rule(targets, settings)
+    if rule is None:
+        return bypass("index_not_configured")
+    query_text = options.query if options.query is not None else extract_query_text(body, params.get("q"))
+    query_text = query_text.strip()
+    if not query_text:
+        return bypass("no_query_text")
+    window = options.window or rule.window
+    if start >= window:
+        return bypass("past_window")
+
+    client_source = source_filter.from_params(params.get("_source"), params.get("_source_includes"),
+                                              params.get("_source_excludes"))
+    if client_source is None:
+        client_source = source_filter.from_body(body.get("_source"))
+    candidate = dict(body)
+    candidate["from"] = 0
+    candidate["size"] = max(window, start + size)
+    candidate.pop("_source", None)
+    if sort is not None and "sort" in candidate:
+        candidate.pop("sort")
+    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort"}
+    query = [(k, v) for k, v in params.items() if k not in dropped]
+    target = build_target(targets, "search", query)
+    return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
+                page_size=size, rule=rule, source=client_source, options=options,
+                pretty="pretty" in params and params["pretty"] != "false")
+
+
+def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:
+    path = f"/{quote(targets, safe=',*')}/_{kind}" if targets else f"/_{kind}"
+    if query:
+        path += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe=',*')}" if v != "" else quote(k, safe='')
+                               for k, v in query)
+    return path
+
+
+def parse_params(query_string: bytes) -> dict[str, str]:
+    """URL parameters; the last value of a repeated name wins, as in the engines."""
+    return dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))

@@ -1,0 +1,148 @@
+"""`rerank-proxy serve`: run the proxy on its own HTTP/1.1 server (uvloop), one or more workers.
+
+Flags override the environment. With WORKERS > 1 the parent checks the address, forks the workers
+(each builds its own clients, caches and model, and listens on its own SO_REUSEPORT socket, so the
+kernel spreads connections evenly across workers) and only supervises: it passes SIGTERM/SIGINT
+on, and starts a new worker if one dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from rerank_proxy.config import ConfigError, Settings, load_settings
+
+_log = logging.getLogger("rerank_proxy")
+STARTUP_FAILED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="interface to bind (env HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (env PORT, default 8080)")
+    parser.add_argument("--workers", type=int, help="worker processes (env WORKERS, default 1)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log level (env LOG_LEVEL, default info)")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {"HOST": args.host, "PORT": args.port, "WORKERS": args.workers, "LOG_LEVEL": args.log_level}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"rerank-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from rerank_proxy.admin import logs
+
+    logs.setup(settings.log_level)
+    try:
+        # One worker listens on this socket; with several, it only holds the address (bound, not
+        # listening, so the kernel never hands it a connection) and each worker listens on its own.
+        sock = _bind(settings.host, settings.port, listen=settings.workers <= 1, reuse_port=settings.workers > 1)
+    except OSError as exc:
+        print(f"rerank-proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+              "set HOST/PORT (or --host/--port) to a free address", file=sys.stderr)
+        return 2
+    if settings.workers <= 1:
+        return run_worker(settings, sock)
+    return _supervise(settings, sock)
+
+
+def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run_worker(settings: Settings, sock: socket.socket) -> int:
+    import uvloop
+
+    return uvloop.run(_serve(settings, sock))
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> int:
+    from rerank_proxy.app import ProxyApp
+    from rerank_proxy.admin import logs
+    from rerank_proxy.server import ProxyServer
+
+    server = ProxyServer(ProxyApp(settings))
+    try:
+        await server.start(sock=sock)
+    except Exception as exc:  # one clear line, not a trace
+        print(f"rerank-proxy: start-up failed: {logs.redact(str(exc)) or type(exc).__name__}", file=sys.stderr)
+        return STARTUP_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    host, port = sock.getsockname()[:2]
+    _log.info("listening", extra={"fields": {"host": host, "port": port, "pid": os.getpid(),
+                                             "upstreams": len(settings.upstream_urls)}})
+    await stop.wait()
+    _log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
+    await server.stop()
+    return 0
+
+
+def _supervise(settings: Settings, sock: socket.socket) -> int:
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = STARTUP_FAILED
+            try:
+                sock.close()
+                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True))
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(settings.workers):
+        spawn()
+    result = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        if code == STARTUP_FAILED:
+            result = STARTUP_FAILED
+            on_signal(signal.SIGTERM, None)
+            continue
+        _log.warning("worker exited; starting another", extra={"fields": {"pid": pid, "exit_code": code}})
+        spawn()
+    return result

@@ -1,0 +1,61 @@
+"""Build what the settings name: the reranker (behind the resilience layer) and the shared cache tier.
+
+Providers are imported only when chosen, so the HTTP-only deployments never import the local
+model's dependencies (numpy, tokenizers) and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from rerank_proxy.config import Settings
+from rerank_proxy.scoring.providers.base import Reranker
+from rerank_proxy.scoring.providers.resilience import ResilientReranker
+
+# provider -> (module, class); the HTTP ones have `from_settings`, the local one takes settings.
+PROVIDER_CLASSES: dict[str, tuple[str, str]] = {
+    "cohere": ("rerank_proxy.scoring.providers.cohere", "CohereReranker"),
+    "cohere-v1": ("rerank_proxy.scoring.providers.cohere", "CohereV1Reranker"),
+    "compatible": ("rerank_proxy.scoring.providers.cohere", "CompatibleReranker"),
+    "tei": ("rerank_proxy.scoring.providers.tei", "TEIReranker"),
+    "voyage": ("rerank_proxy.scoring.providers.voyage", "VoyageReranker"),
+    "local": ("rerank_proxy.local.reranker", "LocalReranker"),
+}
+
+# Models whose scores depend on the other documents in the request (listwise), so they must not
+# be cached per document. jina-reranker-v3 attends across all candidates (arXiv 2509.25085).
+LISTWISE_MODELS = ("jina-reranker-v3",)
+
+
+def build_provider(settings: Settings) -> Reranker:
+    """The bare provider (no retries, no breaker): for tools that want a single attempt."""
+    try:
+        module_name, class_name = PROVIDER_CLASSES[settings.rerank_provider]
+    except KeyError:
+        raise ValueError(f"unknown rerank provider {settings.rerank_provider!r}") from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if settings.rerank_provider == "local":
+        return cls(settings)
+    return cls.from_settings(settings, pointwise=is_pointwise(settings.rerank_model))
+
+
+def build_reranker(settings: Settings) -> Reranker | None:
+    """The configured provider behind deadline/retry/breaker; None when RERANK_PROVIDER=none."""
+    if settings.rerank_provider == "none":
+        return None
+    return ResilientReranker(build_provider(settings), settings)
+
+
+def is_pointwise(model: str) -> bool:
+    """False for known listwise models, also under a namespace (`jinaai/jina-reranker-v3`)."""
+    name = model.lower()
+    return not any(listwise in name for listwise in LISTWISE_MODELS)
+
+
+def build_shared_cache(settings: Settings):  # -> RedisTier | None
+    """The optional shared score tier (Redis) that replicas reuse; None without REDIS_URL."""
+    if not settings.redis_url:
+        return None
+    from rerank_proxy.scoring.cache.redis_tier import RedisTier
+
+    return RedisTier(settings.redis_url, settings.redis_timeout_ms / 1000)
