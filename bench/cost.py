@@ -23,9 +23,25 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common import (CRANFIELD_INDEX, Service, counting_stats, engine_version, index_cranfield, load_queries,
-                     log, machine_info, proxy_cache_stats, run_loadgen, save_json, search_body,
-                     start_counting_server, start_engine, start_proxy, start_redis, summary)
+from .common import (
+    CRANFIELD_INDEX,
+    Service,
+    counting_stats,
+    engine_version,
+    index_cranfield,
+    load_queries,
+    log,
+    machine_info,
+    proxy_cache_stats,
+    run_loadgen,
+    save_json,
+    search_body,
+    start_counting_server,
+    start_engine,
+    start_proxy,
+    start_redis,
+    summary,
+)
 
 PAGE_SIZE = 10
 FILTERS = (5, 7, 9)      # `bucket < k`: keeps 50%, 70% or 90% of the corpus

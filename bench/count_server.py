@@ -22,12 +22,13 @@ import contextvars
 import hashlib
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
-from rerank_proxy.scoring.providers.base import RerankResult
 from rerank_proxy.local.rerank_server import build_app
+from rerank_proxy.scoring.providers.base import RerankResult
 
 _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("bench_request", default=None)
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from rerank_proxy.config import IndexRule, Settings
-from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.minilm import shared_model
+from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.vector_store import VectorStore
 from rerank_proxy.search.hit_text import hit_text
 
@@ -60,7 +60,7 @@ class Timer:
         self.cpu: list[float] = []
         self.others: list[float] = []   # cores used by other processes during the block
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._busy = _busy_seconds()
         self._w, self._c = time.perf_counter(), time.process_time()
         return self

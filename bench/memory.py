@@ -20,9 +20,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (CRANFIELD_INDEX, SMALL_INDEX, bulk_body, engine_version, index_cranfield, index_small,
-                     load_queries, log, machine_info, proxy_cache_stats, run_loadgen, save_json,
-                     start_counting_server, start_engine, start_proxy, summary)
+from .common import (
+    CRANFIELD_INDEX,
+    SMALL_INDEX,
+    bulk_body,
+    engine_version,
+    index_cranfield,
+    index_small,
+    load_queries,
+    log,
+    machine_info,
+    proxy_cache_stats,
+    run_loadgen,
+    save_json,
+    start_counting_server,
+    start_engine,
+    start_proxy,
+    summary,
+)
 
 
 def status_kb(pid: int) -> dict[str, int]:

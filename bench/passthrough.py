@@ -15,9 +15,24 @@ import argparse
 import os
 from typing import Any
 
-from .common import (SMALL_INDEX, Service, bulk_body, cpu_seconds, engine_version, index_small, log, loadavg,
-                     machine_info, median, run_wrk, save_json, start_counting_server, start_engine, start_nginx,
-                     start_proxy)
+from .common import (
+    SMALL_INDEX,
+    Service,
+    bulk_body,
+    cpu_seconds,
+    engine_version,
+    index_small,
+    loadavg,
+    log,
+    machine_info,
+    median,
+    run_wrk,
+    save_json,
+    start_counting_server,
+    start_engine,
+    start_nginx,
+    start_proxy,
+)
 
 TARGETS = ("engine", "nginx", "proxy_1w", "proxy_2w")
 CONCURRENCY = (1, 32)

@@ -27,9 +27,26 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .common import (CRANFIELD_INDEX, RESULTS, SMALL_INDEX, Service, bulk_body, cpu_seconds, index_cranfield,
-                     index_small, load_queries, log, machine_info, run_loadgen, run_wrk, save_json, search_body,
-                     start_counting_server, start_engine, start_proxy)
+from .common import (
+    CRANFIELD_INDEX,
+    RESULTS,
+    SMALL_INDEX,
+    Service,
+    bulk_body,
+    cpu_seconds,
+    index_cranfield,
+    index_small,
+    load_queries,
+    log,
+    machine_info,
+    run_loadgen,
+    run_wrk,
+    save_json,
+    search_body,
+    start_counting_server,
+    start_engine,
+    start_proxy,
+)
 
 PROFILE_DIR = RESULTS / "profile"
 

@@ -24,8 +24,8 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import httpx
 import numpy as np

@@ -48,6 +48,7 @@ def main() -> None:
                          "seconds": round(time.time() - started)}
         log(f"=== {step} done in {timings[step]['seconds']} s")
     import json
+
     from .common import RESULTS
     previous = RESULTS / "run_all.json"
     steps = json.loads(previous.read_text())["steps"] if previous.exists() else {}

@@ -32,7 +32,8 @@ import itertools
 import pstats
 import statistics
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -40,9 +41,21 @@ from rerank_proxy.app import Runtime, build_runtime
 from rerank_proxy.config import load_settings
 from rerank_proxy.search.pipeline import Finished
 
-from .common import (CRANFIELD_INDEX, DEFAULT_ENGINE_PORT, PROVIDER_KEY, Service, index_cranfield,
-                     load_queries, loadavg, log, machine_info, save_json, search_body,
-                     start_counting_server, start_engine)
+from .common import (
+    CRANFIELD_INDEX,
+    DEFAULT_ENGINE_PORT,
+    PROVIDER_KEY,
+    Service,
+    index_cranfield,
+    load_queries,
+    loadavg,
+    log,
+    machine_info,
+    save_json,
+    search_body,
+    start_counting_server,
+    start_engine,
+)
 
 HEADERS = {"content-type": "application/json"}
 RAW_HEADERS = [(b"content-type", b"application/json")]

@@ -27,9 +27,27 @@ from typing import Any
 
 import httpx
 
-from .common import (CRANFIELD_INDEX, Service, counting_stats, cpu_seconds, engine_version, index_cranfield, load_queries, log,
-                     loadavg, machine_info, median, run_loadgen, run_wrk, save_json, search_body,
-                     start_counting_server, start_engine, start_proxy, summary)
+from .common import (
+    CRANFIELD_INDEX,
+    Service,
+    counting_stats,
+    cpu_seconds,
+    engine_version,
+    index_cranfield,
+    load_queries,
+    loadavg,
+    log,
+    machine_info,
+    median,
+    run_loadgen,
+    run_wrk,
+    save_json,
+    search_body,
+    start_counting_server,
+    start_engine,
+    start_proxy,
+    summary,
+)
 
 PCTS = [str(p) for p in range(1, 100)] + ["99.5", "99.9", "99.99"]
 _TIMING = re.compile(r"(\w+);dur=([0-9.]+)")

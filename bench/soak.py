@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 import uvicorn
@@ -35,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rerank_proxy.engines.runner import ensure_engine  # noqa: E402
-from rerank_proxy.scoring.providers.base import RerankError, RerankResult  # noqa: E402
 from rerank_proxy.local.rerank_server import build_app  # noqa: E402
+from rerank_proxy.scoring.providers.base import RerankError, RerankResult  # noqa: E402
 
 WORDS = ("jet engine noise wing flutter boundary layer shock wave heat transfer supersonic subsonic "
          "laminar turbulent pressure drag lift nozzle inlet blade rotor panel buckling plate shell").split()

@@ -13,14 +13,15 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
-from rerank_proxy.scoring.cache.scores import ScoreCache
-from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError, error_body
 from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
+from rerank_proxy.config import Settings
+from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline
 from rerank_proxy.search.plan import match_search_path, parse_params
 from rerank_proxy.upstream import IDEMPOTENT_METHODS, UpstreamPool, forwardable_headers
@@ -51,8 +52,7 @@ class Runtime:
 
 async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: Any = None) -> Runtime:
     """Clients, caches and the pipeline; `reranker` may be injected (tests, benchmarks)."""
-    from rerank_proxy.wiring import build_shared_cache
-    from rerank_proxy.wiring import build_reranker
+    from rerank_proxy.wiring import build_reranker, build_shared_cache
 
     if reranker is None:
         reranker = build_reranker(settings)
@@ -128,7 +128,7 @@ class ProxyApp:
         if self._in_flight:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _log.warning("shutdown grace period over", extra={"fields": {"in_flight": self._in_flight}})
         if self.runtime is not None:
             for close in self.runtime.closers:

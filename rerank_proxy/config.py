@@ -11,9 +11,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -200,7 +201,7 @@ class Settings:
             out[setting.name] = value
         return out
 
-    def with_overrides(self, **changes: Any) -> "Settings":
+    def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 

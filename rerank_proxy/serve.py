@@ -76,8 +76,8 @@ def run_worker(settings: Settings, sock: socket.socket) -> int:
 
 
 async def _serve(settings: Settings, sock: socket.socket) -> int:
-    from rerank_proxy.app import ProxyApp
     from rerank_proxy.admin import logs
+    from rerank_proxy.app import ProxyApp
     from rerank_proxy.server import ProxyServer
 
     server = ProxyServer(ProxyApp(settings))

@@ -15,13 +15,12 @@ decompressed or re-encoded here: bytes go through as they came.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import ssl
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 import aiohttp
 from yarl import URL
@@ -89,7 +88,7 @@ class _Upstream:
     down_until: float = 0.0
 
     @classmethod
-    def parse(cls, configured: str) -> "_Upstream":
+    def parse(cls, configured: str) -> _Upstream:
         """Credentials in the URL become a Basic header used only when the client sends none."""
         url = URL(configured)
         if url.user is None:
@@ -178,7 +177,7 @@ class UpstreamPool:
                 last_error = exc
                 if streaming and started.started:
                     break
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 last_error = exc
                 if not idempotent or streaming:
                     raise ProxyError(504, "proxy_upstream_timeout_exception",
@@ -199,7 +198,7 @@ class UpstreamPool:
         response = await self.send(method, target, headers, content, idempotent=idempotent)
         try:
             body = await response.aread()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             raise ProxyError(502, "proxy_upstream_unavailable_exception",
                              "the engine closed the connection mid-response") from None
         finally:

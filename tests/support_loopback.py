@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 import uvicorn
@@ -64,7 +65,7 @@ class FaultServer:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    async def __aenter__(self) -> "FaultServer":
+    async def __aenter__(self) -> FaultServer:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"

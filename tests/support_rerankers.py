@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 

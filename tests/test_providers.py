@@ -8,11 +8,13 @@ import math
 import random
 import socket
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from rerank_proxy.config import Settings
 from rerank_proxy.scoring.providers.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
@@ -22,11 +24,11 @@ from rerank_proxy.scoring.providers.errors import (
     RerankStatusError,
     RerankTimeout,
 )
-from rerank_proxy.wiring import build_provider, build_reranker, is_pointwise
 from rerank_proxy.scoring.providers.http_client import _checked_scores, error_message, retry_after_s, scores_by_index
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from rerank_proxy.scoring.providers.tei import TEIReranker
 from rerank_proxy.scoring.providers.voyage import VoyageReranker
+from rerank_proxy.wiring import build_provider, build_reranker, is_pointwise
 from tests.support_loopback import FaultServer, response_bytes, send_json
 
 KEY = "co-test-key-0123456789abcdef"
@@ -357,7 +359,7 @@ async def test_retry_after_hints_are_read_from_the_error_response():
 
 
 def test_retry_after_header_forms():
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     date = format_datetime(now + timedelta(seconds=30), usegmt=True)
     assert retry_after_s({"retry-after": date}, now=now.timestamp()) == 30
     assert retry_after_s({"retry-after": format_datetime(now - timedelta(seconds=5), usegmt=True)},

@@ -1,6 +1,7 @@
 """Query-text extraction from the DSL real apps send (pure unit and property tests)."""
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rerank_proxy.search.query_text import clean_query_string, extract_query_text
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from contextlib import aclosing
-from typing import Sequence
 
 import httpx
 import pytest
 
+from rerank_proxy.local.rerank_server import add_arguments, build_app
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
 from rerank_proxy.scoring.providers.errors import RerankStatusError
-from rerank_proxy.local.rerank_server import add_arguments, build_app
 from tests.support_loopback import serve_app
 from tests.support_rerankers import OverlapReranker, overlap_score
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
 
 import pytest
 
@@ -25,7 +25,7 @@ from rerank_proxy.scoring.providers.errors import (
     RerankResponseError,
     RerankStatusError,
 )
-from rerank_proxy.scoring.providers.resilience import ResilientReranker, RerankUnavailable
+from rerank_proxy.scoring.providers.resilience import RerankUnavailable, ResilientReranker
 from tests.support_loopback import FaultServer, response_bytes, send_json
 
 KEY = "co-resilience-key-0123456789"
@@ -112,7 +112,7 @@ async def test_429_is_retried_after_the_hinted_delay():
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
 async def test_retry_after_seconds_and_dates_set_the_wait(form):
     waits: list[float] = []
-    in_3s = datetime.now(timezone.utc) + timedelta(seconds=3)
+    in_3s = datetime.now(UTC) + timedelta(seconds=3)
     header = "2" if form == "seconds" else format_datetime(in_3s, usegmt=True)
 
     async def record(seconds: float) -> None:

@@ -231,7 +231,7 @@ def test_a_large_answer_to_a_stalled_client_arrives_whole(engine, proxy, index_n
         sock.sendall(f"POST /{index_name}/_mget HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         deadline = time.monotonic() + 60
-        while not any(conn._write_paused for conn in list(rerank_proxy.server.server.connections)):
+        while not any(conn._write_paused for conn in list(proxy.server.server.connections)):
             assert time.monotonic() < deadline, "the proxy never had to pause writing"
             time.sleep(0.01)
         data = b""

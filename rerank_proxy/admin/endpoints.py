@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rerank_proxy.errors import error_body
 from rerank_proxy.console.routes import console_routes
+from rerank_proxy.errors import error_body
 
 
 def _error(status: int, error_type: str, reason: str) -> Response:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from rerank_proxy.errors import ProxyError
 from rerank_proxy.console.beir import EvalQuery
 from rerank_proxy.console.compare import compare
 from rerank_proxy.console.ndcg import K, mean, ndcg_at_k
 from rerank_proxy.console.params import CompareOptions
 from rerank_proxy.console.scorers import Scorers
+from rerank_proxy.errors import ProxyError
 
 CONCURRENCY = 3
 _TIE = 1e-9

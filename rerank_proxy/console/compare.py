@@ -16,14 +16,14 @@ from urllib.parse import quote
 import orjson
 
 from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.console.params import MAX_WINDOW, CompareOptions
+from rerank_proxy.console.scorers import Scorer, Scorers
 from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.scoring.final import score_texts
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.search.hit_text import hit_text, needed_source_fields
 from rerank_proxy.search.merge import final_scores, rerank_order
 from rerank_proxy.search.query_text import extract_query_text
-from rerank_proxy.scoring.final import score_texts
-from rerank_proxy.console.params import MAX_WINDOW, CompareOptions
-from rerank_proxy.console.scorers import Scorer, Scorers
 
 LABEL_FIELDS = ("title", "name", "headline", "subject")
 _JSON = [(b"content-type", b"application/json")]

@@ -6,7 +6,8 @@ and credentials as searches) and never carry the console's admin token to the en
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import orjson

@@ -18,10 +18,11 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rerank_proxy.errors import ProxyError, bad_request
 
@@ -40,7 +41,7 @@ def judgments_path(settings: Any) -> Path:
 
 
 def query_id(index: str, text: str) -> str:
-    digest = hashlib.blake2b(f"{index}\x1f{text}".encode("utf-8"), digest_size=5).hexdigest()
+    digest = hashlib.blake2b(f"{index}\x1f{text}".encode(), digest_size=5).hexdigest()
     return f"q{digest}"
 
 

@@ -9,7 +9,7 @@ judgment has no nDCG (None): it is left out of means rather than counted as 0 or
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 K = 10
 

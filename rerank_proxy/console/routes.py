@@ -24,20 +24,21 @@ GET  /_rerank/console/api/querysets, PUT|DELETE /_rerank/console/api/querysets/{
 from __future__ import annotations
 
 import re
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from rerank_proxy.errors import ProxyError, bad_request
-from rerank_proxy.console import batch, engine, page
+from rerank_proxy.console import engine, page
 from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
 from rerank_proxy.console.compare import compare, to_json
 from rerank_proxy.console.judgments import JudgmentStore, judgments_path, query_id
 from rerank_proxy.console.ndcg import K, ndcg_at_k
 from rerank_proxy.console.params import index_name, parse_compare, query_text, require_object
+from rerank_proxy.errors import ProxyError, bad_request
 
 PREFIX = page.CONSOLE_PATH
 API = f"{PREFIX}/api"

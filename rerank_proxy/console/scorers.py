@@ -17,8 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.scoring.cache.scores import ScoreCache
 
 MAX_EXTRA_SCORERS = 4           # alternative (provider, model) pairs kept per worker
 EXTRA_CACHE_ENTRIES = 50_000    # their score caches are smaller than the main one

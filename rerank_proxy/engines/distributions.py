@@ -18,10 +18,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 ELASTICSEARCH = "elasticsearch"
 OPENSEARCH = "opensearch"

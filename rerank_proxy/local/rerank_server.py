@@ -19,10 +19,11 @@ import hmac
 import math
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rerank_proxy.scoring.providers.base import RerankError, Reranker
+from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
 MAX_DOCUMENTS = 10_000            # Cohere: documents x max_chunks_per_doc must stay within 10,000
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -15,16 +15,17 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from cachetools import LRUCache
 
 from rerank_proxy.config import ConfigError, Settings
-from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.local.minilm import MODEL_NAME, MiniLM, shared_model
 from rerank_proxy.local.vector_store import VectorStore, vector_key
+from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

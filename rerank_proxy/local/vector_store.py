@@ -18,8 +18,8 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from cachetools import LRUCache

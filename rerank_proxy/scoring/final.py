@@ -6,7 +6,7 @@ the lowest score the others got, so they sink to the bottom and keep their lexic
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rerank_proxy.scoring.cache.scores import ScoreCache, ScoreOutcome
 

@@ -7,8 +7,9 @@ local vector store and the score cache are keyed by a hash of it).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from rerank_proxy.config import IndexRule
 

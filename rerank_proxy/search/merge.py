@@ -12,7 +12,8 @@ lexical score and order.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rerank_proxy.search import source_filter
 from rerank_proxy.search.plan import Plan

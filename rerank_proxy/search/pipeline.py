@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
-from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
+from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.scoring.final import score_texts
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 from rerank_proxy.search.hit_text import hit_text
 from rerank_proxy.search.merge import final_scores, merge
 from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
-from rerank_proxy.scoring.final import score_texts
+from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})

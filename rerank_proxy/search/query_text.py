@@ -14,7 +14,8 @@ nested inside bool (must/should), dis_max, function_score, script_score, constan
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 _MATCH_LIKE = ("match", "match_phrase", "match_phrase_prefix", "match_bool_prefix")
 _QUERY_STRING_LIKE = ("query_string", "simple_query_string")

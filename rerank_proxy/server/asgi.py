@@ -22,7 +22,7 @@ _log = logging.getLogger("rerank_proxy")
 
 
 class AsgiExchange:
-    def __init__(self, client: "HttpConnection", scope: dict[str, Any], keep_alive: bool,
+    def __init__(self, client: HttpConnection, scope: dict[str, Any], keep_alive: bool,
                  body_expected: bool, expect_continue: bool) -> None:
         self.client = client
         self.scope = scope

@@ -28,7 +28,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "BackgroundServer":
+    def start(self) -> BackgroundServer:
         self._thread.start()
         ready: Future[None] = asyncio.run_coroutine_threadsafe(self._start(), self.loop)  # type: ignore[assignment]
         ready.result(timeout=120)
@@ -45,7 +45,7 @@ class BackgroundServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=timeout)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

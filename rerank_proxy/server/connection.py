@@ -53,7 +53,7 @@ class Exchange(Protocol):
 
 
 class HttpConnection(asyncio.Protocol):
-    def __init__(self, server: "ProxyServer") -> None:
+    def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.loop = server.loop
         self.parser = httptools.HttpRequestParser(self)

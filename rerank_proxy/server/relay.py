@@ -19,15 +19,16 @@ import base64
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httptools
 
 from rerank_proxy.config import Settings
 from rerank_proxy.errors import ProxyError
-from rerank_proxy.upstream import HOP_BY_HOP, tls_context
 from rerank_proxy.server.connection import BODY_HIGH_WATER, error_response
+from rerank_proxy.upstream import HOP_BY_HOP, tls_context
 
 if TYPE_CHECKING:
     from rerank_proxy.server.connection import HttpConnection
@@ -93,7 +94,7 @@ class RelayPool:
         now = time.monotonic()
         return [t for t in rotated if t.down_until <= now] + [t for t in rotated if t.down_until > now]
 
-    async def connect(self, target: Target) -> "UpstreamConnection | None":
+    async def connect(self, target: Target) -> UpstreamConnection | None:
         """A new connection to `target`, or None (then the engine is skipped for a while)."""
         loop = asyncio.get_running_loop()
         try:
@@ -101,12 +102,12 @@ class RelayPool:
                 loop.create_connection(lambda: UpstreamConnection(self, target), target.host, target.port,
                                        ssl=target.ssl, server_hostname=target.host if target.ssl else None),
                 self.settings.upstream_connect_timeout_s)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+        except (TimeoutError, OSError, ssl.SSLError):
             target.down_until = time.monotonic() + _DOWN_FOR_S
             return None
         return conn  # type: ignore[return-value]
 
-    def take_idle(self, target: Target) -> "UpstreamConnection | None":
+    def take_idle(self, target: Target) -> UpstreamConnection | None:
         while target.idle:
             conn = target.idle.pop()
             if not conn.closed:
@@ -118,7 +119,7 @@ class RelayPool:
         """A read the proxy makes itself (a search's candidates, a health probe), answer read whole."""
         return await FetchExchange(self, method.encode("ascii"), target.encode("latin-1"), headers, body).run()
 
-    def release(self, conn: "UpstreamConnection") -> None:
+    def release(self, conn: UpstreamConnection) -> None:
         target = conn.target
         if conn.closed or len(target.idle) >= self.max_idle:
             conn.close()
@@ -128,7 +129,7 @@ class RelayPool:
         conn.resume_reading()
         target.idle.append(conn)
 
-    def forget(self, conn: "UpstreamConnection") -> None:
+    def forget(self, conn: UpstreamConnection) -> None:
         try:
             conn.target.idle.remove(conn)
         except ValueError:
@@ -259,9 +260,9 @@ class RelayExchange:
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
                  "last_read", "_tried", "started_at", "log_path", "log_headers")
 
-    def __init__(self, client: "HttpConnection", method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+    def __init__(self, client: HttpConnection, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                  body_framing: bytes | None, keep_alive: bool, expect_continue: bool,
-                 on_done: Callable[["RelayExchange"], None]) -> None:
+                 on_done: Callable[[RelayExchange], None]) -> None:
         self.client = client
         self.loop = client.loop
         self.pool: RelayPool = client.server.relay_pool
@@ -604,7 +605,7 @@ class FetchExchange:
         conn.transport.write(b"".join(head))  # type: ignore[union-attr]
         try:
             return await asyncio.wait_for(self.outcome, self.pool.settings.upstream_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             conn.exchange = None
             conn.close()
             return "TimeoutError"

@@ -75,7 +75,7 @@ class ProxyServer:
     # --- routing -------------------------------------------------------------------------------
 
     def route(self, conn: HttpConnection, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
-              keep_alive: bool, header_bytes: int) -> "Exchange":
+              keep_alive: bool, header_bytes: int) -> Exchange:
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
         if "%" in path:

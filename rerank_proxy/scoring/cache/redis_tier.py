@@ -8,7 +8,7 @@ search, and the client reconnects by itself when Redis comes back.
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 import redis.asyncio as redis
 

@@ -20,11 +20,12 @@ import hashlib
 import itertools
 import time
 import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
-from rerank_proxy.scoring.providers.base import RerankError, Reranker
 from rerank_proxy.scoring.cache.local_tier import LocalTier
+from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
 
 class SharedTier(Protocol):

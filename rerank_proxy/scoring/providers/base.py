@@ -8,8 +8,9 @@ layer has to know which API answered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 
 class RerankError(Exception):

@@ -6,10 +6,17 @@ list (it does not change scores). We never ask for documents back either.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rerank_proxy.config import Settings
-from rerank_proxy.scoring.providers.http_client import BatchReply, HTTPReranker, number_at, result_items, scores_by_index
+from rerank_proxy.scoring.providers.http_client import (
+    BatchReply,
+    HTTPReranker,
+    number_at,
+    result_items,
+    scores_by_index,
+)
 
 
 class CohereReranker(HTTPReranker):
@@ -29,7 +36,7 @@ class CohereReranker(HTTPReranker):
         self.max_tokens_per_doc = max_tokens_per_doc
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "CohereReranker":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CohereReranker:
         overrides.setdefault("max_tokens_per_doc", settings.rerank_max_tokens_per_doc)
         return super().from_settings(settings, **overrides)  # type: ignore[return-value]
 

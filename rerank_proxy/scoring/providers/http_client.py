@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -104,7 +105,7 @@ class HTTPReranker:
         return self._session
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> "HTTPReranker":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> HTTPReranker:
         """The provider as configured by RERANK_*; keyword overrides win (e.g. `pointwise`)."""
         kwargs: dict[str, Any] = {
             "base_url": settings.rerank_base_url,
@@ -173,7 +174,7 @@ class HTTPReranker:
             async with self._client().post(self.base_url + self.path, data=body) as response:
                 status, reason, headers = response.status, response.reason, response.headers
                 content = await response.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise RerankTimeout(self._scrub(f"{self.name}: {type(exc).__name__} after "
                                             f"{self._timeout_s}s"), retryable=True) from None
         except aiohttp.ClientError as exc:  # refused, reset, or a body cut short

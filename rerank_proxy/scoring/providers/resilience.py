@@ -23,11 +23,12 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 from rerank_proxy.config import Settings
-from rerank_proxy.scoring.providers.base import RerankError, Reranker, RerankResult
+from rerank_proxy.scoring.providers.base import Reranker, RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import (
     RerankDeadlineExceeded,
     RerankTimeout,

@@ -9,7 +9,8 @@ constructor.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rerank_proxy.scoring.providers.http_client import BatchReply, HTTPReranker, result_items, scores_by_index
 

@@ -6,9 +6,16 @@ bills per token (`usage.total_tokens`, kept in `RerankResult.meta`, not in `bill
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from rerank_proxy.scoring.providers.http_client import BatchReply, HTTPReranker, number_at, result_items, scores_by_index
+from rerank_proxy.scoring.providers.http_client import (
+    BatchReply,
+    HTTPReranker,
+    number_at,
+    result_items,
+    scores_by_index,
+)
 
 
 class VoyageReranker(HTTPReranker):
