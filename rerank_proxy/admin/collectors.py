@@ -33,7 +33,7 @@ def _cache_metrics(runtime: Any) -> Iterable[Any]:
     total = s.hits + s.misses + s.coalesced
     yield gauge("rerank_proxy_cache_hit_ratio", "Share of document scores not computed by this request.",
                 (s.hits + s.coalesced) / total if total else 0.0)
-    yield gauge("rerank_proxy_cache_entries", "Scores held in the in-process cache.", len(cache.local))
+    yield gauge("rerank_proxy_cache_entries", "Scores held in the in-process cache.", len(cache))
 
 
 def _provider_metrics(runtime: Any) -> Iterable[Any]:

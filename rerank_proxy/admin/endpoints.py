@@ -72,7 +72,7 @@ def build_ops_app(runtime: Any) -> Starlette:
             return JSONResponse({"enabled": False})
         stats = vars(cache.stats) if hasattr(cache.stats, "__dict__") else {
             k: getattr(cache.stats, k) for k in cache.stats.__slots__}
-        return JSONResponse({"enabled": cache.enabled, "entries": len(cache.local),
+        return JSONResponse({"enabled": cache.enabled, "entries": len(cache),
                              "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
                              "shared": bool(runtime.shared_cache), **stats})
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -38,7 +38,7 @@ class LocalTier(Generic[K, V]):
         return len(self._values)
 
     def __contains__(self, key: object) -> bool:
-        expires = self._expires.get(key)  # type: ignore[call-overload]
+        expires = self._expires.get(cast(K, key))  # a key of another type is simply absent
         return expires is not None and self.timer() < expires
 
     def get(self, key: K) -> V | None:

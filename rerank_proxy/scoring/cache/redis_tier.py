@@ -1,6 +1,7 @@
 """The shared score tier in Redis, so several proxy replicas reuse each other's scores.
 
-Scores are stored as 8-byte doubles (bit-exact, so a replica reading Redis answers exactly what the writer did) under `rrp:s:<16-byte key>` with the cache TTL. Every call is
+Scores are stored as 8-byte doubles (bit-exact: a replica reading Redis answers exactly what the
+writer did) under `rrp:s:<16-byte key>` with the cache TTL. Every call is
 bounded by the caller's timeout (ScoreCache); a slow or absent Redis is a cache miss, never a failed
 search, and the client reconnects by itself when Redis comes back.
 """
@@ -17,13 +18,15 @@ _FLOAT = struct.Struct("<d")
 
 
 class RedisTier:
+    """A `SharedTier` on one Redis (or a Redis-protocol server) named by REDIS_URL."""
+
     def __init__(self, url: str, timeout_s: float) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            health_check_interval=0, retry_on_timeout=False)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
         values = await self.client.mget([_PREFIX + k for k in keys])
-        return [_FLOAT.unpack(v)[0] if v is not None and len(v) == 8 else None for v in values]
+        return [_FLOAT.unpack(v)[0] if isinstance(v, bytes) and len(v) == 8 else None for v in values]
 
     async def set_many(self, items: dict[bytes, float], ttl_s: float) -> None:
         if not items:

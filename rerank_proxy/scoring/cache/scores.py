@@ -1,7 +1,7 @@
 """The score cache and request coalescing in front of the provider: fewer billed calls.
 
-Pointwise providers (a score depends only on the query and the document, which is what the
-cross-encoders behind Cohere, TEI, Voyage and the built-in model do) are cached per document:
+Pointwise providers (a score depends only on the query and the document: the cross-encoders behind
+Cohere, TEI and Voyage, and the built-in bi-encoder) are cached per document:
 key = (provider, model, normalised query, hash of the document text). A next page, a new filter
 or a reindexed-but-unchanged document reuses scores, and only the documents never scored are sent.
 Listwise providers are cached per whole request (query + ordered document hashes).
@@ -29,8 +29,13 @@ from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
 
 class SharedTier(Protocol):
+    """A score tier several replicas share (Redis); every failure of it is a cache miss."""
+
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]: ...
     async def set_many(self, items: dict[bytes, float], ttl_s: float) -> None: ...
+    async def flush(self) -> int: ...
+    async def ping(self) -> bool: ...
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -80,7 +85,10 @@ class ScoreCache:
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.reranker = reranker
         self.ttl_s = ttl_s
-        self.local: LocalTier[bytes, object] = LocalTier(max(max_entries, 1), ttl_s, timer)
+        self.local: LocalTier[bytes, float] = LocalTier(max(max_entries, 1), ttl_s, timer)
+        # Listwise scores are kept per whole request; a cache serves one provider, so only one of
+        # the two tiers is ever filled.
+        self.local_listwise: LocalTier[bytes, tuple[float, ...]] = LocalTier(max(max_entries, 1), ttl_s, timer)
         self.enabled = max_entries > 0
         self.shared = shared
         self.shared_timeout_s = shared_timeout_s
@@ -89,19 +97,22 @@ class ScoreCache:
         self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
         self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
 
+    def __len__(self) -> int:
+        """Entries held in process (the shared tier is not counted)."""
+        return len(self.local) + len(self.local_listwise)
+
     def flush(self) -> int:
-        count = len(self.local)
+        count = len(self)
         self.local.clear()
+        self.local_listwise.clear()
         return count
 
-    def _doc_key(self, query: str, text: str) -> bytes:
-        """One hash over provider, model, query and text (the query cannot end in the separator
-        after normalisation, so distinct pairs never collide by concatenation)."""
-        return hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f" + text.encode("utf-8"),
-                               digest_size=16).digest()
+    def doc_keys(self, query: str, texts: Sequence[str]) -> list[bytes]:
+        """One hash per text over provider, model, query and text, the shared prefix hashed once.
 
-    def _doc_keys(self, query: str, texts: Sequence[str]) -> list[bytes]:
-        """`_doc_key` for every text, hashing the shared prefix once (same digests, less work)."""
+        The normalised query cannot end in the separator, so distinct pairs never collide by
+        concatenation.
+        """
         base = hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f", digest_size=16)
         keys = []
         for text in texts:
@@ -114,9 +125,8 @@ class ScoreCache:
         query = normalise_query(query)
         if not self.reranker.pointwise:
             return await self._listwise(query, texts)
-        keys = self._doc_keys(query, texts)
-        result: list[float | None]
-        result = self.local.get_many(keys) if self.enabled else [None] * len(texts)  # type: ignore[assignment]
+        keys = self.doc_keys(query, texts)
+        result: list[float | None] = self.local.get_many(keys) if self.enabled else [None] * len(texts)
         outcome = ScoreOutcome(scores=[])
         missing = [i for i, v in enumerate(result) if v is None]
         outcome.cached = len(texts) - len(missing)
@@ -135,7 +145,9 @@ class ScoreCache:
                 missing = [i for i in missing if result[i] is None]
         if missing:
             await self._fill(query, texts, keys, missing, result, outcome)
-        outcome.scores = [float(v) for v in result]  # type: ignore[arg-type]
+        outcome.scores = [float(v) for v in result if v is not None]
+        if len(outcome.scores) != len(texts):
+            raise RerankError("the provider left documents without a score")
         self._count(outcome)
         return outcome
 
@@ -213,28 +225,32 @@ class ScoreCache:
         for text in texts:
             digest.update(text_hash(text))
         key = b"L" + digest.digest()
-        cached = self.local.get(key) if self.enabled else None
+        cached = self.local_listwise.get(key) if self.enabled else None
         if cached is not None:
-            outcome = ScoreOutcome(scores=list(cached), cached=len(texts))  # type: ignore[arg-type]
+            outcome = ScoreOutcome(scores=list(cached), cached=len(texts))
         else:
             reply = await self.reranker.rerank(query, texts)
             if self.enabled:
-                self.local[key] = tuple(reply.scores)
+                self.local_listwise[key] = tuple(reply.scores)
             outcome = ScoreOutcome(scores=list(reply.scores), sent=len(texts),
                                    provider_calls=reply.provider_calls, billed_units=reply.billed_units)
         self._count(outcome)
         return outcome
 
     async def _shared_get(self, keys: list[bytes]) -> list[float | None]:
+        if self.shared is None:
+            return [None] * len(keys)
         try:
-            return await asyncio.wait_for(self.shared.get_many(keys), self.shared_timeout_s)  # type: ignore[union-attr]
+            return await asyncio.wait_for(self.shared.get_many(keys), self.shared_timeout_s)
         except Exception:
             self.stats.shared_errors += 1
             return [None] * len(keys)
 
     async def _shared_set(self, items: dict[bytes, float]) -> None:
+        if self.shared is None:
+            return
         try:
-            await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)  # type: ignore[union-attr]
+            await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)
         except Exception:
             self.stats.shared_errors += 1
 
