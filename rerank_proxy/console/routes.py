@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from rerank_proxy.console import engine, page
+from rerank_proxy.console import batch, engine, page
 from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
 from rerank_proxy.console.compare import compare, to_json
 from rerank_proxy.console.judgments import JudgmentStore, judgments_path, query_id
@@ -158,10 +158,10 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
     def api(handler: Handler) -> Handler:
         return guard(_errors(handler))
 
-    async def page(request: Request) -> Response:
+    async def page_view(request: Request) -> Response:
         return page.page()
 
-    guarded_page = _token_from_query(guard(page))
+    guarded_page = _token_from_query(guard(page_view))
 
     async def page_or_login(request: Request) -> Response:
         """The page; a sign-in form for a browser without a valid token (or one signing out)."""
@@ -243,7 +243,7 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
         items = [EvalQuery(q.id, q.text, q.docs) for q in store.queries(opts.index)]
         return _json(await batch.collect(runtime, scorers, opts, items, stored_qrels(opts.index)))
 
-    async def batch(request: Request) -> Response:
+    async def batch_view(request: Request) -> Response:
         body = require_object(await _body(request))
         opts = parse_compare(body, need_query=False)
         items = _eval_items(body, opts.index)
@@ -282,7 +282,7 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
         Route(f"{API}/judgments/queries.jsonl", api(queries_jsonl), methods=["GET"]),
         Route(f"{API}/judgments/export.zip", api(export_zip), methods=["GET"]),
         Route(f"{API}/metrics", api(metrics), methods=["POST"]),
-        Route(f"{API}/batch", api(batch), methods=["POST"]),
+        Route(f"{API}/batch", api(batch_view), methods=["POST"]),
         Route(f"{API}/querysets", api(query_sets), methods=["GET"]),
         Route(f"{API}/querysets/{{name}}", api(query_set), methods=["PUT", "DELETE"]),
     ]
