@@ -165,21 +165,13 @@ class ProxyApp:
         raw_path: bytes = scope.get("raw_path") or path.encode()
         status, outcome, extra = 500, "error", {}
         try:
-            if method == "CONNECT" or not raw_path.startswith(b"/") or raw_path.startswith(b"//"):
-                raise ProxyError(400, "illegal_argument_exception",
-                                 "request target must be an origin-form path")
+            # The server's edge (`rerank_proxy.server`) has classified this request already: target
+            # form, framing, header size, API key, body size and concurrency were checked there.
             if path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/"):
                 outcome = "ops"
                 await self._ops(scope, receive, send)
                 return
-            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.settings.max_header_bytes:
-                raise ProxyError(431, "too_long_http_header_exception",
-                                 f"request headers are larger than {self.settings.max_header_bytes} bytes")
-            self._check_api_key(scope)
-            if self._in_flight > self.settings.max_concurrent_requests:
-                raise ProxyError(429, "rejected_execution_exception",
-                                 "too many concurrent requests at the proxy; retry later")
-            search = match_search_path(path) if method in ("GET", "POST") else None
+            search = match_search_path(raw_path.decode("latin-1")) if method in ("GET", "POST") else None
             if search is not None:
                 status, outcome, extra = await self._search(scope, receive, send, *search)
             else:
@@ -199,13 +191,6 @@ class ProxyApp:
                 runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
                                         extra.get("rerank_ms", 0.0), extra.get("reason", ""))
                 log_access(scope["headers"], method, path, status, outcome, elapsed, extra)
-
-    def _check_api_key(self, scope: Scope) -> None:
-        if not self.settings.proxy_api_keys:
-            return
-        sent = next((v for k, v in scope["headers"] if k.lower() == PROXY_KEY_HEADER), b"")
-        if not self.api_key_ok(sent):
-            raise ProxyError(401, "security_exception", "missing or invalid X-Proxy-Api-Key")
 
     def api_key_ok(self, sent: bytes) -> bool:
         ok = False
@@ -268,7 +253,8 @@ class ProxyApp:
             content = _stream_body(receive, self.settings.max_body_bytes)
         else:
             content = None
-        idempotent = method in IDEMPOTENT_METHODS or body is not None and match_search_path(scope["path"]) is not None
+        searching = body is not None and match_search_path(target.partition("?")[0]) is not None
+        idempotent = method in IDEMPOTENT_METHODS or searching
         response = await runtime.upstream.send(method, target, headers, content, idempotent=idempotent)
         try:
             out_headers = forwardable_headers(response.raw_headers) + (extra_headers or [])
@@ -344,7 +330,9 @@ async def _stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
 
 
 async def _send_finished(send: Send, result: Finished) -> None:
-    headers = list(result.headers)
+    # The engine's own framing (an error answer passed on) is replaced by the proxy's: a second
+    # Content-Length makes strict clients (Node's parser) reject the response.
+    headers = [(k, v) for k, v in result.headers if k.lower() not in (b"content-length", b"transfer-encoding")]
     headers.append((b"content-length", str(len(result.body)).encode()))
     headers.append((b"x-rerank", result.outcome.encode()))
     if result.reason:
