@@ -182,7 +182,7 @@ def test_upgrades_are_answered_as_plain_http_and_nothing_after_is_forwarded(coun
     assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1
     new = upstream.requests[before:]
     assert [path for _, path, _, _ in new] == ["/up"]
-    names = {name.lower() for name in new[0][2]}
+    names = {name.lower() for name, _ in new[0][2]}
     assert not names & {b"upgrade", b"connection", b"http2-settings"}
     _second_client_gets_its_own(proxy, upstream)
 
