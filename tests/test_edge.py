@@ -346,3 +346,52 @@ def test_targets_are_decoded_once_as_the_engine_does(es_engine, es_proxy, index_
     # the same index pair written once-encoded is one search over both, reranked
     once = _raw(es_proxy, request.replace(b"%252C", b"%2C"))
     assert once.startswith(b"HTTP/1.1 200") and orjson.loads(once.partition(b"\r\n\r\n")[2])["hits"]["total"]["value"] == 2
+
+
+# --- slow clients cannot hold search slots ---------------------------------------------------------
+
+def test_searches_keep_answering_under_a_thousand_slow_uploads(es_engine, index_name):
+    """1,000 connections each start a search and send its body one byte at a time; slots are taken
+    only by complete searches, so other clients' searches keep answering (never 429)."""
+    httpx.put(f"{es_engine.url}/{index_name}/_doc/1?refresh=true", json={"t": "fast search"}).raise_for_status()
+    settings = proxy_settings(es_engine.url, MAX_CONCURRENT_REQUESTS="50", CLIENT_BODY_TIMEOUT_S="120",
+                              CLIENT_BODY_MIN_RATE="0")
+    body = b'{"query":{"match":{"t":"fast"}}}'
+    with run_proxy(settings, reranker=OverlapReranker()) as proxy:
+        slow = []
+        try:
+            for _ in range(1000):
+                sock = _connect(proxy)
+                sock.sendall(f"POST /{index_name}/_search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+                slow.append(sock)
+            for sock in slow:  # a second byte each: they are alive and still uploading
+                sock.sendall(body[1:2])
+            with httpx.Client(timeout=30) as client:
+                statuses = [client.post(f"{proxy.url}/{index_name}/_search", content=body,
+                                        headers={"Content-Type": "application/json"}).status_code
+                            for _ in range(20)]
+            assert statuses == [200] * 20
+            assert proxy.app.in_flight == 0  # none of the 1,000 holds a slot
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408(es_engine):
+    settings = proxy_settings(es_engine.url, CLIENT_BODY_TIMEOUT_S="1", CLIENT_BODY_MIN_RATE="1000")
+    with run_proxy(settings, reranker=OverlapReranker()) as proxy, _connect(proxy) as sock:
+        sock.sendall(b"POST /any/_search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        sock.settimeout(0.3)
+        data = b""
+        deadline = time.monotonic() + 60
+        while not data and time.monotonic() < deadline:  # a byte every 0.3 s: never idle, far too slow
+            try:
+                sock.sendall(b" ")
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+        sock.settimeout(30)
+        data += _read_all(sock)
+    _assert_engine_error(data, 408)
