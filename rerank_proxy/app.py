@@ -20,9 +20,9 @@ from typing import Any
 from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.errors import AnswerTooLarge, ProxyError, error_body
 from rerank_proxy.scoring.cache.scores import ScoreCache
-from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline
+from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline, decode_body
 from rerank_proxy.search.plan import match_search_path, parse_params
 from rerank_proxy.upstream import IDEMPOTENT_METHODS, UpstreamPool, forwardable_headers
 
@@ -208,8 +208,15 @@ class ProxyApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         params = parse_params(scope.get("query_string", b""))
         raw_headers = _client_headers(scope)
+        if kind == "msearch":
+            _check_msearch_size(body, headers.get("content-encoding", ""), self.settings)
         handler = runtime.pipeline.search if kind == "search" else runtime.pipeline.msearch
-        result = await handler(scope["method"], targets, params, headers, raw_headers, body)
+        try:
+            result = await handler(scope["method"], targets, params, headers, raw_headers, body)
+        except AnswerTooLarge:
+            # Candidates past MAX_CANDIDATE_BYTES are never held: the engine answers the client's
+            # own request, streamed through, in lexical order and flagged.
+            result = Forward("candidates_too_large")
         if isinstance(result, Forward):
             replay = result.body if result.body is not None else body
             status = await self._passthrough(scope, receive, send, replay,
@@ -327,6 +334,16 @@ async def _stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def _check_msearch_size(body: bytes, content_encoding: str, settings: Settings) -> None:
+    """An `_msearch` of more sub-searches than MAX_MSEARCH_SEARCHES is refused before any is parsed."""
+    decoded = decode_body(body, content_encoding, settings.max_search_body_bytes)
+    searches = sum(1 for line in decoded.split(b"\n") if line.strip()) // 2
+    if searches > settings.max_msearch_searches:
+        raise ProxyError(400, "illegal_argument_exception",
+                         f"an _msearch of {searches} searches is larger than the limit of "
+                         f"{settings.max_msearch_searches} (MAX_MSEARCH_SEARCHES)")
 
 
 async def _send_finished(send: Send, result: Finished) -> None:

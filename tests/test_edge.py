@@ -145,7 +145,7 @@ REFUSED = {
     "nul_in_header": f"GET /a HTTP/1.1\r\n{H}X-A: a\x00b\r\n\r\n",
     "space_before_colon": f"POST /a HTTP/1.1\r\n{H}Content-Length : 3\r\n\r\nabc",
     "chunk_size_0x": f"POST /a HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n0x7\r\nabcdefg\r\n0\r\n\r\n",
-    "chunk_size_huge": f"POST /a HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+    "chunk_size_huge": f"POST /a HTTP/1.1\r\n{H}Transfer-Encoding: chunked\r\n\r\n{'f' * 19}\r\nabc\r\n0\r\n\r\n",
     "absolute_uri": f"GET http://elsewhere.example/a HTTP/1.1\r\n{H}\r\n",
     "double_slash": f"GET //elsewhere.example/a HTTP/1.1\r\n{H}\r\n",
     "connect": f"CONNECT elsewhere.example:443 HTTP/1.1\r\n{H}\r\n",
@@ -345,7 +345,8 @@ def test_targets_are_decoded_once_as_the_engine_does(es_engine, es_proxy, index_
     assert not proxied.startswith(b"HTTP/1.1 200")
     # the same index pair written once-encoded is one search over both, reranked
     once = _raw(es_proxy, request.replace(b"%252C", b"%2C"))
-    assert once.startswith(b"HTTP/1.1 200") and orjson.loads(once.partition(b"\r\n\r\n")[2])["hits"]["total"]["value"] == 2
+    assert once.startswith(b"HTTP/1.1 200")
+    assert orjson.loads(once.partition(b"\r\n\r\n")[2])["hits"]["total"]["value"] == 2
 
 
 # --- slow clients cannot hold search slots ---------------------------------------------------------
@@ -395,3 +396,49 @@ def test_a_body_slower_than_the_minimum_rate_gets_408(es_engine):
         sock.settimeout(30)
         data += _read_all(sock)
     _assert_engine_error(data, 408)
+
+
+# --- what one request can cost ---------------------------------------------------------------------
+
+def test_an_msearch_past_the_cap_is_refused_with_bounded_memory(es_proxy):
+    """5,000 sub-searches (MAX_MSEARCH_SEARCHES is 1,000): an engine-style 400, nothing parsed."""
+    import tracemalloc
+
+    line = b'{"index":"docs"}\n{"query":{"match":{"t":"word"}}}\n'
+    body = line * 5000
+    tracemalloc.start()
+    try:
+        response = httpx.post(f"{es_proxy.url}/_msearch", content=body,
+                              headers={"Content-Type": "application/x-ndjson"}, timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 400 and response.json()["error"]["type"] == "illegal_argument_exception"
+    assert "MAX_MSEARCH_SEARCHES" in response.json()["error"]["reason"]
+    print(f"msearch of 5000 sub-searches ({len(body)} bytes): traced peak {peak} bytes")
+    assert peak < 16 * len(body) + 8_000_000, f"peak {peak} bytes"  # body copies, never a parsed tree
+
+
+def test_candidates_past_the_byte_bound_are_never_held(es_engine, index_name):
+    """A window of large documents bigger than MAX_CANDIDATE_BYTES: the search is answered by the
+    engine as is (lexical order, flagged), and the proxy never held the whole window."""
+    import tracemalloc
+
+    text = "word " + "x" * 40_000
+    bulk = b"".join(b'{"index":{"_id":"%d"}}\n{"t":"%b"}\n' % (i, text.encode()) for i in range(400))
+    httpx.post(f"{es_engine.url}/{index_name}/_bulk?refresh=true", content=bulk,
+               headers={"Content-Type": "application/x-ndjson"}, timeout=120).raise_for_status()
+    settings = proxy_settings(es_engine.url, MAX_CANDIDATE_BYTES="1048576", RERANK_WINDOW="400")
+    with run_proxy(settings, reranker=OverlapReranker()) as proxy:
+        tracemalloc.start()
+        try:
+            response = httpx.post(f"{proxy.url}/{index_name}/_search", json={"query": {"match": {"t": "word"}},
+                                                                          "size": 5}, timeout=60)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert response.status_code == 200 and len(response.json()["hits"]["hits"]) == 5
+    assert response.headers["x-rerank"] == "bypass"
+    assert response.headers["x-rerank-reason"] == "candidates_too_large"
+    print(f"window of 400 x 40 KB documents, MAX_CANDIDATE_BYTES=1 MiB: traced peak {peak} bytes")
+    assert peak < 8_000_000, f"peak {peak} bytes for a 16 MB window"

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError
+from rerank_proxy.errors import AnswerTooLarge, ProxyError
 from rerank_proxy.server.connection import BODY_HIGH_WATER, error_response
 from rerank_proxy.upstream import HOP_BY_HOP, tls_context
 
@@ -596,6 +596,7 @@ class FetchExchange:
         self.reason = b""
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
+        self.size = 0
         self.answered = False
         self.last_read = 0.0
         self.keep_alive = True
@@ -616,6 +617,8 @@ class FetchExchange:
                 result = await self._ask(conn)
                 if result == "ok":
                     return self.status, self.response_headers, b"".join(self.chunks)
+                if result == "too large":  # asking another engine would give the same answer
+                    raise AnswerTooLarge(self.pool.settings.max_candidate_bytes)
                 failure = result
                 if pooled and result == "ServerDisconnectedError" and not self.answered:
                     conn, pooled = None, False  # a stale pooled connection: once more on a new one
@@ -649,6 +652,11 @@ class FetchExchange:
         self.keep_alive = upstream_keep_alive
 
     def response_body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.pool.settings.max_candidate_bytes:
+            self.chunks.clear()
+            self.upstream_broken("too large")
+            return
         self.chunks.append(chunk)
 
     def flush(self) -> None:
@@ -676,7 +684,7 @@ class FetchExchange:
             conn.exchange = None
             conn.close()
         if not self.outcome.done():
-            self.outcome.set_result("malformed response")
+            self.outcome.set_result("too large" if reason == "too large" else "malformed response")
 
     def pause_source(self) -> None:
         pass
