@@ -1,8 +1,9 @@
 """The ASGI application: routes each request to ops, the search pipeline or the pass-through.
 
-Under `rerank-proxy serve` the server (`rerank_proxy/server/`) relays plain requests to the engine itself
-and hands this app only what needs it: searches, the proxy's `/_rerank/` endpoints, and requests to
-refuse (too large, bad key, bad target). The app stays a complete proxy on its own (any ASGI server
+Under `rerank-proxy serve` the server (`rerank_proxy/server/`) classifies every request once: it
+relays plain requests to the engine itself, answers refusals itself (bad framing or target, too
+large, bad key, too busy), and hands this app only searches (read whole) and the proxy's
+`/_rerank/` endpoints. The app stays a complete proxy on its own (any ASGI server
 can run it): pass-through requests are streamed both ways chunk by chunk (a large `_bulk` or
 response is never held in memory), and only searches are read whole, parsed and rewritten.
 """
