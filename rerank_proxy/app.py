@@ -1,8 +1,9 @@
 """The ASGI application: routes each request to ops, the search pipeline or the pass-through.
 
-Under `rerank-proxy serve` the server (`rerank_proxy/server/`) relays plain requests to the engine itself
-and hands this app only what needs it: searches, the proxy's `/_rerank/` endpoints, and requests to
-refuse (too large, bad key, bad target). The app stays a complete proxy on its own (any ASGI server
+Under `rerank-proxy serve` the server (`rerank_proxy/server/`) classifies every request once: it
+relays plain requests to the engine itself, answers refusals itself (bad framing or target, too
+large, bad key, too busy), and hands this app only searches (read whole) and the proxy's
+`/_rerank/` endpoints. The app stays a complete proxy on its own (any ASGI server
 can run it): pass-through requests are streamed both ways chunk by chunk (a large `_bulk` or
 response is never held in memory), and only searches are read whole, parsed and rewritten.
 """
@@ -20,9 +21,9 @@ from typing import Any
 from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.errors import AnswerTooLarge, ProxyError, error_body
 from rerank_proxy.scoring.cache.scores import ScoreCache
-from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline
+from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline, decode_body
 from rerank_proxy.search.plan import match_search_path, parse_params
 from rerank_proxy.upstream import IDEMPOTENT_METHODS, UpstreamPool, forwardable_headers
 
@@ -165,21 +166,13 @@ class ProxyApp:
         raw_path: bytes = scope.get("raw_path") or path.encode()
         status, outcome, extra = 500, "error", {}
         try:
-            if method == "CONNECT" or not raw_path.startswith(b"/") or raw_path.startswith(b"//"):
-                raise ProxyError(400, "illegal_argument_exception",
-                                 "request target must be an origin-form path")
+            # The server's edge (`rerank_proxy.server`) has classified this request already: target
+            # form, framing, header size, API key, body size and concurrency were checked there.
             if path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/"):
                 outcome = "ops"
                 await self._ops(scope, receive, send)
                 return
-            if sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.settings.max_header_bytes:
-                raise ProxyError(431, "too_long_http_header_exception",
-                                 f"request headers are larger than {self.settings.max_header_bytes} bytes")
-            self._check_api_key(scope)
-            if self._in_flight > self.settings.max_concurrent_requests:
-                raise ProxyError(429, "rejected_execution_exception",
-                                 "too many concurrent requests at the proxy; retry later")
-            search = match_search_path(path) if method in ("GET", "POST") else None
+            search = match_search_path(raw_path.decode("latin-1")) if method in ("GET", "POST") else None
             if search is not None:
                 status, outcome, extra = await self._search(scope, receive, send, *search)
             else:
@@ -200,13 +193,6 @@ class ProxyApp:
                                         extra.get("rerank_ms", 0.0), extra.get("reason", ""))
                 log_access(scope["headers"], method, path, status, outcome, elapsed, extra)
 
-    def _check_api_key(self, scope: Scope) -> None:
-        if not self.settings.proxy_api_keys:
-            return
-        sent = next((v for k, v in scope["headers"] if k.lower() == PROXY_KEY_HEADER), b"")
-        if not self.api_key_ok(sent):
-            raise ProxyError(401, "security_exception", "missing or invalid X-Proxy-Api-Key")
-
     def api_key_ok(self, sent: bytes) -> bool:
         ok = False
         for key in self.settings.proxy_api_keys:  # compare with every key: timing tells nothing
@@ -223,8 +209,15 @@ class ProxyApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         params = parse_params(scope.get("query_string", b""))
         raw_headers = _client_headers(scope)
+        if kind == "msearch":
+            _check_msearch_size(body, headers.get("content-encoding", ""), self.settings)
         handler = runtime.pipeline.search if kind == "search" else runtime.pipeline.msearch
-        result = await handler(scope["method"], targets, params, headers, raw_headers, body)
+        try:
+            result = await handler(scope["method"], targets, params, headers, raw_headers, body)
+        except AnswerTooLarge:
+            # Candidates past MAX_CANDIDATE_BYTES are never held: the engine answers the client's
+            # own request, streamed through, in lexical order and flagged.
+            result = Forward("candidates_too_large")
         if isinstance(result, Forward):
             replay = result.body if result.body is not None else body
             status = await self._passthrough(scope, receive, send, replay,
@@ -268,7 +261,8 @@ class ProxyApp:
             content = _stream_body(receive, self.settings.max_body_bytes)
         else:
             content = None
-        idempotent = method in IDEMPOTENT_METHODS or body is not None and match_search_path(scope["path"]) is not None
+        searching = body is not None and match_search_path(target.partition("?")[0]) is not None
+        idempotent = method in IDEMPOTENT_METHODS or searching
         response = await runtime.upstream.send(method, target, headers, content, idempotent=idempotent)
         try:
             out_headers = forwardable_headers(response.raw_headers) + (extra_headers or [])
@@ -343,8 +337,20 @@ async def _stream_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
             return
 
 
+def _check_msearch_size(body: bytes, content_encoding: str, settings: Settings) -> None:
+    """An `_msearch` of more sub-searches than MAX_MSEARCH_SEARCHES is refused before any is parsed."""
+    decoded = decode_body(body, content_encoding, settings.max_search_body_bytes)
+    searches = sum(1 for line in decoded.split(b"\n") if line.strip()) // 2
+    if searches > settings.max_msearch_searches:
+        raise ProxyError(400, "illegal_argument_exception",
+                         f"an _msearch of {searches} searches is larger than the limit of "
+                         f"{settings.max_msearch_searches} (MAX_MSEARCH_SEARCHES)")
+
+
 async def _send_finished(send: Send, result: Finished) -> None:
-    headers = list(result.headers)
+    # The engine's own framing (an error answer passed on) is replaced by the proxy's: a second
+    # Content-Length makes strict clients (Node's parser) reject the response.
+    headers = [(k, v) for k, v in result.headers if k.lower() not in (b"content-length", b"transfer-encoding")]
     headers.append((b"content-length", str(len(result.body)).encode()))
     headers.append((b"x-rerank", result.outcome.encode()))
     if result.reason:

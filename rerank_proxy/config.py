@@ -75,6 +75,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_HEADER_BYTES", "65536", "Largest total size of a request's headers (431 above it).", "16384"),
     Setting("MAX_SEARCH_BODY_BYTES", "10485760", "Largest search body the proxy parses (413 above it).", "1048576"),
     Setting("MAX_CONCURRENT_REQUESTS", "1000", "Requests handled at once per worker; more get a 429 engine-style error.", "500"),
+    Setting("CLIENT_HEADER_TIMEOUT_S", "10", "Time a client has to send a whole request head; slower gets a 408 and the connection closes.", "5"),
+    Setting("CLIENT_BODY_TIMEOUT_S", "10", "Longest pause between two parts of a request body; longer gets a 408 and the connection closes.", "30"),
+    Setting("CLIENT_BODY_MIN_RATE", "1024", "Slowest average upload accepted after CLIENT_BODY_TIMEOUT_S, in bytes per second (0: none); slower gets a 408.", "256"),
+    Setting("MAX_MSEARCH_SEARCHES", "1000", "Most sub-searches in one _msearch the proxy parses (400 above it).", "200"),
+    Setting("MAX_CANDIDATE_BYTES", "67108864", "Largest engine answer to a candidate fetch; past it the search is answered by the engine, unreranked and flagged.", "16777216"),
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
     Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "JSON file where the relevance console keeps judgments and saved query sets (shared by workers; must be writable).", "/var/lib/rerank-proxy/console-judgments.json"),
     Setting("LOG_LEVEL", "info", "Log level: debug, info, warning, error.", "warning"),
@@ -160,6 +165,11 @@ class Settings:
     max_search_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 65536
     max_concurrent_requests: int = 1000
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 10.0
+    client_body_min_rate: int = 1024
+    max_msearch_searches: int = 1000
+    max_candidate_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 20.0
     console_judgments_file: str = "~/.cache/rerank-proxy/console-judgments.json"
     log_level: str = "info"
@@ -423,6 +433,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_header_bytes=_int("MAX_HEADER_BYTES", get("MAX_HEADER_BYTES"), 1024, 1 << 24),
         max_search_body_bytes=_int("MAX_SEARCH_BODY_BYTES", get("MAX_SEARCH_BODY_BYTES"), 1024, 1 << 32),
         max_concurrent_requests=_int("MAX_CONCURRENT_REQUESTS", get("MAX_CONCURRENT_REQUESTS"), 1, 1_000_000),
+        client_header_timeout_s=_float("CLIENT_HEADER_TIMEOUT_S", get("CLIENT_HEADER_TIMEOUT_S"), 0.1, 3600),
+        client_body_timeout_s=_float("CLIENT_BODY_TIMEOUT_S", get("CLIENT_BODY_TIMEOUT_S"), 0.1, 3600),
+        client_body_min_rate=_int("CLIENT_BODY_MIN_RATE", get("CLIENT_BODY_MIN_RATE"), 0, 1 << 30),
+        max_msearch_searches=_int("MAX_MSEARCH_SEARCHES", get("MAX_MSEARCH_SEARCHES"), 1, 1_000_000),
+        max_candidate_bytes=_int("MAX_CANDIDATE_BYTES", get("MAX_CANDIDATE_BYTES"), 65536, 1 << 34),
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
         console_judgments_file=get("CONSOLE_JUDGMENTS_FILE").strip(),
         log_level=log_level,

@@ -23,6 +23,15 @@ class ProxyError(Exception):
         return error_body(self.status, self.error_type, self.reason)
 
 
+class AnswerTooLarge(ProxyError):
+    """An engine answer the proxy reads whole passed MAX_CANDIDATE_BYTES: it is dropped unread, so
+    one search can never hold more than that in memory (the search is then forwarded as is)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(502, "proxy_upstream_response_exception",
+                         f"the engine's answer is larger than MAX_CANDIDATE_BYTES ({limit} bytes)")
+
+
 def error_body(status: int, error_type: str, reason: str) -> bytes:
     cause = {"type": error_type, "reason": reason}
     return orjson.dumps({"error": {"root_cause": [cause], **cause}, "status": status})

@@ -134,3 +134,92 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+class RecordingUpstream:
+    """A counting engine stand-in: a real loopback HTTP/1.1 server, in its own thread, that records
+    every complete request exactly as it arrived (after strict parsing) and the raw bytes of each
+    connection, and answers each request with `{"seq": n, "method": ..., "path": ...}`.
+
+    It proves what "the engine" received: a smuggled request shows up as a request of its own."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.requests: list[tuple[str, str, list[tuple[bytes, bytes]], bytes]] = []
+        self.raw: list[bytearray] = []
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(512)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="recording-upstream")
+        self._thread.start()
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return [path for _, path, _, _ in self.requests]
+
+    def close(self) -> None:
+        self._stopping = True
+        self._sock.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stopping:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        import httptools
+
+        raw = bytearray()
+        with self._lock:
+            self.raw.append(raw)
+        upstream = self
+
+        class Collector:
+            def __init__(self) -> None:
+                self.url = b""
+                self.headers: list[tuple[bytes, bytes]] = []
+                self.body = b""
+
+            def on_message_begin(self) -> None:
+                self.url, self.headers, self.body = b"", [], b""
+
+            def on_url(self, url: bytes) -> None:
+                self.url += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                self.headers.append((name, value))
+
+            def on_body(self, body: bytes) -> None:
+                self.body += body
+
+            def on_message_complete(self) -> None:
+                method = parser.get_method().decode()
+                path = self.url.decode("latin-1")
+                with upstream._lock:
+                    upstream.requests.append((method, path, self.headers, self.body))
+                    seq = len(upstream.requests)
+                payload = orjson.dumps({"seq": seq, "method": method, "path": path, "body_bytes": len(self.body)})
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                             % (len(payload), payload))
+
+        parser = httptools.HttpRequestParser(Collector())
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                raw += data
+                parser.feed_data(data)
+        except (OSError, httptools.HttpParserError):
+            pass
+        finally:
+            conn.close()

@@ -13,7 +13,6 @@ So paging through all results never shows a hit twice and never skips one.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -23,7 +22,6 @@ from rerank_proxy.errors import bad_request
 from rerank_proxy.search import source_filter
 from rerank_proxy.search.query_text import extract_query_text
 
-SEARCH_PATH = re.compile(r"^/(?:(?P<targets>[^/_][^/]*)/)?_(?P<kind>search|msearch)/?$")
 OPTIONS_KEY = "rerank"
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "enabled": (bool,), "query": (str,), "explain": (bool,), "window": (int,),
@@ -70,13 +68,26 @@ class Bypass:
     body_changed: bool = False
 
 
-def match_search_path(path: str) -> tuple[str | None, str] | None:
-    """(targets, "search"|"msearch") for a search endpoint path, else None."""
-    m = SEARCH_PATH.match(path)
-    if not m:
+def match_search_path(raw_path: str) -> tuple[str | None, str] | None:
+    """(targets, "search"|"msearch") for a search endpoint, else None.
+
+    `raw_path` is the path as sent, still percent-encoded: each segment is decoded exactly once,
+    as the engines do, so `/a%252Cb/_search` searches the one index `a%2Cb` (never `a` and `b`)
+    and `/docs/%5Fsearch` is the search the engine will run."""
+    parts = raw_path.split("/")
+    if parts[0] != "":
         return None
-    targets = m.group("targets")
-    return (unquote(targets) if targets else None), m.group("kind")
+    parts = parts[1:]
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # a trailing slash
+    if len(parts) not in (1, 2):
+        return None
+    decoded = [unquote(part) if "%" in part else part for part in parts]
+    kind = decoded[-1]
+    targets = decoded[0] if len(decoded) == 2 else None
+    if kind not in ("_search", "_msearch") or (targets is not None and (targets[:1] in ("", "_") or "/" in targets)):
+        return None
+    return targets, kind[1:]
 
 
 def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple[RerankOptions, bool]:

@@ -3,6 +3,10 @@
 A small ASGI 3 bridge: `receive` yields the body as it arrives and then waits for the client to go
 away; `send` writes the response with Content-Length when the app gives one or when the whole body
 comes in one message, chunked otherwise. Writes wait while the client's buffer is full.
+
+A search is read whole (up to MAX_SEARCH_BODY_BYTES) before the app is called and before it is
+admitted against MAX_CONCURRENT_REQUESTS: a client uploading slowly holds no search slot, and its
+body is bounded while it waits.
 """
 
 from __future__ import annotations
@@ -10,21 +14,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rerank_proxy.errors import error_body
-from rerank_proxy.server.connection import BODY_HIGH_WATER, status_phrase
+from rerank_proxy.server.connection import BODY_HIGH_WATER, error_response, status_phrase
 
 if TYPE_CHECKING:
     from rerank_proxy.server.connection import HttpConnection
 
 _log = logging.getLogger("rerank_proxy")
+# The bridge frames every response itself; an application's own framing headers are dropped, and
+# a Content-Length given twice is written once.
+_FRAMING = frozenset({b"transfer-encoding", b"connection"})
+
+Refusal = tuple[int, str, str]
 
 
 class AsgiExchange:
     def __init__(self, client: HttpConnection, scope: dict[str, Any], keep_alive: bool,
-                 body_expected: bool, expect_continue: bool) -> None:
+                 body_expected: bool, expect_continue: bool, *, buffer_limit: int | None = None,
+                 admit: Callable[[], Refusal | None] | None = None,
+                 on_refused: Callable[[int], None] | None = None) -> None:
         self.client = client
+        self.buffer_limit = buffer_limit   # read the body whole first, up to this many bytes
+        self.admit = admit
+        self.on_refused = on_refused
+        self._waiting = False              # started, waiting for the whole body
+        self._running = False
         self.scope = scope
         self.keep_alive = keep_alive
         self.body_complete = not body_expected
@@ -44,22 +61,67 @@ class AsgiExchange:
     # --- connection side -------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.buffer_limit is not None and not self.body_complete:
+            self._waiting = True  # the app runs once the body is complete
+            return
+        self._launch()
+
+    def _launch(self) -> None:
+        self._waiting = False
+        refusal = self.admit() if self.admit is not None else None
+        if refusal is not None:
+            self.refuse(*refusal)
+            return
+        self._running = True
         self.client.loop.create_task(self._run())
 
     def request_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
         self._body.append(chunk)
         self._buffered += len(chunk)
+        if self.buffer_limit is not None and not self._running:
+            if self._buffered > self.buffer_limit:
+                self.refuse(413, "content_too_long_exception",
+                            f"request body is larger than the limit of {self.buffer_limit} bytes")
+            return
         if self._buffered > BODY_HIGH_WATER:
             self.client.pause_reading("asgi")
         self._wake()
 
     def request_done(self) -> None:
         self.body_complete = True
+        if self._waiting and not self.finished:
+            self._launch()
         self._wake()
 
     def client_gone(self) -> None:
         self._gone = True
+        if not self._running:
+            self.finished = True
         self._wake()
+
+    def reject_body(self, status: int, error_type: str, reason: str) -> None:
+        """The body broke off (bad framing, too slow): answered here unless the app already runs."""
+        if self._running:
+            self.keep_alive = False
+            self.client_gone()
+        else:
+            self.refuse(status, error_type, reason)
+
+    def refuse(self, status: int, error_type: str, reason: str) -> None:
+        """Answer an engine-style error instead of running the app."""
+        if self.finished:
+            return
+        self.finished = True
+        self._waiting = False
+        self._body.clear()
+        if not self.body_complete:
+            self.keep_alive = False
+        self.client.write(error_response(status, error_type, reason, close=not self.keep_alive))
+        if self.on_refused is not None:
+            self.on_refused(status)
+        self.client.exchange_done(self)
 
     def _wake(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
@@ -73,7 +135,8 @@ class AsgiExchange:
         except Exception:
             _log.exception("unexpected error", extra={"fields": {"path": self.scope.get("path")}})
             if not self._started:
-                body = error_body(500, "proxy_internal_exception", "the proxy failed to handle this request; see its log")
+                body = error_body(500, "proxy_internal_exception",
+                                  "the proxy failed to handle this request; see its log")
                 await self._send({"type": "http.response.start", "status": 500,
                                   "headers": [(b"content-type", b"application/json; charset=UTF-8")]})
                 await self._send({"type": "http.response.body", "body": body})
@@ -136,10 +199,16 @@ class AsgiExchange:
         await self.client.drain()
 
     def _head(self, body: bytes, more: bool) -> bytes:
-        headers = self._headers
-        has_length = any(name.lower() == b"content-length" for name, _ in headers)
+        has_length = False
         lines = [b"HTTP/1.1 %d %b\r\n" % (self._status, status_phrase(self._status))]
-        for name, value in headers:
+        for name, value in self._headers:
+            lowered = name.lower()
+            if lowered in _FRAMING:
+                continue
+            if lowered == b"content-length":
+                if has_length:
+                    continue
+                has_length = True
             lines += (name, b": ", value, b"\r\n")
         if not has_length:
             if not more:

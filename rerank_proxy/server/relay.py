@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError
+from rerank_proxy.errors import AnswerTooLarge, ProxyError
 from rerank_proxy.server.connection import BODY_HIGH_WATER, error_response
 from rerank_proxy.upstream import HOP_BY_HOP, tls_context
 
@@ -39,6 +39,9 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # Dropped from requests besides the hop-by-hop ones: Host is the engine's; Expect is answered by the
 # proxy itself (it sends 100 Continue when it starts reading the body); the proxy's own key stays here.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect", b"x-proxy-api-key"}
+# A header named in `Connection` is hop-by-hop and dropped, except these: the proxy frames every
+# message it forwards itself, so no client (nor engine) can make it drop or change the framing.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class Target:
@@ -158,6 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._skip = False          # rest of a HEAD response: its body never comes
         self._complete = False
         self.reading_paused = False
+        self.writing_paused = False
 
     # --- transport events --------------------------------------------------------------------
 
@@ -194,11 +198,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_lost()
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.exchange is not None:
             self.exchange.pause_source()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.exchange is not None:
+            self.exchange.last_read = self.exchange.loop.time()  # the engine took more of the body
             self.exchange.resume_source()
 
     def close(self) -> None:
@@ -258,7 +265,7 @@ class RelayExchange:
                  "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
                  "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
-                 "last_read", "_tried", "started_at", "log_path", "log_headers")
+                 "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected")
 
     def __init__(self, client: HttpConnection, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                  body_framing: bytes | None, keep_alive: bool, expect_continue: bool,
@@ -294,10 +301,14 @@ class RelayExchange:
         self.finished = False
         self.last_read = 0.0            # loop time of the last byte from the engine (read timeout)
         self._tried: list[Target] = []
+        self.rejected: tuple[int, str, str] | None = None
 
     # --- start: pick a connection ----------------------------------------------------------------
 
     def start(self) -> None:
+        if self.rejected is not None:
+            self.fail(*self.rejected)
+            return
         if self.expect_continue:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         for target in self.pool.order():
@@ -367,6 +378,17 @@ class RelayExchange:
         self.body_complete = True
         if self.body_framing == b"chunked":
             self.request_body_raw(b"0\r\n\r\n")
+        # UPSTREAM_TIMEOUT_S is the engine's time to answer: it runs from the last byte sent,
+        # so an upload slower than it is not cut (the client's own timeouts bound the upload).
+        self.last_read = self.loop.time()
+
+    def reject_body(self, status: int, error_type: str, reason: str) -> None:
+        """The client's body broke off (bad framing, too slow): the engine's connection is dropped
+        before the request is complete, so the engine never acts on it; the client gets the error."""
+        if self.client.active is not self:  # still queued behind another request: answer in turn
+            self.rejected = (status, error_type, reason)
+            return
+        self._give_up(status, error_type, reason)
 
     def request_body_raw(self, data: bytes) -> None:
         if self.finished:
@@ -394,11 +416,14 @@ class RelayExchange:
                     named.update(token.strip().lower() for token in value.split(b","))
                 continue
             if lowered == b"content-length":
+                if length_at >= 0:  # said twice: keep one (the parser accepts only equal values)
+                    continue
                 length_at = len(head)
             head += (name, b": ", value, b"\r\n")
         if chunked and length_at >= 0:  # both framings given: the length cannot be trusted
             del head[length_at:length_at + 4]
             length_at = -1
+        named -= _FRAMING
         if named:
             head = head[:1] + [part for i in range(1, len(head), 4) if head[i].lower() not in named
                                for part in head[i:i + 4]]
@@ -472,8 +497,11 @@ class RelayExchange:
         self._give_up(413, "content_too_long_exception", f"request body is larger than the limit of {limit} bytes")
 
     def check_timeout(self, now: float) -> None:
-        """Called by the server's periodic tick: no timer is armed per request."""
+        """Called by the server's periodic tick: no timer is armed per request. While the client is
+        still uploading, the engine is waited for only when it stopped taking the body."""
         if self.finished or self.conn is None or now - self.last_read < self.pool.settings.upstream_timeout_s:
+            return
+        if not self.body_complete and not self.answered and not self.conn.writing_paused:
             return
         self._give_up(504, "proxy_upstream_timeout_exception", "the engine did not answer within UPSTREAM_TIMEOUT_S")
 
@@ -568,6 +596,7 @@ class FetchExchange:
         self.reason = b""
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
+        self.size = 0
         self.answered = False
         self.last_read = 0.0
         self.keep_alive = True
@@ -588,6 +617,8 @@ class FetchExchange:
                 result = await self._ask(conn)
                 if result == "ok":
                     return self.status, self.response_headers, b"".join(self.chunks)
+                if result == "too large":  # asking another engine would give the same answer
+                    raise AnswerTooLarge(self.pool.settings.max_candidate_bytes)
                 failure = result
                 if pooled and result == "ServerDisconnectedError" and not self.answered:
                     conn, pooled = None, False  # a stale pooled connection: once more on a new one
@@ -621,6 +652,11 @@ class FetchExchange:
         self.keep_alive = upstream_keep_alive
 
     def response_body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.pool.settings.max_candidate_bytes:
+            self.chunks.clear()
+            self.upstream_broken("too large")
+            return
         self.chunks.append(chunk)
 
     def flush(self) -> None:
@@ -648,7 +684,7 @@ class FetchExchange:
             conn.exchange = None
             conn.close()
         if not self.outcome.done():
-            self.outcome.set_result("malformed response")
+            self.outcome.set_result("too large" if reason == "too large" else "malformed response")
 
     def pause_source(self) -> None:
         pass
@@ -660,7 +696,7 @@ class FetchExchange:
 def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
     """Client headers to send on, the body framing they declare, and whether they ask 100-continue."""
     kept: list[tuple[bytes, bytes]] = []
-    chunked = has_length = expect = False
+    chunked = has_length = seen_length = expect = False
     named: set[bytes] = set()
     for name, value in headers:
         lowered = name.lower()
@@ -673,10 +709,18 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tu
                 named.update(token.strip().lower() for token in value.split(b","))
             continue
         if lowered == b"content-length":
-            has_length = value.strip() != b"0"
+            # One Content-Length, re-written by the proxy: the parser accepted only digits (and
+            # equal repeats), so the engine reads exactly the body the proxy parsed.
+            if not seen_length:
+                seen_length = True
+                length = value.strip()
+                has_length = length.lstrip(b"0") != b""
+                kept.append((b"Content-Length", length))
+            continue
         kept.append((name, value))
-    if chunked:
+    if chunked:  # re-chunked by the relay; a length next to it is never trusted
         kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
+    named -= _FRAMING
     if named:
         kept = [(k, v) for k, v in kept if k.lower() not in named]
     framing = b"chunked" if chunked else b"length" if has_length else None

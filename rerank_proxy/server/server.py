@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from rerank_proxy.app import PROXY_KEY_HEADER, ProxyApp, log_access
+from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp, log_access
 from rerank_proxy.search.plan import match_search_path
 from rerank_proxy.server.asgi import AsgiExchange
-from rerank_proxy.server.connection import HttpConnection
+from rerank_proxy.server.connection import BODY_HIGH_WATER, ErrorExchange, HttpConnection
 from rerank_proxy.server.relay import RelayExchange, RelayPool, forward_request_headers
 
 if TYPE_CHECKING:
     from rerank_proxy.server.connection import Exchange
 
 KEEP_ALIVE_TIMEOUT_S = 75.0
+_BUSY = (429, "rejected_execution_exception", "too many concurrent requests at the proxy; retry later")
 
 
 class ProxyServer:
@@ -72,16 +74,34 @@ class ProxyServer:
             conn.close()
         self.relay_pool.close()
 
-    # --- routing -------------------------------------------------------------------------------
+    # --- routing: every request is classified here, once ------------------------------------
 
     def route(self, conn: HttpConnection, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
               keep_alive: bool, header_bytes: int) -> Exchange:
+        """Pass-through (relay), search or own endpoint (ASGI), or refusal (answered here).
+
+        Every check runs here and only here, each measured one way: origin-form target, framing,
+        header size (URL included), API key, body size, concurrency."""
         raw_path, _, query = url.partition(b"?")
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
         forwarded, framing, expect = forward_request_headers(headers)
-        if self._plain_passthrough(method, raw_path, path, headers, header_bytes):
+        refusal = self._refusal(conn, method, raw_path, path, headers, framing, header_bytes)
+        if refusal is not None:
+            status, error_type, reason = refusal
+            if status == 400:
+                conn.stop_parsing()
+            # A 400 means the client's framing or target cannot be trusted: nothing more is read.
+            return ErrorExchange(conn, status, error_type, reason, keep_alive=keep_alive and status != 400,
+                                 body_expected=framing is not None,
+                                 drain_body=status != 413 and _declared_length(headers) <= BODY_HIGH_WATER,
+                                 on_done=self._refusal_done(method, path, headers))
+        own = path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/")
+        search = None if own or method not in (b"GET", b"POST") else match_search_path(raw_path.decode("latin-1"))
+        if not own and search is None:
+            if self.app.in_flight >= self.settings.max_concurrent_requests:
+                return self._busy(conn, method, path, headers, keep_alive, framing)
             self.app.request_started()
             exchange = RelayExchange(conn, method, url, forwarded, framing, keep_alive, expect, self._relay_done)
             exchange.started_at = time.perf_counter()
@@ -95,33 +115,64 @@ class ProxyServer:
             "headers": [(name.lower(), value) for name, value in headers],
             "client": conn.client_addr, "server": conn.server_addr,
         }
-        return AsgiExchange(conn, scope, keep_alive, framing is not None, expect)
+        # A search is read whole before it takes a slot: a slow upload cannot hold one.
+        started = time.perf_counter()
+        return AsgiExchange(conn, scope, keep_alive, framing is not None, expect,
+                            buffer_limit=None if own else self.settings.max_search_body_bytes,
+                            admit=None if own else self._admit,
+                            on_refused=lambda status: self._note_refusal(method, path, headers, status, started))
 
-    def _plain_passthrough(self, method: bytes, raw_path: bytes, path: str, headers: list[tuple[bytes, bytes]],
-                           header_bytes: int) -> bool:
-        """True when nothing but forwarding is needed; anything else goes to the application,
-        which also produces every refusal (431, 401, 429, 413, 400) in the engine's format."""
-        if method == b"CONNECT" or raw_path[:1] != b"/" or raw_path[:2] == b"//":
-            return False
-        if path.startswith("/_rerank"):  # `path` is `raw_path` percent-decoded
-            return False
-        if (method == b"GET" or method == b"POST") and match_search_path(path) is not None:
-            return False
+    def _refusal(self, conn: HttpConnection, method: bytes, raw_path: bytes, path: str,
+                 headers: list[tuple[bytes, bytes]], framing: bytes | None,
+                 header_bytes: int) -> tuple[int, str, str] | None:
         settings = self.settings
+        if conn.http_version not in ("1.0", "1.1"):
+            return 400, "illegal_argument_exception", "only HTTP versions 1.0 and 1.1 are spoken here"
+        if method == b"CONNECT" or raw_path[:1] != b"/" or raw_path[:2] == b"//":
+            return 400, "illegal_argument_exception", "request target must be an origin-form path"
         if header_bytes > settings.max_header_bytes:
-            return False
-        if self.app.in_flight > settings.max_concurrent_requests:
-            return False
+            return (431, "too_long_http_header_exception",
+                    f"request headers are larger than {settings.max_header_bytes} bytes")
+        for name, value in headers:
+            if len(name) == 17 and name.lower() == b"transfer-encoding" \
+                    and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                return 400, "illegal_argument_exception", "Transfer-Encoding must end with chunked"
+        own = path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/")
+        if own:
+            return None  # the proxy's endpoints have their own token (ADMIN_TOKEN)
         if settings.proxy_api_keys and not self.app.api_key_ok(
                 next((v for k, v in headers if k.lower() == PROXY_KEY_HEADER), b"")):
-            return False
-        for name, value in headers:
-            if len(name) == 14 and name.lower() == b"content-length":
-                try:
-                    return int(value) <= settings.max_body_bytes
-                except ValueError:
-                    return False
-        return True
+            return 401, "security_exception", "missing or invalid X-Proxy-Api-Key"
+        declared = _declared_length(headers)
+        searching = method in (b"GET", b"POST") and match_search_path(raw_path.decode("latin-1")) is not None
+        limit = settings.max_search_body_bytes if searching else settings.max_body_bytes
+        if declared > limit:
+            return (413, "content_too_long_exception",
+                    f"request body of {declared} bytes is larger than the limit of {limit} bytes")
+        return None
+
+    def _busy(self, conn: HttpConnection, method: bytes, path: str, headers: list[tuple[bytes, bytes]],
+              keep_alive: bool, framing: bytes | None) -> ErrorExchange:
+        return ErrorExchange(conn, *_BUSY, keep_alive=keep_alive, body_expected=framing is not None,
+                             drain_body=_declared_length(headers) <= BODY_HIGH_WATER,
+                             on_done=self._refusal_done(method, path, headers))
+
+    def _admit(self) -> tuple[int, str, str] | None:
+        """Checked when a search's body is complete: None (go), or the 429 to answer instead."""
+        return None if self.app.in_flight < self.settings.max_concurrent_requests else _BUSY
+
+    def _refusal_done(self, method: bytes, path: str,
+                      headers: list[tuple[bytes, bytes]]) -> Callable[[ErrorExchange], None]:
+        started = time.perf_counter()
+        return lambda exchange: self._note_refusal(method, path, headers, exchange.status, started)
+
+    def _note_refusal(self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], status: int,
+                      started: float) -> None:
+        elapsed = time.perf_counter() - started
+        runtime = self.app.runtime
+        if runtime is not None:
+            runtime.metrics.observe("error", status, elapsed)
+        log_access(headers, method.decode("latin-1"), path, status, "error", elapsed, {})
 
     def _relay_done(self, exchange: RelayExchange) -> None:
         self.app.request_finished()
@@ -135,6 +186,7 @@ class ProxyServer:
     async def _tick(self) -> None:
         """Engine read timeouts of relayed requests, and keep-alive connections idle too long."""
         every = min(1.0, self.settings.upstream_timeout_s / 4)
+        settings = self.settings
         while True:
             await asyncio.sleep(every)
             now = self.loop.time()
@@ -142,5 +194,19 @@ class ProxyServer:
                 active = conn.active
                 if isinstance(active, RelayExchange):
                     active.check_timeout(now)
-                elif conn.idle and conn.last_active < now - KEEP_ALIVE_TIMEOUT_S:
-                    conn.close()
+                if conn.idle and not conn.in_head:
+                    if conn.last_active < now - KEEP_ALIVE_TIMEOUT_S:
+                        conn.close()
+                else:
+                    conn.check_client_timeouts(now, settings)
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length the parser accepted (digits only), 0 when there is none."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
