@@ -102,7 +102,7 @@ TOOL_SETTING_NAMES = frozenset(s.name for s in TOOL_SETTINGS)
 SECRET_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 FILE_VARIANTS = ("RERANK_API_KEY", "ADMIN_TOKEN", "PROXY_API_KEYS", "REDIS_URL")
 PROVIDERS = ("local", "cohere", "cohere-v1", "compatible", "tei", "voyage", "none")
-SCORE_MODES = ("auto", "rerank", "blend")
+SCORE_MODES = ("auto", "rerank", "blend")  # RERANK_SCORE_MODE; applied and resolved in scoring/final.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +189,6 @@ class Settings:
     def default_rule(self, pattern: str = "*") -> IndexRule:
         return IndexRule(pattern=pattern, fields=self.rerank_fields, template=self.rerank_template,
                          window=self.rerank_window, max_chars=self.rerank_max_chars)
-
-    @property
-    def score_mode(self) -> str:
-        """The effective score mode once `auto` is resolved for the provider."""
-        if self.rerank_score_mode != "auto":
-            return self.rerank_score_mode
-        return "blend" if self.rerank_provider == "local" else "rerank"
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as shown by the admin API: secrets replaced."""

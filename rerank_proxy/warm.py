@@ -3,7 +3,7 @@
 A search whose candidates are all stored costs the built-in model one query embedding; a cold one
 embeds up to a window of documents first (seconds on a small CPU). Warming ahead of traffic moves
 that cost out of the search path. Texts are built exactly as the proxy builds them (same rule from
-the same environment, same `hit_text`), so the vector keys match; --fields/--template override the
+the same environment, same `hit_texts`), so the vector keys match; --fields/--template override the
 rule when the proxy is configured differently from this shell.
 
     rerank-proxy warm --index products
@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
-from rerank_proxy.search.hit_text import hit_text, needed_source_fields
+from rerank_proxy.search.hit_text import RuleMemo, hit_texts, needed_source_fields
 
 SCROLL_KEEP_ALIVE = "5m"
 
@@ -84,6 +84,7 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
     from rerank_proxy.local.reranker import LocalReranker
 
     reranker = LocalReranker(settings)
+    rule_for = RuleMemo(settings.rule_for) if per_index_rules else None
     started = time.perf_counter()
     seen = new = 0
     try:
@@ -96,8 +97,7 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
                     while hits:
                         following = asyncio.create_task(scroll.next())
                         try:
-                            texts = [hit_text(hit.get("_source"), _rule_of(hit, settings, rule, per_index_rules))
-                                     for hit in hits]
+                            texts = hit_texts(hits, rule, rule_for)
                             new += await reranker.embed_documents(texts)
                         except BaseException:
                             following.cancel()
@@ -120,12 +120,6 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
     print(f"{index}: {seen} documents, {new} newly embedded, {seen - new} already stored "
           f"({elapsed:.1f} s; store {reranker.store.path}, model {reranker.model})")
     return 0
-
-
-def _rule_of(hit: dict, settings: Settings, rule: IndexRule, per_index: bool) -> IndexRule:
-    if not per_index:
-        return rule
-    return settings.rule_for(str(hit.get("_index", ""))) or rule
 
 
 class _EngineError(Exception):

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from rerank_proxy.config import IndexRule, load_settings
 from rerank_proxy.errors import ProxyError
+from rerank_proxy.scoring.final import combine
 from rerank_proxy.search.hit_text import hit_text, lookup
-from rerank_proxy.search.merge import final_scores, merge
+from rerank_proxy.search.merge import merge, rerank_order
 from rerank_proxy.search.plan import Bypass, Plan, match_search_path, plan_search
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
@@ -112,9 +113,16 @@ def test_source_filter_moves_to_the_proxy():
 
 
 def test_final_scores_modes():
-    assert final_scores([0.2, 0.8], [3.0, 1.0], "rerank", 0.5) == [0.2, 0.8]
-    assert final_scores([0.2, 0.8], [3.0, 1.0], "blend", 0.5) == [0.5, 0.5]
-    assert final_scores([0.2, 0.8], [3.0, 1.0], "blend", 1.0) == [0.0, 1.0]
+    assert combine([0.2, 0.8], [3.0, 1.0], "rerank", 0.5) == [0.2, 0.8]
+    assert combine([0.2, 0.8], [3.0, 1.0], "blend", 0.5) == [0.5, 0.5]
+    assert combine([0.2, 0.8], [3.0, 1.0], "blend", 1.0) == [0.0, 1.0]
+
+
+def test_rerank_order_puts_the_last_positions_after_the_others():
+    assert rerank_order([0.5, 0.2, 0.9]) == [2, 0, 1]
+    assert rerank_order([0.2, 0.2, 0.2]) == [0, 1, 2]  # ties keep the engine's order
+    assert rerank_order([0.2, 0.2, 0.9, 0.2], last=[0, 3]) == [2, 1, 0, 3]
+    assert rerank_order([0.1, 0.1], last=[0, 1]) == [0, 1]
 
 
 def _response(n):

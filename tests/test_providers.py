@@ -234,13 +234,15 @@ async def test_one_failed_batch_fails_the_rerank():
     assert caught.value.status == 500 and caught.value.retryable
 
 
-async def test_empty_documents_are_not_sent_and_score_zero():
+async def test_empty_documents_are_not_sent_and_score_lowest():
+    """The rule of scoring/final.py: a blank gets the lowest score of the others (0.0 if all are blank)."""
     async with FaultServer(cohere_handler()) as server:
         async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
             result = await reranker.rerank("q", ["alpha", "", "  \n", "delta"])
             nothing = await reranker.rerank("q", ["", " "])
     assert [r.json()["documents"] for r in server.requests] == [["alpha", "delta"]]
-    assert result.scores == [score_of("alpha"), 0.0, 0.0, score_of("delta")]
+    lowest = min(score_of("alpha"), score_of("delta"))
+    assert result.scores == [score_of("alpha"), lowest, lowest, score_of("delta")]
     assert nothing.scores == [0.0, 0.0] and nothing.provider_calls == 0
 
 

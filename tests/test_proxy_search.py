@@ -149,6 +149,26 @@ def test_explain_only_when_asked(engine, proxy, corpus_index):
     assert all({"lexical_rank", "lexical_score", "score"} <= set(h["_rerank"]) for h in explained["hits"]["hits"])
 
 
+@pytest.mark.parametrize("mode", ["rerank", "blend"])
+def test_hits_with_no_text_come_last_in_lexical_order(engine, proxy, index_name, mode):
+    """Blank texts are never sent; they get the lowest score of the others and rank after them."""
+    docs = [{"year": 1990}, {"title": "jet engine noise"}, {"year": 1991}, {"title": "wing"}, {"title": "  "}]
+    lines = []
+    for i, doc in enumerate(docs):
+        lines += [f'{{"index": {{"_id": "{i}"}}}}', httpx.Response(200, json=doc).text]
+    bulk = httpx.post(f"{engine.url}/{index_name}/_bulk?refresh=true", content="\n".join(lines) + "\n",
+                      headers={"content-type": "application/x-ndjson"})
+    assert bulk.status_code == 200 and not bulk.json()["errors"]
+    direct_order = httpx.post(f"{engine.url}/{index_name}/_search", json={"query": {"match_all": {}}}).json()
+    blanks = [h["_id"] for h in direct_order["hits"]["hits"] if h["_id"] in ("0", "2", "4")]
+    body = {"query": {"match_all": {}}, "rerank": {"score_mode": mode}}
+    response = httpx.post(f"{proxy.url}/{index_name}/_search", json=body, headers={"X-Rerank-Query": "jet engine"})
+    assert response.status_code == 200 and response.headers["x-rerank"] in ("reranked", "cached")
+    hits = response.json()["hits"]["hits"]
+    assert [h["_id"] for h in hits] == ["1", "3", *blanks]
+    assert [h["_score"] for h in hits[2:]] == [hits[1]["_score"]] * 3
+
+
 def test_query_override_header(engine, proxy, corpus_index, direct):
     response = httpx.post(f"{proxy.url}/{corpus_index}/_search", json={"query": {"match_all": {}}},
                           headers={"X-Rerank-Query": "wing flutter"})

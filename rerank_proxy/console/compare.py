@@ -1,9 +1,9 @@
 """One side-by-side comparison: the engine's lexical ranking and the reranked one, for one query.
 
-It follows the search pipeline's own steps (candidate window, hit text per index rule, score cache,
-`final_scores`, `rerank_order`) so what the console shows is what a client of the proxy would get
-for the same options, but it keeps every intermediate value (texts, raw and final scores, both
-ranks, timings) that the pipeline throws away.
+It calls what the search pipeline calls (candidate window, `hit_texts` per index rule,
+`scoring.final.final_scores`, `rerank_order`) so what the console shows is what a client of the
+proxy would get for the same options, but it keeps every intermediate value (texts, raw and final
+scores, both ranks, timings) that the pipeline throws away.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.console.params import MAX_WINDOW, CompareOptions
 from rerank_proxy.console.scorers import Scorer, Scorers
 from rerank_proxy.errors import ProxyError, bad_request
-from rerank_proxy.scoring.final import score_texts
+from rerank_proxy.scoring.final import ScoreMode, final_scores, lexical_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.search.hit_text import hit_text, needed_source_fields
-from rerank_proxy.search.merge import final_scores, rerank_order
+from rerank_proxy.search.hit_text import RuleFor, hit_texts, needed_source_fields
+from rerank_proxy.search.merge import rerank_order
 from rerank_proxy.search.query_text import extract_query_text
 
 LABEL_FIELDS = ("title", "name", "headline", "subject")
@@ -48,7 +48,7 @@ class Comparison:
     rule: IndexRule
     configured_rule: bool
     window: int
-    mode: str
+    mode: ScoreMode
     candidates: list[Candidate]
     rerank_scores: list[float | None]
     final: list[float]
@@ -82,11 +82,11 @@ def effective_rule(settings: Settings, opts: CompareOptions, index: str) -> tupl
                      max_chars=base.max_chars), configured is not None
 
 
-def _rule_for_hit(settings: Settings, opts: CompareOptions, rule: IndexRule, index: str) -> IndexRule:
+def _per_hit_rules(settings: Settings, opts: CompareOptions) -> RuleFor | None:
     """As in the pipeline, each hit's own index rule builds its text, unless the page overrides it."""
-    if opts.fields is not None or opts.template is not None or not index:
-        return rule
-    return settings.rule_for(index) or rule
+    if opts.fields is not None or opts.template is not None:
+        return None
+    return settings.rule_for
 
 
 def _label(source: Any, text: str) -> str:
@@ -140,20 +140,19 @@ async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Compa
     scorer = await scorers.get(opts.provider, opts.model)
     rule, configured = effective_rule(settings, opts, opts.index)
     hits, engine_ms, took, total = await fetch_candidates(runtime, opts, rule, query)
+    texts = hit_texts(hits, rule, _per_hit_rules(settings, opts))
     candidates = []
-    for hit in hits:
+    for hit, text in zip(hits, texts, strict=True):
         source = hit.get("_source")
-        index = str(hit.get("_index", ""))
-        text = hit_text(source, _rule_for_hit(settings, opts, rule, index))
         score = hit.get("_score")
-        candidates.append(Candidate(str(hit.get("_id", "")), index,
+        candidates.append(Candidate(str(hit.get("_id", "")), str(hit.get("_index", "")),
                                     float(score) if isinstance(score, (int, float)) else None,
                                     text, _label(source, text)))
-    mode = scorer.auto_mode if opts.score_mode == "auto" else opts.score_mode
-    weight = opts.blend_weight if opts.blend_weight is not None else scorer.blend_weight
+    mode = resolve_mode(opts.score_mode, scorer.mode_setting, scorer.provider)
+    weight = resolve_weight(opts.blend_weight, scorer.blend_weight)
     lexical = [c.lexical_score for c in candidates]
     result = Comparison(opts, query, scorer, rule, configured, rule.window, mode, candidates,
-                        [None] * len(candidates), final_scores([0.0] * len(candidates), lexical, "lexical", 0.0),
+                        [None] * len(candidates), lexical_scores(lexical),
                         list(range(len(candidates))), engine_ms, took, total)
     if scorer.cache is None or not candidates:
         result.mode = "lexical" if scorer.cache is None else mode
@@ -162,25 +161,26 @@ async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Compa
     return result
 
 
-async def _rerank(result: Comparison, scorer: Scorer, query: str, mode: str, weight: float) -> None:
-    """Scores as the pipeline computes them: texts with no words get the lowest score."""
+async def _rerank(result: Comparison, scorer: Scorer, query: str, mode: ScoreMode, weight: float) -> None:
+    """Scores as the pipeline computes them; a failure leaves the lexical order and says why."""
     assert scorer.cache is not None
     texts = [c.text for c in result.candidates]
+    lexical = [c.lexical_score for c in result.candidates]
     started = time.perf_counter()
     try:
-        raw, scorable, outcome = await score_texts(scorer.cache, query, texts)
+        scored = await final_scores(scorer.cache, query, texts, lexical, mode, weight)
     except RerankError as exc:
         result.rerank_ms = (time.perf_counter() - started) * 1000
         result.error = f"the reranker failed ({type(exc).__name__}: {exc}); the reranked column shows lexical order"
         return
     result.rerank_ms = (time.perf_counter() - started) * 1000
+    outcome = scored.outcome
     if outcome is not None:
-        for i in scorable:
-            result.rerank_scores[i] = raw[i]
+        result.rerank_scores = scored.raw
         result.cache = {"status": outcome.status, "cached": outcome.cached, "coalesced": outcome.coalesced,
                         "sent": outcome.sent, "provider_calls": outcome.provider_calls}
-    result.final = final_scores(raw, [c.lexical_score for c in result.candidates], mode, weight)
-    result.order = rerank_order(result.final)
+    result.final = scored.final
+    result.order = rerank_order(result.final, scored.blanks)
 
 
 def _change(before: int, after: int, k: int, missing: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from rerank_proxy.errors import ProxyError, bad_request
 from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.scoring.final import AUTO, resolve_mode
 
 MAX_EXTRA_SCORERS = 4           # alternative (provider, model) pairs kept per worker
 EXTRA_CACHE_ENTRIES = 50_000    # their score caches are smaller than the main one
@@ -33,7 +34,7 @@ class Scorer:
     provider: str
     model: str
     cache: ScoreCache | None
-    auto_mode: str                      # what score_mode "auto" means for this scorer
+    mode_setting: str                   # the RERANK_SCORE_MODE that applies to it (may be "auto")
     blend_weight: float
 
 
@@ -82,7 +83,8 @@ class Scorers:
         return [
             {"id": "configured", "available": configured, "provider": settings.rerank_provider,
              "model": self._configured_model(), "models_switchable": self._can_switch_models(),
-             "score_mode": settings.score_mode if configured else "lexical",
+             "score_mode": resolve_mode(None, settings.rerank_score_mode, settings.rerank_provider)
+             if configured else "lexical",
              "reason": "" if configured else "no reranker is configured (RERANK_PROVIDER=none)"},
             {"id": "lexical", "available": True, "provider": "none", "model": "",
              "models_switchable": False, "score_mode": "lexical", "reason": ""},
@@ -100,23 +102,23 @@ class Scorers:
                 raise bad_request("the local provider has one model: all-MiniLM-L6-v2")
             if settings.rerank_provider == "local" and self._runtime.cache is not None:
                 return Scorer("local", "local", self._configured_model(), self._runtime.cache,
-                              settings.score_mode, weight)
+                              settings.rerank_score_mode, weight)
             ok, reason = _local_status()
             if not ok:
                 raise ProxyError(400, "illegal_argument_exception", reason)
             cache = await self._extra_cache("local", "")
-            return Scorer("local", "local", cache.reranker.model, cache, "blend", weight)
+            # the setting is for another provider: auto, i.e. blend for the built-in model
+            return Scorer("local", "local", cache.reranker.model, cache, AUTO, weight)
         if self._runtime.cache is None:
             raise bad_request("no reranker is configured (RERANK_PROVIDER=none); choose lexical or local")
         provider = settings.rerank_provider
         if not model or model == self._configured_model():
             return Scorer("configured", provider, self._configured_model(), self._runtime.cache,
-                          settings.score_mode, weight)
+                          settings.rerank_score_mode, weight)
         if not self._can_switch_models():
             raise bad_request(f"the configured provider ({provider}) cannot switch models here")
         cache = await self._extra_cache(provider, model)
-        auto = settings.rerank_score_mode if settings.rerank_score_mode != "auto" else "rerank"
-        return Scorer("configured", provider, model, cache, auto, weight)
+        return Scorer("configured", provider, model, cache, settings.rerank_score_mode, weight)
 
     async def _extra_cache(self, provider: str, model: str) -> ScoreCache:
         key = (provider, model)

@@ -1,19 +1,22 @@
-"""Turn one hit's `_source` into the text the reranker scores.
+"""Turn hits into the texts the reranker scores: each hit's `_source` under its own index's rule.
 
-Used by the search pipeline and by `rerank-proxy warm`, so both produce byte-identical text (the
-local vector store and the score cache are keyed by a hash of it).
+`hit_texts` is used by the search pipeline, the console's compare and `rerank-proxy warm`, so all
+three produce byte-identical text (the local vector store and the score cache are keyed by a hash
+of it).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
 from rerank_proxy.config import IndexRule
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+RuleFor = Callable[[str], IndexRule | None]
 
 
 def lookup(source: Any, dotted: str) -> Any:
@@ -125,3 +128,44 @@ def needed_source_fields(rule: IndexRule) -> tuple[str, ...] | None:
     return None
 
 
+
+
+class RuleMemo:
+    """`Settings.rule_for`, memoised: it pattern-matches every rule, and runs for every hit."""
+
+    def __init__(self, rule_for: RuleFor, max_entries: int = 10_000) -> None:
+        self._rule_for = rule_for
+        self._max_entries = max_entries
+        self._rules: dict[str, IndexRule | None] = {}
+
+    def __call__(self, index: str) -> IndexRule | None:
+        try:
+            return self._rules[index]
+        except KeyError:
+            if len(self._rules) > self._max_entries:
+                self._rules.clear()
+            rule = self._rules[index] = self._rule_for(index)
+            return rule
+
+
+def hit_texts(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None) -> list[str]:
+    """The rerank text of each hit: under `rule_for(its _index)`, else under `default`.
+
+    Without `rule_for` (an explicit rule, e.g. the console's field override) every hit uses
+    `default`; so does a hit with no `_index`. The rule is looked up once per run of hits from the
+    same index, not once per hit; a hit that is not an object has the empty text.
+    """
+    texts: list[str] = []
+    last_index: Any = None
+    rule = default
+    for hit in hits:
+        if not isinstance(hit, dict):
+            texts.append("")
+            continue
+        if rule_for is not None:
+            index = hit.get("_index") or ""
+            if index != last_index:
+                last_index = index
+                rule = (rule_for(str(index)) if index else None) or default
+        texts.append(hit_text(hit.get("_source"), rule))
+    return texts

@@ -4,51 +4,36 @@ Only `hits.hits` (order, `_score`, `_source` filtering) and `hits.max_score` cha
 (aggregations, totals, suggestions, highlights, `fields`, `inner_hits`, `_shards`...) stays exactly
 as the engine returned it.
 
-Scores: in `rerank` mode `_score` is the provider's relevance score. In `blend` mode it is
-`w * minmax(rerank) + (1 - w) * minmax(lexical)` over the window, which keeps the engine's signal
-for models that are weak alone (the built-in one). Hits of the page beyond the window keep their
-lexical score and order.
+The window's final scores come from `rerank_proxy.scoring.final` (score modes, blending, blank
+texts); this module only orders the window by them and cuts the page. Hits of the page beyond the
+window keep their lexical score and order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from rerank_proxy.search import source_filter
 from rerank_proxy.search.plan import Plan
 
 
-def _minmax(values: Sequence[float]) -> list[float]:
-    lo, hi = min(values), max(values)
-    if hi - lo <= 1e-12:
-        return [1.0 for _ in values]
-    span = hi - lo
-    return [(v - lo) / span for v in values]
-
-
-def final_scores(rerank_scores: Sequence[float], lexical: Sequence[float | None], mode: str,
-                 weight: float) -> list[float]:
-    """The `_score` each window hit gets, for the given score mode."""
-    if mode == "rerank" or not rerank_scores:
-        return [float(s) for s in rerank_scores]
-    lex = [float(v) if isinstance(v, (int, float)) else 0.0 for v in lexical]
-    if mode == "lexical":
-        return lex
-    return [weight * r + (1.0 - weight) * x for r, x in zip(_minmax(rerank_scores), _minmax(lex))]
-
-
-def rerank_order(scores: Sequence[float]) -> list[int]:
-    """Window positions by descending score; ties keep the engine's order."""
+def rerank_order(scores: Sequence[float], last: Collection[int] = ()) -> list[int]:
+    """Window positions by descending score; ties keep the engine's order. Positions in `last`
+    (blank texts) come after all the others, by score then engine order."""
+    if last:
+        sink = set(last)
+        return sorted(range(len(scores)), key=lambda i: (i in sink, -scores[i]))
     negated = [-s for s in scores]
     return sorted(range(len(scores)), key=negated.__getitem__)  # stable: ties stay in engine order
 
 
-def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None) -> dict[str, Any]:
+def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
+          last: Collection[int] = ()) -> dict[str, Any]:
     """The response the client gets: reordered (when scores is not None) and paginated.
 
     `scores` holds one final score per window hit, in the engine's order; None means "fall back
-    to lexical order" (the page is still cut as the client asked).
+    to lexical order" (the page is still cut as the client asked). `last`: see `rerank_order`.
     """
     hits_obj = response.get("hits")
     if not isinstance(hits_obj, dict) or not isinstance(hits_obj.get("hits"), list):
@@ -57,7 +42,7 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None) 
     window = hits[: plan.window]
     tail = hits[plan.window:]
     if scores is not None and window:
-        order = rerank_order(scores)
+        order = rerank_order(scores, last)
         ranked = []
         for new_rank, i in enumerate(order):
             hit = window[i]

@@ -12,18 +12,18 @@ import asyncio
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.config import Settings
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache
-from rerank_proxy.scoring.final import score_texts
+from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.search.merge import final_scores, merge
+from rerank_proxy.search.hit_text import RuleMemo, hit_texts
+from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
 from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 
@@ -58,6 +58,7 @@ class _Scored:
     reason: str = ""
     rerank_ms: float = 0.0
     cache: str = ""
+    last: list[int] = field(default_factory=list)  # window positions ranked last (blank texts)
 
 
 def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
@@ -92,34 +93,7 @@ class SearchPipeline:
         self.settings = settings
         self.upstream = upstream
         self.cache = cache
-        self._rules: dict[str, IndexRule | None] = {}
-
-    def _rule_for(self, index: str) -> IndexRule | None:
-        """Settings.rule_for, memoised: it pattern-matches every rule and runs for every hit."""
-        try:
-            return self._rules[index]
-        except KeyError:
-            if len(self._rules) > 10_000:
-                self._rules.clear()
-            rule = self._rules[index] = self.settings.rule_for(index)
-            return rule
-
-    def _hit_texts(self, window: list[Any], default: IndexRule) -> list[str]:
-        """The rerank text of each window hit, under its index's rule (looked up once per run of
-        hits from the same index, not once per hit)."""
-        texts: list[str] = []
-        last_index: Any = None
-        rule = default
-        for hit in window:
-            if not isinstance(hit, dict):
-                texts.append("")
-                continue
-            index = hit.get("_index", "")
-            if index != last_index or last_index is None:
-                last_index = index
-                rule = self._rule_for(str(index)) or default
-            texts.append(hit_text(hit.get("_source"), rule))
-        return texts
+        self._rule_for = RuleMemo(settings.rule_for)
 
     # --- _search -----------------------------------------------------------------------------
 
@@ -144,7 +118,7 @@ class SearchPipeline:
         scored = await self._rerank(decision, data)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
-        merged = merge(data, decision, scored.scores)
+        merged = merge(data, decision, scored.scores, scored.last)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
@@ -163,27 +137,25 @@ class SearchPipeline:
         window = hits[: plan.window]
         if not window:
             return _Scored(None, "reranked", "no_hits")
-        texts = self._hit_texts(window, plan.rule)
-        mode = plan.options.score_mode or self.settings.score_mode
-        weight = plan.options.blend_weight if plan.options.blend_weight is not None else self.settings.rerank_blend_weight
-        if mode == "lexical" or self.cache is None:
-            lexical = [h.get("_score") for h in window]
-            return _Scored(final_scores([0.0] * len(window), lexical, "lexical", weight), "reranked", "lexical")
+        texts = hit_texts(window, plan.rule, self._rule_for)
+        mode = resolve_mode(plan.options.score_mode, self.settings.rerank_score_mode, self.settings.rerank_provider)
+        weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
+        lexical = [h.get("_score") if isinstance(h, dict) else None for h in window]
         started = time.perf_counter()
         try:
-            raw, _, result = await score_texts(self.cache, plan.query_text, texts)
+            scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight)
         except RerankError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             reason = type(exc).__name__
             if self.settings.rerank_fail_mode == "closed":
                 return _Scored(None, "failed", reason, elapsed)
             return _Scored(None, "fallback", reason, elapsed)
+        if scored.mode == "lexical":
+            return _Scored(scored.final, "reranked", "lexical")
         elapsed = (time.perf_counter() - started) * 1000
-        lexical = [h.get("_score") for h in window]
-        scores = final_scores(raw, lexical, mode, weight)
-        status = result.status if result is not None else "hit"
+        status = scored.outcome.status if scored.outcome is not None else "hit"
         outcome = "cached" if status == "hit" else "reranked"
-        return _Scored(scores, outcome, "", elapsed, status)
+        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks)
 
     # --- _msearch ----------------------------------------------------------------------------
 
@@ -244,7 +216,7 @@ class SearchPipeline:
         if plan is None or not isinstance(response, dict) or "error" in response:
             return "bypass" if plan is None else "error"
         scored = await self._rerank(plan, response)
-        merge(response, plan, scored.scores)
+        merge(response, plan, scored.scores, scored.last)
         return scored.outcome
 
 

@@ -11,8 +11,10 @@ Choices made here:
   is a contract mismatch that another (billed) attempt would repeat.
 - A body cut short (connection closed before Content-Length was reached) is a transport failure,
   `RerankConnectionError`, and retryable, like refused or reset connections.
-- Empty or whitespace-only documents are not sent (Cohere answers 400 "document at index N cannot
-  be empty" for the whole request); they score 0.0, the bottom of every provider's [0, 1] range.
+- Empty or whitespace-only documents (`scoring.final.is_blank`) are not sent (Cohere answers 400
+  "document at index N cannot be empty" for the whole request); they get the lowest score of the
+  others (0.0 if all are blank), the rule of `scoring/final.py`, which never sends blanks anyway:
+  this is the defensive check for other callers.
 - The API key is only ever in the Authorization header; every message built from a provider reply
   is scrubbed of it, and transport exceptions are not chained (their request holds the headers).
 - The HTTP client is aiohttp's, as for the engines: profiles of the cache-miss path showed httpx's
@@ -32,6 +34,7 @@ import aiohttp
 import orjson
 
 from rerank_proxy.config import Settings
+from rerank_proxy.scoring.final import is_blank, with_blanks
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import (
     RerankConnectionError,
@@ -134,10 +137,9 @@ class HTTPReranker:
     # --- the Reranker protocol --------------------------------------------------------------
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
-        sent = [i for i, doc in enumerate(documents) if doc.strip()]
-        scores = [0.0] * len(documents)
+        sent = [i for i, doc in enumerate(documents) if not is_blank(doc)]
         if not sent:
-            return RerankResult(scores=scores, provider_calls=0)
+            return RerankResult(scores=with_blanks(len(documents), sent, []), provider_calls=0)
         texts = [documents[i] for i in sent]
         batches = [texts[start:start + self.batch_size]
                    for start in range(0, len(texts), self.batch_size)]
@@ -146,11 +148,8 @@ class HTTPReranker:
         else:
             parts = await _gather_or_first_error(self._rerank_batch(query, b) for b in batches)
         merged = [score for part in parts for score in part.scores]
-        if len(sent) == len(documents):
-            scores = merged  # nothing was blank: already in the documents' order
-        else:
-            for position, score in zip(sent, merged):
-                scores[position] = score
+        # nothing blank (the usual case): already in the documents' order
+        scores = merged if len(sent) == len(documents) else with_blanks(len(documents), sent, merged)
         billed = sum(part.billed_units for part in parts)
         tokens = sum(part.tokens for part in parts)
         meta = {"total_tokens": tokens} if tokens else {}
