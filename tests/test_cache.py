@@ -19,17 +19,45 @@ from tests.support_rerankers import OverlapReranker
 
 
 class GatedReranker(OverlapReranker):
-    """Holds every call until the test opens the gate: coalescing without timing guesses."""
+    """Holds every call until the test opens the gate: coalescing without timing guesses.
+
+    `queries` lists the calls that reached the provider, in order; `until_entered(n)` returns once
+    n calls have (or fails after a deadline)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.entered = asyncio.Event()
+        self.queries: list[str] = []
         self.gate = asyncio.Event()
+        self._arrived = asyncio.Event()
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
-        self.entered.set()
+        self.queries.append(query)
+        self._arrived.set()
         await self.gate.wait()
         return await super().rerank(query, documents)
+
+    async def until_entered(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.queries) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+SENTINEL = "sentinel query"
+
+
+async def waiters_parked(cache: ScoreCache, reranker: GatedReranker) -> asyncio.Task:
+    """Return once every request started before has reached its wait on an in-flight call.
+
+    A request for another query is started last and awaited until it reaches the provider. Tasks
+    take their steps in the order they were created, and up to that point its path and a waiter's
+    are the same (look up the tiers, then the in-flight calls): so when it calls the provider,
+    each earlier request has found the call it shares and waits on it. Returns the sentinel's task.
+    """
+    sentinel = asyncio.create_task(cache.scores(SENTINEL, ["sentinel document"]))
+    await reranker.until_entered(len(reranker.queries) + 1)
+    assert reranker.queries[-1] == SENTINEL, reranker.queries
+    return sentinel
 
 
 class FakeClock:
@@ -85,15 +113,16 @@ async def test_concurrent_identical_work_makes_one_call():
     reranker = GatedReranker()
     cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
     first = asyncio.create_task(cache.scores("jet engine", DOCS))
-    await reranker.entered.wait()
+    await reranker.until_entered(1)
     second = asyncio.create_task(cache.scores("jet engine", DOCS))
     third = asyncio.create_task(cache.scores("jet engine", DOCS[:2]))
-    await asyncio.sleep(0)  # let them reach their wait on the in-flight call (a yield, not a timer)
+    sentinel = await waiters_parked(cache, reranker)
     reranker.gate.set()
-    a, b, c = await asyncio.gather(first, second, third)
-    assert reranker.calls == 1 and reranker.documents == len(DOCS)
+    a, b, c, _ = await asyncio.gather(first, second, third, sentinel)
+    assert reranker.queries == ["jet engine", SENTINEL]     # one provider call for the three requests
+    assert reranker.documents == len(DOCS) + 1
     assert a.scores == b.scores and c.scores == a.scores[:2]
-    assert b.coalesced == len(DOCS)
+    assert (a.status, b.coalesced, c.coalesced) == ("miss", len(DOCS), 2)
 
 
 async def test_a_failed_call_fails_its_waiters_and_is_not_cached():
@@ -101,13 +130,14 @@ async def test_a_failed_call_fails_its_waiters_and_is_not_cached():
     reranker.fail = True
     cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
     first = asyncio.create_task(cache.scores("q", DOCS))
-    await reranker.entered.wait()
+    await reranker.until_entered(1)
     second = asyncio.create_task(cache.scores("q", DOCS))
-    await asyncio.sleep(0)
+    sentinel = await waiters_parked(cache, reranker)
     reranker.gate.set()
-    for task in (first, second):
+    for task in (first, second, sentinel):
         with pytest.raises(RerankError):
             await task
+    assert reranker.queries == ["q", SENTINEL]            # the waiter got the shared call's error
     reranker.fail = False
     assert (await cache.scores("q", DOCS)).status == "miss"
 
@@ -182,10 +212,10 @@ async def test_waiters_on_several_calls_get_their_own_scores():
     cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
     first = asyncio.create_task(cache.scores("jet engine", DOCS[:2]))
     second = asyncio.create_task(cache.scores("jet engine", DOCS[2:]))
-    await reranker.entered.wait()
-    await asyncio.sleep(0)
+    await reranker.until_entered(2)
+    # the third claims only "new doc": when that call reaches the provider, it already waits on both
     third = asyncio.create_task(cache.scores("jet engine", list(reversed(DOCS)) + ["new doc"]))
-    await asyncio.sleep(0)
+    await reranker.until_entered(3)
     reranker.gate.set()
     a, b, c = await asyncio.gather(first, second, third)
     assert reranker.calls == 3 and reranker.documents == len(DOCS) + 1
@@ -196,14 +226,19 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_call():
     reranker = GatedReranker()
     cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
     first = asyncio.create_task(cache.scores("q", DOCS))
-    await reranker.entered.wait()
+    await reranker.until_entered(1)
     second = asyncio.create_task(cache.scores("q", DOCS))
-    await asyncio.sleep(0)
+    third = asyncio.create_task(cache.scores("q", DOCS))
+    sentinel = await waiters_parked(cache, reranker)
     second.cancel()
     reranker.gate.set()
     assert (await first).status == "miss"
     with pytest.raises(asyncio.CancelledError):
         await second
+    kept = await third                                    # the other waiter still gets the scores
+    assert kept.coalesced == len(DOCS) and kept.scores == (await first).scores
+    await sentinel
+    assert reranker.queries == ["q", SENTINEL]
 
 
 async def test_replicas_share_scores_through_redis(redis_server):

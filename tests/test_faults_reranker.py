@@ -17,6 +17,7 @@ from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_loopback import Captured, FaultServer, response_bytes, send_json
+from tests.support_wait import async_wait_until
 
 pytestmark = pytest.mark.integration
 DEADLINE_MS = 600
@@ -135,7 +136,7 @@ async def test_breaker_opens_then_recovers(engine, index_name):
             fast = await search("noise")
             assert fast.headers["x-rerank"] == "fallback" and len(server.requests) == calls  # not called
             healthy["now"] = True
-            while reranker.breaker.state == "open":  # the cooldown is the system's own timer
-                await asyncio.sleep(0.05)
+            # the cooldown (0.5 s) is the system's own timer
+            await async_wait_until(lambda: reranker.breaker.state != "open", "the breaker's cooldown to end")
             assert (await search("flutter")).headers["x-rerank"] == "reranked"
             assert reranker.breaker.state == "closed"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 
 import httpx
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
+from tests.support_wait import metric_samples, requests_by_outcome, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,13 +86,16 @@ def test_client_disconnect_leaks_nothing(engine, index_name):
                          b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
                          + b"\r\n\r\n" + body)
             sock.close()  # hang up while the proxy waits on the reranker
-        # The proxy finishes the abandoned work; afterwards nothing is in flight or held.
-        done = threading.Event()
-        while not done.is_set():
-            if running.app._in_flight == 0 and reranker.calls >= 1:
-                done.set()
-            else:
-                done.wait(0.05)
+        # The proxy finishes the abandoned work: all five searches are counted, one provider call
+        # served them all, and nothing is in flight but the scrape that reads the gauge.
+        def settled():
+            samples = metric_samples(running.url)
+            done = sum(requests_by_outcome(samples).values()) == 5
+            return samples if done and samples[("rerank_proxy_in_flight_requests", ())] == 1 else None
+
+        samples = wait_until(settled, "the five abandoned searches to finish")
+        assert requests_by_outcome(samples) == {"reranked": 1, "cached": 4}
+        assert reranker.calls == 1
         # every engine connection is back in the pool (the searches' reads use the relay's pool)
         pool = running.server.server.relay_pool
         assert pool.open_connections == pool.idle_connections >= 1

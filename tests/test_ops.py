@@ -14,6 +14,7 @@ from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
+from tests.support_wait import wait_until
 
 pytestmark = pytest.mark.integration
 TOKEN = "adm-7f3c9e21-token"
@@ -107,8 +108,9 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     httpx.get(f"{running.url}/_cluster/health?timeout=5s",
               headers={"X-Opaque-Id": "trace-1", "Authorization": f"Bearer {API_KEY}",
                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
-    records = [r for r in caplog.records if r.name == "rerank_proxy.access"]
-    assert records, "no access log line"
+    # the line is written once the answer has gone out, in the proxy's thread: wait for it
+    records = wait_until(lambda: [r for r in caplog.records if r.name == "rerank_proxy.access"
+                                  and r.fields.get("request_id") == "trace-1"], "the access log line")
     fields = records[-1].fields
     assert fields["request_id"] == "trace-1" and fields["status"] == 200 and fields["outcome"] == "passthrough"
     assert fields["traceparent"].startswith("00-0af7")

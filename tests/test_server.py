@@ -19,6 +19,7 @@ import pytest
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_loopback import FaultServer, response_bytes
 from tests.support_rerankers import OverlapReranker
+from tests.support_wait import async_wait_until, wait_until
 
 
 def _exchange(url: str, raw: bytes, responses: int = 1, timeout: float = 30) -> bytes:
@@ -171,9 +172,8 @@ async def test_a_client_hanging_up_mid_pass_through_leaks_nothing():
                 with socket.create_connection(("127.0.0.1", running.port)) as sock:
                     sock.sendall(b"GET /_cluster/health HTTP/1.1\r\nHost: x\r\n\r\n")
                     await asyncio.wait_for(arrived.get(), 30)
-            async with asyncio.timeout(30):
-                while running.app.in_flight:  # the proxy notices each hang-up and lets go
-                    await asyncio.sleep(0.01)
+            # the proxy notices each hang-up and lets go
+            await async_wait_until(lambda: running.app.in_flight == 0, "the hung-up requests to end")
             release.set()
             assert all(not target.idle for target in running.server.server.relay_pool.targets)
             response = await client.get(f"{running.url}/_cluster/health")
@@ -230,10 +230,7 @@ def test_a_large_answer_to_a_stalled_client_arrives_whole(engine, proxy, index_n
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(f"POST /{index_name}/_mget HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 60
-        while not any(conn._write_paused for conn in list(proxy.server.server.connections)):
-            assert time.monotonic() < deadline, "the proxy never had to pause writing"
-            time.sleep(0.01)
+        wait_until(lambda: _engine_reading_paused(proxy), "the relay to stop reading the engine", timeout_s=60)
         data = b""
         while _complete_responses(data) < 1:
             chunk = sock.recv(65536)
@@ -246,6 +243,16 @@ def test_a_large_answer_to_a_stalled_client_arrives_whole(engine, proxy, index_n
     # the engine connection went back to the pool reading again: the next request is answered
     for _ in range(3):
         assert httpx.get(f"{proxy.url}/_cluster/health", timeout=10).status_code == 200
+
+
+def _engine_reading_paused(proxy) -> bool:
+    """Some client's answer is held back at the engine: the relay stopped reading its engine
+    connection (the public `reading_paused` of the pass-through's engine connection)."""
+    for conn in list(proxy.server.server.connections):
+        engine_conn = getattr(conn.active, "conn", None)
+        if engine_conn is not None and engine_conn.reading_paused:
+            return True
+    return False
 
 
 def _dechunk(data: bytes) -> bytes:

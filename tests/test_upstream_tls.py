@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ import uvicorn
 
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker
+from tests.support_wait import wait_until
 
 
 async def engine_like(scope, receive, send):
@@ -45,8 +45,7 @@ def tls_endpoint(tmp_path_factory):
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    wait_until(lambda: server.started, "the TLS engine stand-in to start")
     yield f"https://127.0.0.1:{port}", paths
     server.should_exit = True
     thread.join(10)
