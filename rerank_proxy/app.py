@@ -22,7 +22,9 @@ from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, error_body
-from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.scoring.cache.scores import ScoreCache, SharedTier
+from rerank_proxy.scoring.providers.base import Preloadable, Reranker
+from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from rerank_proxy.search.pipeline import Finished, Forward, SearchPipeline, decode_body
 from rerank_proxy.search.plan import match_search_path, parse_params
 from rerank_proxy.upstream import IDEMPOTENT_METHODS, UpstreamPool, forwardable_headers
@@ -42,16 +44,22 @@ class Runtime:
 
     settings: Settings
     upstream: UpstreamPool
-    reranker: Any
+    reranker: Reranker | None
     cache: ScoreCache | None
     pipeline: SearchPipeline
     metrics: Metrics
-    shared_cache: Any = None
+    shared_cache: SharedTier | None = None
     started_at: float = 0.0
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
+    @property
+    def guard(self) -> ResilientReranker | None:
+        """The resilience layer (breaker, provider stats), unless a bare reranker was injected."""
+        return self.reranker if isinstance(self.reranker, ResilientReranker) else None
 
-async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: Any = None) -> Runtime:
+
+async def build_runtime(settings: Settings, reranker: Reranker | None = None,
+                        shared_cache: SharedTier | None = None) -> Runtime:
     """Clients, caches and the pipeline; `reranker` may be injected (tests, benchmarks)."""
     from rerank_proxy.wiring import build_reranker, build_shared_cache
 
@@ -64,9 +72,8 @@ async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: 
     if reranker is not None:
         cache = ScoreCache(reranker, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s,
                            shared=shared_cache, shared_timeout_s=settings.redis_timeout_ms / 1000)
-    preload = getattr(getattr(reranker, "inner", reranker), "load", None)
-    if preload is not None:
-        await preload()  # the built-in model loads here, not on the first search
+    if isinstance(reranker, Preloadable):
+        await reranker.load()  # the built-in model loads here, not on the first search
     metrics = Metrics()
     runtime = Runtime(settings, upstream, reranker, cache, SearchPipeline(settings, upstream, cache),
                       metrics, shared_cache, time.time())
@@ -76,7 +83,8 @@ async def build_runtime(settings: Settings, reranker: Any = None, shared_cache: 
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings, reranker: Any = None, shared_cache: Any = None) -> None:
+    def __init__(self, settings: Settings, reranker: Reranker | None = None,
+                 shared_cache: SharedTier | None = None) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
         self._injected = (reranker, shared_cache)
@@ -164,7 +172,8 @@ class ProxyApp:
         method: str = scope["method"]
         path: str = scope["path"]
         raw_path: bytes = scope.get("raw_path") or path.encode()
-        status, outcome, extra = 500, "error", {}
+        status, outcome = 500, "error"
+        extra: dict[str, Any] = {}
         try:
             # The server's edge (`rerank_proxy.server`) has classified this request already: target
             # form, framing, header size, API key, body size and concurrency were checked there.

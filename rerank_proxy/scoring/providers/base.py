@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class RerankError(Exception):
@@ -35,7 +35,7 @@ class RerankResult:
     scores: list[float]
     billed_units: float = 0.0          # as reported by the provider (Cohere: search_units), else 0
     provider_calls: int = 1            # HTTP calls (or local batches) it took
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Reranker(Protocol):
@@ -50,3 +50,10 @@ class Reranker(Protocol):
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Preloadable(Protocol):
+    """A provider with work to do before its first search (the built-in model loads its weights)."""
+
+    async def load(self) -> None: ...

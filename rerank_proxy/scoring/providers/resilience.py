@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rerank_proxy.config import Settings
-from rerank_proxy.scoring.providers.base import Reranker, RerankError, RerankResult
+from rerank_proxy.scoring.providers.base import Preloadable, Reranker, RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import (
     RerankDeadlineExceeded,
     RerankTimeout,
@@ -199,6 +199,11 @@ class ResilientReranker:
         self.stats.tokens += int(result.meta.get("total_tokens", 0) or 0)
         return result
 
+    async def load(self) -> None:
+        """Load the provider now (start-up), not on the first search."""
+        if isinstance(self.inner, Preloadable):
+            await self.inner.load()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -271,7 +276,7 @@ class ResilientReranker:
         """The provider's hint if any, else full jitter over an exponentially growing cap."""
         if error.retry_after is not None:
             return error.retry_after
-        cap = min(self._backoff_max_s, self._backoff_base_s * 2 ** attempt)
+        cap = min(self._backoff_max_s, self._backoff_base_s * 2.0 ** attempt)
         return self._jitter() * cap
 
     def _count_failure(self, exc: RerankError) -> None:
