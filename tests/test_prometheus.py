@@ -5,7 +5,9 @@ and a multi-worker `rerank-proxy serve` answers every scrape with the whole proc
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
@@ -24,6 +27,8 @@ from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
 
 pytestmark = pytest.mark.integration
+CHART_FILES = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "rerank-proxy" / "files"
+DASHBOARD, ALERTS = CHART_FILES / "dashboard.json", CHART_FILES / "alerts.yaml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 HIT_RATIO = ('sum(increase(rerank_proxy_cache_lookups_total{result=~"hit|coalesced"}[5m]))'
@@ -157,6 +162,22 @@ def test_a_real_prometheus_scrapes_and_answers_promql(metered_proxy, engine, ind
         assert rate and float(rate[0]["value"][1]) > 0, rate
         engine_up = query(prometheus, "max(rerank_proxy_engine_up)")
         assert float(engine_up[0]["value"][1]) == 1
+        # the dashboard's and the alerts' queries run, on metrics the proxy really exports
+        exported = set(families(httpx.get(f"{metered_proxy.url}/_rerank/metrics").text))
+        for expr in dashboard_and_alert_exprs():
+            response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+            assert response.status_code == 200 and response.json()["status"] == "success", (expr, response.text)
+            for name in re.findall(r"(?<![:\w])(?:rerank_proxy|process)_[a-z_]+", expr):
+                assert re.sub(r"_(bucket|count|sum)$", "", name) in exported, (name, expr)
+
+
+def dashboard_and_alert_exprs() -> list[str]:
+    """Every PromQL of the dashboard (its variables filled in) and of the rules file."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"].replace("$job", ".+").replace("$__rate_interval", "1m")
+             for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load(ALERTS.read_text())
+    return exprs + [r["expr"] for g in rules["groups"] for r in g["rules"]]
 
 
 @contextmanager
