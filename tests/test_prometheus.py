@@ -227,17 +227,23 @@ def test_every_scrape_sees_every_worker(engine):
 
 
 def test_merged_exposition_sums_counters_and_keeps_gauge_rules():
-    from rerank_proxy.admin.peers import merge_expositions, render
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rerank_proxy.admin.peers import merge, render, snapshot
 
     one = ("# HELP r_total r\n# TYPE r_total counter\nr_total{o=\"a\"} 2.0\n"
-           "# HELP b b\n# TYPE b gauge\nb 0.0\n"
+           "# HELP b b\n# TYPE b gauge\nb 0.0\n# HELP rerank_proxy_breaker_state s\n"
+           "# TYPE rerank_proxy_breaker_state gauge\nrerank_proxy_breaker_state 2.0\n"
            "# HELP process_start_time_seconds start\n# TYPE process_start_time_seconds gauge\n"
            "process_start_time_seconds 200.0\n")
     two = ("# HELP r_total r\n# TYPE r_total counter\nr_total{o=\"a\"} 3.0\nr_total{o=\"b\"} 1.0\n"
-           "# HELP b b\n# TYPE b gauge\nb 5.0\n"
+           "# HELP b b\n# TYPE b gauge\nb 5.0\n# HELP rerank_proxy_breaker_state s\n"
+           "# TYPE rerank_proxy_breaker_state gauge\nrerank_proxy_breaker_state 0.0\n"
            "# HELP process_start_time_seconds start\n# TYPE process_start_time_seconds gauge\n"
            "process_start_time_seconds 100.0\n")
-    text = render(merge_expositions([one, two])).decode()
+    groups = [snapshot(text_string_to_metric_families(text)) for text in (one, two)]
+    text = render(merge(groups)).decode()
     assert 'r_total{o="a"} 5.0' in text and 'r_total{o="b"} 1.0' in text
     assert "\nb 5.0" in text and "process_start_time_seconds 100.0" in text
+    assert "rerank_proxy_breaker_state 2.0" in text  # the worst worker's breaker
     assert promtool_check_metrics(text).returncode == 0

@@ -52,6 +52,9 @@ class Metrics:
         self.engine_up = Gauge("rerank_proxy_engine_up",
                                "1 when the engine answered the last health probe (ready or scrape), else 0.",
                                registry=self.registry)
+        # 1 per process: summed over the workers by a merged scrape, it counts the workers it saw.
+        Gauge("rerank_proxy_workers", "Worker processes whose metrics this scrape includes.",
+              registry=self.registry).set(1)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds, start time
         self._sources: list[Callable[[], Iterable[Any]]] = []
         self.registry.register(_Collector(self._sources))
@@ -97,10 +100,9 @@ class Metrics:
 
     async def render_all(self) -> bytes:
         """What a scrape answers: this process, merged with the other workers when there are any."""
-        own = self.render()
         if self.peers is None:
-            return own
-        return await self.peers.merged(own)
+            return self.render()
+        return await self.peers.merged()
 
 
 class _Collector:
