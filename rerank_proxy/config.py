@@ -80,6 +80,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
     Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "JSON file where the relevance console keeps judgments and saved query sets (shared by workers; must be writable).", "/var/lib/rerank-proxy/console-judgments.json"),
     Setting("LOG_LEVEL", "info", "Log level: debug, info, warning, error.", "warning"),
+    Setting("LOG_FORMAT", "json",
+            "Log lines: json (short field names) or ecs (Elastic Common Schema, for Filebeat/Elastic Agent).", "ecs"),
     Setting("HOST", "127.0.0.1", "Interface `rerank-proxy serve` binds to.", "0.0.0.0"),
     Setting("PORT", "8080", "Port `rerank-proxy serve` listens on.", "9200"),
     Setting("WORKERS", "1", "Worker processes of `rerank-proxy serve`.", "2"),
@@ -165,6 +167,7 @@ class Settings:
     shutdown_grace_s: float = 20.0
     console_judgments_file: str = "~/.cache/rerank-proxy/console-judgments.json"
     log_level: str = "info"
+    log_format: str = "json"
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -430,6 +433,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
         console_judgments_file=get("CONSOLE_JUDGMENTS_FILE").strip(),
         log_level=log_level,
+        log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), ("json", "ecs")),
         host=get("HOST").strip(),
         port=_int("PORT", get("PORT"), 1, 65_535),
         workers=_int("WORKERS", get("WORKERS"), 1, 256),

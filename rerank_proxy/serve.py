@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return CONFIG_ERROR
     from rerank_proxy.admin import logs
 
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
     for warning in unknown_setting_warnings(os.environ):
         _log.warning(warning)
     try:

@@ -128,6 +128,19 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     line = JsonFormatter().format(records[-1])
     assert TOKEN not in line and API_KEY not in line and "timeout=5s" not in line
 
+    from rerank_proxy.admin.logs import EcsFormatter
+
+    ecs_line = EcsFormatter().format(records[-1])
+    assert TOKEN not in ecs_line and API_KEY not in ecs_line and "timeout=5s" not in ecs_line
+    ecs = json.loads(ecs_line)
+    assert ecs["ecs"]["version"] and ecs["@timestamp"].endswith("Z") and ecs["message"] == "request"
+    assert ecs["log"] == {"level": "info", "logger": "rerank_proxy.access"}
+    assert ecs["http"] == {"request": {"method": "GET", "id": "trace-1"}, "response": {"status_code": 200}}
+    assert ecs["url"] == {"path": "/_cluster/health"}
+    assert isinstance(ecs["event"]["duration"], int) and ecs["event"]["duration"] > 0  # nanoseconds
+    assert ecs["trace"] == {"id": "0af7651916cd43dd8448eb211c80319c"}
+    assert ecs["rerank"]["outcome"] == "passthrough"
+
 
 def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):
     load_corpus(engine.url, index_name)
@@ -176,7 +189,7 @@ def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[dict]]
                 lines.append(json.loads(raw))
             except ValueError:
                 lines.append({"msg": raw.strip()})
-            if lines[-1].get("msg") == "listening":
+            if "listening" in (lines[-1].get("msg"), lines[-1].get("message")):
                 listening.set()
         listening.set()
 
@@ -231,3 +244,16 @@ def test_unknown_setting_warnings_leave_other_variables_alone():
            "REDIS_PORT_6379_TCP_ADDR": "10.0.0.2", "REDIS_SERVICE_PORT": "6379", "HOME": "/root"}
     assert unknown_setting_warnings(env) == ["RERANK_TIMOUT_MS is not a setting and is ignored"
                                              "; did you mean RERANK_ATTEMPT_TIMEOUT_MS?"]
+
+
+def test_serve_logs_in_ecs_when_asked():
+    proc, lines = start_serve(serve_env(UPSTREAM_URLS=f"http://127.0.0.1:{free_port()}", RERANK_PROVIDER="none",
+                                        LOG_FORMAT="ecs"))
+    try:
+        started = next(line for line in lines if line.get("message") == "listening")
+        assert started["log"]["level"] == "info" and started["ecs"]["version"]
+        assert started["rerank"]["provider"] == "none" and started["process"]["pid"] > 0
+        assert started["server"]["address"] == "127.0.0.1" and started["service"]["version"] == __version__
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
