@@ -68,8 +68,9 @@ class PeerMetrics:
                   if name.endswith(".sock") and os.path.join(self.directory, name) != self.path]
         fetched = await asyncio.gather(*(self._fetch(path) for path in others))
         groups = [snapshot(self.metrics.registry.collect()), *(group for group in fetched if group is not None)]
-        if self.supervisor_pid is not None:
-            groups.append(snapshot(ProcessCollector(pid=lambda: self.supervisor_pid, registry=None).collect()))
+        supervisor = self.supervisor_pid
+        if supervisor is not None:
+            groups.append(snapshot(ProcessCollector(pid=lambda: supervisor, registry=None).collect()))
         return render(merge(groups))
 
     async def _fetch(self, path: str) -> list[Any] | None:
