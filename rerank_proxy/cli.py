@@ -10,11 +10,14 @@ import argparse
 import importlib
 import sys
 
+from rerank_proxy import __version__
+
 # name -> (module, one-line help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rerank_proxy.serve", "run the proxy (HTTP server)"),
     "engine": ("rerank_proxy.engines.cli", "start/stop/inspect local Elasticsearch/OpenSearch engines"),
-    "serve-reranker": ("rerank_proxy.local.rerank_server", "run a Cohere v2-compatible rerank server on the local model"),
+    "serve-reranker": ("rerank_proxy.local.rerank_server",
+                       "run a Cohere v2-compatible rerank server on the local model"),
     "warm": ("rerank_proxy.warm", "embed every document of an index into the local vector store"),
     "demo": ("rerank_proxy.demo", "local engine + proxy + sample data: lexical vs reranked side by side"),
 }
@@ -22,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rerank-proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rerank-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -8,9 +8,11 @@ accepted; the CLI prints that line and exits with status 2.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
     Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "JSON file where the relevance console keeps judgments and saved query sets (shared by workers; must be writable).", "/var/lib/rerank-proxy/console-judgments.json"),
     Setting("LOG_LEVEL", "info", "Log level: debug, info, warning, error.", "warning"),
+    Setting("LOG_FORMAT", "json",
+            "Log lines: json (short field names) or ecs (Elastic Common Schema, for Filebeat/Elastic Agent).", "ecs"),
     Setting("HOST", "127.0.0.1", "Interface `rerank-proxy serve` binds to.", "0.0.0.0"),
     Setting("PORT", "8080", "Port `rerank-proxy serve` listens on.", "9200"),
     Setting("WORKERS", "1", "Worker processes of `rerank-proxy serve`.", "2"),
@@ -173,6 +177,7 @@ class Settings:
     shutdown_grace_s: float = 20.0
     console_judgments_file: str = "~/.cache/rerank-proxy/console-judgments.json"
     log_level: str = "info"
+    log_format: str = "json"
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
@@ -316,6 +321,7 @@ def _rules(name: str, raw: str, defaults: IndexRule) -> tuple[IndexRule, ...]:
         enabled = item.get("enabled", True)
         if not isinstance(template, str) or not isinstance(enabled, bool):
             raise _fail(name, raw, f"rule {i}: template must be a string and enabled a boolean", accepted)
+        _check_template(name, raw, template, f"rule {i}: ")
         rules.append(IndexRule(pattern=item["index"], enabled=enabled, fields=tuple(fields),
                                template=template, window=window, max_chars=max_chars))
     return tuple(rules)
@@ -377,6 +383,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     max_chars = _int("RERANK_MAX_CHARS", get("RERANK_MAX_CHARS"), 1, 1_000_000)
     fields = _csv(get("RERANK_FIELDS"))
     template = get("RERANK_TEMPLATE").replace("\\n", "\n")
+    _check_template("RERANK_TEMPLATE", get("RERANK_TEMPLATE"), template)
     defaults = IndexRule(pattern="*", fields=fields, template=template, window=window, max_chars=max_chars)
     deadline = _int("RERANK_DEADLINE_MS", get("RERANK_DEADLINE_MS"), 10, 600_000)
     attempt = _int("RERANK_ATTEMPT_TIMEOUT_MS", get("RERANK_ATTEMPT_TIMEOUT_MS"), 10, 600_000)
@@ -434,6 +441,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
         console_judgments_file=get("CONSOLE_JUDGMENTS_FILE").strip(),
         log_level=log_level,
+        log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), ("json", "ecs")),
         host=get("HOST").strip(),
         port=_int("PORT", get("PORT"), 1, 65_535),
         workers=_int("WORKERS", get("WORKERS"), 1, 256),
@@ -441,3 +449,34 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+# --- start-up checks: misspelt names, malformed templates -------------------------------------------
+
+# Unknown names under these prefixes are probably misspelt settings. Kubernetes service links
+# (RERANK_PROXY_SERVICE_HOST, REDIS_PORT_6379_TCP...) share them and are left alone.
+SETTING_PREFIXES = ("RERANK_", "UPSTREAM_", "CACHE_", "LOCAL_", "REDIS_", "ADMIN_", "PROXY_API", "CONSOLE_",
+                    "SHUTDOWN_")
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)$")
+_TEMPLATE_FIELD = re.compile(r"\{[^{}]*[^{}\s][^{}]*\}")
+
+
+def unknown_setting_warnings(env: Mapping[str, str]) -> list[str]:
+    """One message per variable that looks like a setting but is none, naming the closest one."""
+    known = SETTING_NAMES | TOOL_SETTING_NAMES | {f"{name}_FILE" for name in FILE_VARIANTS}
+    messages = []
+    for name in sorted(env):
+        if name in known or not name.startswith(SETTING_PREFIXES) or _SERVICE_LINK.search(name):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        messages.append(f"{name} is not a setting and is ignored{hint}")
+    return messages
+
+
+def _check_template(name: str, raw: str, template: str, where: str = "") -> None:
+    """Every brace must belong to one {field} placeholder: `title: {title` is a mistake, not text."""
+    leftover = _TEMPLATE_FIELD.sub("", template)
+    if "{" in leftover or "}" in leftover:
+        raise _fail(name, raw, f"{where}malformed template (an unmatched or empty brace)",
+                    "text with {field} placeholders, e.g. 'title: {title}\\nbody: {body}'")

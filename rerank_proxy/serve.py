@@ -3,7 +3,11 @@
 Flags override the environment. With WORKERS > 1 the parent checks the address, forks the workers
 (each builds its own clients, caches and model, and listens on its own SO_REUSEPORT socket, so the
 kernel spreads connections evenly across workers) and only supervises: it passes SIGTERM/SIGINT
-on, and starts a new worker if one dies.
+on, and starts a new worker if one dies. The workers share a private directory of Unix sockets
+through which the worker that receives a metrics scrape collects the others' (admin/peers.py).
+
+Exit codes: 2 for any configuration error (bad value, unusable path, address in use), 3 when the
+start-up itself failed (e.g. the model could not load).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 
-from rerank_proxy.config import ConfigError, Settings, load_settings
+from rerank_proxy.config import ConfigError, Settings, load_settings, unknown_setting_warnings
 
 _log = logging.getLogger("rerank_proxy")
+CONFIG_ERROR = 2
 STARTUP_FAILED = 3
 
 
@@ -35,14 +42,19 @@ def run(args: argparse.Namespace) -> int:
     for name, value in overrides.items():
         if value is not None:
             os.environ[name] = str(value)
+    from rerank_proxy.admin import startup
+
     try:
         settings = load_settings()
+        startup.check_environment(settings)
     except ConfigError as exc:
         print(f"rerank-proxy: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR
     from rerank_proxy.admin import logs
 
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format)
+    for warning in unknown_setting_warnings(os.environ):
+        _log.warning(warning)
     try:
         # One worker listens on this socket; with several, it only holds the address (bound, not
         # listening, so the kernel never hands it a connection) and each worker listens on its own.
@@ -50,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"rerank-proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
               "set HOST/PORT (or --host/--port) to a free address", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR
     if settings.workers <= 1:
         return run_worker(settings, sock)
     return _supervise(settings, sock)
@@ -69,32 +81,45 @@ def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False
     return sock
 
 
-def run_worker(settings: Settings, sock: socket.socket) -> int:
+def run_worker(settings: Settings, sock: socket.socket, peer_dir: str | None = None) -> int:
     import uvloop
 
-    return uvloop.run(_serve(settings, sock))
+    return uvloop.run(_serve(settings, sock, peer_dir))
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> int:
-    from rerank_proxy.admin import logs
+async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None = None) -> int:
+    from rerank_proxy.admin import logs, startup
+    from rerank_proxy.admin.peers import PeerMetrics
     from rerank_proxy.app import ProxyApp
     from rerank_proxy.server import ProxyServer
 
-    server = ProxyServer(ProxyApp(settings))
+    app = ProxyApp(settings)
+    server = ProxyServer(app)
     try:
         await server.start(sock=sock)
     except Exception as exc:  # one clear line, not a trace
         print(f"rerank-proxy: start-up failed: {logs.redact(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return STARTUP_FAILED
+    runtime = app.runtime
+    assert runtime is not None
+    peers = None
+    if peer_dir is not None:
+        peers = PeerMetrics(peer_dir, runtime.metrics, supervisor_pid=os.getppid())
+        await peers.start()
+        runtime.metrics.peers = peers
+    await startup.check_shared_cache(runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     host, port = sock.getsockname()[:2]
+    model = getattr(runtime.reranker, "model", None)
     _log.info("listening", extra={"fields": {"host": host, "port": port, "pid": os.getpid(),
-                                             "upstreams": len(settings.upstream_urls)}})
+                                             **startup.summary(settings, model)}})
     await stop.wait()
     _log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
+    if peers is not None:
+        await peers.stop()
     await server.stop()
     return 0
 
@@ -102,6 +127,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> int:
 def _supervise(settings: Settings, sock: socket.socket) -> int:
     children: set[int] = set()
     stopping = False
+    peer_dir = tempfile.mkdtemp(prefix="rerank-proxy-workers-")
 
     def spawn() -> None:
         pid = os.fork()
@@ -111,7 +137,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             code = STARTUP_FAILED
             try:
                 sock.close()
-                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True))
+                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True), peer_dir)
             finally:
                 os._exit(code)
         children.add(pid)
@@ -145,4 +171,5 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             continue
         _log.warning("worker exited; starting another", extra={"fields": {"pid": pid, "exit_code": code}})
         spawn()
+    shutil.rmtree(peer_dir, ignore_errors=True)
     return result

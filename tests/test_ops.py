@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -10,6 +13,8 @@ import threading
 import httpx
 import pytest
 
+from rerank_proxy import __version__
+from rerank_proxy.config import SETTING_PREFIXES, unknown_setting_warnings
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_data import load_corpus
@@ -40,13 +45,19 @@ def test_health_and_ready(admin_proxy, engine):
     assert httpx.get(f"{running.url}/_rerank/nothing-here").status_code == 404
 
 
-def test_ready_is_503_without_an_engine():
+def test_ready_without_an_engine_stays_ready_and_reports_it():
+    """Readiness does not cascade: with the engine gone every pod still answers, engine-style."""
     settings = proxy_settings(f"http://127.0.0.1:{free_port()}")
     with run_proxy(settings, reranker=OverlapReranker()) as running:
         ready = httpx.get(f"{running.url}/_rerank/ready")
-        assert ready.status_code == 503 and ready.json()["engine"] == "unreachable"
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert ready.json()["engine"] == "unreachable"
+        strict = httpx.get(f"{running.url}/_rerank/ready?engine=required")
+        assert strict.status_code == 503 and strict.json()["ready"] is False
         error = httpx.get(f"{running.url}/_cluster/health")
         assert error.status_code == 502 and error.json()["error"]["type"] == "proxy_upstream_unavailable_exception"
+        metrics = httpx.get(f"{running.url}/_rerank/metrics").text
+        assert "\nrerank_proxy_engine_up 0.0\n" in metrics
 
 
 def test_metrics_count_outcomes(admin_proxy, engine, index_name):
@@ -60,9 +71,9 @@ def test_metrics_count_outcomes(admin_proxy, engine, index_name):
     text = httpx.get(f"{running.url}/_rerank/metrics").text
     for outcome in ("reranked", "cached", "bypass", "passthrough"):
         assert f'rerank_proxy_requests_total{{outcome="{outcome}",status="2xx"}}' in text, outcome
-    for name in ("rerank_proxy_request_seconds_bucket", "rerank_proxy_engine_seconds_count",
-                 "rerank_proxy_cache_hit_ratio", "rerank_proxy_provider_calls_total",
-                 "rerank_proxy_breaker_state", "rerank_proxy_in_flight_requests"):
+    for name in ("rerank_proxy_request_duration_seconds_bucket", "rerank_proxy_engine_duration_seconds_count",
+                 'rerank_proxy_cache_lookups_total{result="hit"}', "rerank_proxy_provider_calls_total",
+                 "rerank_proxy_breaker_state", "rerank_proxy_in_flight_requests", "rerank_proxy_engine_up 1.0"):
         assert name in text, name
 
 
@@ -119,6 +130,19 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     line = JsonFormatter().format(records[-1])
     assert TOKEN not in line and API_KEY not in line and "timeout=5s" not in line
 
+    from rerank_proxy.admin.logs import EcsFormatter
+
+    ecs_line = EcsFormatter().format(records[-1])
+    assert TOKEN not in ecs_line and API_KEY not in ecs_line and "timeout=5s" not in ecs_line
+    ecs = json.loads(ecs_line)
+    assert ecs["ecs"]["version"] and ecs["@timestamp"].endswith("Z") and ecs["message"] == "request"
+    assert ecs["log"] == {"level": "info", "logger": "rerank_proxy.access"}
+    assert ecs["http"] == {"request": {"method": "GET", "id": "trace-1"}, "response": {"status_code": 200}}
+    assert ecs["url"] == {"path": "/_cluster/health"}
+    assert isinstance(ecs["event"]["duration"], int) and ecs["event"]["duration"] > 0  # nanoseconds
+    assert ecs["trace"] == {"id": "0af7651916cd43dd8448eb211c80319c"}
+    assert ecs["rerank"]["outcome"] == "passthrough"
+
 
 def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):
     load_corpus(engine.url, index_name)
@@ -145,3 +169,93 @@ def test_bad_configuration_stops_serve_with_one_line():
     assert completed.returncode == 2
     assert completed.stderr.strip() == ("rerank-proxy: configuration error: RERANK_WINDOW='lots': not an integer; "
                                         "accepted: an integer from 1 to 10000")
+
+
+def serve_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTING_PREFIXES)}
+    env.update({"PORT": str(free_port()), "LOG_LEVEL": "info", **settings})
+    return env
+
+
+def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[dict]]:
+    """`rerank-proxy serve` until its "listening" line; returns the process and its log lines so far."""
+    proc = subprocess.Popen([sys.executable, "-m", "rerank_proxy.cli", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[dict] = []
+    listening = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                lines.append({"msg": raw.strip()})
+            if "listening" in (lines[-1].get("msg"), lines[-1].get("message")):
+                listening.set()
+        listening.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert listening.wait(120) and proc.poll() is None, lines
+    return proc, lines
+
+
+def test_startup_names_misspelt_settings_and_states_what_it_runs():
+    env = serve_env(UPSTREAM_URLS=f"http://127.0.0.1:{free_port()}", RERANK_PROVIDER="compatible",
+                    RERANK_BASE_URL=f"http://127.0.0.1:{free_port()}", RERANK_MODEL="bge-reranker-v2-m3",
+                    RERANK_INDICES="products*,docs", RERANK_SCORE_MODE="rerank",
+                    REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_TIMEOUT_MS="200",
+                    RERANK_WINDWO="50", RERANK_PROVDER="cohere", RERANK_PROXY_SERVICE_HOST="10.0.0.1")
+    proc, lines = start_serve(env)
+    try:
+        messages = [line.get("msg", "") for line in lines]
+        assert "RERANK_PROVDER is not a setting and is ignored; did you mean RERANK_PROVIDER?" in messages
+        assert "RERANK_WINDWO is not a setting and is ignored; did you mean RERANK_WINDOW?" in messages
+        assert not [m for m in messages if "RERANK_PROXY_SERVICE_HOST" in m]  # a Kubernetes service link
+        assert any("shared cache (REDIS_URL) unreachable at start-up" in m for m in messages)
+        started = next(line for line in lines if line.get("msg") == "listening")
+        assert started["provider"] == "compatible" and started["model"] == "bge-reranker-v2-m3"
+        assert started["window"] == 100 and started["score_mode"] == "rerank"
+        assert started["indices"] == ["products*", "docs"] and started["cache_tiers"] == ["memory", "redis"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RERANK_TEMPLATE": "title: {title"}, "RERANK_TEMPLATE='title: {title': malformed template"),
+    ({"RERANK_RULES": '[{"index": "p*", "template": "{name}}"}]'}, "rule 0: malformed template"),
+    ({"LOCAL_VECTOR_STORE": "/dev/null/vectors.sqlite"}, "LOCAL_VECTOR_STORE='/dev/null/vectors.sqlite'"),
+])
+def test_configuration_errors_stop_serve_with_one_exit_code(env, message):
+    base = {"RERANK_PROVIDER": "local" if "LOCAL_VECTOR_STORE" in env else "none"}
+    completed = subprocess.run([sys.executable, "-m", "rerank_proxy.cli", "serve"], capture_output=True, text=True,
+                               env=serve_env(**base, **env), timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith("rerank-proxy: configuration error: ") and message in completed.stderr
+
+
+def test_version():
+    completed = subprocess.run([sys.executable, "-m", "rerank_proxy.cli", "--version"], capture_output=True,
+                               text=True, timeout=60)
+    assert completed.returncode == 0 and completed.stdout.strip() == f"rerank-proxy {__version__}"
+
+
+def test_unknown_setting_warnings_leave_other_variables_alone():
+    env = {"RERANK_WINDOW": "5", "RERANK_API_KEY_FILE": "/x", "RERANK_TIMOUT_MS": "1", "PATH": "/bin",
+           "REDIS_PORT_6379_TCP_ADDR": "10.0.0.2", "REDIS_SERVICE_PORT": "6379", "HOME": "/root"}
+    assert unknown_setting_warnings(env) == ["RERANK_TIMOUT_MS is not a setting and is ignored"
+                                             "; did you mean RERANK_ATTEMPT_TIMEOUT_MS?"]
+
+
+def test_serve_logs_in_ecs_when_asked():
+    proc, lines = start_serve(serve_env(UPSTREAM_URLS=f"http://127.0.0.1:{free_port()}", RERANK_PROVIDER="none",
+                                        LOG_FORMAT="ecs"))
+    try:
+        started = next(line for line in lines if line.get("message") == "listening")
+        assert started["log"]["level"] == "info" and started["ecs"]["version"]
+        assert started["rerank"]["provider"] == "none" and started["process"]["pid"] > 0
+        assert started["server"]["address"] == "127.0.0.1" and started["service"]["version"] == __version__
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

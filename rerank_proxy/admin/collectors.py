@@ -1,59 +1,84 @@
-"""Scrape-time metrics read from the cache, the provider wrapper and the shared tier."""
+"""Scrape-time metrics read from the cache, the provider wrapper and the shared tier.
+
+Each quantity has one owner and one name. Provider calls, documents sent and billed units are
+counted by both the score cache and the resilience wrapper; the wrapper's figures are exported
+(they include retries, which is what is billed) and the cache's only when there is no wrapper.
+Ratios (cache hit ratio, fallback ratio) are left to PromQL: a ratio gauge cannot be summed across
+workers or replicas, counters can.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from rerank_proxy.admin.metrics import counter, gauge
 
+if TYPE_CHECKING:  # the runtime imports this module to register its collectors
+    from rerank_proxy.app import Runtime
+
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
+# RerankStats field -> (metric name without _total, help). Explicit, so a new field never adds an
+# unreviewed family (or one that collides with another).
+PROVIDER_COUNTERS = {
+    "calls": ("rerank_proxy_provider_calls", "Rerank requests handed to the provider wrapper."),
+    "failures": ("rerank_proxy_provider_failures", "Rerank requests that failed after retries (fell back)."),
+    "attempts": ("rerank_proxy_provider_attempts", "HTTP attempts made to the provider, retries included."),
+    "retries": ("rerank_proxy_provider_retries", "Provider attempts after the first."),
+    "timeouts": ("rerank_proxy_provider_timeouts", "Provider attempts cut by the attempt timeout or deadline."),
+    "documents_sent": ("rerank_proxy_provider_documents", "Documents sent to the provider, per attempt."),
+    "billed_units": ("rerank_proxy_provider_billed_units", "Billed units reported by the provider (Cohere units)."),
+    "tokens": ("rerank_proxy_provider_tokens", "Tokens reported by token-billed providers."),
+    "slot_waits": ("rerank_proxy_provider_slot_waits", "Attempts that found every RERANK_MAX_CONCURRENCY slot taken."),
+    "slot_wait_seconds": ("rerank_proxy_provider_slot_wait_seconds", "Time attempts waited for a concurrency slot."),
+}
 
-def register_collectors(runtime: Any) -> None:
+
+def register_collectors(runtime: Runtime) -> None:
     runtime.metrics.add_source(lambda: _cache_metrics(runtime))
     runtime.metrics.add_source(lambda: _provider_metrics(runtime))
 
 
-def _cache_metrics(runtime: Any) -> Iterable[Any]:
+def _cache_metrics(runtime: Runtime) -> Iterable[Metric]:
     cache = runtime.cache
     if cache is None:
         return
     s = cache.stats
-    yield counter("rerank_proxy_cache_hits", "Document scores answered from a cache tier.", s.hits)
-    yield counter("rerank_proxy_cache_misses", "Document scores that had to be computed.", s.misses)
-    yield counter("rerank_proxy_cache_coalesced", "Document scores shared with a concurrent request.", s.coalesced)
-    yield counter("rerank_proxy_cache_shared_hits", "Document scores answered by the shared (Redis) tier.", s.shared_hits)
-    yield counter("rerank_proxy_cache_shared_errors", "Failed or slow shared-tier operations (served as misses).", s.shared_errors)
-    yield counter("rerank_proxy_provider_calls", "Calls made to the rerank provider.", s.provider_calls)
-    yield counter("rerank_proxy_documents_sent", "Documents sent to the rerank provider.", s.documents_sent)
-    yield counter("rerank_proxy_billed_units", "Billed units reported by the provider (Cohere search units).", s.billed_units)
-    total = s.hits + s.misses + s.coalesced
-    yield gauge("rerank_proxy_cache_hit_ratio", "Share of document scores not computed by this request.",
-                (s.hits + s.coalesced) / total if total else 0.0)
+    lookups = CounterMetricFamily("rerank_proxy_cache_lookups",
+                                  "Document scores looked up, by result: hit (a cache tier), coalesced "
+                                  "(another request's call) or miss (computed).", labels=["result"])
+    lookups.add_metric(["hit"], s.hits)
+    lookups.add_metric(["coalesced"], s.coalesced)
+    lookups.add_metric(["miss"], s.misses)
+    yield lookups
+    yield counter("rerank_proxy_cache_shared_hits", "Document scores answered by the shared (Redis) tier.",
+                  s.shared_hits)
+    yield counter("rerank_proxy_cache_shared_errors", "Failed or slow shared-tier operations (served as misses).",
+                  s.shared_errors)
     yield gauge("rerank_proxy_cache_entries", "Scores held in the in-process cache.", len(cache))
+    if runtime.guard is None:
+        name, help_text = PROVIDER_COUNTERS["calls"]
+        yield counter(name, help_text, s.provider_calls)
+        name, help_text = PROVIDER_COUNTERS["documents_sent"]
+        yield counter(name, help_text, s.documents_sent)
+        name, help_text = PROVIDER_COUNTERS["billed_units"]
+        yield counter(name, help_text, s.billed_units)
 
 
-def _provider_metrics(runtime: Any) -> Iterable[Any]:
-    reranker = runtime.reranker
-    if reranker is None:
+def _provider_metrics(runtime: Runtime) -> Iterable[Metric]:
+    guard = runtime.guard
+    if guard is None:
         return
-    stats = getattr(reranker, "stats", None)
-    snapshot = stats.snapshot() if hasattr(stats, "snapshot") else {}
-    for key, value in snapshot.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield counter(f"rerank_proxy_provider_{key}", f"Provider {key.replace('_', ' ')}.", value)
-    errors = snapshot.get("errors") or {}
-    if errors:
-        family = CounterMetricFamily("rerank_proxy_provider_errors", "Failed provider attempts by kind.",
-                                     labels=["kind"])
-        for kind, value in sorted(errors.items()):
-            family.add_metric([str(kind)], value)
-        yield family
-    breaker = getattr(reranker, "breaker", None)
-    if breaker is not None:
-        state = str(getattr(breaker, "state", "closed"))
-        yield gauge("rerank_proxy_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
-                    BREAKER_STATES.get(state, 0))
+    snapshot = guard.stats.snapshot()
+    for key, (name, help_text) in PROVIDER_COUNTERS.items():
+        yield counter(name, help_text, snapshot.get(key, 0))
+    errors = CounterMetricFamily("rerank_proxy_provider_errors", "Failed provider attempts by kind.",
+                                 labels=["kind"])
+    for kind, value in sorted((snapshot.get("errors") or {}).items()):
+        errors.add_metric([str(kind)], value)
+    yield errors
+    yield gauge("rerank_proxy_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+                BREAKER_STATES.get(guard.breaker.state, 0))

@@ -1,8 +1,9 @@
 """The proxy's own endpoints under /_rerank/ (a prefix no engine API uses).
 
 - /_rerank/health   liveness: the process answers
-- /_rerank/ready    readiness: an engine answers; reranker and cache state reported
-- /_rerank/metrics  Prometheus text format
+- /_rerank/ready    readiness: this process serves (200); engine, reranker and cache state reported;
+                    `?engine=required` also asks for a reachable engine (503 without one)
+- /_rerank/metrics  Prometheus text format, every worker merged
 - /_rerank/admin/*  cache stats and flush, effective configuration (secrets redacted), breaker
                     state and reset; bearer ADMIN_TOKEN, compared in constant time; every admin
                     endpoint answers 404 when no token is configured.
@@ -10,49 +11,69 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rerank_proxy.admin.metrics import CONTENT_TYPE
 from rerank_proxy.console.routes import console_routes
 from rerank_proxy.errors import error_body
+
+if TYPE_CHECKING:  # the runtime builds this app
+    from rerank_proxy.app import Runtime
+
+ENGINE_PROBE_TIMEOUT_S = 2.0
 
 
 def _error(status: int, error_type: str, reason: str) -> Response:
     return Response(error_body(status, error_type, reason), status, media_type="application/json")
 
 
-def build_ops_app(runtime: Any) -> Starlette:
+def build_ops_app(runtime: Runtime) -> Starlette:
     settings = runtime.settings
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def ready(request: Request) -> Response:
-        engine_ok = False
+    async def probe_engine() -> bool:
         try:
-            response, _ = await runtime.upstream.request("GET", "/_cluster/health", [], None)
-            engine_ok = response.status_code < 500
+            response, _ = await asyncio.wait_for(
+                runtime.upstream.request("GET", "/_cluster/health", [], None), ENGINE_PROBE_TIMEOUT_S)
+            up = response.status_code < 500
         except Exception:
-            engine_ok = False
-        breaker = getattr(runtime.reranker, "breaker", None)
+            up = False
+        runtime.metrics.engine_up.set(1 if up else 0)
+        return up
+
+    async def ready(request: Request) -> Response:
+        # Ready means this process can serve: with the engine down it still answers every client
+        # with the engine-style 502, which beats every replica leaving the Service at once. The
+        # engine's state is reported here and in rerank_proxy_engine_up; `?engine=required` makes
+        # it a condition for probes that want the old behaviour.
+        engine_ok = await probe_engine()
+        breaker = runtime.guard.breaker if runtime.guard is not None else None
         shared = runtime.shared_cache
+        required = request.query_params.get("engine") == "required"
+        ready_now = engine_ok or not required
         body = {
-            "ready": engine_ok,
+            "ready": ready_now,
             "engine": "reachable" if engine_ok else "unreachable",
             "reranker": {"provider": settings.rerank_provider,
-                         "model": getattr(runtime.reranker, "model", None),
-                         "breaker": str(getattr(breaker, "state", "closed")) if breaker else None},
+                         "model": runtime.reranker.model if runtime.reranker is not None else None,
+                         "breaker": breaker.state if breaker is not None else None},
             "shared_cache": None if shared is None else ("up" if await shared.ping() else "down"),
         }
-        return JSONResponse(body, 200 if engine_ok else 503)
+        return JSONResponse(body, 200 if ready_now else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        await probe_engine()
+        return Response(await runtime.metrics.render_all(), media_type=CONTENT_TYPE)
 
     def admin(handler):
         async def guarded(request: Request) -> Response:
@@ -70,8 +91,7 @@ def build_ops_app(runtime: Any) -> Starlette:
         cache = runtime.cache
         if cache is None:
             return JSONResponse({"enabled": False})
-        stats = vars(cache.stats) if hasattr(cache.stats, "__dict__") else {
-            k: getattr(cache.stats, k) for k in cache.stats.__slots__}
+        stats = dataclasses.asdict(cache.stats)
         return JSONResponse({"enabled": cache.enabled, "entries": len(cache),
                              "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
                              "shared": bool(runtime.shared_cache), **stats})
@@ -83,23 +103,22 @@ def build_ops_app(runtime: Any) -> Starlette:
             try:
                 shared = await runtime.shared_cache.flush()
             except Exception:
-                return _error(503, "cache_flush_exception", "the in-process cache was flushed; the shared cache could not be reached")
+                return _error(503, "cache_flush_exception",
+                              "the in-process cache was flushed; the shared cache could not be reached")
         return JSONResponse({"flushed": {"local": local, "shared": shared}})
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings.redacted())
 
     async def breaker_state(request: Request) -> Response:
-        breaker = getattr(runtime.reranker, "breaker", None)
-        if breaker is None:
-            return JSONResponse({"breaker": None})
-        return JSONResponse({"breaker": str(breaker.state)})
+        guard = runtime.guard
+        return JSONResponse({"breaker": guard.breaker.state if guard is not None else None})
 
     async def breaker_reset(request: Request) -> Response:
-        breaker = getattr(runtime.reranker, "breaker", None)
-        if breaker is not None:
-            breaker.reset()
-        return JSONResponse({"breaker": str(breaker.state) if breaker else None})
+        guard = runtime.guard
+        if guard is not None:
+            guard.breaker.reset()
+        return JSONResponse({"breaker": guard.breaker.state if guard is not None else None})
 
     async def not_found(request: Request) -> Response:
         return _error(404, "resource_not_found_exception", f"no proxy endpoint [{request.url.path}]")
