@@ -150,8 +150,12 @@ class MiniLM:
         """Token ids per text, with [CLS]/[SEP] and truncation to `max_tokens`."""
         return [e.ids for e in self.tokenizer.encode_batch([t.strip() for t in texts])]
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors, row i for texts[i]."""
+    def embed(self, texts: Sequence[str], *, inline: bool = False) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors, row i for texts[i].
+
+        `inline` runs every batch on the calling thread: the background embedder's threads run at
+        a lower CPU priority, and handing their work to the shared pool would undo that.
+        """
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         if not texts:
             return out
@@ -160,7 +164,7 @@ class MiniLM:
         # Enough batches to keep every thread busy, none larger than batch_tokens.
         budget = min(self.batch_tokens, max(self.max_tokens, -(-sum(lengths) // self._threads)))
         batches = self._batches(lengths, budget)
-        if len(batches) == 1 or self._threads == 1:
+        if len(batches) == 1 or self._threads == 1 or inline:
             for rows in batches:
                 out[rows] = self._encode([ids[r] for r in rows])
         else:
