@@ -261,6 +261,7 @@ def test_a_fresh_proxy_on_defaults_warms_from_traffic_alone(es_engine, index_nam
             shares.append(sum(map(reranked, responses)) / len(responses))
             cold_reasons = {r.headers.get("x-rerank-reason") for r in responses if not reranked(r)}
             assert cold_reasons <= {"RerankVectorsCold", "vectors_cold"}, cold_reasons
+        print(f"reranked share per pass: {shares}")
         assert shares[0] < shares[-1], shares                  # it rose: the first pass met a cold store
 
         # Another index, all cold, searched many times over (more than RERANK_BREAKER_FAILURES),
