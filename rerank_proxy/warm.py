@@ -8,6 +8,9 @@ rule when the proxy is configured differently from this shell.
 
     rerank-proxy warm --index products
     rerank-proxy warm --index docs --url http://es:9200 --fields title,body --batch 512
+
+`queue_written` is the same warming from the write path: documents written through the proxy are
+queued for the background embedder from the body the proxy relays anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import sys
 import time
@@ -26,6 +30,7 @@ from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
 from rerank_proxy.search.hit_text import hit_text, needed_source_fields
 
 SCROLL_KEEP_ALIVE = "5m"
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +125,41 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
     print(f"{index}: {seen} documents, {new} newly embedded, {seen - new} already stored "
           f"({elapsed:.1f} s; store {reranker.store.path}, model {reranker.model})")
     return 0
+
+
+async def queue_written(reranker: Any, settings: Settings, method: str, path: str, body: bytes) -> int:
+    """Queue the documents of a relayed write (`_bulk`, `_doc`, `_create`, `_update`) for embedding.
+
+    Call it after the write has been relayed, as a task nobody awaits: parsing runs on a thread, a
+    full queue drops documents (counted by the embedder), and nothing here can fail the write.
+    Bodies above MAX_SEARCH_BODY_BYTES are skipped: a huge bulk would cost more to parse than the
+    searches will save. Returns how many documents were queued.
+    """
+    local = getattr(reranker, "inner", reranker)
+    submit = getattr(local, "submit_texts", None)
+    if submit is None or not body or len(body) > settings.max_search_body_bytes:
+        return 0
+    try:
+        texts = await asyncio.to_thread(written_texts, settings, method, path, body)
+        return submit(texts)
+    except Exception as exc:  # a bug here must never reach the write
+        log.warning("write warming skipped a %s %s: %s", method, path, exc)
+        return 0
+
+
+def written_texts(settings: Settings, method: str, path: str, body: bytes) -> list[str]:
+    """The rerank texts of the written documents whose index is reranked (same rule as searches)."""
+    from rerank_proxy.local.write_docs import written_docs
+
+    rules: dict[str, IndexRule | None] = {}
+    texts = []
+    for doc in written_docs(method, path, body):
+        if doc.index not in rules:
+            rules[doc.index] = settings.rule_for(doc.index)
+        rule = rules[doc.index]
+        if rule is not None:
+            texts.append(hit_text(doc.source, rule))
+    return texts
 
 
 def _rule_of(hit: dict, settings: Settings, rule: IndexRule, per_index: bool) -> IndexRule:

@@ -146,6 +146,14 @@ class BackgroundEmbedder:
                 "docs_per_second_busy": round(self.stats.embedded / busy, 2) if busy else None,
                 "store_entries": stored}
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is queued or being embedded (True), or `timeout` passes (False).
+
+        For tools and tests that want "the store has caught up" as an event, not a guess.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._futures, timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work; running chunks finish (their vectors are kept), queued ones are dropped."""
         with self._cond:
@@ -216,6 +224,7 @@ class BackgroundEmbedder:
                         self._resolve_failed(key, exc)
                     for key in found:
                         self._resolve(key, found[key])
+                    self._cond.notify_all()
                 return
             elapsed = time.perf_counter() - started
             new = list(zip([k for k, _ in todo], vectors, strict=True))
@@ -234,6 +243,7 @@ class BackgroundEmbedder:
             self.stats.already_stored += len(chunk) - len(todo)
             for key in keys:
                 self._resolve(key, found[key])
+            self._cond.notify_all()  # wakes wait_idle(); idle workers re-check and sleep again
 
     # --- internals (caller holds the lock) -----------------------------------------------------
 
