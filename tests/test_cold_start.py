@@ -99,7 +99,7 @@ def test_search_documents_go_first_and_duplicates_are_embedded_once():
     order = [texts[0] for texts in model.calls]
     assert order == ["w0", "s1", "w2", "w1", "w0-dup-key"]   # search, then write, then start-up
     assert embedder.stats.embedded == 5 and embedder.store.count() == 5
-    assert all(n >= 10 for n in model.niceness)               # worker threads run at nice +10
+    assert all(n >= 5 for n in model.niceness)                # worker threads run at nice +5
 
 
 def test_a_full_queue_drops_work_and_searches_evict_lower_priority():

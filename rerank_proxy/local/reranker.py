@@ -28,6 +28,7 @@ from cachetools import LRUCache
 from rerank_proxy.config import ConfigError, Settings
 from rerank_proxy.local.embedder import SEARCH, STARTUP, WRITE, BackgroundEmbedder, Dropped, wait_all
 from rerank_proxy.local.minilm import MODEL_NAME, MiniLM, shared_model
+from rerank_proxy.local.shared_vectors import TieredVectorStore, build_store
 from rerank_proxy.local.vector_store import VectorStore, vector_key
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import RerankVectorsCold
@@ -50,15 +51,14 @@ class LocalReranker:
     name = "local"
     pointwise = True
 
-    def __init__(self, settings: Settings, *, store: VectorStore | None = None,
+    def __init__(self, settings: Settings, *, store: VectorStore | TieredVectorStore | None = None,
                  load_model: Callable[[], MiniLM] | None = None, query_cache_entries: int = 10_000) -> None:
         if settings.rerank_model not in ACCEPTED_MODEL_NAMES:
             raise ConfigError(f"RERANK_MODEL={settings.rerank_model!r}: the local provider only runs "
                               f"{MODEL_NAME}; accepted: empty or {MODEL_NAME}")
         self.max_tokens = settings.local_model_max_tokens
         self.model = MODEL_NAME if self.max_tokens == NATIVE_MAX_TOKENS else f"{MODEL_NAME}@{self.max_tokens}"
-        self.store = store or VectorStore(settings.local_vector_store,
-                                          max_entries=settings.local_vector_store_max_entries)
+        self.store = store or build_store(settings)
         self._load_model = load_model or (lambda: shared_model(self.max_tokens))
         self._queries: LRUCache[str, np.ndarray] = LRUCache(query_cache_entries)
         self._store_warned_at = -math.inf
@@ -71,6 +71,7 @@ class LocalReranker:
         self.embedder = BackgroundEmbedder(lambda texts: self._load_model().embed(texts, inline=True),
                                            self.store, threads=settings.local_embed_threads,
                                            max_queue=settings.local_embed_queue_max,
+                                           nice=settings.local_embed_nice,
                                            on_store_error=self._store_trouble)
 
     # --- Reranker protocol -----------------------------------------------------------------------
