@@ -11,8 +11,8 @@ stored vectors, and cold (a fresh store, one search, deadline raised so it does 
 
 First, the user's first minutes: the shipped defaults on a fresh store with no warm command. Pass 1
 sends every query once (cold: its reranked share and nDCG@10); then the background embedder is left
-to finish the documents that traffic queued (the store's row count is watched until it stops
-growing), and pass 2 sends every query again.
+to finish the documents that traffic queued (until the store's row count reaches the number of
+distinct documents the windows of pass 1 held), and pass 2 sends every query again.
 
     .venv/bin/python -m bench.relevance
     .venv/bin/python -m bench.relevance --only-cold-start
