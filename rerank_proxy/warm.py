@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="engine URL (default: the first of UPSTREAM_URLS)")
     parser.add_argument("--fields", help="comma-separated _source fields of the text (overrides the rule)")
     parser.add_argument("--template", help="text template with {field} placeholders (overrides the rule)")
-    parser.add_argument("--batch", type=int, default=256, help="documents per engine page and model call (default: 256)")
+    parser.add_argument("--batch", type=int, default=256,
+                        help="documents per engine page and model call (default: 256)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,6 +146,45 @@ async def queue_written(reranker: Any, settings: Settings, method: str, path: st
     except Exception as exc:  # a bug here must never reach the write
         log.warning("write warming skipped a %s %s: %s", method, path, exc)
         return 0
+
+
+async def warm_on_start(reranker: Any, settings: Settings) -> int:
+    """Read the LOCAL_WARM_ON_START indices and queue their texts at start-up priority.
+
+    Meant as a background task of a starting proxy: searches' and writes' documents still go
+    first, the queue is filled only to half (back-pressure, so nothing is dropped), and progress
+    is logged. Off by default: reading whole indices from the engine on every pod start is load a
+    proxy should not add unasked, and traffic, writes and the shared Redis tier warm the store
+    anyway. Returns how many documents were queued.
+    """
+    local = getattr(reranker, "inner", reranker)
+    embedder = getattr(local, "embedder", None)
+    if embedder is None or not settings.local_warm_on_start:
+        return 0
+    queued = 0
+    url = settings.upstream_urls[0].rstrip("/")
+    async with _engine_client(settings) as client:
+        for index in settings.local_warm_on_start:
+            rule = settings.rule_for(index) or settings.default_rule(index)
+            source = None if settings.rerank_rules else needed_source_fields(rule)
+            scroll = _Scroll(client, url, index, 256, source)
+            seen = 0
+            try:
+                hits, total = await scroll.first()
+                while hits:
+                    await asyncio.to_thread(embedder.wait_below, max(1, embedder.max_queue // 2), 3600)
+                    texts = [hit_text(hit.get("_source"), rule_) for hit in hits
+                             if (rule_ := settings.rule_for(str(hit.get("_index", "")))) is not None]
+                    queued += local.submit_texts(texts, startup=True)
+                    seen += len(hits)
+                    log.info("start-up warm of %s: %d of %s documents read, %d queued so far",
+                             index, seen, total, queued)
+                    hits = await scroll.next()
+            except _EngineError as exc:
+                log.warning("start-up warm of %s stopped: %s", index, exc)
+            finally:
+                await scroll.clear()
+    return queued
 
 
 def written_texts(settings: Settings, method: str, path: str, body: bytes) -> list[str]:

