@@ -45,7 +45,7 @@ class RedisVectors:
         values = self.client.mget([PREFIX + k for k in keys])
         found = {}
         for key, blob in zip(keys, values, strict=True):
-            if blob is not None and len(blob) == self.dim * 2:
+            if isinstance(blob, bytes) and len(blob) == self.dim * 2:
                 found[key] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
         return found
 
