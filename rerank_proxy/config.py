@@ -67,6 +67,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOCAL_MODEL_MAX_TOKENS", "256", "Token limit of the built-in model's inputs (sentence-transformers' default for this model, which was trained at 128).", "128"),
     Setting("LOCAL_VECTOR_STORE", "~/.cache/rerank-proxy/vectors.sqlite", "SQLite file of document vectors for the built-in model (shared by workers, survives restarts).", "/var/lib/rerank-proxy/vectors.sqlite"),
     Setting("LOCAL_VECTOR_STORE_MAX_ENTRIES", "1000000", "Bound on stored document vectors (about 0.9 KB each on disk); the oldest are evicted.", "200000"),
+    Setting("LOCAL_COLD_WAIT_MS", "500", "How long a search waits for the background embedder to finish its cold documents; past it (or when they cannot finish in time) it answers in lexical order with reason vectors_cold.", "1000"),
+    Setting("LOCAL_EMBED_THREADS", "2", "Threads of the background embedder (each runs at LOCAL_EMBED_NICE).", "1"),
+    Setting("LOCAL_EMBED_NICE", "5", "How much lower the background embedder's CPU priority is than the proxy's (Linux niceness, 0-19): it gives way to searches and the engine on a shared host.", "10"),
+    Setting("LOCAL_EMBED_QUEUE_MAX", "100000", "Bound on documents waiting for the background embedder; past it new work is dropped and counted (searches' documents first).", "20000"),
+    Setting("LOCAL_WARM_ON_START", "", "Comma-separated indices (or patterns) whose documents are read and queued for the background embedder at start-up, at the lowest priority (empty: off; traffic and writes warm the store).", "products,docs"),
+    Setting("LOCAL_VECTOR_SHARED_TTL_S", "2592000", "With REDIS_URL set, document vectors are also kept in Redis for this long, so replicas and rolled pods share them (0: per-pod store only).", "604800"),
+    Setting("RERANK_MAX_QUERY_CHARS", "2000", "Query text is truncated to this many characters before it is reranked (models read a few hundred tokens).", "4000"),
     Setting("CACHE_TTL_S", "3600", "Lifetime of a cached rerank score, in seconds.", "86400"),
     Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 210 bytes each), per worker.", "1000000"),
     Setting("REDIS_URL", "", "Shared score cache for several replicas (empty: in-process cache only).", "redis://redis:6379/0", secret=True),
@@ -159,6 +166,13 @@ class Settings:
     local_model_max_tokens: int = 256
     local_vector_store: str = "~/.cache/rerank-proxy/vectors.sqlite"
     local_vector_store_max_entries: int = 1_000_000
+    local_cold_wait_ms: int = 500
+    local_embed_threads: int = 2
+    local_embed_nice: int = 5
+    local_embed_queue_max: int = 100_000
+    local_vector_shared_ttl_s: float = 2_592_000.0
+    local_warm_on_start: tuple[str, ...] = ()
+    rerank_max_query_chars: int = 2000
     cache_ttl_s: float = 3600.0
     cache_max_entries: int = 200_000
     redis_url: str = ""
@@ -423,6 +437,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         local_model_max_tokens=_int("LOCAL_MODEL_MAX_TOKENS", get("LOCAL_MODEL_MAX_TOKENS"), 8, 512),
         local_vector_store=get("LOCAL_VECTOR_STORE").strip(),
         local_vector_store_max_entries=_int("LOCAL_VECTOR_STORE_MAX_ENTRIES", get("LOCAL_VECTOR_STORE_MAX_ENTRIES"), 1, 1_000_000_000),
+        local_cold_wait_ms=_int("LOCAL_COLD_WAIT_MS", get("LOCAL_COLD_WAIT_MS"), 0, 600_000),
+        local_embed_threads=_int("LOCAL_EMBED_THREADS", get("LOCAL_EMBED_THREADS"), 1, 64),
+        local_embed_nice=_int("LOCAL_EMBED_NICE", get("LOCAL_EMBED_NICE"), 0, 19),
+        local_embed_queue_max=_int("LOCAL_EMBED_QUEUE_MAX", get("LOCAL_EMBED_QUEUE_MAX"), 1, 100_000_000),
+        local_warm_on_start=_csv(get("LOCAL_WARM_ON_START")),
+        local_vector_shared_ttl_s=_float("LOCAL_VECTOR_SHARED_TTL_S", get("LOCAL_VECTOR_SHARED_TTL_S"), 0, 10 * 365 * 86_400),
+        rerank_max_query_chars=_int("RERANK_MAX_QUERY_CHARS", get("RERANK_MAX_QUERY_CHARS"), 1, 10_000_000),
         cache_ttl_s=_float("CACHE_TTL_S", get("CACHE_TTL_S"), 0.001, 365 * 86_400),
         cache_max_entries=_int("CACHE_MAX_ENTRIES", get("CACHE_MAX_ENTRIES"), 0, 100_000_000),
         redis_url=redis_url,

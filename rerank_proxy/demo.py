@@ -9,6 +9,7 @@ proxy is the same ASGI app `rerank-proxy serve` runs, and the reranker is the co
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import sys
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rerank_proxy.engines.runner import EngineError, ensure_engine
 
-    print(f"[1/4] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
+    print(f"[1/5] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
     try:
         engine = ensure_engine(args.engine, port=args.port, say=lambda m: print(f"      {m}", flush=True))
     except EngineError as exc:
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"      {engine.kind} {engine.version} at {engine.url}")
 
-    print(f"[2/4] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'", flush=True)
-    load_demo_corpus(engine.url)
+    print(f"[2/5] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'", flush=True)
+    bulk = load_demo_corpus(engine.url)
 
     env = dict(os.environ)
     env["UPSTREAM_URLS"] = engine.url
@@ -49,15 +50,36 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"demo: configuration error: {exc}", file=sys.stderr)
         return 2
-    print(f"[3/4] starting the proxy (reranker: {settings.rerank_provider}, window {settings.rerank_window})", flush=True)
-    with _proxy(settings) as proxy_url:
-        print(f"[4/4] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
+    print(f"[3/5] starting the proxy (reranker: {settings.rerank_provider}, window {settings.rerank_window})",
+          flush=True)
+    with _proxy(settings) as proxy:
+        proxy_url = proxy.server.url
+        warm_from_writes(proxy, settings, bulk)
+        print(f"[5/5] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
         for query in args.query or DEMO_QUERIES:
             show(query, engine.url, proxy_url, args.size)
     return 0
 
 
-def load_demo_corpus(url: str) -> None:
+def warm_from_writes(proxy: _proxy, settings: Any, bulk: bytes) -> None:
+    """Queue the corpus the demo just wrote for the built-in model, as a write through the proxy
+    would be, and wait for it: otherwise the first searches meet a cold store and answer lexically."""
+    from rerank_proxy.warm import queue_written
+
+    reranker = proxy.app.runtime.reranker
+    embedder = getattr(getattr(reranker, "inner", reranker), "embedder", None)
+    if embedder is None:
+        print("[4/5] (no local model: nothing to warm)", flush=True)
+        return
+    queued = asyncio.run(queue_written(reranker, settings, "POST", f"/{DEMO_INDEX}/_bulk", bulk))
+    started = time.perf_counter()
+    print(f"[4/5] embedding the {queued} written documents in the background ...", end="", flush=True)
+    done = embedder.wait_idle(300)
+    print(f" {'done' if done else 'still going'} in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def load_demo_corpus(url: str) -> bytes:
+    """Index the corpus; returns the `_bulk` body that wrote it."""
     with httpx.Client(base_url=url, timeout=60) as client:
         client.delete(f"/{DEMO_INDEX}")
         client.put(f"/{DEMO_INDEX}", json={
@@ -67,8 +89,10 @@ def load_demo_corpus(url: str) -> None:
         for i, doc in enumerate(DEMO_DOCS):
             lines.append(f'{{"index":{{"_id":"{i}"}}}}')
             lines.append(httpx.Response(200, json=doc).text)
-        client.post(f"/{DEMO_INDEX}/_bulk?refresh=true", content="\n".join(lines) + "\n",
+        body = ("\n".join(lines) + "\n").encode()
+        client.post(f"/{DEMO_INDEX}/_bulk?refresh=true", content=body,
                     headers={"content-type": "application/x-ndjson"}).raise_for_status()
+    return body
 
 
 def _search(url: str, query: str, size: int) -> tuple[list[dict[str, Any]], httpx.Headers, float]:
@@ -108,15 +132,16 @@ class _proxy:
     def __init__(self, settings: Any) -> None:
         self.settings = settings
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> _proxy:
         from rerank_proxy.app import ProxyApp
         from rerank_proxy.server import BackgroundServer
 
         try:
-            self.server = BackgroundServer(ProxyApp(self.settings)).start()
+            self.app = ProxyApp(self.settings)
+            self.server = BackgroundServer(self.app).start()
         except Exception as exc:
             raise SystemExit(f"demo: the proxy failed to start: {exc}") from None
-        return self.server.url
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.server.stop()

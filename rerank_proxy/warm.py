@@ -8,6 +8,9 @@ rule when the proxy is configured differently from this shell.
 
     rerank-proxy warm --index products
     rerank-proxy warm --index docs --url http://es:9200 --fields title,body --batch 512
+
+`queue_written` is the same warming from the write path: documents written through the proxy are
+queued for the background embedder from the body the proxy relays anyway.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import sqlite3
 import sys
 import time
@@ -23,9 +27,10 @@ from typing import Any
 import httpx
 
 from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
-from rerank_proxy.search.hit_text import RuleMemo, hit_texts, needed_source_fields
+from rerank_proxy.search.hit_text import RuleMemo, hit_text, hit_texts, needed_source_fields
 
 SCROLL_KEEP_ALIVE = "5m"
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="engine URL (default: the first of UPSTREAM_URLS)")
     parser.add_argument("--fields", help="comma-separated _source fields of the text (overrides the rule)")
     parser.add_argument("--template", help="text template with {field} placeholders (overrides the rule)")
-    parser.add_argument("--batch", type=int, default=256, help="documents per engine page and model call (default: 256)")
+    parser.add_argument("--batch", type=int, default=256,
+                        help="documents per engine page and model call (default: 256)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +126,86 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
     print(f"{index}: {seen} documents, {new} newly embedded, {seen - new} already stored "
           f"({elapsed:.1f} s; store {reranker.store.path}, model {reranker.model})")
     return 0
+
+
+async def queue_written(reranker: Any, settings: Settings, method: str, path: str, body: bytes) -> int:
+    """Queue the documents of a relayed write (`_bulk`, `_doc`, `_create`, `_update`) for embedding.
+
+    Call it after the write has been relayed, as a task nobody awaits: parsing runs on a thread, a
+    full queue drops documents (counted by the embedder), and nothing here can fail the write.
+    Bodies above MAX_SEARCH_BODY_BYTES are skipped: a huge bulk would cost more to parse than the
+    searches will save. Returns how many documents were queued.
+    """
+    local = getattr(reranker, "inner", reranker)
+    submit = getattr(local, "submit_texts", None)
+    if submit is None or not body or len(body) > settings.max_search_body_bytes:
+        return 0
+    try:
+        texts = await asyncio.to_thread(written_texts, settings, method, path, body)
+        return submit(texts)
+    except Exception as exc:  # a bug here must never reach the write
+        log.warning("write warming skipped a %s %s: %s", method, path, exc)
+        return 0
+
+
+async def warm_on_start(reranker: Any, settings: Settings) -> int:
+    """Read the LOCAL_WARM_ON_START indices and queue their texts at start-up priority.
+
+    Meant as a background task of a starting proxy: searches' and writes' documents still go
+    first, the queue is filled only to half (back-pressure, so nothing is dropped), and progress
+    is logged. Off by default: reading whole indices from the engine on every pod start is load a
+    proxy should not add unasked, and traffic, writes and the shared Redis tier warm the store
+    anyway. Returns how many documents were queued.
+    """
+    local = getattr(reranker, "inner", reranker)
+    embedder = getattr(local, "embedder", None)
+    if embedder is None or not settings.local_warm_on_start:
+        return 0
+    queued = 0
+    url = settings.upstream_urls[0].rstrip("/")
+    async with _engine_client(settings) as client:
+        for index in settings.local_warm_on_start:
+            rule = settings.rule_for(index) or settings.default_rule(index)
+            source = None if settings.rerank_rules else needed_source_fields(rule)
+            scroll = _Scroll(client, url, index, 256, source)
+            rule_for = RuleMemo(settings.rule_for)
+            seen = 0
+            try:
+                hits, total = await scroll.first()
+                while hits:
+                    await asyncio.to_thread(embedder.wait_below, max(1, embedder.max_queue // 2), 3600)
+                    texts = hit_texts(hits, rule, rule_for)
+                    queued += local.submit_texts(texts, startup=True)
+                    seen += len(hits)
+                    log.info("start-up warm of %s: %d of %s documents read, %d queued so far",
+                             index, seen, total, queued)
+                    hits = await scroll.next()
+            except _EngineError as exc:
+                log.warning("start-up warm of %s stopped: %s", index, exc)
+            finally:
+                await scroll.clear()
+    return queued
+
+
+def written_texts(settings: Settings, method: str, path: str, body: bytes) -> list[str]:
+    """The rerank texts of the written documents whose index is reranked (same rule as searches)."""
+    from rerank_proxy.local.write_docs import written_docs
+
+    rules: dict[str, IndexRule | None] = {}
+    texts = []
+    for doc in written_docs(method, path, body):
+        if doc.index not in rules:
+            rules[doc.index] = settings.rule_for(doc.index)
+        rule = rules[doc.index]
+        if rule is not None:
+            texts.append(hit_text(doc.source, rule))
+    return texts
+
+
+def _rule_of(hit: dict, settings: Settings, rule: IndexRule, per_index: bool) -> IndexRule:
+    if not per_index:
+        return rule
+    return settings.rule_for(str(hit.get("_index", ""))) or rule
 
 
 class _EngineError(Exception):

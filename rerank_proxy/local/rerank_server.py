@@ -271,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from rerank_proxy.local.reranker import LocalReranker
 
-    app = build_app(LocalReranker(settings), api_key, close_reranker=True)
+    # A provider answers with scores, so it waits for its cold documents instead of refusing them;
+    # the calling proxy's deadline bounds the wait, and the embedding outlives an abandoned call.
+    reranker = LocalReranker(settings.with_overrides(local_cold_wait_ms=600_000))
+    app = build_app(reranker, api_key, close_reranker=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level)
     return 0

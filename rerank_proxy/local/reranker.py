@@ -4,9 +4,12 @@ A document's vector does not depend on the query, so it is computed once and kep
 vector store; a warm rerank is then one query embedding (itself cached) and a 100 x 384 dot product.
 Only documents never seen before pay for the model.
 
-Model work runs on threads (numpy releases the GIL), never on the event loop. Embedding and storing
-new documents is one job on those threads, so a search that gives up at its deadline still leaves
-the vectors stored for the next one.
+Model work runs on threads (numpy releases the GIL), never on the event loop. Documents without a
+vector are a capacity state, not a failure: they go to the background embedder (`embedder.py`,
+searches' documents first) and the search waits for them only when they can be ready within
+LOCAL_COLD_WAIT_MS; otherwise it raises `RerankVectorsCold` at once, which the resilience layer
+does not count toward the breaker and the pipeline answers in lexical order. The embedding carries
+on after the search has answered, so reranked searches rise as the store warms from traffic.
 """
 
 from __future__ import annotations
@@ -15,17 +18,20 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from cachetools import LRUCache
 
 from rerank_proxy.config import ConfigError, Settings
+from rerank_proxy.local.embedder import SEARCH, STARTUP, WRITE, BackgroundEmbedder, Dropped, wait_all
 from rerank_proxy.local.minilm import MODEL_NAME, MiniLM, shared_model
+from rerank_proxy.local.shared_vectors import TieredVectorStore, build_store
 from rerank_proxy.local.vector_store import VectorStore, vector_key
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
+from rerank_proxy.scoring.providers.errors import RerankVectorsCold
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,15 +51,14 @@ class LocalReranker:
     name = "local"
     pointwise = True
 
-    def __init__(self, settings: Settings, *, store: VectorStore | None = None,
+    def __init__(self, settings: Settings, *, store: VectorStore | TieredVectorStore | None = None,
                  load_model: Callable[[], MiniLM] | None = None, query_cache_entries: int = 10_000) -> None:
         if settings.rerank_model not in ACCEPTED_MODEL_NAMES:
             raise ConfigError(f"RERANK_MODEL={settings.rerank_model!r}: the local provider only runs "
                               f"{MODEL_NAME}; accepted: empty or {MODEL_NAME}")
         self.max_tokens = settings.local_model_max_tokens
         self.model = MODEL_NAME if self.max_tokens == NATIVE_MAX_TOKENS else f"{MODEL_NAME}@{self.max_tokens}"
-        self.store = store or VectorStore(settings.local_vector_store,
-                                          max_entries=settings.local_vector_store_max_entries)
+        self.store = store or build_store(settings)
         self._load_model = load_model or (lambda: shared_model(self.max_tokens))
         self._queries: LRUCache[str, np.ndarray] = LRUCache(query_cache_entries)
         self._store_warned_at = -math.inf
@@ -61,11 +66,22 @@ class LocalReranker:
         # itself runs on the model's own two-thread pool). Store I/O gets its own threads.
         self._model_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="local-rerank-model")
         self._io_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="local-rerank-store")
+        self.settings = settings
+        self.cold_wait_s = settings.local_cold_wait_ms / 1000
+        self.embedder = BackgroundEmbedder(lambda texts: self._load_model().embed(texts, inline=True),
+                                           self.store, threads=settings.local_embed_threads,
+                                           max_queue=settings.local_embed_queue_max,
+                                           nice=settings.local_embed_nice,
+                                           on_store_error=self._store_trouble)
 
     # --- Reranker protocol -----------------------------------------------------------------------
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
-        """Cosine similarity of the query with each document, in input order."""
+        """Cosine similarity of the query with each document, in input order.
+
+        Raises `RerankVectorsCold` when documents lack a vector and will not be embedded within
+        LOCAL_COLD_WAIT_MS; they stay queued, so the next search finds them.
+        """
         started = time.perf_counter()
         texts = list(documents)
         if not texts:
@@ -77,9 +93,7 @@ class LocalReranker:
             hits = len(vectors)
             new_keys = [k for k in dict.fromkeys(keys) if k not in vectors]
             if new_keys:
-                text_of = dict(zip(keys, texts))
-                new = await self._compute(self._embed_and_store, [text_of[k] for k in new_keys], new_keys)
-                vectors.update(zip(new_keys, new))
+                vectors.update(await self._wait_for_cold(new_keys, dict(zip(keys, texts, strict=True)), len(texts)))
             query_vector, query_cached = await query_task
         finally:
             if not query_task.done():
@@ -92,8 +106,28 @@ class LocalReranker:
             "stored": hits, "embedded": len(new_keys), "query_cached": query_cached,
             "ms": round((time.perf_counter() - started) * 1000, 2)})
 
+    async def _wait_for_cold(self, new_keys: list[bytes], text_of: dict[bytes, str],
+                             total: int) -> dict[bytes, np.ndarray]:
+        """The vectors of `new_keys` if the embedder has them within the cold wait, else raise."""
+        futures = self.embedder.submit(((k, text_of[k]) for k in new_keys), SEARCH)
+        waited = [futures[k] for k in new_keys if k in futures]
+        ready = (len(waited) == len(new_keys)
+                 and self.embedder.estimate_seconds(0) <= self.cold_wait_s
+                 and await wait_all(waited, self.cold_wait_s))
+        if ready:
+            errors = [f.exception() for f in waited]
+            failed = next((e for e in errors if e is not None and not isinstance(e, Dropped)), None)
+            if failed is not None:  # the model is broken: a provider failure, unlike a cold store
+                raise RerankError(f"local model failed: {failed}", retryable=False) from failed
+            ready = not any(errors)
+        if not ready:
+            raise RerankVectorsCold(f"{len(new_keys)} of {total} documents have no vector yet; queued for "
+                                    f"the background embedder ({self.embedder.queue_depth()} waiting)")
+        return {k: f.result() for k, f in zip(new_keys, waited, strict=True)}
+
     async def aclose(self) -> None:
         """Let running embed-and-store jobs finish (their vectors are worth keeping), then close."""
+        await asyncio.to_thread(self.embedder.close)
         await asyncio.to_thread(self._model_threads.shutdown, wait=True)
         await asyncio.to_thread(self._io_threads.shutdown, wait=True)
         self.store.close()
@@ -103,6 +137,19 @@ class LocalReranker:
     async def load(self) -> None:
         """Load the model now (~0.3 s, ~90 MB) instead of on the first search."""
         await self._compute(self._load_model)
+
+    def submit_texts(self, texts: Iterable[str], *, startup: bool = False) -> int:
+        """Queue document texts (from writes, or a start-up scan) for background embedding.
+
+        Returns how many were taken; never blocks on the model or the store, so the write they
+        came from is not delayed. A full queue drops them (counted), never the write.
+        """
+        items = {self._key(t): t for t in texts}
+        return len(self.embedder.submit(items.items(), STARTUP if startup else WRITE))
+
+    def status(self) -> dict[str, Any]:
+        """The background embedder and the store, for metrics and readiness."""
+        return {"model": self.model, "store": str(self.store.path), **self.embedder.status()}
 
     async def embed_documents(self, texts: Sequence[str]) -> int:
         """Store a vector for every text that has none yet; returns how many were new."""
@@ -138,7 +185,7 @@ class LocalReranker:
         """New vectors, stored and returned as the store will give them back later (same scores)."""
         vectors = self._load_model().embed(texts)
         try:
-            self.store.put_many(zip(keys, vectors))
+            self.store.put_many(zip(keys, vectors, strict=True))
         except Exception as exc:
             if strict:
                 raise

@@ -49,6 +49,31 @@ class RerankUnavailable(RerankError):
     kind = "unavailable"
 
 
+class RerankCapacity(RerankError):
+    """The provider is healthy but cannot answer this search in time (work is queued, slots full).
+
+    A capacity state, not a failure: the breaker neither counts it nor treats it as a success.
+    `reason` is the short text searches report for it (X-Rerank-Reason).
+    """
+
+    kind = "capacity"
+    reason = "capacity"
+
+
+class RerankVectorsCold(RerankCapacity):
+    """Some documents have no stored vector yet; they are queued for the background embedder."""
+
+    kind = "vectors_cold"
+    reason = "vectors_cold"
+
+
+class RerankSaturated(RerankDeadlineExceeded, RerankCapacity):
+    """The deadline passed while every RERANK_MAX_CONCURRENCY slot was taken by other searches."""
+
+    kind = "saturated"
+    reason = "saturated"
+
+
 def error_kind(exc: RerankError) -> str:
     """A short label for counters: `http_429`, `timeout`, `connection`, `bad_response`, ..."""
     if exc.status is not None:
@@ -59,6 +84,17 @@ def error_kind(exc: RerankError) -> str:
 def is_request_error(exc: RerankError) -> bool:
     """True when the provider rejected this particular request (it is alive and answering)."""
     return exc.status in REQUEST_ERROR_STATUSES
+
+
+def is_capacity(exc: RerankError) -> bool:
+    """True for capacity states (cold vectors, full slots): they say nothing about provider health."""
+    return isinstance(exc, RerankCapacity)
+
+
+def reason_of(exc: RerankError) -> str:
+    """The fallback reason a search reports: the short `reason` when the kind has one, else the
+    class name (what the pipeline has always reported)."""
+    return getattr(exc, "reason", None) or type(exc).__name__
 
 
 def is_retryable_status(status: int) -> bool:

@@ -11,7 +11,13 @@ deadline (RERANK_DEADLINE_MS) that covers waiting for a concurrency slot, each a
   back-off with full jitter. When the wait would not end before the deadline we give up at once
   rather than sleep into a certain timeout.
 - The breaker counts consecutive failed reranks (after retries). Request errors (400, 413, 422)
-  do not count: the provider is answering. While open, calls fail fast with `RerankUnavailable`.
+  do not count: the provider is answering. Capacity states (`RerankCapacity`: vectors still cold,
+  every slot taken until the deadline) do not count either: the provider is not failing, it is
+  busy, and an open breaker would only stop the work that ends the state. So neither a cold index
+  nor one client's slow searches can switch reranking off for everyone; only a failing provider
+  does. One breaker per wrapped provider. While open, calls fail fast with `RerankUnavailable`.
+- Query text is cut to RERANK_MAX_QUERY_CHARS first, like document text to RERANK_MAX_CHARS: the
+  models read a few hundred tokens at most, and a multi-megabyte query would only cost CPU.
 - `clock` drives only the breaker's cooldown (tests pass a fake one). Deadlines are enforced by
   the event loop's timer, so they are always real time.
 """
@@ -31,9 +37,11 @@ from rerank_proxy.config import Settings
 from rerank_proxy.scoring.providers.base import Preloadable, Reranker, RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import (
     RerankDeadlineExceeded,
+    RerankSaturated,
     RerankTimeout,
     RerankUnavailable,
     error_kind,
+    is_capacity,
     is_request_error,
 )
 
@@ -135,6 +143,8 @@ class RerankStats:
     documents_sent: int = 0    # documents handed to the provider, counted once per attempt
     slot_waits: int = 0        # attempts that found all RERANK_MAX_CONCURRENCY slots taken
     slot_wait_seconds: float = 0.0  # time those attempts waited: a sign the limit is too low
+    capacity: int = 0          # reranks that ended in a capacity state (cold vectors, full slots)
+    queries_truncated: int = 0  # query texts cut to RERANK_MAX_QUERY_CHARS
     errors: Counter[str] = field(default_factory=Counter)
 
     def snapshot(self) -> dict[str, Any]:
@@ -142,7 +152,8 @@ class RerankStats:
                 "retries": self.retries, "timeouts": self.timeouts,
                 "billed_units": self.billed_units, "tokens": self.tokens,
                 "documents_sent": self.documents_sent, "slot_waits": self.slot_waits,
-                "slot_wait_seconds": self.slot_wait_seconds, "errors": dict(self.errors)}
+                "slot_wait_seconds": self.slot_wait_seconds, "capacity": self.capacity,
+                "queries_truncated": self.queries_truncated, "errors": dict(self.errors)}
 
 
 class ResilientReranker:
@@ -166,6 +177,7 @@ class ResilientReranker:
         self.deadline_s = settings.rerank_deadline_ms / 1000
         self.attempt_timeout_s = settings.rerank_attempt_timeout_ms / 1000
         self.max_retries = settings.rerank_max_retries
+        self.max_query_chars = settings.rerank_max_query_chars
         self.breaker = CircuitBreaker(settings.rerank_breaker_failures,
                                       settings.rerank_breaker_cooldown_s, clock)
         self.stats = RerankStats()
@@ -177,6 +189,9 @@ class ResilientReranker:
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
         self.stats.calls += 1
+        if len(query) > self.max_query_chars:
+            query = query[: self.max_query_chars]
+            self.stats.queries_truncated += 1
         try:
             token = self.breaker.admit()
         except RerankUnavailable as exc:
@@ -186,7 +201,10 @@ class ResilientReranker:
             result = await self._rerank_with_retries(query, documents)
         except RerankError as exc:
             self._count_failure(exc)
-            if is_request_error(exc):
+            if is_capacity(exc):
+                self.stats.capacity += 1
+                self.breaker.record_abandoned(token)
+            elif is_request_error(exc):
                 self.breaker.record_success(token)
             else:
                 self.breaker.record_failure(token)
@@ -238,9 +256,11 @@ class ResilientReranker:
     async def _attempt(self, query: str, documents: Sequence[str], deadline: float) -> RerankResult:
         """One call to the provider; waiting for a slot counts against the deadline only."""
         overall = asyncio.timeout_at(deadline)
+        slot_taken = False
         try:
             async with overall:
                 await self._take_slot()
+                slot_taken = True
                 try:
                     self.stats.attempts += 1
                     self.stats.documents_sent += len(documents)
@@ -249,6 +269,10 @@ class ResilientReranker:
                 finally:
                     self._slots.release()
         except TimeoutError:
+            if overall.expired() and not slot_taken:
+                raise RerankSaturated(
+                    f"{self.name}: every one of the concurrency slots stayed busy until the rerank "
+                    f"deadline of {self.deadline_s * 1000:.0f} ms") from None
             if overall.expired():
                 raise RerankDeadlineExceeded(
                     f"{self.name}: rerank deadline of {self.deadline_s * 1000:.0f} ms exceeded") from None

@@ -1,0 +1,130 @@
+"""Document vectors shared by every replica, in the Redis the deployment already runs (REDIS_URL).
+
+The SQLite store is per pod (an `emptyDir` in the Kubernetes manifests), so every new replica and
+every rollout started cold. With this tier in front of it, a vector embedded by any replica is one
+MGET away for all the others, and a rolled pod starts warm. Redis was chosen over an index in the
+engine by measured lookup cost of 100 vectors (bench/vector_tiers.py, BENCHMARKS.md section 4).
+
+`TieredVectorStore` keeps the `VectorStore` interface: reads go local file first, then Redis for the
+misses (and copy what Redis had into the file); writes go to both. Redis being slow or down is a
+miss, logged at most once a minute, never a failed search: the local store keeps working alone.
+Values are the float16 bytes the file stores (768 bytes for 384 dimensions), under
+`rrp:v:<32-byte key>` with a TTL (LOCAL_VECTOR_SHARED_TTL_S) so Redis memory follows the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from rerank_proxy.local.vector_store import VectorStore
+
+log = logging.getLogger(__name__)
+PREFIX = b"rrp:v:"
+
+
+class RedisVectors:
+    """key -> float16 vector bytes in Redis; a synchronous client, used from the store threads."""
+
+    def __init__(self, url: str, timeout_s: float, ttl_s: float, dim: int = 384) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                           health_check_interval=0, retry_on_timeout=False)
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.dim = dim
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        if not keys:
+            return {}
+        values = self.client.mget([PREFIX + k for k in keys])
+        found = {}
+        for key, blob in zip(keys, values, strict=True):
+            if isinstance(blob, bytes) and len(blob) == self.dim * 2:
+                found[key] = np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+        return found
+
+    def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for key, vector in items:
+            pipe.set(PREFIX + key, np.asarray(vector, dtype=np.float16).tobytes(), px=self.ttl_ms)
+            count += 1
+        if count:
+            pipe.execute()
+
+    def count(self) -> int:
+        """Vectors in Redis (a SCAN: for status pages, not the request path)."""
+        return sum(1 for _ in self.client.scan_iter(match=PREFIX + b"*", count=1000))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class TieredVectorStore:
+    """A local `VectorStore` with a shared tier behind it; same methods, same float32 results."""
+
+    def __init__(self, local: VectorStore, shared: Any) -> None:
+        self.local = local
+        self.shared = shared
+        self.path = local.path
+        self.shared_hits = 0
+        self.shared_errors = 0
+        self._warned_at = -math.inf
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found = self.local.get_many(keys)
+        wanted = [k for k in dict.fromkeys(keys) if k not in found]
+        if not wanted:
+            return found
+        from_shared = self._shared("read", self.shared.get_many, wanted) or {}
+        if from_shared:
+            self.shared_hits += len(from_shared)
+            self.local.put_many(from_shared.items())
+            found.update(from_shared)
+        return found
+
+    def missing(self, keys: Sequence[bytes]) -> list[bytes]:
+        found = self.get_many(keys)
+        return [k for k in keys if k not in found]
+
+    def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> int:
+        items = list(items)
+        self._shared("write", self.shared.put_many, items)
+        return self.local.put_many(items)
+
+    def as_stored(self, vectors: np.ndarray) -> np.ndarray:
+        return self.local.as_stored(vectors)
+
+    def count(self) -> int:
+        return self.local.count()
+
+    def close(self) -> None:
+        self.local.close()
+        self._shared("close", self.shared.close)
+
+    def _shared(self, action: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # redis.RedisError, OSError: a miss, never a failed search
+            self.shared_errors += 1
+            now = time.monotonic()
+            if now - self._warned_at >= 60.0:
+                self._warned_at = now
+                log.warning("shared vector tier %s failed (%s); using the local store alone", action, exc)
+            return None
+
+
+def build_store(settings: Any) -> VectorStore | TieredVectorStore:
+    """The local file, with the Redis tier in front when REDIS_URL is set and the TTL is not 0."""
+    local = VectorStore(settings.local_vector_store, max_entries=settings.local_vector_store_max_entries)
+    if not settings.redis_url or not settings.local_vector_shared_ttl_s:
+        return local
+    shared = RedisVectors(settings.redis_url, settings.redis_timeout_ms / 1000,
+                          settings.local_vector_shared_ttl_s)
+    return TieredVectorStore(local, shared)

