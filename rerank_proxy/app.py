@@ -22,6 +22,7 @@ from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, error_body
+from rerank_proxy.local.embedder import Warmer
 from rerank_proxy.scoring.cache.scores import ScoreCache, SharedTier
 from rerank_proxy.scoring.providers.base import Preloadable, Reranker
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
@@ -57,6 +58,12 @@ class Runtime:
         """The resilience layer (breaker, provider stats), unless a bare reranker was injected."""
         return self.reranker if isinstance(self.reranker, ResilientReranker) else None
 
+    @property
+    def warmer(self) -> Warmer | None:
+        """The background embedder's owner (the built-in model), for write and start-up warming."""
+        provider = self.guard.inner if self.guard is not None else self.reranker
+        return provider if isinstance(provider, Warmer) else None
+
 
 async def build_runtime(settings: Settings, reranker: Reranker | None = None,
                         shared_cache: SharedTier | None = None) -> Runtime:
@@ -79,7 +86,20 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
                       metrics, shared_cache, time.time())
     from rerank_proxy.admin.collectors import register_collectors
     register_collectors(runtime)
+    warmer = runtime.warmer
+    if warmer is not None and settings.local_warm_on_start:
+        from rerank_proxy.warm import warm_on_start
+        task = asyncio.create_task(warm_on_start(warmer, settings))
+        runtime.closers.append(_canceller(task))
     return runtime
+
+
+def _canceller(task: asyncio.Task[Any]) -> Callable[[], Awaitable[None]]:
+    """A closer that stops a background task at shutdown."""
+    async def cancel() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return cancel
 
 
 class ProxyApp:

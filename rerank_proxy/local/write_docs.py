@@ -28,6 +28,17 @@ class WrittenDoc:
     source: dict[str, Any]
 
 
+def is_write(method: str, path: str) -> bool:
+    """Whether a request can carry documents (decided from its head, before any body is kept)."""
+    if method not in ("POST", "PUT"):
+        return False
+    parts = [p for p in path.split("?", 1)[0].strip("/").split("/") if p]
+    if parts and parts[-1] == "_bulk" and len(parts) <= 2:
+        return True
+    return 2 <= len(parts) <= 3 and not parts[0].startswith(("_", ".")) \
+        and parts[1] in ("_doc", "_create", "_update")
+
+
 def written_docs(method: str, path: str, body: bytes) -> Iterator[WrittenDoc]:
     """The documents a write request carries; nothing for other requests or unparsable bodies."""
     parts = [unquote(p) for p in path.split("?", 1)[0].strip("/").split("/") if p]

@@ -22,6 +22,7 @@ from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
+from rerank_proxy.scoring.providers.errors import reason_of
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
@@ -146,7 +147,7 @@ class SearchPipeline:
             scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight)
         except RerankError as exc:
             elapsed = (time.perf_counter() - started) * 1000
-            reason = type(exc).__name__
+            reason = reason_of(exc)
             if self.settings.rerank_fail_mode == "closed":
                 return _Scored(None, "failed", reason, elapsed)
             return _Scored(None, "fallback", reason, elapsed)

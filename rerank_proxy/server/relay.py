@@ -265,7 +265,8 @@ class RelayExchange:
                  "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
                  "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
-                 "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected")
+                 "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected", "body_copy",
+                 "body_copy_limit")
 
     def __init__(self, client: HttpConnection, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
                  body_framing: bytes | None, keep_alive: bool, expect_continue: bool,
@@ -286,6 +287,14 @@ class RelayExchange:
         self.body_complete = body_framing is None
         self.body_started = False
         self.body_bytes = 0
+        # Set by the edge for its access log and metrics.
+        self.started_at = 0.0
+        self.log_path = ""
+        self.log_headers: list[tuple[bytes, bytes]] = []
+        # Set by the edge for writes the built-in model can warm from: the body, kept up to
+        # `body_copy_limit` (past it the copy is dropped, never the write).
+        self.body_copy: list[bytes] | None = None
+        self.body_copy_limit = 0
         self.conn: UpstreamConnection | None = None
         self.from_pool = False
         # response side
@@ -364,6 +373,11 @@ class RelayExchange:
         if self.body_bytes > self.pool.settings.max_body_bytes:
             self._body_too_large()
             return
+        if self.body_copy is not None:
+            if self.body_bytes <= self.body_copy_limit:
+                self.body_copy.append(chunk)
+            else:
+                self.body_copy = None
         if self.body_framing == b"chunked":
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
         if self.conn is None:

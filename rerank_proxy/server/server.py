@@ -10,16 +10,20 @@ application `ProxyApp`, exactly as under any ASGI server.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
 
 from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp, log_access
+from rerank_proxy.local.embedder import Warmer
+from rerank_proxy.local.write_docs import is_write
 from rerank_proxy.search.plan import match_search_path
 from rerank_proxy.server.asgi import AsgiExchange
 from rerank_proxy.server.connection import BODY_HIGH_WATER, ErrorExchange, HttpConnection
 from rerank_proxy.server.relay import RelayExchange, RelayPool, forward_request_headers
+from rerank_proxy.warm import queue_written
 
 if TYPE_CHECKING:
     from rerank_proxy.server.connection import Exchange
@@ -39,12 +43,17 @@ class ProxyServer:
         self.started = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._warmer: Warmer | None = None
+        self._background: set[asyncio.Task[int]] = set()
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, sock=None) -> None:  # type: ignore[no-untyped-def]
+    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
         """Build the application (model load, clients), then listen."""
         self.loop = asyncio.get_running_loop()
         await self.app.startup()
-        self.app.runtime.upstream.use_fetcher(self.relay_pool.fetch)  # type: ignore[union-attr]
+        runtime = self.app.runtime
+        assert runtime is not None  # startup() built it
+        runtime.upstream.use_fetcher(self.relay_pool.fetch)
+        self._warmer = runtime.warmer
         if sock is not None:
             self._server = await self.loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=2048)
         else:
@@ -55,7 +64,8 @@ class ProxyServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        # uvloop's server is not an asyncio.Server, but has the same `sockets`.
+        return int(cast(asyncio.Server, self._server).sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, finish what is in flight (within SHUTDOWN_GRACE_S), close everything."""
@@ -107,6 +117,9 @@ class ProxyServer:
             exchange.started_at = time.perf_counter()
             exchange.log_path = path
             exchange.log_headers = headers
+            if self._warmer is not None and is_write(exchange.method.decode("latin-1"), path):
+                exchange.body_copy = []
+                exchange.body_copy_limit = self.settings.max_search_body_bytes
             return exchange
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -178,10 +191,21 @@ class ProxyServer:
         self.app.request_finished()
         elapsed = time.perf_counter() - exchange.started_at
         status = exchange.status or 499
-        self.app.runtime.metrics.observe("passthrough", status, elapsed)  # type: ignore[union-attr]
+        runtime = self.app.runtime
+        if runtime is not None:
+            runtime.metrics.observe("passthrough", status, elapsed)
         log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path, status,
                    "passthrough", elapsed, {})
+        if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
+            self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
+                            b"".join(exchange.body_copy))
         exchange.client.exchange_done(exchange)
+
+    def _warm_from(self, warmer: Warmer, method: str, path: str, body: bytes) -> None:
+        """Queue a successful write's documents for embedding; the answer has already gone out."""
+        task = self.loop.create_task(queue_written(warmer, self.settings, method, path, body))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _tick(self) -> None:
         """Engine read timeouts of relayed requests, and keep-alive connections idle too long."""
