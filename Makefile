@@ -6,7 +6,7 @@ VENV := .venv
 # declares sentence-transformers/torch (several GB) but we only need its files.
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install system test demo engines tools
+.PHONY: install system test lint demo engines tools
 
 # playwright-core for the console's browser test (the browser itself is Debian's chromium).
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
@@ -42,7 +42,12 @@ $(HELM):
 	rmdir $(TOOLS_BIN)/build
 	ln -sfn $(notdir $@) $(TOOLS_BIN)/helm
 
-test: system install tools
+# Lint and types first: seconds, and a failure there needs no engine to explain it.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: system install tools lint
 	$(VENV)/bin/python -m pytest -q
 
 demo: system install

@@ -158,7 +158,7 @@ class UpstreamPool:
         streaming = content is not None and not isinstance(content, bytes)
         started = _StartFlag()
         if streaming:
-            content = started.watch(content)  # type: ignore[arg-type]
+            content = started.watch(content)  # type: ignore[arg-type]  # not bytes: an async body stream
         str_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
         has_auth = any(k.lower() == "authorization" for k, _ in str_headers)
         session = self._client()
@@ -194,7 +194,7 @@ class UpstreamPool:
         """Send and read the whole body: for responses the proxy must parse."""
         if idempotent and self._fetcher is not None:
             status, headers, body = await self._fetcher(method, target, headers, content)
-            return FetchedResponse(status, headers), body  # type: ignore[return-value]
+            return FetchedResponse(status, headers), body  # type: ignore[return-value]  # same interface as aiohttp's
         response = await self.send(method, target, headers, content, idempotent=idempotent)
         try:
             body = await response.aread()

@@ -206,9 +206,11 @@ class _EngineError(Exception):
 
 def _engine_client(settings: Settings) -> httpx.AsyncClient:
     verify: Any = settings.upstream_ca_file or settings.upstream_tls_verify
-    cert = None
+    cert: str | tuple[str, str] | None = None
     if settings.upstream_client_cert_file:
-        cert = (settings.upstream_client_cert_file, settings.upstream_client_key_file or None)
+        cert = settings.upstream_client_cert_file
+        if settings.upstream_client_key_file:
+            cert = (settings.upstream_client_cert_file, settings.upstream_client_key_file)
     timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s)
     return httpx.AsyncClient(verify=verify, cert=cert, timeout=timeout)
 

@@ -42,7 +42,8 @@ def _tooling() -> tuple[str, str]:
         missing.append("playwright-core (tests/browser/node_modules)")
     if missing:
         pytest.fail(f"missing {', '.join(missing)}; {INSTALL_HINT}", pytrace=False)
-    return node, chromium  # type: ignore[return-value]
+    assert node is not None and chromium is not None
+    return node, chromium
 
 
 def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypatch):

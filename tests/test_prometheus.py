@@ -199,14 +199,14 @@ def serve(engine_url: str, workers: int) -> Iterator[str]:
                     break
             except httpx.TransportError:
                 pass
-            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
             assert time.monotonic() < deadline, "the workers did not all start"
             time.sleep(0.1)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-        assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
 
 
 def test_every_scrape_sees_every_worker(engine):

@@ -194,7 +194,7 @@ def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
                 response = httpx.get(f"http://127.0.0.1:{port}/_cluster/health", timeout=5)
                 break
             except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+                assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
                 assert time.monotonic() < deadline, "the proxy did not start"
                 time.sleep(0.1)
         assert response.status_code == 200
@@ -205,7 +205,7 @@ def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
 
 
 @pytest.mark.parametrize("target", ["http://elsewhere.example/_cluster/health", "*"])

@@ -93,7 +93,7 @@ def _status(args: argparse.Namespace) -> int:
     if not engines:
         print("no engines started by rerank-proxy")
         return 0
-    rows = [("KIND", "VERSION", "NODES", "HTTP PORTS", "PIDS", "HEALTH")]
+    rows: list[tuple[str, ...]] = [("KIND", "VERSION", "NODES", "HTTP PORTS", "PIDS", "HEALTH")]
     rows += [_status_row(info) for info in engines]
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     for row in rows:

@@ -220,9 +220,9 @@ class MiniLM:
         batch, length = len(ids), max(len(x) for x in ids)
         tokens = np.zeros((batch, length), dtype=np.int64)
         mask = np.zeros((batch, length), dtype=np.float32)
-        for row, x in enumerate(ids):
-            tokens[row, : len(x)] = x
-            mask[row, : len(x)] = 1.0
+        for row, row_ids in enumerate(ids):
+            tokens[row, : len(row_ids)] = row_ids
+            mask[row, : len(row_ids)] = 1.0
         padded = bool(mask.min() == 0.0)
         # Additive mask on the keys: padding ends up at the e^-80 floor below, i.e. weight ~1e-35.
         key_bias = ((mask - 1.0) * _F32(1e9))[:, None, None, :] if padded else None

@@ -19,7 +19,7 @@ import hmac
 import math
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +134,7 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
 
 
-def error(status_code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     response = json_response({"message": message}, status_code)
     response.headers.update(headers or {})
     return response

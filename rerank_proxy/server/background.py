@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import Future
 from typing import Any
 
 import uvloop
@@ -30,7 +29,7 @@ class BackgroundServer:
 
     def start(self) -> BackgroundServer:
         self._thread.start()
-        ready: Future[None] = asyncio.run_coroutine_threadsafe(self._start(), self.loop)  # type: ignore[assignment]
+        ready = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
         ready.result(timeout=120)
         return self
 

@@ -148,7 +148,7 @@ class HttpConnection(asyncio.Protocol):
     # --- transport events --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a TCP server's is always a Transport
         self.server.connections.add(self)
         self.client_addr = _address(transport.get_extra_info("peername"))
         self.server_addr = _address(transport.get_extra_info("sockname"))
@@ -266,7 +266,7 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.closed and not self._eof_sent:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)  # type: ignore[union-attr]  # only called between connection_made and connection_lost
 
     async def drain(self) -> None:
         """Wait until the client has taken what was written (flow control for ASGI responses)."""
@@ -281,7 +281,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_reading(self, reason: str) -> None:
         if not self._read_paused and not self.closed:
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()  # type: ignore[union-attr]  # only called between connection_made and connection_lost
         self._read_paused.add(reason)
 
     def resume_reading(self, reason: str) -> None:
@@ -289,7 +289,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._read_paused.discard(reason)
         if not self._read_paused and not self.closed:
-            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.transport.resume_reading()  # type: ignore[union-attr]  # only called between connection_made and connection_lost
 
     def exchange_done(self, exchange: Exchange) -> None:
         """The response is complete: close, or start the next pipelined request."""

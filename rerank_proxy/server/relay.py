@@ -108,7 +108,7 @@ class RelayPool:
         except (TimeoutError, OSError, ssl.SSLError):
             target.down_until = time.monotonic() + _DOWN_FOR_S
             return None
-        return conn  # type: ignore[return-value]
+        return conn
 
     def take_idle(self, target: Target) -> UpstreamConnection | None:
         while target.idle:
@@ -156,7 +156,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.target = target
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: RelayExchange | None = None
+        self.exchange: RelayExchange | FetchExchange | None = None
         self.closed = False
         self._skip = False          # rest of a HEAD response: its body never comes
         self._complete = False
@@ -166,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- transport events --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a TCP client's is always a Transport
         self.pool.open_connections += 1
 
     def data_received(self, data: bytes) -> None:
@@ -228,11 +228,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         if not self._skip:
-            self.exchange.reason += status  # type: ignore[union-attr]
+            self.exchange.reason += status  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._skip:
-            self.exchange.response_headers.append((name, value))  # type: ignore[union-attr]
+            self.exchange.response_headers.append((name, value))  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     def on_headers_complete(self) -> None:
         if self._skip:
@@ -251,7 +251,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if not self._skip:
-            self.exchange.response_body(body)  # type: ignore[union-attr]
+            self.exchange.response_body(body)  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     def on_message_complete(self) -> None:
         if self.exchange is not None and self.exchange.status >= 200:
@@ -341,7 +341,7 @@ class RelayExchange:
                 return
             self._tried.append(target)
             self.from_pool = False
-            self._attach(conn)  # type: ignore[arg-type]
+            self._attach(conn)
             return
         self.fail(502, "proxy_upstream_unavailable_exception", "no engine could be reached (ClientConnectorError)")
 
@@ -355,7 +355,7 @@ class RelayExchange:
             head += self.body_queue
             self.body_queue.clear()
             self.client.resume_reading("buffer")
-        conn.transport.write(b"".join(head))  # type: ignore[union-attr]
+        conn.transport.write(b"".join(head))  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     def pause_source(self) -> None:
         """The engine is not taking the body as fast as the client sends it."""
@@ -386,7 +386,7 @@ class RelayExchange:
                 self.client.pause_reading("buffer")
             return
         self.body_started = True
-        self.conn.transport.write(chunk)  # type: ignore[union-attr]
+        self.conn.transport.write(chunk)  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     def request_done(self) -> None:
         self.body_complete = True
@@ -410,7 +410,7 @@ class RelayExchange:
         if self.conn is None:
             self.body_queue.append(data)
         else:
-            self.conn.transport.write(data)  # type: ignore[union-attr]
+            self.conn.transport.write(data)  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
 
     # --- response from the engine ---------------------------------------------------------------
 
@@ -647,7 +647,7 @@ class FetchExchange:
         head = request_head(conn.target, self.method, self.path, self.headers, None)
         head.append(self.body)
         self.last_read = self.loop.time()
-        conn.transport.write(b"".join(head))  # type: ignore[union-attr]
+        conn.transport.write(b"".join(head))  # type: ignore[union-attr]  # only called while attached: the connection and its exchange are set
         try:
             return await asyncio.wait_for(self.outcome, self.pool.settings.upstream_timeout_s)
         except TimeoutError:

@@ -38,7 +38,7 @@ class CohereReranker(HTTPReranker):
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CohereReranker:
         overrides.setdefault("max_tokens_per_doc", settings.rerank_max_tokens_per_doc)
-        return super().from_settings(settings, **overrides)  # type: ignore[return-value]
+        return super().from_settings(settings, **overrides)  # type: ignore[return-value]  # cls is this class
 
     def extra_headers(self) -> dict[str, str]:
         return {"X-Client-Name": "rerank-proxy"}

@@ -219,8 +219,9 @@ def result_items(payload: Any, keys: tuple[str, ...] = ("results", "data")) -> l
         return payload
     if isinstance(payload, dict):
         for key in keys:
-            if isinstance(payload.get(key), list):
-                return payload[key]
+            items = payload.get(key)
+            if isinstance(items, list):
+                return items
         raise ValueError(f"no list under {' or '.join(map(repr, keys))}")
     raise ValueError(f"body is a JSON {type(payload).__name__}, not an object or array")
 
@@ -273,14 +274,14 @@ def _checked_scores(items: list[Any], count: int, score_keys: tuple[str, ...]) -
         if scores[index] is not None:
             raise ValueError(f"result index {index} appears twice")
         score = next((item[key] for key in score_keys if key in item), None)
-        if type(score) not in (int, float) or not math.isfinite(score):
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
             raise ValueError(f"score {_clip(repr(score))} for index {index} is not a finite number")
         scores[index] = float(score)
     missing = [i for i, s in enumerate(scores) if s is None]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise ValueError(f"no score for {len(missing)} of {count} documents (index {shown})")
-    return scores  # type: ignore[return-value]
+    return [s for s in scores if s is not None]  # complete: `missing` was empty
 
 
 def number_at(payload: Any, *path: str) -> float:
