@@ -220,7 +220,9 @@ class ProxyApp:
                 elapsed = time.perf_counter() - started
                 runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
                                         extra.get("rerank_ms", 0.0), extra.get("reason", ""))
-                log_access(scope["headers"], method, path, status, outcome, elapsed, extra)
+                client = scope.get("client")
+                log_access(scope["headers"], method, path, status, outcome, elapsed, extra,
+                           (str(client[0]), int(client[1])) if client else None)
 
     def api_key_ok(self, sent: bytes) -> bool:
         ok = False
@@ -405,13 +407,19 @@ async def _send_error(send: Send, exc: ProxyError) -> None:
 
 
 def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, status: int, outcome: str,
-               elapsed: float, extra: dict[str, Any]) -> None:
-    """One JSON access line (at INFO), with the client's request id and trace context if sent."""
+               elapsed: float, extra: dict[str, Any], client: tuple[str, int] | None = None) -> None:
+    """One JSON access line (at INFO): client address and user agent, the request id and trace
+    context if sent."""
     if not logs.access_log.isEnabledFor(logging.INFO):
         return
-    headers = {k.lower(): v for k, v in raw_headers if k.lower() in (b"x-opaque-id", b"traceparent")}
-    fields = {"method": method, "path": path, "status": status, "outcome": outcome,
-              "ms": round(elapsed * 1000, 2)}
+    headers = {k.lower(): v for k, v in raw_headers
+               if k.lower() in (b"x-opaque-id", b"traceparent", b"user-agent")}
+    fields: dict[str, Any] = {"method": method, "path": path, "status": status, "outcome": outcome,
+                              "ms": round(elapsed * 1000, 2)}
+    if client is not None:
+        fields["client"] = f"{client[0]}:{client[1]}"
+    if b"user-agent" in headers:
+        fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:300]
     for key in ("engine_ms", "rerank_ms"):
         if extra.get(key):
             fields[key] = round(extra[key], 2)

@@ -117,7 +117,7 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     running, _ = admin_proxy
     caplog.set_level(logging.INFO, logger="rerank_proxy.access")
     httpx.get(f"{running.url}/_cluster/health?timeout=5s",
-              headers={"X-Opaque-Id": "trace-1", "Authorization": f"Bearer {API_KEY}",
+              headers={"X-Opaque-Id": "trace-1", "Authorization": f"Bearer {API_KEY}", "User-Agent": "app/1.2",
                        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
     # the line is written once the answer has gone out, in the proxy's thread: wait for it
     records = wait_until(lambda: [r for r in caplog.records if r.name == "rerank_proxy.access"
@@ -125,6 +125,7 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     fields = records[-1].fields
     assert fields["request_id"] == "trace-1" and fields["status"] == 200 and fields["outcome"] == "passthrough"
     assert fields["traceparent"].startswith("00-0af7")
+    assert fields["user_agent"] == "app/1.2" and fields["client"].startswith("127.0.0.1:")
     from rerank_proxy.admin.logs import JsonFormatter
 
     line = JsonFormatter().format(records[-1])
@@ -142,6 +143,7 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     assert isinstance(ecs["event"]["duration"], int) and ecs["event"]["duration"] > 0  # nanoseconds
     assert ecs["trace"] == {"id": "0af7651916cd43dd8448eb211c80319c"}
     assert ecs["rerank"]["outcome"] == "passthrough"
+    assert ecs["user_agent"] == {"original": "app/1.2"} and ecs["client"]["address"].startswith("127.0.0.1:")
 
 
 def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):

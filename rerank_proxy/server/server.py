@@ -195,7 +195,7 @@ class ProxyServer:
         if runtime is not None:
             runtime.metrics.observe("passthrough", status, elapsed)
         log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path, status,
-                   "passthrough", elapsed, {})
+                   "passthrough", elapsed, {}, exchange.client.client_addr)
         if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
             self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
                             b"".join(exchange.body_copy))
