@@ -94,7 +94,8 @@ def test_client_disconnect_leaks_nothing(engine, index_name):
             return samples if done and samples[("rerank_proxy_in_flight_requests", ())] == 1 else None
 
         samples = wait_until(settled, "the five abandoned searches to finish")
-        assert requests_by_outcome(samples) == {"reranked": 1, "cached": 4}
+        counted = {outcome: n for outcome, n in requests_by_outcome(samples).items() if n}
+        assert counted == {"reranked": 1, "cached": 4}
         assert reranker.calls == 1
         # every engine connection is back in the pool (the searches' reads use the relay's pool)
         pool = running.server.server.relay_pool
