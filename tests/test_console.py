@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from rerank_proxy.config import IndexRule, Settings
-from rerank_proxy.console import judgments as console_judgments
 from rerank_proxy.console.beir import parse_qrels_tsv
 from rerank_proxy.console.judgments import JudgmentStore, query_id
 from rerank_proxy.console.ndcg import ndcg_at_k
@@ -52,11 +51,8 @@ EXTRA_DOCS: dict[str, dict[str, Any]] = {
 # --- helpers shared with the browser test ---------------------------------------------------------
 
 def with_judgments_file(settings: Settings, path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Point the console's judgments file at `path` (a Settings field once config.py declares it)."""
-    if console_judgments.SETTINGS_FIELD in Settings.__dataclass_fields__:
-        return settings.with_overrides(**{console_judgments.SETTINGS_FIELD: str(path)})
-    monkeypatch.setattr(console_judgments, "DEFAULT_JUDGMENTS_FILE", str(path))
-    return settings
+    """Point the console's judgments file at `path` (CONSOLE_JUDGMENTS_FILE)."""
+    return settings.with_overrides(console_judgments_file=str(path))
 
 
 def load_console_corpus(url: str, index: str) -> None:

@@ -24,19 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rerank_proxy.config import Settings
 from rerank_proxy.errors import ProxyError, bad_request
 
-# Until config.Settings has a `console_judgments_file` field (env CONSOLE_JUDGMENTS_FILE), this
-# default is used; see judgments_path().
-DEFAULT_JUDGMENTS_FILE = "~/.cache/rerank-proxy/console-judgments.json"
-SETTINGS_FIELD = "console_judgments_file"
+DEFAULT_JUDGMENTS_FILE = "~/.cache/rerank-proxy/console-judgments.json"  # CONSOLE_JUDGMENTS_FILE's default
 MAX_SET_QUERIES = 10_000
 _VERSION = 1
 
 
-def judgments_path(settings: Any) -> Path:
-    """The file named by the settings (CONSOLE_JUDGMENTS_FILE), else the default under ~/.cache."""
-    value = getattr(settings, SETTINGS_FIELD, "") or DEFAULT_JUDGMENTS_FILE
+def judgments_path(settings: Settings) -> Path:
+    """The file named by CONSOLE_JUDGMENTS_FILE (an empty value means the default under ~/.cache)."""
+    value = settings.console_judgments_file or DEFAULT_JUDGMENTS_FILE
     return Path(value).expanduser()
 
 

@@ -14,7 +14,7 @@ REQUEST_ERROR_STATUSES = frozenset({400, 413, 422})
 
 
 class RerankTimeout(RerankError):
-    """One attempt ran out of time (httpx timeout or the per-attempt limit)."""
+    """One attempt ran out of time (the HTTP client's timeout or the per-attempt limit)."""
 
     kind = "timeout"
 

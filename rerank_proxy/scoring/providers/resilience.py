@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from rerank_proxy.config import Settings
@@ -73,10 +73,6 @@ class CircuitBreaker:
         if self._state == OPEN and self._clock() - self._opened_at >= self.cooldown_s:
             return HALF_OPEN
         return self._state
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._failures
 
     def admit(self) -> object | None:
         """Let a call through or raise RerankUnavailable.
@@ -251,7 +247,7 @@ class ResilientReranker:
                 attempt += 1
                 self.stats.retries += 1
                 continue
-            return replace(result, meta={**result.meta, "attempts": attempt + 1})
+            return result
 
     async def _attempt(self, query: str, documents: Sequence[str], deadline: float) -> RerankResult:
         """One call to the provider; waiting for a slot counts against the deadline only."""
