@@ -56,7 +56,7 @@ def test_straddling_page_fetches_past_the_window():
     ({**MATCH, "sort": [{"year": "desc"}]}, {}, "sort"),
     (MATCH, {"scroll": "1m"}, "scroll"),
     ({**MATCH, "search_after": [1]}, {}, "search_after"),
-    ({**MATCH, "pit": {"id": "x"}}, {}, "search_after"),
+    ({**MATCH, "pit": {"id": "x"}}, {}, "pit"),
     ({**MATCH, "size": 0}, {}, "size_0"),
     ({"query": {"match_all": {}}}, {}, "no_query_text"),
     ({**MATCH, "from": 20}, {}, "past_window"),

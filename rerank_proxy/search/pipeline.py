@@ -22,6 +22,7 @@ from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
+from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
@@ -113,12 +114,15 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+            # The engine refused the search: its answer goes back unchanged (engines never apply
+            # filter_path to errors). Not the proxy's own error, so it is flagged as a bypass.
+            return Finished(response.status_code, out_headers, payload, "bypass", "engine_error", engine_ms)
         data = parse_json(payload, "engine response")
         scored = await self._rerank(decision, data)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
         merged = merge(data, decision, scored.scores, scored.last)
+        merged = filter_paths.apply(merged, decision.filter_path, opensearch=_is_opensearch(response.raw_headers))
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
@@ -136,7 +140,7 @@ class SearchPipeline:
             return _Scored(None, "fallback", "no_hits_in_response")
         window = hits[: plan.window]
         if not window:
-            return _Scored(None, "reranked", "no_hits")
+            return _Scored(None, "lexical", "no_hits")  # nothing to rerank: the engine's answer
         texts = hit_texts(window, plan.rule, self._rule_for)
         mode = resolve_mode(plan.options.score_mode, self.settings.rerank_score_mode, self.settings.rerank_provider)
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
@@ -151,7 +155,7 @@ class SearchPipeline:
                 return _Scored(None, "failed", reason, elapsed)
             return _Scored(None, "fallback", reason, elapsed)
         if scored.mode == "lexical":
-            return _Scored(scored.final, "reranked", "lexical")
+            return _Scored(scored.final, "lexical", "score_mode")  # asked for: no reranker involved
         elapsed = (time.perf_counter() - started) * 1000
         status = scored.outcome.status if scored.outcome is not None else "hit"
         outcome = "cached" if status == "hit" else "reranked"
@@ -164,6 +168,12 @@ class SearchPipeline:
                       body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
         pairs = parse_ndjson(decoded)
+        try:
+            # filter_path applies to the whole _msearch answer (`responses.hits.hits._id`): the
+            # proxy applies it after merging, so the sub-searches fetch whole candidates.
+            client_filter = filter_paths.parse(params.get("filter_path"))
+        except ValueError:
+            return Forward("filter_path")
         plans: list[Plan | None] = []
         lines: list[bytes] = []
         any_plan = False
@@ -173,7 +183,8 @@ class SearchPipeline:
                 index = ",".join(str(i) for i in index)
             sub_targets = index if isinstance(index, str) and index else targets
             sub_params = {k: v for k, v in params.items() if k not in ("max_concurrent_searches",
-                                                                        "max_concurrent_shard_requests")}
+                                                                        "max_concurrent_shard_requests",
+                                                                        "filter_path")}
             decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
             if isinstance(decision, Plan):
                 any_plan = True
@@ -188,7 +199,7 @@ class SearchPipeline:
             return Forward("bypass", b"\n".join(lines) + b"\n")
         upstream_headers = _rewrite_headers(raw_headers)
         keep = [(k, v) for k, v in params.items()
-                if k not in ("from", "size", "_source", "_source_includes", "_source_excludes")]
+                if k not in ("from", "size", "_source", "_source_includes", "_source_excludes", "filter_path")]
         target = build_target(targets, "msearch", keep)
         started = time.perf_counter()
         upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
@@ -198,7 +209,9 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+            # The engine refused the search: its answer goes back unchanged (engines never apply
+            # filter_path to errors). Not the proxy's own error, so it is flagged as a bypass.
+            return Finished(response.status_code, out_headers, payload, "bypass", "engine_error", engine_ms)
         data = parse_json(payload, "engine response")
         responses = data.get("responses") if isinstance(data, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
@@ -210,11 +223,12 @@ class SearchPipeline:
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
             return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
+        data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(response.raw_headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
 
     async def _rerank_sub(self, plan: Plan | None, response: Any) -> str:
         if plan is None or not isinstance(response, dict) or "error" in response:
-            return "bypass" if plan is None else "error"
+            return "bypass"  # not planned, or the engine refused this sub-search
         scored = await self._rerank(plan, response)
         merge(response, plan, scored.scores, scored.last)
         return scored.outcome
@@ -243,6 +257,12 @@ def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     if not any(k.lower() == b"content-type" for k, _ in headers):
         headers.append((b"content-type", b"application/json"))
     return headers
+
+
+def _is_opensearch(raw: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Elasticsearch names itself in every answer (`X-Elastic-Product`); OpenSearch does not.
+    The two differ in one filter_path detail (see filter_path.py)."""
+    return not any(k.lower() == b"x-elastic-product" for k, _ in raw)
 
 
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

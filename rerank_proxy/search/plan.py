@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
+from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search import source_filter
 from rerank_proxy.search.query_text import extract_query_text
 
@@ -57,6 +58,7 @@ class Plan:
     source: source_filter.SourceFilter
     options: RerankOptions
     pretty: bool = False
+    filter_path: filter_paths.FilterPath | None = None  # applied by the proxy to the final response
 
 
 @dataclass(slots=True)
@@ -206,10 +208,14 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         return bypass("format")
     if "scroll" in params or "scroll" in body:
         return bypass("scroll")
-    if body.get("search_after") is not None or body.get("pit") is not None or "pit" in params:
+    if body.get("pit") is not None or "pit" in params:
+        return bypass("pit")
+    if body.get("search_after") is not None:
         return bypass("search_after")
-    if "filter_path" in params:
-        return bypass("filter_path")
+    try:
+        client_filter = filter_paths.parse(params.get("filter_path"))
+    except ValueError:
+        return bypass("filter_path")  # an entry the engines disagree on: the engine answers it
     if body.get("stored_fields") is not None or "stored_fields" in params:
         return bypass("stored_fields")
     sort = params.get("sort") if "sort" in params else body.get("sort")
@@ -251,12 +257,13 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     candidate.pop("_source", None)
     if sort is not None and "sort" in candidate:
         candidate.pop("sort")
-    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort"}
+    # filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
+    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort", "filter_path"}
     query = [(k, v) for k, v in params.items() if k not in dropped]
     target = build_target(targets, "search", query)
     return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
                 page_size=size, rule=rule, source=client_source, options=options,
-                pretty="pretty" in params and params["pretty"] != "false")
+                pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter)
 
 
 def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:

@@ -1,0 +1,100 @@
+"""Conformance: the proxy's answer to a request compared with the engine's own answer to the same
+request, field by field, on both real engines (hit order and scores aside, the only intended
+differences of a reranked search)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support_data import load_corpus
+
+pytestmark = pytest.mark.integration
+
+BODY = {"query": {"match": {"body": "jet engine noise"}}, "size": 20,
+        "aggs": {"authors": {"terms": {"field": "meta.author"}}, "latest": {"max": {"field": "year"}}}}
+FILTER_PATHS = [
+    "hits.hits._id", "hits.hits._source.title", "hits.total", "took,hits.hits._id", "hits.**._id",
+    "-hits.hits._source", "hits.hits._*", "**.value", "aggregations.*.buckets.key",
+    "hits.hits._source.meta.tags", "-hits.hits._source.meta,-_shards", "-**.author", "hits.hits._source.*,-**.tags",
+    "hits.hits", "*.total", "took,-took", "-**", "nothing.here", " hits.hits._id , ", "", ",",
+]
+
+
+@pytest.fixture
+def corpus_index(engine, index_name):
+    load_corpus(engine.url, index_name)
+    return index_name
+
+
+def shape(value: Any) -> Any:
+    """The key structure of a response: values replaced by their JSON kind, arrays as sorted lists
+    of their elements' shapes (hit order is the reranker's)."""
+    if isinstance(value, dict):
+        return {key: shape(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return sorted((shape(item) for item in value), key=repr)
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def ids(value: Any) -> list[str]:
+    """Every `_id` anywhere in a response, sorted."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found.extend([child] if key == "_id" else ids(child))
+    elif isinstance(value, list):
+        for item in value:
+            found.extend(ids(item))
+    return sorted(found)
+
+
+def without_volatile(value: Any) -> Any:
+    """The response with what legitimately differs removed: took, scores, hit order."""
+    if isinstance(value, dict):
+        return {k: without_volatile(v) for k, v in value.items() if k not in ("took", "_score", "max_score")}
+    if isinstance(value, list):
+        return sorted((without_volatile(v) for v in value), key=repr)
+    return value
+
+
+@pytest.mark.parametrize("filter_path", FILTER_PATHS)
+def test_filter_path_is_reranked_and_filtered_like_the_engine(engine, proxy, corpus_index, filter_path):
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", params={"filter_path": filter_path}, json=BODY)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", params={"filter_path": filter_path}, json=BODY)
+    assert mine.status_code == theirs.status_code == 200
+    assert mine.headers["x-rerank"] in ("reranked", "cached"), mine.headers.get("x-rerank-reason")
+    assert shape(mine.json()) == shape(theirs.json())
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())
+    assert ids(mine.json()) == ids(theirs.json())
+
+
+def test_filter_path_keeps_the_reranked_order(engine, proxy, corpus_index):
+    full = httpx.post(f"{proxy.url}/{corpus_index}/_search", json=BODY).json()
+    filtered = httpx.post(f"{proxy.url}/{corpus_index}/_search", params={"filter_path": "hits.hits._id"}, json=BODY)
+    assert [h["_id"] for h in filtered.json()["hits"]["hits"]] == [h["_id"] for h in full["hits"]["hits"]]
+
+
+@pytest.mark.parametrize("filter_path", ["responses.hits.hits._id", "responses.hits.total,-responses.hits.total.relation",
+                                         "-responses.hits.hits._source", "**.value"])
+def test_msearch_filter_path(engine, proxy, corpus_index, filter_path):
+    lines = f'{{"index": "{corpus_index}"}}\n{{"query": {{"match": {{"body": "jet"}}}}, "size": 20}}\n' * 2
+    kwargs = {"params": {"filter_path": filter_path}, "content": lines.encode(),
+              "headers": {"content-type": "application/x-ndjson"}}
+    mine = httpx.post(f"{proxy.url}/_msearch", **kwargs)
+    theirs = httpx.post(f"{engine.url}/_msearch", **kwargs)
+    assert mine.status_code == theirs.status_code == 200
+    assert "reranked" in mine.headers["x-rerank"] or "cached" in mine.headers["x-rerank"]
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())
+    assert shape(mine.json()) == shape(theirs.json())
+
+
+def test_lone_minus_filter_path_is_the_engines_answer(engine, proxy, corpus_index):
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", params={"filter_path": "-"}, json=BODY)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", params={"filter_path": "-"}, json=BODY)
+    assert mine.status_code == theirs.status_code          # Elasticsearch 200, OpenSearch 400
+    assert mine.headers["x-rerank"] == "bypass" and mine.headers["x-rerank-reason"] == "filter_path"
