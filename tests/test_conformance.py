@@ -79,8 +79,8 @@ def test_filter_path_keeps_the_reranked_order(engine, proxy, corpus_index):
     assert [h["_id"] for h in filtered.json()["hits"]["hits"]] == [h["_id"] for h in full["hits"]["hits"]]
 
 
-@pytest.mark.parametrize("filter_path", ["responses.hits.hits._id", "responses.hits.total,-responses.hits.total.relation",
-                                         "-responses.hits.hits._source", "**.value"])
+@pytest.mark.parametrize("filter_path", ["responses.hits.hits._id", "-responses.hits.hits._source", "**.value",
+                                         "responses.hits.total,-responses.hits.total.relation"])
 def test_msearch_filter_path(engine, proxy, corpus_index, filter_path):
     lines = f'{{"index": "{corpus_index}"}}\n{{"query": {{"match": {{"body": "jet"}}}}, "size": 20}}\n' * 2
     kwargs = {"params": {"filter_path": filter_path}, "content": lines.encode(),

@@ -97,7 +97,8 @@ def test_input_is_not_changed():
 
 
 _json = st.recursive(st.none() | st.integers() | st.text(max_size=3),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
                      max_leaves=15)
 
 

@@ -215,7 +215,8 @@ class SearchPipeline:
         data = parse_json(payload, "engine response")
         responses = data.get("responses") if isinstance(data, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
-            raise ProxyError(502, "proxy_upstream_response_exception", "the engine's _msearch reply has the wrong shape")
+            raise ProxyError(502, "proxy_upstream_response_exception",
+                             "the engine's _msearch reply has the wrong shape")
         started = time.perf_counter()
         scored = await asyncio.gather(*(self._rerank_sub(p, r) for p, r in zip(plans, responses)))
         rerank_ms = (time.perf_counter() - started) * 1000
