@@ -98,3 +98,49 @@ def test_lone_minus_filter_path_is_the_engines_answer(engine, proxy, corpus_inde
     theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", params={"filter_path": "-"}, json=BODY)
     assert mine.status_code == theirs.status_code          # Elasticsearch 200, OpenSearch 400
     assert mine.headers["x-rerank"] == "bypass" and mine.headers["x-rerank-reason"] == "filter_path"
+
+
+STANDARD = {"standard": {"query": {"match": {"body": "jet engine noise"}}}}
+RETRIEVERS = {
+    "standard": STANDARD,
+    "rrf": {"rrf": {"retrievers": [STANDARD, {"standard": {"query": {"match": {"title": "noise"}}}}],
+                    "rank_window_size": 20}},
+    "linear": {"linear": {"retrievers": [{"retriever": STANDARD, "weight": 2}]}},
+    "text_similarity_reranker": {"text_similarity_reranker": {"retriever": STANDARD, "field": "body",
+                                                              "inference_id": "none", "inference_text": "jet"}},
+}
+
+
+@pytest.mark.parametrize("kind", list(RETRIEVERS))
+def test_retrievers_answer_like_the_engine(engine, proxy, corpus_index, kind):
+    """Elasticsearch 9 runs the standard retriever (reranked through the proxy); the minimal
+    distribution has no rrf/linear/text_similarity_reranker and OpenSearch no retrievers at all:
+    then the engine's own error must come back, byte for byte."""
+    body = {"retriever": RETRIEVERS[kind], "size": 20}
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", json=body)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", json=body)
+    assert mine.status_code == theirs.status_code
+    if theirs.status_code != 200:
+        assert mine.content == theirs.content
+        expected = "engine_reranker" if kind == "text_similarity_reranker" else "engine_error"
+        assert (mine.headers["x-rerank"], mine.headers["x-rerank-reason"]) == ("bypass", expected)
+        return
+    assert mine.headers["x-rerank"] in ("reranked", "cached")
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())
+    from tests.support_data import expected_order
+    engine_ids = [h["_id"] for h in theirs.json()["hits"]["hits"]]
+    assert [h["_id"] for h in mine.json()["hits"]["hits"]] == expected_order("jet engine noise", engine_ids)
+
+
+def test_engine_refusing_the_candidate_request_answers_the_clients_own(engine, proxy, index_name):
+    """A window above index.max_result_window: the engine refuses the candidate fetch, but the
+    client's own page is fine, so the client gets the engine's answer to it."""
+    created = httpx.put(f"{engine.url}/{index_name}", json={"settings": {"index.max_result_window": 5}})
+    assert created.status_code == 200, created.text
+    httpx.post(f"{engine.url}/{index_name}/_doc?refresh=true", json={"body": "jet engine"}).raise_for_status()
+    body = {"query": {"match": {"body": "jet"}}, "size": 3}
+    mine = httpx.post(f"{proxy.url}/{index_name}/_search", json=body)
+    theirs = httpx.post(f"{engine.url}/{index_name}/_search", json=body)
+    assert mine.status_code == theirs.status_code == 200
+    assert (mine.headers["x-rerank"], mine.headers["x-rerank-reason"]) == ("bypass", "engine_error")
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())

@@ -68,6 +68,35 @@ def test_bypass_reasons(body, params, reason):
     assert isinstance(decision, Bypass) and decision.reason == reason
 
 
+STD = {"standard": {"query": {"match": {"t": "jet engine"}}}}
+
+
+def test_retrievers_are_reranked_and_kept():
+    p = plan({"retriever": STD, "size": 5})
+    assert isinstance(p, Plan) and p.query_text == "jet engine"
+    assert p.body["retriever"] == STD and p.body["size"] == 20 and p.body["from"] == 0
+    rrf = {"rrf": {"retrievers": [STD, STD], "rank_window_size": 8}}
+    p = plan({"retriever": rrf, "size": 5})
+    assert isinstance(p, Plan) and p.window == 8 and p.body["size"] == 8 and p.body["retriever"] == rrf
+    assert plan({"retriever": rrf, "from": 8}).reason == "past_window"
+
+
+@pytest.mark.parametrize("retriever,reason", [
+    ({"text_similarity_reranker": {"retriever": STD, "field": "t", "inference_text": "x"}}, "engine_reranker"),
+    ({"rrf": {"retrievers": [STD, {"text_similarity_reranker": {"retriever": STD}}]}}, "engine_reranker"),
+    ({"standard": {**STD["standard"], "sort": [{"year": "desc"}]}}, "sort"),
+    ({"knn": {"field": "v", "query_vector": [1.0], "k": 1, "num_candidates": 1}}, "no_query_text"),
+])
+def test_retriever_bypasses(retriever, reason):
+    assert plan({"retriever": retriever}).reason == reason
+
+
+def test_filter_path_is_planned_not_bypassed():
+    p = plan(MATCH, {"filter_path": "hits.hits._id"})
+    assert isinstance(p, Plan) and p.filter_path is not None and "filter_path" not in p.target
+    assert plan(MATCH, {"filter_path": "-"}).reason == "filter_path"
+
+
 def test_score_sort_is_still_reranked():
     assert isinstance(plan({**MATCH, "sort": ["_score"]}), Plan)
     assert isinstance(plan({**MATCH, "sort": [{"_score": {"order": "desc"}}]}), Plan)

@@ -114,9 +114,10 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            # The engine refused the search: its answer goes back unchanged (engines never apply
-            # filter_path to errors). Not the proxy's own error, so it is flagged as a bypass.
-            return Finished(response.status_code, out_headers, payload, "bypass", "engine_error", engine_ms)
+            # The engine refused the candidate request: the client gets the engine's answer to its
+            # own request (the same error, same line/col; or a success when only the rewrite was
+            # refused, e.g. a window above index.max_result_window), flagged as a bypass.
+            return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
         data = parse_json(payload, "engine response")
         scored = await self._rerank(decision, data)
         if scored.outcome == "failed":
@@ -176,6 +177,7 @@ class SearchPipeline:
             return Forward("filter_path")
         plans: list[Plan | None] = []
         lines: list[bytes] = []
+        client_lines: list[bytes] = []
         any_plan = False
         for header, search_body in pairs:
             index = header.get("index")
@@ -186,6 +188,7 @@ class SearchPipeline:
                                                                         "max_concurrent_shard_requests",
                                                                         "filter_path")}
             decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
+            client_lines += [orjson.dumps(header), orjson.dumps(search_body)]  # `rerank` removed
             if isinstance(decision, Plan):
                 any_plan = True
                 plans.append(decision)
@@ -209,9 +212,8 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            # The engine refused the search: its answer goes back unchanged (engines never apply
-            # filter_path to errors). Not the proxy's own error, so it is flagged as a bypass.
-            return Finished(response.status_code, out_headers, payload, "bypass", "engine_error", engine_ms)
+            # As for _search: the engine answers the client's own _msearch.
+            return Forward("engine_error", b"\n".join(client_lines) + b"\n")
         data = parse_json(payload, "engine response")
         responses = data.get("responses") if isinstance(data, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):

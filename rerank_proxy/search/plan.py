@@ -21,7 +21,7 @@ from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search import source_filter
-from rerank_proxy.search.query_text import extract_query_text
+from rerank_proxy.search.query_text import extract_query_text, retriever_kinds
 
 OPTIONS_KEY = "rerank"
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -59,6 +59,7 @@ class Plan:
     options: RerankOptions
     pretty: bool = False
     filter_path: filter_paths.FilterPath | None = None  # applied by the proxy to the final response
+    body_changed: bool = False  # the client's body had the `rerank` extension (now removed)
 
 
 @dataclass(slots=True)
@@ -218,6 +219,15 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         return bypass("filter_path")  # an entry the engines disagree on: the engine answers it
     if body.get("stored_fields") is not None or "stored_fields" in params:
         return bypass("stored_fields")
+    retriever = body.get("retriever")
+    kinds = list(retriever_kinds(retriever))
+    if "text_similarity_reranker" in kinds:
+        return bypass("engine_reranker")  # the engine reranks it already: twice is waste
+    standard = retriever.get("standard") if isinstance(retriever, dict) else None
+    if isinstance(standard, dict) and not _sorts_by_score(standard.get("sort")):
+        return bypass("sort")
+    if isinstance(standard, dict) and standard.get("search_after") is not None:
+        return bypass("search_after")
     sort = params.get("sort") if "sort" in params else body.get("sort")
     if isinstance(sort, str) and "sort" in params:
         sort = [s for s in sort.split(",") if s]
@@ -244,6 +254,11 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     if not query_text:
         return bypass("no_query_text")
     window = options.window or rule.window
+    compound = retriever.get(kinds[0]) if isinstance(retriever, dict) and kinds[0:1] in (["rrf"], ["linear"]) else None
+    rank_window = compound.get("rank_window_size") if isinstance(compound, dict) else None
+    if isinstance(rank_window, int) and not isinstance(rank_window, bool) and rank_window > 0:
+        # A compound retriever never ranks more than its rank_window_size: neither can the proxy.
+        window = min(window, rank_window)
     if start >= window:
         return bypass("past_window")
 
@@ -263,7 +278,8 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     target = build_target(targets, "search", query)
     return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
                 page_size=size, rule=rule, source=client_source, options=options,
-                pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter)
+                pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter,
+                body_changed=changed)
 
 
 def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:
