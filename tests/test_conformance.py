@@ -9,7 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support_data import load_corpus
+from tests.fixtures.proxy import proxy_settings, run_proxy
+from tests.support_data import expected_order, load_corpus
+from tests.support_rerankers import OverlapReranker
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +129,6 @@ def test_retrievers_answer_like_the_engine(engine, proxy, corpus_index, kind):
         return
     assert mine.headers["x-rerank"] in ("reranked", "cached")
     assert without_volatile(mine.json()) == without_volatile(theirs.json())
-    from tests.support_data import expected_order
     engine_ids = [h["_id"] for h in theirs.json()["hits"]["hits"]]
     assert [h["_id"] for h in mine.json()["hits"]["hits"]] == expected_order("jet engine noise", engine_ids)
 
@@ -143,4 +144,68 @@ def test_engine_refusing_the_candidate_request_answers_the_clients_own(engine, p
     theirs = httpx.post(f"{engine.url}/{index_name}/_search", json=body)
     assert mine.status_code == theirs.status_code == 200
     assert (mine.headers["x-rerank"], mine.headers["x-rerank-reason"]) == ("bypass", "engine_error")
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())
+
+
+def _bool_nest(levels: int) -> bytes:
+    """A query nested `levels` bool/must pairs deep (JSON depth 2 * levels + 3)."""
+    return (b'{"query":' + b'{"bool":{"must":' * levels + b'{"match":{"body":"jet"}}' + b"}}" * levels + b"}")
+
+
+BODIES = {
+    "duplicate_top": b'{"size":1,"size":2,"query":{"match":{"body":"jet"}}}',
+    "duplicate_spaced": b'{"query" : {"match" : {"body" : "jet", "body" : "noise"}}}',
+    "size_1e3": b'{"size":1e3,"query":{"match":{"body":"jet engine"}}}',
+    "size_3.0": b'{"size":3.0,"query":{"match":{"body":"jet engine"}}}',
+    "size_3.5_from_1e0": b'{"size":3.5,"from":1e0,"query":{"match":{"body":"jet engine"}}}',
+    "size_string_float": b'{"size":"3.0","query":{"match":{"body":"jet engine"}}}',
+    "size_out_of_range": b'{"size":1e30,"query":{"match":{"body":"jet"}}}',
+    "size_not_a_number": b'{"size":"many","query":{"match":{"body":"jet"}}}',
+    "lone_surrogate": b'{"query":{"match":{"body":"jet \\ud800"}}}',
+    "depth_300": _bool_nest(149),
+    "array_depth_1000": b'{"query":{"match":{"body":"jet"}},"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+    "object_depth_1000": b'{"query":{"match":{"body":"jet"}},"ext":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}",
+    "array_depth_5000": b"[" * 5000 + b"]" * 5000,
+    "broken": b'{"query":',
+}
+
+
+@pytest.mark.parametrize("name", list(BODIES))
+def test_bodies_answer_like_the_engine(engine, proxy, corpus_index, name):
+    kwargs = {"content": BODIES[name], "headers": {"content-type": "application/json"}}
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", **kwargs)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", **kwargs)
+    assert mine.status_code == theirs.status_code, (mine.text[:300], theirs.text[:300])
+    assert mine.status_code < 500
+    if theirs.status_code != 200:
+        assert mine.json()["error"]["type"] == theirs.json()["error"]["type"]
+        assert mine.json()["error"]["reason"] == theirs.json()["error"]["reason"]
+        assert mine.headers["x-rerank"] == "bypass"
+        return
+    assert len(mine.json()["hits"]["hits"]) == len(theirs.json()["hits"]["hits"])
+    if name.startswith("size_"):
+        assert mine.headers["x-rerank"] in ("reranked", "cached")   # accepted as the engine accepts it
+        assert mine.json()["hits"]["total"] == theirs.json()["hits"]["total"]
+
+
+def test_query_nested_1000_levels_is_elasticsearchs_own_400(es_engine, index_name):
+    """Elasticsearch refuses queries nested past indices.query.bool.max_nested_depth itself; the
+    proxy passes the body on. Not run against OpenSearch 2.19: the same body, sent to it directly,
+    killed the node (no nesting limit for bool queries; the stack overflowed)."""
+    load_corpus(es_engine.url, index_name)
+    kwargs = {"content": _bool_nest(499), "headers": {"content-type": "application/json"}}
+    with run_proxy(proxy_settings(es_engine.url), reranker=OverlapReranker()) as proxy:
+        mine = httpx.post(f"{proxy.url}/{index_name}/_search", **kwargs)
+    theirs = httpx.post(f"{es_engine.url}/{index_name}/_search", **kwargs)
+    assert mine.status_code == theirs.status_code == 400
+    assert mine.json() == theirs.json() and mine.headers["x-rerank"] == "bypass"
+
+
+@pytest.mark.parametrize("name", ["duplicate_top", "lone_surrogate", "depth_300", "object_depth_1000"])
+def test_msearch_lines_answer_like_the_engine(engine, proxy, corpus_index, name):
+    content = f'{{"index": "{corpus_index}"}}\n'.encode() + BODIES[name] + b"\n"
+    kwargs = {"content": content, "headers": {"content-type": "application/x-ndjson"}}
+    mine = httpx.post(f"{proxy.url}/_msearch", **kwargs)
+    theirs = httpx.post(f"{engine.url}/_msearch", **kwargs)
+    assert mine.status_code == theirs.status_code and mine.status_code < 500
     assert without_volatile(mine.json()) == without_volatile(theirs.json())

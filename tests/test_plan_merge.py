@@ -14,7 +14,7 @@ from rerank_proxy.errors import ProxyError
 from rerank_proxy.scoring.final import combine
 from rerank_proxy.search.hit_text import hit_text, lookup
 from rerank_proxy.search.merge import merge, rerank_order
-from rerank_proxy.search.plan import Bypass, Plan, match_search_path, plan_search
+from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, match_search_path, parse_client_body, plan_search
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
 MATCH = {"query": {"match": {"t": "jet engine"}}}
@@ -291,3 +291,33 @@ rules = st.one_of(
 @given(source=source_values, rule=rules)
 def test_hit_text_matches_the_reference_builder(source, rule):
     assert hit_text(source, rule) == _oracle_hit_text(source, rule)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"size":1,"size":2}', "duplicate_key"),
+    (b'{"query" : {"match" : {"t" : "a", "t" : "b"}}}', "duplicate_key"),
+    (b'{"q":"\\ud800"}', "invalid_json"),
+    (b'{"x":' + b"[" * 300 + b"]" * 300 + b"}", "too_deep"),
+    (b"[" * 5000 + b"]" * 5000, "invalid_json"),
+    (b'{"query":', "invalid_json"),
+])
+def test_bodies_the_engine_must_answer(raw, reason):
+    with pytest.raises(EngineMustAnswer) as caught:
+        parse_client_body(raw)
+    assert caught.value.reason == reason
+
+
+def test_bodies_the_proxy_rewrites():
+    assert parse_client_body(b'{"a":{"a":1},"b":[{"a":2},{"a":3}]}') == {"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}
+    assert parse_client_body(b"  ") is None
+
+
+@pytest.mark.parametrize("size,expected", [(1e3, 1000), (3.0, 3), (3.5, 3), ("3.0", 3), ("7", 7)])
+def test_from_size_as_the_engines_read_them(size, expected):
+    p = plan({**MATCH, "size": size, "from": 1e0})
+    assert isinstance(p, Plan) and (p.page_from, p.page_size) == (1, expected)
+
+
+@pytest.mark.parametrize("size", [1e30, "many", True, [1], float("inf")])
+def test_from_size_the_engine_must_refuse(size):
+    assert plan({**MATCH, "size": size}).reason == "from_size"

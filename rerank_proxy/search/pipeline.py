@@ -25,7 +25,7 @@ from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import merge
-from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
+from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
 from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
@@ -102,7 +102,10 @@ class SearchPipeline:
                      headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                      body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
-        parsed = parse_json(decoded)
+        try:
+            parsed = parse_client_body(decoded)
+        except EngineMustAnswer as exc:
+            return Forward(exc.reason)  # the client's own bytes, as sent
         decision = plan_search(targets, params, parsed, headers, self.settings)
         if isinstance(decision, Bypass):
             return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
@@ -168,7 +171,10 @@ class SearchPipeline:
                       headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
-        pairs = parse_ndjson(decoded)
+        try:
+            pairs = parse_ndjson(decoded)
+        except EngineMustAnswer as exc:
+            return Forward(exc.reason)
         try:
             # filter_path applies to the whole _msearch answer (`responses.hits.hits._id`): the
             # proxy applies it after merging, so the sub-searches fetch whole candidates.
@@ -238,15 +244,16 @@ class SearchPipeline:
 
 
 def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(header, body) pairs of an `_msearch` body; a broken line is a 400 naming it."""
+    """(header, body) pairs of an `_msearch` body. An odd number of lines is the proxy's 400; a
+    line the proxy cannot rewrite faithfully raises EngineMustAnswer (see `parse_client_body`)."""
     lines = [line for line in raw.split(b"\n") if line.strip()]
     if len(lines) % 2:
         raise bad_request("The msearch request must be terminated by a newline [\\n] and have "
                           "an even number of lines (header, body)", "parsing_exception")
     pairs = []
     for n in range(0, len(lines), 2):
-        header = parse_json(lines[n], f"msearch line {n + 1}")
-        body = parse_json(lines[n + 1], f"msearch line {n + 2}")
+        header = parse_client_body(lines[n])
+        body = parse_client_body(lines[n + 1])
         if not isinstance(header, dict) or not isinstance(body, dict):
             raise bad_request(f"msearch lines {n + 1}-{n + 2} must be JSON objects", "parsing_exception")
         pairs.append((header, body))

@@ -13,9 +13,13 @@ So paging through all results never shows a hit twice and never skips one.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
+
+import orjson
 
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
@@ -133,6 +137,60 @@ def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple
     return opts, changed
 
 
+class EngineMustAnswer(Exception):  # noqa: N818 - a decision, not an error
+    """A search body the proxy must not rewrite: the engine answers the client's own bytes, so
+    what the client gets (its error type and reason, or a success) is exactly the engine's."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_MAX_REWRITE_DEPTH = 200  # orjson writes at most 254 levels; the proxy's own wrapping needs a few
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise EngineMustAnswer("duplicate_key")
+    return out
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed body, counting no further than `limit` + 1."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_client_body(raw: bytes) -> Any:
+    """A client's search body, or EngineMustAnswer when the proxy cannot rewrite it faithfully.
+
+    The engines answer such bodies themselves, and differently from each other: duplicate keys
+    are a 400 (`x_content_parse_exception` on Elasticsearch, `json_parse_exception` on
+    OpenSearch), a lone surrogate (`"\\ud800"`) is accepted, 300 levels of `bool` are a 400 on
+    Elasticsearch and a 200 on OpenSearch. orjson refuses lone surrogates and keeps the last of
+    duplicate keys, and cannot write more than 254 levels, so re-serialising any of these would
+    answer something the engine would not."""
+    if not raw.strip():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise EngineMustAnswer("invalid_json") from None
+    if _depth(value, _MAX_REWRITE_DEPTH) > _MAX_REWRITE_DEPTH:
+        raise EngineMustAnswer("too_deep")
+    if isinstance(value, dict):
+        json.loads(raw, object_pairs_hook=_reject_duplicates)
+    return value
+
+
 def _int_param(params: dict[str, str], name: str) -> int | None:
     if name not in params:
         return None
@@ -142,15 +200,27 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
         raise bad_request(f"Failed to parse int parameter [{name}] with value [{params[name]}]") from None
 
 
+_INT_RANGE = range(-(2**31), 2**31)
+
+
 def _body_int(body: dict[str, Any], name: str) -> int | None:
+    """`from`/`size` as the engines read them: ints, also written `1e3`, `3.0`, `3.5` (truncated)
+    or as strings of those; anything else (out of int range, not a number) the engine answers."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-        raise bad_request(f"[{name}] must be an integer", "parsing_exception")
-    return value
+    if isinstance(value, str):
+        try:
+            value = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise EngineMustAnswer("from_size") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)):
+        raise EngineMustAnswer("from_size")
+    number = int(value)
+    if number not in _INT_RANGE:
+        raise EngineMustAnswer("from_size")
+    return number
 
 
 def _sorts_by_score(sort: Any) -> bool:
@@ -195,7 +265,7 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     """Decide the fate of one search (also one sub-search of an `_msearch`)."""
     body = {} if body is None else body
     if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object", "parsing_exception")
+        return Bypass("invalid_json")  # the engine's own answer to a body that is not an object
     options, changed = parse_options(body, headers)
 
     def bypass(reason: str) -> Bypass:
@@ -234,11 +304,14 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         sort = [s for s in sort if s not in ("_score", "_score:desc")] or None
     if not _sorts_by_score(sort):
         return bypass("sort")
-    size = _int_param(params, "size")
-    size = _body_int(body, "size") if size is None else size
+    try:
+        size = _int_param(params, "size")
+        size = _body_int(body, "size") if size is None else size
+        start = _int_param(params, "from")
+        start = _body_int(body, "from") if start is None else start
+    except EngineMustAnswer as exc:
+        return bypass(exc.reason)
     size = DEFAULT_SIZE if size is None else size
-    start = _int_param(params, "from")
-    start = _body_int(body, "from") if start is None else start
     start = 0 if start is None else start
     if size < 0:
         raise bad_request(f"[size] parameter cannot be negative, found [{size}]")
