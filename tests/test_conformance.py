@@ -209,3 +209,17 @@ def test_msearch_lines_answer_like_the_engine(engine, proxy, corpus_index, name)
     theirs = httpx.post(f"{engine.url}/_msearch", **kwargs)
     assert mine.status_code == theirs.status_code and mine.status_code < 500
     assert without_volatile(mine.json()) == without_volatile(theirs.json())
+
+
+def test_searches_not_reranked_say_so(engine, proxy, corpus_index):
+    none = httpx.post(f"{proxy.url}/{corpus_index}/_search", json={"query": {"match": {"body": "zebra"}}})
+    assert none.status_code == 200 and none.json()["hits"]["hits"] == []
+    assert (none.headers["x-rerank"], none.headers["x-rerank-reason"]) == ("lexical", "no_hits")
+    body = {"query": {"match": {"body": "jet engine noise"}}, "size": 20}
+    lexical = httpx.post(f"{proxy.url}/{corpus_index}/_search", json={**body, "rerank": {"score_mode": "lexical"}})
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", json=body)
+    assert (lexical.headers["x-rerank"], lexical.headers["x-rerank-reason"]) == ("lexical", "score_mode")
+    assert [h["_id"] for h in lexical.json()["hits"]["hits"]] == [h["_id"] for h in theirs.json()["hits"]["hits"]]
+    missing = httpx.post(f"{proxy.url}/{corpus_index}-missing/_search", json=body)
+    assert missing.status_code == 404
+    assert (missing.headers["x-rerank"], missing.headers["x-rerank-reason"]) == ("bypass", "engine_error")
