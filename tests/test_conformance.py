@@ -223,3 +223,40 @@ def test_searches_not_reranked_say_so(engine, proxy, corpus_index):
     missing = httpx.post(f"{proxy.url}/{corpus_index}-missing/_search", json=body)
     assert missing.status_code == 404
     assert (missing.headers["x-rerank"], missing.headers["x-rerank-reason"]) == ("bypass", "engine_error")
+
+
+FIELD_FORMS = {
+    "stored_fields": ({"stored_fields": ["title"]}, {}),
+    "stored_fields_empty": ({"stored_fields": []}, {}),
+    "stored_fields_url": ({}, {"stored_fields": "year"}),
+    "stored_fields_and_source": ({"stored_fields": ["title"], "_source": ["meta.*"]}, {}),
+    "stored_fields_and_url_source": ({"stored_fields": ["title"]}, {"_source": "title"}),
+    "docvalue_fields_only": ({"docvalue_fields": ["year", "meta.author"], "_source": False}, {}),
+    "fields_only": ({"fields": ["title", "meta.*"], "_source": False}, {}),
+    "fields_and_filter_path": ({"fields": ["title"], "_source": False}, {"filter_path": "hits.hits.fields"}),
+}
+
+
+@pytest.mark.parametrize("name", list(FIELD_FORMS))
+def test_field_only_searches_are_reranked_and_answer_like_the_engine(engine, proxy, corpus_index, name):
+    """The proxy fetches `_source` for the text and returns what the client asked for."""
+    extra, params = FIELD_FORMS[name]
+    body = {"query": {"match": {"body": "jet engine noise"}}, "size": 20, **extra}
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", params=params, json=body)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", params=params, json=body)
+    assert mine.status_code == theirs.status_code == 200
+    assert mine.headers["x-rerank"] in ("reranked", "cached"), mine.headers.get("x-rerank-reason")
+    assert shape(mine.json()) == shape(theirs.json())
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())
+    if "filter_path" not in params:
+        engine_ids = [h["_id"] for h in theirs.json()["hits"]["hits"]]
+        assert [h["_id"] for h in mine.json()["hits"]["hits"]] == expected_order("jet engine noise", engine_ids)
+
+
+def test_stored_fields_none_is_the_engines_answer(engine, proxy, corpus_index):
+    body = {"query": {"match": {"body": "jet engine noise"}}, "stored_fields": "_none_"}
+    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", json=body)
+    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", json=body)
+    assert (mine.headers["x-rerank"], mine.headers["x-rerank-reason"]) == ("bypass", "stored_fields_none")
+    assert mine.status_code == theirs.status_code == 200
+    assert without_volatile(mine.json()) == without_volatile(theirs.json())

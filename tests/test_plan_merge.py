@@ -97,6 +97,33 @@ def test_filter_path_is_planned_not_bypassed():
     assert plan(MATCH, {"filter_path": "-"}).reason == "filter_path"
 
 
+@pytest.mark.parametrize("body,params,source", [
+    ({**MATCH, "stored_fields": ["title"]}, {}, (False, ())),
+    ({**MATCH, "stored_fields": []}, {}, (False, ())),
+    (MATCH, {"stored_fields": "year"}, (False, ())),
+    ({**MATCH, "stored_fields": ["title"], "_source": ["meta.*"]}, {}, (True, ("meta.*",))),
+    ({**MATCH, "stored_fields": ["title"]}, {"_source": "title"}, (True, ("title",))),
+])
+def test_stored_fields_fetch_the_source_and_return_what_was_asked(body, params, source):
+    p = plan(body, params)
+    assert isinstance(p, Plan) and p.body["_source"] is True
+    assert (p.source.fetch, p.source.includes) == source
+    assert p.body.get("stored_fields") == body.get("stored_fields") and "_source" not in p.target
+
+
+@pytest.mark.parametrize("body,params", [({**MATCH, "stored_fields": "_none_"}, {}),
+                                         ({**MATCH, "stored_fields": ["a", "_none_"]}, {}),
+                                         (MATCH, {"stored_fields": "_none_"})])
+def test_stored_fields_none_is_the_engines(body, params):
+    assert plan(body, params).reason == "stored_fields_none"
+
+
+def test_fields_only_searches_are_reranked():
+    p = plan({**MATCH, "_source": False, "fields": ["title"], "docvalue_fields": ["year"]})
+    assert isinstance(p, Plan) and "_source" not in p.body and p.source.fetch is False
+    assert p.body["fields"] == ["title"] and p.body["docvalue_fields"] == ["year"]
+
+
 def test_score_sort_is_still_reranked():
     assert isinstance(plan({**MATCH, "sort": ["_score"]}), Plan)
     assert isinstance(plan({**MATCH, "sort": [{"_score": {"order": "desc"}}]}), Plan)

@@ -223,6 +223,19 @@ def _body_int(body: dict[str, Any], name: str) -> int | None:
     return number
 
 
+def _stored_fields(body_value: Any, param: str | None) -> str:
+    """Which stored_fields a search asks for: "" (none given), "none" (`_none_`) or "some"."""
+    if body_value is None and param is None:
+        return ""
+    names: list[Any] = []
+    for value in (body_value, param):
+        if isinstance(value, str):
+            names += value.split(",")
+        elif isinstance(value, list):
+            names += value
+    return "none" if "_none_" in names else "some"
+
+
 def _sorts_by_score(sort: Any) -> bool:
     """True when a `sort` value orders by relevance only (then reranking is still meaningful)."""
     if sort is None:
@@ -287,8 +300,11 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         client_filter = filter_paths.parse(params.get("filter_path"))
     except ValueError:
         return bypass("filter_path")  # an entry the engines disagree on: the engine answers it
-    if body.get("stored_fields") is not None or "stored_fields" in params:
-        return bypass("stored_fields")
+    stored = _stored_fields(body.get("stored_fields"), params.get("stored_fields"))
+    if stored == "none":
+        # `_none_` drops every stored field, `_source` included, and the engines refuse `_source`
+        # next to it: the text cannot be had, so the engine answers.
+        return bypass("stored_fields_none")
     retriever = body.get("retriever")
     kinds = list(retriever_kinds(retriever))
     if "text_similarity_reranker" in kinds:
@@ -338,11 +354,17 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     client_source = source_filter.from_params(params.get("_source"), params.get("_source_includes"),
                                               params.get("_source_excludes"))
     if client_source is None:
-        client_source = source_filter.from_body(body.get("_source"))
+        if stored == "some" and body.get("_source") is None:
+            # With stored_fields the engines return `_source` only when it is asked for.
+            client_source = source_filter.SourceFilter(fetch=False)
+        else:
+            client_source = source_filter.from_body(body.get("_source"))
     candidate = dict(body)
     candidate["from"] = 0
     candidate["size"] = max(window, start + size)
     candidate.pop("_source", None)
+    if stored == "some":
+        candidate["_source"] = True  # stored_fields alone would leave the hits without their text
     if sort is not None and "sort" in candidate:
         candidate.pop("sort")
     # filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
