@@ -259,7 +259,8 @@ class ProxyApp:
         await _send_finished(send, result)
         extra = {"engine_ms": result.engine_ms, "rerank_ms": result.rerank_ms, "cache": result.cache,
                  "reason": result.reason}
-        outcome = result.outcome if result.outcome in ("reranked", "cached", "fallback", "error") else "reranked"
+        outcome = result.outcome if result.outcome in ("reranked", "cached", "fallback", "error", "bypass", "lexical") \
+            else "reranked"
         if "fallback" in result.outcome:
             outcome = "fallback"
         return result.status, outcome, extra

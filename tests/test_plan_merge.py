@@ -14,7 +14,7 @@ from rerank_proxy.errors import ProxyError
 from rerank_proxy.scoring.final import combine
 from rerank_proxy.search.hit_text import hit_text, lookup
 from rerank_proxy.search.merge import merge, rerank_order
-from rerank_proxy.search.plan import Bypass, Plan, match_search_path, plan_search
+from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, match_search_path, parse_client_body, plan_search
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
 MATCH = {"query": {"match": {"t": "jet engine"}}}
@@ -56,7 +56,7 @@ def test_straddling_page_fetches_past_the_window():
     ({**MATCH, "sort": [{"year": "desc"}]}, {}, "sort"),
     (MATCH, {"scroll": "1m"}, "scroll"),
     ({**MATCH, "search_after": [1]}, {}, "search_after"),
-    ({**MATCH, "pit": {"id": "x"}}, {}, "search_after"),
+    ({**MATCH, "pit": {"id": "x"}}, {}, "pit"),
     ({**MATCH, "size": 0}, {}, "size_0"),
     ({"query": {"match_all": {}}}, {}, "no_query_text"),
     ({**MATCH, "from": 20}, {}, "past_window"),
@@ -66,6 +66,62 @@ def test_straddling_page_fetches_past_the_window():
 def test_bypass_reasons(body, params, reason):
     decision = plan(body, params)
     assert isinstance(decision, Bypass) and decision.reason == reason
+
+
+STD = {"standard": {"query": {"match": {"t": "jet engine"}}}}
+
+
+def test_retrievers_are_reranked_and_kept():
+    p = plan({"retriever": STD, "size": 5})
+    assert isinstance(p, Plan) and p.query_text == "jet engine"
+    assert p.body["retriever"] == STD and p.body["size"] == 20 and p.body["from"] == 0
+    rrf = {"rrf": {"retrievers": [STD, STD], "rank_window_size": 8}}
+    p = plan({"retriever": rrf, "size": 5})
+    assert isinstance(p, Plan) and p.window == 8 and p.body["size"] == 8 and p.body["retriever"] == rrf
+    assert plan({"retriever": rrf, "from": 8}).reason == "past_window"
+
+
+@pytest.mark.parametrize("retriever,reason", [
+    ({"text_similarity_reranker": {"retriever": STD, "field": "t", "inference_text": "x"}}, "engine_reranker"),
+    ({"rrf": {"retrievers": [STD, {"text_similarity_reranker": {"retriever": STD}}]}}, "engine_reranker"),
+    ({"standard": {**STD["standard"], "sort": [{"year": "desc"}]}}, "sort"),
+    ({"knn": {"field": "v", "query_vector": [1.0], "k": 1, "num_candidates": 1}}, "no_query_text"),
+])
+def test_retriever_bypasses(retriever, reason):
+    assert plan({"retriever": retriever}).reason == reason
+
+
+def test_filter_path_is_planned_not_bypassed():
+    p = plan(MATCH, {"filter_path": "hits.hits._id"})
+    assert isinstance(p, Plan) and p.filter_path is not None and "filter_path" not in p.target
+    assert plan(MATCH, {"filter_path": "-"}).reason == "filter_path"
+
+
+@pytest.mark.parametrize("body,params,source", [
+    ({**MATCH, "stored_fields": ["title"]}, {}, (False, ())),
+    ({**MATCH, "stored_fields": []}, {}, (False, ())),
+    (MATCH, {"stored_fields": "year"}, (False, ())),
+    ({**MATCH, "stored_fields": ["title"], "_source": ["meta.*"]}, {}, (True, ("meta.*",))),
+    ({**MATCH, "stored_fields": ["title"]}, {"_source": "title"}, (True, ("title",))),
+])
+def test_stored_fields_fetch_the_source_and_return_what_was_asked(body, params, source):
+    p = plan(body, params)
+    assert isinstance(p, Plan) and p.body["_source"] is True
+    assert (p.source.fetch, p.source.includes) == source
+    assert p.body.get("stored_fields") == body.get("stored_fields") and "_source" not in p.target
+
+
+@pytest.mark.parametrize("body,params", [({**MATCH, "stored_fields": "_none_"}, {}),
+                                         ({**MATCH, "stored_fields": ["a", "_none_"]}, {}),
+                                         (MATCH, {"stored_fields": "_none_"})])
+def test_stored_fields_none_is_the_engines(body, params):
+    assert plan(body, params).reason == "stored_fields_none"
+
+
+def test_fields_only_searches_are_reranked():
+    p = plan({**MATCH, "_source": False, "fields": ["title"], "docvalue_fields": ["year"]})
+    assert isinstance(p, Plan) and "_source" not in p.body and p.source.fetch is False
+    assert p.body["fields"] == ["title"] and p.body["docvalue_fields"] == ["year"]
 
 
 def test_score_sort_is_still_reranked():
@@ -262,3 +318,33 @@ rules = st.one_of(
 @given(source=source_values, rule=rules)
 def test_hit_text_matches_the_reference_builder(source, rule):
     assert hit_text(source, rule) == _oracle_hit_text(source, rule)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b'{"size":1,"size":2}', "duplicate_key"),
+    (b'{"query" : {"match" : {"t" : "a", "t" : "b"}}}', "duplicate_key"),
+    (b'{"q":"\\ud800"}', "invalid_json"),
+    (b'{"x":' + b"[" * 300 + b"]" * 300 + b"}", "too_deep"),
+    (b"[" * 5000 + b"]" * 5000, "invalid_json"),
+    (b'{"query":', "invalid_json"),
+])
+def test_bodies_the_engine_must_answer(raw, reason):
+    with pytest.raises(EngineMustAnswer) as caught:
+        parse_client_body(raw)
+    assert caught.value.reason == reason
+
+
+def test_bodies_the_proxy_rewrites():
+    assert parse_client_body(b'{"a":{"a":1},"b":[{"a":2},{"a":3}]}') == {"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}
+    assert parse_client_body(b"  ") is None
+
+
+@pytest.mark.parametrize("size,expected", [(1e3, 1000), (3.0, 3), (3.5, 3), ("3.0", 3), ("7", 7)])
+def test_from_size_as_the_engines_read_them(size, expected):
+    p = plan({**MATCH, "size": size, "from": 1e0})
+    assert isinstance(p, Plan) and (p.page_from, p.page_size) == (1, expected)
+
+
+@pytest.mark.parametrize("size", [1e30, "many", True, [1], float("inf")])
+def test_from_size_the_engine_must_refuse(size):
+    assert plan({**MATCH, "size": size}).reason == "from_size"

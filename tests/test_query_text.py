@@ -87,3 +87,32 @@ def test_deep_nesting_is_bounded():
     for _ in range(5000):
         query = {"bool": {"must": [query]}}
     assert q(query) == ""  # past the depth limit nothing is read, and nothing overflows
+
+
+STD = {"standard": {"query": {"match": {"title": "jet engine"}}}}
+
+
+def test_standard_retriever_text():
+    assert extract_query_text({"retriever": STD}) == "jet engine"
+    filtered = {"standard": {"query": {"bool": {"must": {"match": {"b": "noise"}}, "filter": {"term": {"y": 1}}}}}}
+    assert extract_query_text({"retriever": filtered}) == "noise"
+
+
+def test_compound_retrievers_take_text_from_their_standard_children():
+    knn = {"knn": {"field": "v", "query_vector": [1, 2], "k": 5, "num_candidates": 10}}
+    other = {"standard": {"query": {"multi_match": {"query": "wing flutter", "fields": ["a"]}}}}
+    assert extract_query_text({"retriever": {"rrf": {"retrievers": [STD, knn, other]}}}) == "jet engine wing flutter"
+    linear = {"linear": {"retrievers": [{"retriever": STD, "weight": 2}, {"retriever": knn, "weight": 1}]}}
+    assert extract_query_text({"retriever": linear}) == "jet engine"
+    assert extract_query_text({"retriever": {"rrf": {"retrievers": [STD, STD]}}}) == "jet engine"
+    wrapped = {"rule": {"retriever": STD, "ruleset_ids": ["r"], "match_criteria": {}}}
+    assert extract_query_text({"retriever": wrapped}) == "jet engine"
+    assert extract_query_text({"retriever": knn}) == ""
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=4),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                        st.sampled_from(["standard", "rrf", "retriever", "retrievers", "query", "match"]), c,
+                        max_size=3), max_leaves=20))
+def test_any_retriever_shape_is_safe(retriever):
+    assert isinstance(extract_query_text({"retriever": retriever}), str)

@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-OUTCOMES = ("reranked", "cached", "fallback", "bypass", "passthrough", "error")
+OUTCOMES = ("reranked", "cached", "lexical", "fallback", "bypass", "passthrough", "error")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

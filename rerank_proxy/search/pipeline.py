@@ -23,9 +23,10 @@ from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
+from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import merge
-from rerank_proxy.search.plan import Bypass, Plan, build_target, plan_search
+from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
 from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
@@ -102,7 +103,10 @@ class SearchPipeline:
                      headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                      body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
-        parsed = parse_json(decoded)
+        try:
+            parsed = parse_client_body(decoded)
+        except EngineMustAnswer as exc:
+            return Forward(exc.reason)  # the client's own bytes, as sent
         decision = plan_search(targets, params, parsed, headers, self.settings)
         if isinstance(decision, Bypass):
             return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
@@ -114,12 +118,16 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+            # The engine refused the candidate request: the client gets the engine's answer to its
+            # own request (the same error, same line/col; or a success when only the rewrite was
+            # refused, e.g. a window above index.max_result_window), flagged as a bypass.
+            return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
         data = parse_json(payload, "engine response")
         scored = await self._rerank(decision, data)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
         merged = merge(data, decision, scored.scores, scored.last)
+        merged = filter_paths.apply(merged, decision.filter_path, opensearch=_is_opensearch(response.raw_headers))
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
@@ -137,7 +145,7 @@ class SearchPipeline:
             return _Scored(None, "fallback", "no_hits_in_response")
         window = hits[: plan.window]
         if not window:
-            return _Scored(None, "reranked", "no_hits")
+            return _Scored(None, "lexical", "no_hits")  # nothing to rerank: the engine's answer
         texts = hit_texts(window, plan.rule, self._rule_for)
         mode = resolve_mode(plan.options.score_mode, self.settings.rerank_score_mode, self.settings.rerank_provider)
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
@@ -152,7 +160,7 @@ class SearchPipeline:
                 return _Scored(None, "failed", reason, elapsed)
             return _Scored(None, "fallback", reason, elapsed)
         if scored.mode == "lexical":
-            return _Scored(scored.final, "reranked", "lexical")
+            return _Scored(scored.final, "lexical", "score_mode")  # asked for: no reranker involved
         elapsed = (time.perf_counter() - started) * 1000
         status = scored.outcome.status if scored.outcome is not None else "hit"
         outcome = "cached" if status == "hit" else "reranked"
@@ -164,9 +172,19 @@ class SearchPipeline:
                       headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
-        pairs = parse_ndjson(decoded)
+        try:
+            pairs = parse_ndjson(decoded)
+        except EngineMustAnswer as exc:
+            return Forward(exc.reason)
+        try:
+            # filter_path applies to the whole _msearch answer (`responses.hits.hits._id`): the
+            # proxy applies it after merging, so the sub-searches fetch whole candidates.
+            client_filter = filter_paths.parse(params.get("filter_path"))
+        except ValueError:
+            return Forward("filter_path")
         plans: list[Plan | None] = []
         lines: list[bytes] = []
+        client_lines: list[bytes] = []
         any_plan = False
         for header, search_body in pairs:
             index = header.get("index")
@@ -174,8 +192,10 @@ class SearchPipeline:
                 index = ",".join(str(i) for i in index)
             sub_targets = index if isinstance(index, str) and index else targets
             sub_params = {k: v for k, v in params.items() if k not in ("max_concurrent_searches",
-                                                                        "max_concurrent_shard_requests")}
+                                                                        "max_concurrent_shard_requests",
+                                                                        "filter_path")}
             decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
+            client_lines += [orjson.dumps(header), orjson.dumps(search_body)]  # `rerank` removed
             if isinstance(decision, Plan):
                 any_plan = True
                 plans.append(decision)
@@ -189,7 +209,7 @@ class SearchPipeline:
             return Forward("bypass", b"\n".join(lines) + b"\n")
         upstream_headers = _rewrite_headers(raw_headers)
         keep = [(k, v) for k, v in params.items()
-                if k not in ("from", "size", "_source", "_source_includes", "_source_excludes")]
+                if k not in ("from", "size", "_source", "_source_includes", "_source_excludes", "filter_path")]
         target = build_target(targets, "msearch", keep)
         started = time.perf_counter()
         upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
@@ -199,11 +219,13 @@ class SearchPipeline:
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(response.raw_headers)
         if response.status_code != 200:
-            return Finished(response.status_code, out_headers, payload, "error", "engine_error", engine_ms)
+            # As for _search: the engine answers the client's own _msearch.
+            return Forward("engine_error", b"\n".join(client_lines) + b"\n")
         data = parse_json(payload, "engine response")
         responses = data.get("responses") if isinstance(data, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
-            raise ProxyError(502, "proxy_upstream_response_exception", "the engine's _msearch reply has the wrong shape")
+            raise ProxyError(502, "proxy_upstream_response_exception",
+                             "the engine's _msearch reply has the wrong shape")
         started = time.perf_counter()
         scored = await asyncio.gather(*(self._rerank_sub(p, r) for p, r in zip(plans, responses)))
         rerank_ms = (time.perf_counter() - started) * 1000
@@ -211,26 +233,28 @@ class SearchPipeline:
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
             return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
+        data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(response.raw_headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
 
     async def _rerank_sub(self, plan: Plan | None, response: Any) -> str:
         if plan is None or not isinstance(response, dict) or "error" in response:
-            return "bypass" if plan is None else "error"
+            return "bypass"  # not planned, or the engine refused this sub-search
         scored = await self._rerank(plan, response)
         merge(response, plan, scored.scores, scored.last)
         return scored.outcome
 
 
 def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(header, body) pairs of an `_msearch` body; a broken line is a 400 naming it."""
+    """(header, body) pairs of an `_msearch` body. An odd number of lines is the proxy's 400; a
+    line the proxy cannot rewrite faithfully raises EngineMustAnswer (see `parse_client_body`)."""
     lines = [line for line in raw.split(b"\n") if line.strip()]
     if len(lines) % 2:
         raise bad_request("The msearch request must be terminated by a newline [\\n] and have "
                           "an even number of lines (header, body)", "parsing_exception")
     pairs = []
     for n in range(0, len(lines), 2):
-        header = parse_json(lines[n], f"msearch line {n + 1}")
-        body = parse_json(lines[n + 1], f"msearch line {n + 2}")
+        header = parse_client_body(lines[n])
+        body = parse_client_body(lines[n + 1])
         if not isinstance(header, dict) or not isinstance(body, dict):
             raise bad_request(f"msearch lines {n + 1}-{n + 2} must be JSON objects", "parsing_exception")
         pairs.append((header, body))
@@ -244,6 +268,12 @@ def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     if not any(k.lower() == b"content-type" for k, _ in headers):
         headers.append((b"content-type", b"application/json"))
     return headers
+
+
+def _is_opensearch(raw: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Elasticsearch names itself in every answer (`X-Elastic-Product`); OpenSearch does not.
+    The two differ in one filter_path detail (see filter_path.py)."""
+    return not any(k.lower() == b"x-elastic-product" for k, _ in raw)
 
 
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -13,14 +13,19 @@ So paging through all results never shows a hit twice and never skips one.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
+import orjson
+
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
+from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search import source_filter
-from rerank_proxy.search.query_text import extract_query_text
+from rerank_proxy.search.query_text import extract_query_text, retriever_kinds
 
 OPTIONS_KEY = "rerank"
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -57,6 +62,8 @@ class Plan:
     source: source_filter.SourceFilter
     options: RerankOptions
     pretty: bool = False
+    filter_path: filter_paths.FilterPath | None = None  # applied by the proxy to the final response
+    body_changed: bool = False  # the client's body had the `rerank` extension (now removed)
 
 
 @dataclass(slots=True)
@@ -130,6 +137,60 @@ def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple
     return opts, changed
 
 
+class EngineMustAnswer(Exception):  # noqa: N818 - a decision, not an error
+    """A search body the proxy must not rewrite: the engine answers the client's own bytes, so
+    what the client gets (its error type and reason, or a success) is exactly the engine's."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_MAX_REWRITE_DEPTH = 200  # orjson writes at most 254 levels; the proxy's own wrapping needs a few
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise EngineMustAnswer("duplicate_key")
+    return out
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed body, counting no further than `limit` + 1."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_client_body(raw: bytes) -> Any:
+    """A client's search body, or EngineMustAnswer when the proxy cannot rewrite it faithfully.
+
+    The engines answer such bodies themselves, and differently from each other: duplicate keys
+    are a 400 (`x_content_parse_exception` on Elasticsearch, `json_parse_exception` on
+    OpenSearch), a lone surrogate (`"\\ud800"`) is accepted, 300 levels of `bool` are a 400 on
+    Elasticsearch and a 200 on OpenSearch. orjson refuses lone surrogates and keeps the last of
+    duplicate keys, and cannot write more than 254 levels, so re-serialising any of these would
+    answer something the engine would not."""
+    if not raw.strip():
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise EngineMustAnswer("invalid_json") from None
+    if _depth(value, _MAX_REWRITE_DEPTH) > _MAX_REWRITE_DEPTH:
+        raise EngineMustAnswer("too_deep")
+    if isinstance(value, dict):
+        json.loads(raw, object_pairs_hook=_reject_duplicates)
+    return value
+
+
 def _int_param(params: dict[str, str], name: str) -> int | None:
     if name not in params:
         return None
@@ -139,15 +200,40 @@ def _int_param(params: dict[str, str], name: str) -> int | None:
         raise bad_request(f"Failed to parse int parameter [{name}] with value [{params[name]}]") from None
 
 
+_INT_RANGE = range(-(2**31), 2**31)
+
+
 def _body_int(body: dict[str, Any], name: str) -> int | None:
+    """`from`/`size` as the engines read them: ints, also written `1e3`, `3.0`, `3.5` (truncated)
+    or as strings of those; anything else (out of int range, not a number) the engine answers."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.lstrip("-").isdigit():
-            return int(value)
-        raise bad_request(f"[{name}] must be an integer", "parsing_exception")
-    return value
+    if isinstance(value, str):
+        try:
+            value = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise EngineMustAnswer("from_size") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not math.isfinite(value)):
+        raise EngineMustAnswer("from_size")
+    number = int(value)
+    if number not in _INT_RANGE:
+        raise EngineMustAnswer("from_size")
+    return number
+
+
+def _stored_fields(body_value: Any, param: str | None) -> str:
+    """Which stored_fields a search asks for: "" (none given), "none" (`_none_`) or "some"."""
+    if body_value is None and param is None:
+        return ""
+    names: list[Any] = []
+    for value in (body_value, param):
+        if isinstance(value, str):
+            names += value.split(",")
+        elif isinstance(value, list):
+            names += value
+    return "none" if "_none_" in names else "some"
 
 
 def _sorts_by_score(sort: Any) -> bool:
@@ -192,7 +278,7 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     """Decide the fate of one search (also one sub-search of an `_msearch`)."""
     body = {} if body is None else body
     if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object", "parsing_exception")
+        return Bypass("invalid_json")  # the engine's own answer to a body that is not an object
     options, changed = parse_options(body, headers)
 
     def bypass(reason: str) -> Bypass:
@@ -206,23 +292,42 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         return bypass("format")
     if "scroll" in params or "scroll" in body:
         return bypass("scroll")
-    if body.get("search_after") is not None or body.get("pit") is not None or "pit" in params:
+    if body.get("pit") is not None or "pit" in params:
+        return bypass("pit")
+    if body.get("search_after") is not None:
         return bypass("search_after")
-    if "filter_path" in params:
-        return bypass("filter_path")
-    if body.get("stored_fields") is not None or "stored_fields" in params:
-        return bypass("stored_fields")
+    try:
+        client_filter = filter_paths.parse(params.get("filter_path"))
+    except ValueError:
+        return bypass("filter_path")  # an entry the engines disagree on: the engine answers it
+    stored = _stored_fields(body.get("stored_fields"), params.get("stored_fields"))
+    if stored == "none":
+        # `_none_` drops every stored field, `_source` included, and the engines refuse `_source`
+        # next to it: the text cannot be had, so the engine answers.
+        return bypass("stored_fields_none")
+    retriever = body.get("retriever")
+    kinds = list(retriever_kinds(retriever))
+    if "text_similarity_reranker" in kinds:
+        return bypass("engine_reranker")  # the engine reranks it already: twice is waste
+    standard = retriever.get("standard") if isinstance(retriever, dict) else None
+    if isinstance(standard, dict) and not _sorts_by_score(standard.get("sort")):
+        return bypass("sort")
+    if isinstance(standard, dict) and standard.get("search_after") is not None:
+        return bypass("search_after")
     sort = params.get("sort") if "sort" in params else body.get("sort")
     if isinstance(sort, str) and "sort" in params:
         sort = [s for s in sort.split(",") if s]
         sort = [s for s in sort if s not in ("_score", "_score:desc")] or None
     if not _sorts_by_score(sort):
         return bypass("sort")
-    size = _int_param(params, "size")
-    size = _body_int(body, "size") if size is None else size
+    try:
+        size = _int_param(params, "size")
+        size = _body_int(body, "size") if size is None else size
+        start = _int_param(params, "from")
+        start = _body_int(body, "from") if start is None else start
+    except EngineMustAnswer as exc:
+        return bypass(exc.reason)
     size = DEFAULT_SIZE if size is None else size
-    start = _int_param(params, "from")
-    start = _body_int(body, "from") if start is None else start
     start = 0 if start is None else start
     if size < 0:
         raise bad_request(f"[size] parameter cannot be negative, found [{size}]")
@@ -238,25 +343,38 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     if not query_text:
         return bypass("no_query_text")
     window = options.window or rule.window
+    compound = retriever.get(kinds[0]) if isinstance(retriever, dict) and kinds[0:1] in (["rrf"], ["linear"]) else None
+    rank_window = compound.get("rank_window_size") if isinstance(compound, dict) else None
+    if isinstance(rank_window, int) and not isinstance(rank_window, bool) and rank_window > 0:
+        # A compound retriever never ranks more than its rank_window_size: neither can the proxy.
+        window = min(window, rank_window)
     if start >= window:
         return bypass("past_window")
 
     client_source = source_filter.from_params(params.get("_source"), params.get("_source_includes"),
                                               params.get("_source_excludes"))
     if client_source is None:
-        client_source = source_filter.from_body(body.get("_source"))
+        if stored == "some" and body.get("_source") is None:
+            # With stored_fields the engines return `_source` only when it is asked for.
+            client_source = source_filter.SourceFilter(fetch=False)
+        else:
+            client_source = source_filter.from_body(body.get("_source"))
     candidate = dict(body)
     candidate["from"] = 0
     candidate["size"] = max(window, start + size)
     candidate.pop("_source", None)
+    if stored == "some":
+        candidate["_source"] = True  # stored_fields alone would leave the hits without their text
     if sort is not None and "sort" in candidate:
         candidate.pop("sort")
-    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort"}
+    # filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
+    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort", "filter_path"}
     query = [(k, v) for k, v in params.items() if k not in dropped]
     target = build_target(targets, "search", query)
     return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
                 page_size=size, rule=rule, source=client_source, options=options,
-                pretty="pretty" in params and params["pretty"] != "false")
+                pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter,
+                body_changed=changed)
 
 
 def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:

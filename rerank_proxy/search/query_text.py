@@ -8,7 +8,9 @@ extraction is perfect, which is why a request can also name its query text expli
 Supported: match, match_phrase, match_phrase_prefix, match_bool_prefix, multi_match,
 combined_fields, query_string, simple_query_string, intervals (match rule), the URL `q=` parameter,
 nested inside bool (must/should), dis_max, function_score, script_score, constant_score, boosting
-(positive), nested, has_child, has_parent.
+(positive), nested, has_child, has_parent; and the `retriever` of Elasticsearch 8.14+: the query of
+a `standard` retriever, and of the standard retrievers inside compound ones (`rrf`, `linear`, and
+any retriever wrapping another: `rule`, `pinned`, `rescorer`), since those are what the user typed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,41 @@ def _each(clauses: Any, depth: int) -> Iterator[str]:
             yield from _texts(clause, depth + 1)
 
 
+def _child_retrievers(spec: dict[str, Any]) -> list[Any]:
+    """The retrievers a retriever wraps: `retriever` (rule, pinned, rescorer...) and `retrievers`
+    (rrf lists retrievers; linear lists `{"retriever": ..., "weight": ...}` entries)."""
+    found = [spec["retriever"]] if isinstance(spec.get("retriever"), dict) else []
+    children = spec.get("retrievers")
+    for child in children if isinstance(children, list) else []:
+        if isinstance(child, dict) and isinstance(child.get("retriever"), dict):
+            child = child["retriever"]  # no retriever kind is called "retriever"
+        found.append(child)
+    return found
+
+
+def retriever_kinds(retriever: Any, depth: int = 0) -> Iterator[str]:
+    """Every retriever kind in a retriever tree (`standard`, `rrf`, ...), outermost first."""
+    if depth > _MAX_DEPTH or not isinstance(retriever, dict):
+        return
+    for kind, spec in retriever.items():
+        yield kind
+        if isinstance(spec, dict):
+            for child in _child_retrievers(spec):
+                yield from retriever_kinds(child, depth + 1)
+
+
+def _retriever_texts(retriever: Any, depth: int = 0) -> Iterator[str]:
+    if depth > _MAX_DEPTH or not isinstance(retriever, dict):
+        return
+    for kind, spec in retriever.items():
+        if not isinstance(spec, dict):
+            continue
+        if kind == "standard":
+            yield from _texts(spec.get("query"))
+        for child in _child_retrievers(spec):
+            yield from _retriever_texts(child, depth + 1)
+
+
 def extract_query_text(body: dict[str, Any] | None, q_param: str | None = None) -> str:
     """The query text of a search ("" when there is none, which means: do not rerank)."""
     found: list[str] = []
@@ -91,6 +128,7 @@ def extract_query_text(body: dict[str, Any] | None, q_param: str | None = None) 
         found.append(clean_query_string(q_param))
     if isinstance(body, dict):
         found.extend(_texts(body.get("query")))
+        found.extend(_retriever_texts(body.get("retriever")))
     distinct: list[str] = []
     for text in (t.strip() for t in found):
         if text and text not in distinct:
