@@ -384,6 +384,21 @@ def test_dsl_clause_replaces_the_default_query(console, engine, console_index):
     assert [h["id"] for h in result["lexical"]] == [h["_id"] for h in direct][:10]
 
 
+def test_deeply_nested_dsl_is_the_engines_answer_not_a_500(console, engine, console_index):
+    """300 levels (past what orjson writes): the engine decides, as for a search through the proxy."""
+    deep: dict[str, Any] = {"match_all": {}}
+    for _ in range(149):
+        deep = {"bool": {"filter": deep}}
+    dsl = {"bool": {"must": {"match": {"title": "noise"}}, "filter": deep}}
+    mine = console.post(f"{API}/compare", json={"index": console_index, "window": WINDOW, "dsl": dsl})
+    theirs = httpx.post(f"{engine.url}/{console_index}/_search",
+                        content=json.dumps({"size": WINDOW, "query": dsl}),
+                        headers={"content-type": "application/json"})
+    assert mine.status_code == theirs.status_code < 500, mine.text[:300]
+    if theirs.status_code != 200:
+        assert theirs.json()["error"]["type"] in mine.json()["error"]["reason"]
+
+
 @pytest.mark.parametrize("body, reason", [
     ({"index": "_all", "query": "x"}, "[index]"),
     ({"index": ".security", "query": "x"}, "[index]"),

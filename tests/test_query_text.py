@@ -49,6 +49,9 @@ def test_compound_queries():
     assert q({"boosting": {"positive": {"match": {"a": "good"}}, "negative": {"match": {"a": "bad"}},
                            "negative_boost": 0.5}}) == "good"
     assert q({"nested": {"path": "p", "query": {"match": {"p.t": "deep"}}}}) == "deep"
+    painless = {"script_score": {"query": {"match": {"a": "scripted words"}},
+                                 "script": {"source": "_score * doc['boost'].value", "lang": "painless"}}}
+    assert q(painless) == "scripted words"
 
 
 def test_duplicates_are_joined_once():

@@ -8,6 +8,7 @@ scores, both ranks, timings) that the pipeline throws away.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import orjson
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.console.params import MAX_WINDOW, CompareOptions
 from rerank_proxy.console.scorers import Scorer, Scorers
-from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.final import ScoreMode, final_scores, lexical_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.search.hit_text import RuleFor, hit_texts, needed_source_fields
@@ -99,6 +100,19 @@ def _label(source: Any, text: str) -> str:
     return first[:120]
 
 
+def engine_json(body: Any) -> bytes:
+    """`body` as JSON for the engine. orjson writes at most 254 levels; an app's DSL nested deeper
+    is written by the standard library instead, so the engine answers it (its own 400) and the
+    console never fails with a 500; past Python's recursion limit it is the proxy's 400."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(body, ensure_ascii=False).encode()
+        except RecursionError:
+            raise parse_error("[dsl] is nested too deeply") from None
+
+
 def _engine_reason(payload: bytes) -> str:
     try:
         error = orjson.loads(payload).get("error")
@@ -119,7 +133,7 @@ async def fetch_candidates(runtime: Any, opts: CompareOptions, rule: IndexRule,
         body["_source"] = {"includes": [*needed, *LABEL_FIELDS]}
     started = time.perf_counter()
     response, payload = await runtime.upstream.request("POST", f"/{quote(opts.index, safe='*')}/_search",
-                                                       _JSON, orjson.dumps(body))
+                                                       _JSON, engine_json(body))
     engine_ms = (time.perf_counter() - started) * 1000
     if response.status_code != 200:
         raise ProxyError(response.status_code if response.status_code >= 400 else 502,
