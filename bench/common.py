@@ -158,7 +158,8 @@ class Service:
 
     def worker_pids(self) -> list[int]:
         """The processes that serve requests: the children if any, else the process itself."""
-        children = [p for p in self.child_pids() if _cmdline(p) and "multiprocessing.resource_tracker" not in _cmdline(p)]
+        children = [p for p in self.child_pids()
+                    if _cmdline(p) and "multiprocessing.resource_tracker" not in _cmdline(p)]
         return children or [self.pid]
 
     def stop(self, timeout_s: float = 20.0) -> None:

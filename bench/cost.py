@@ -142,7 +142,8 @@ def replay(searches: list[Search], proxies: list[Service], provider: Service, co
         last_1000 = {"provider_calls": cumulative["calls"][-1] - cumulative["calls"][k - 1],
                      "documents_sent": cumulative["documents"][-1] - cumulative["documents"][k - 1],
                      "search_units": sum(units[k:])}
-    return {"elapsed_s": round(time.time() - started, 1), "provider": {k: v for k, v in stats.items() if k != "records"},
+    return {"elapsed_s": round(time.time() - started, 1),
+            "provider": {k: v for k, v in stats.items() if k != "records"},
             "per_1000": per_1000, "last_1000": last_1000, "http_status": statuses, "x_rerank": outcomes,
             "x_rerank_cache": caches, "cumulative": cumulative,
             "proxy_cache_stats": [proxy_cache_stats(p) for p in proxies],

@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "max_after_cache_full": max(s["VmRSS"] for s in after) / 1024 if after else None,
                     "min_after_cache_full": min(s["VmRSS"] for s in after) / 1024 if after else None},
         "rss_slope_second_half_mib_per_min": slope,
-        "load": {k: {"requests": len(v["latencies_ms"]), "status": v["status"], "latency_ms": summary(v["latencies_ms"])}
+        "load": {k: {"requests": len(v["latencies_ms"]), "status": v["status"],
+                     "latency_ms": summary(v["latencies_ms"])}
                  for k, v in load["stats"].items()},
         "load_elapsed_s": load["elapsed_s"],
     })

@@ -58,7 +58,7 @@ def measure(urls: dict[str, str], cpu_of: dict[str, list[Service]], duration: fl
             ops: list[str], bulk_duration: float) -> dict[str, Any]:
     requests = operations()
     cells: dict[str, dict[str, Any]] = {}
-    for target, url in urls.items():   # warm every path (connection pools, JIT of the engine)
+    for _target, url in urls.items():   # warm every path (connection pools, JIT of the engine)
         for op in ops:
             run_wrk(url, requests[op], connections=4, duration_s=2)
     for r in range(rounds):
@@ -77,11 +77,12 @@ def measure(urls: dict[str, str], cpu_of: dict[str, list[Service]], duration: fl
                     cells.setdefault(key, {"runs": []})["runs"].append({
                         "p50_ms": lat["50"] / 1000, "p99_ms": lat["99"] / 1000, "rps": rps,
                         "requests": report["requests"], "errors": report["errors"],
-                        "cpu_ms_per_request": used * 1000 / report["requests"] if report["requests"] and cpu_of.get(target) else None,
+                        "cpu_ms_per_request": (used * 1000 / report["requests"]
+                                               if report["requests"] and cpu_of.get(target) else None),
                         "percentiles_ms": {p: lat[p] / 1000 for p in PCTS}, "loadavg": loadavg()})
                     log(f"round {r + 1}/{rounds} {key}: p50 {lat['50'] / 1000:.2f} ms, p99 {lat['99'] / 1000:.2f} ms, "
                         f"{rps:.0f} req/s{f', {errors} errors' if errors else ''}")
-    for key, cell in cells.items():
+    for _key, cell in cells.items():
         # a run in which no request completed (an engine stall longer than the run) has no latency
         # figures; it is kept in "runs" and counted, and left out of the medians
         cell["stalled_runs"] = sum(1 for x in cell["runs"] if not x["requests"])
@@ -109,7 +110,8 @@ def derive(cells: dict[str, Any], ops: list[str], targets: list[str]) -> dict[st
                        "added_p50_ms": cell["p50_ms"] - base["p50_ms"], "added_p99_ms": cell["p99_ms"] - base["p99_ms"],
                        "rps_vs_engine": cell["rps"] / base["rps"],
                        "rps_vs_nginx": cell["rps"] / nginx["rps"] if nginx else None,
-                       "cpu_ms_per_request": cell["cpu_ms_per_request"], "errors": cell["errors"], "stalled_runs": cell["stalled_runs"]}
+                       "cpu_ms_per_request": cell["cpu_ms_per_request"], "errors": cell["errors"],
+                       "stalled_runs": cell["stalled_runs"]}
                 table[f"{op}/c{conc}/{target}"] = row
                 if not target.startswith("proxy") or nginx is None:
                     continue

@@ -100,7 +100,8 @@ def summarise(path: Path, duration: float, rate: int, cpu_s: float, top: int = 2
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [_frame_name(f) for f in stack.split(";")
+                  if f and not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
         total += n
@@ -111,7 +112,8 @@ def summarise(path: Path, duration: float, rate: int, cpu_s: float, top: int = 2
         return [[name, n, round(100 * n / total, 1)] for name, n in counter.most_common(top)] if total else []
     return {"samples": total, "duration_s": duration, "rate_hz": rate,
             "cpu_s_of_process": round(cpu_s, 2), "cpu_share_of_one_core": round(cpu_s / duration, 2),
-            "top_self": table(self_counts), "top_inclusive": table(incl_counts), "raw": str(path.relative_to(RESULTS.parent.parent))}
+            "top_self": table(self_counts), "top_inclusive": table(incl_counts),
+            "raw": str(path.relative_to(RESULTS.parent.parent))}
 
 
 def profile_wrk(name: str, proxy: Service, requests: list, duration: float, rate: int) -> dict[str, Any]:
@@ -177,12 +179,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "passthrough_get_c32", proxy, [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)],
                 args.duration, args.rate)
             results["passthrough_bulk_c32"] = profile_wrk(
-                "passthrough_bulk_c32", proxy, [("POST", "/_bulk", bulk_body(1000), {"Content-Type": "application/x-ndjson"})],
+                "passthrough_bulk_c32", proxy,
+                [("POST", "/_bulk", bulk_body(1000), {"Content-Type": "application/x-ndjson"})],
                 args.duration, args.rate)
             results["cache_miss_c32"] = profile_miss(proxy, provider, args.duration, args.rate, args.miss_count)
             # cache hit: 50 searches warmed once, then cycled by wrk
             bodies = [json.dumps(search_body(q)).encode() for q in load_queries()[:50]]
-            hit_requests = [("POST", f"/{CRANFIELD_INDEX}/_search", b, {"Content-Type": "application/json"}) for b in bodies]
+            hit_requests = [("POST", f"/{CRANFIELD_INDEX}/_search", b, {"Content-Type": "application/json"})
+                            for b in bodies]
             run_wrk(proxy.url, hit_requests, connections=1, duration_s=3)
             results["cache_hit_c32"] = profile_wrk("cache_hit_c32", proxy, hit_requests, args.duration, args.rate)
         finally:

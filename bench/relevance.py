@@ -218,7 +218,8 @@ def main() -> None:
     print(f"\n| ranking (Cranfield, {len(queries)} queries) | nDCG@10 | vs engine | MRR@10 | Recall@100 |")
     print("| --- | --- | --- | --- | --- |")
     for name, row in rows.items():
-        print(f"| {name} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - base:+.4f} | {row['mrr@10']:.4f} | {row['recall@100']:.4f} |")
+        print(f"| {name} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - base:+.4f} | {row['mrr@10']:.4f} | "
+              f"{row['recall@100']:.4f} |")
     print(f"\nX-Rerank outcomes through the proxy: {outcomes}")
     print(f"rerank step, stored vectors: p50 {result['rerank_ms_stored']['p50']:.1f} ms, "
           f"p90 {result['rerank_ms_stored']['p90']:.1f} ms; cold (100 new documents): {cold_ms}")

@@ -111,8 +111,9 @@ def plot_search(data: dict[str, Any]) -> list[str]:
     out = []
     if "cache_hit" in data:
         cells = data["cache_hit"]["cells"]
-        panels = [(f"concurrency {c}", {"engine, size 100": cells[f"c{c}/engine_size100"]["percentiles_ms"],
-                                        "rerank-proxy, cache hit (size 10)": cells[f"c{c}/proxy_hit"]["percentiles_ms"]})
+        panels = [(f"concurrency {c}",
+                   {"engine, size 100": cells[f"c{c}/engine_size100"]["percentiles_ms"],
+                    "rerank-proxy, cache hit (size 10)": cells[f"c{c}/proxy_hit"]["percentiles_ms"]})
                   for c in (1, 32)]
         path = RESULTS / "search_hit_latency.png"
         plot_percentiles(panels, path, "Reranked search, cache hit, vs the engine alone (wrk)")
@@ -144,7 +145,7 @@ def plot_memory(data: dict[str, Any]) -> str:
     ax2.set_ylabel("score-cache entries")
     ax2.set_ylim(0, data["params"]["cache_max_entries"] * 1.2)
     lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [l.get_label() for l in lines], loc="lower right")
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
     ax.set_title(f"rerank-proxy RSS under mixed load (CACHE_MAX_ENTRIES={data['params']['cache_max_entries']})")
     fig.tight_layout()
     path = RESULTS / "memory_rss.png"
@@ -194,7 +195,8 @@ def machine_block(m: dict[str, Any], extra: str = "") -> str:
     end = m.get("loadavg_at_end", [])
     return (f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, "
             f"Python {m['python']}; run {m['when']}; load average (1/5/15 min) "
-            f"{'/'.join(f'{x:.1f}' for x in load)} at start, {'/'.join(f'{x:.1f}' for x in end) or '-'} at end." + (f" {extra}" if extra else ""))
+            f"{'/'.join(f'{x:.1f}' for x in load)} at start, {'/'.join(f'{x:.1f}' for x in end) or '-'} at end."
+            + (f" {extra}" if extra else ""))
 
 
 def passthrough_tables(d: dict[str, Any]) -> str:
@@ -202,14 +204,17 @@ def passthrough_tables(d: dict[str, Any]) -> str:
     for key, row in d["table"].items():
         op, conc, target = key.split("/")
         rows.append([op, conc[1:], TARGET_LABEL[target], ms(row["p50_ms"]), ms(row["p99_ms"]), f"{row['rps']:.0f}",
-                     ms(row["added_p50_ms"]) if target != "engine" else "", ms(row["added_p99_ms"]) if target != "engine" else "",
+                     ms(row["added_p50_ms"]) if target != "engine" else "",
+                     ms(row["added_p99_ms"]) if target != "engine" else "",
                      f"{row['rps_vs_engine']:.2f}" if target != "engine" else "",
-                     f"{row['rps_vs_nginx']:.2f}" if row["rps_vs_nginx"] is not None and target.startswith("proxy") else "",
+                     (f"{row['rps_vs_nginx']:.2f}"
+                      if row["rps_vs_nginx"] is not None and target.startswith("proxy") else ""),
                      ms(row["cpu_ms_per_request"], 3), row["errors"]])
     table = md_table(["request", "conc.", "path", "p50 ms", "p99 ms", "req/s", "added p50 ms", "added p99 ms",
                       "req/s vs engine", "req/s vs nginx", "CPU ms/req", "errors"], rows)
     checks = md_table(["target", "measured", "result"],
-                      [[c["check"], f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x", yes(c["met"])]
+                      [[c["check"], f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x",
+                        yes(c["met"])]
                        for c in d["checks"]])
     p = d["params"]
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. wrk runs of {p['duration']:.0f} s, "
@@ -227,7 +232,8 @@ def search_hit_tables(d: dict[str, Any]) -> str:
                      f"{r['p99']:.2f}x", f"{e['rps']:.0f}", f"{p['rps']:.0f}", ms(p.get("proxy_cpu_ms_per_request")),
                      e["errors"] + p["errors"]])
     table = md_table(["conc.", "engine size 100 p50 ms", "proxy hit p50 ms", "p50 ratio", "engine p99 ms",
-                      "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "proxy CPU ms / search", "errors"], rows)
+                      "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "proxy CPU ms / search", "errors"],
+                     rows)
     t = h["target"]
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {h['queries']} queries, "
             f"{h['warm_cached']}/{h['queries']} answered `X-Rerank: cached` after warming; provider requests "
@@ -264,8 +270,9 @@ def cost_tables(d: dict[str, Any]) -> str:
     for name, r in d["setups"].items():
         per, last = r["per_1000"], r.get("last_1000") or {}
         rows.append([labels.get(name, name), f"{per['provider_calls']:.0f}", f"{per['documents_sent']:.0f}",
-                     f"{per['search_units']:.0f}", str(last.get("provider_calls", "-")), str(last.get("documents_sent", "-")),
-                     str(last.get("search_units", "-")), ", ".join(f"{k} {v}" for k, v in sorted(r["x_rerank"].items())),
+                     f"{per['search_units']:.0f}", str(last.get("provider_calls", "-")),
+                     str(last.get("documents_sent", "-")), str(last.get("search_units", "-")),
+                     ", ".join(f"{k} {v}" for k, v in sorted(r["x_rerank"].items())),
                      ", ".join(f"{k} {v}" for k, v in sorted(r["http_status"].items()))])
     table = md_table(["set-up", "provider requests / 1,000 searches", "documents sent / 1,000", "search units / 1,000",
                       "requests, last 1,000", "documents, last 1,000", "units, last 1,000", "X-Rerank", "HTTP"], rows)
@@ -273,7 +280,8 @@ def cost_tables(d: dict[str, Any]) -> str:
     t = d["target"]
     head = (f"{machine_block(d['machine'])} Engine: {d['engine']}. Log: {lg['searches']} searches (seed {p['seed']}), "
             f"Zipf exponent s = {p['zipf']} over the {225} Cranfield queries; {lg['new_searches']} new searches "
-            f"({lg['filtered_new_searches']} with a `bucket < k` filter), {lg['next_page_searches']} next-page searches "
+            f"({lg['filtered_new_searches']} with a `bucket < k` filter), "
+            f"{lg['next_page_searches']} next-page searches "
             f"({100 * lg['next_page_searches'] / lg['searches']:.0f}%); {lg['distinct_queries']} distinct queries, "
             f"{lg['distinct_query_filter_pairs']} distinct query+filter pairs; deepest page {lg['max_page']}. "
             f"Replayed in order, concurrency {p['concurrency']}; per-1,000 figures = whole-log totals x 1000 / "
@@ -299,14 +307,16 @@ def memory_tables(d: dict[str, Any]) -> str:
     p = d["params"]
     rows = [["RSS at start (idle, after start-up)", ms(r["first"], 1)],
             ["RSS when the cache reached its bound", f"{ms(r['at_cache_full'], 1)} (at {d['cache_full_at_s']} s)"],
-            ["RSS min / max after the cache was full", f"{ms(r['min_after_cache_full'], 1)} / {ms(r['max_after_cache_full'], 1)}"],
+            ["RSS min / max after the cache was full",
+             f"{ms(r['min_after_cache_full'], 1)} / {ms(r['max_after_cache_full'], 1)}"],
             ["RSS at the end", ms(r["last"], 1)],
             ["peak (VmHWM)", ms(r["hwm"], 1)],
             ["RSS slope over the second half of the run", f"{ms(d['rss_slope_second_half_mib_per_min'], 3)} MiB/min"]]
-    load_rows = [[k, v["requests"], ", ".join(f"{s}: {n}" for s, n in v["status"].items()), ms(v["latency_ms"].get("p50")),
-                  ms(v["latency_ms"].get("p99"))] for k, v in d["load"].items()]
+    load_rows = [[k, v["requests"], ", ".join(f"{s}: {n}" for s, n in v["status"].items()),
+                  ms(v["latency_ms"].get("p50")), ms(v["latency_ms"].get("p99"))] for k, v in d["load"].items()]
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Duration {p['duration']:.0f} s "
-            f"({p['duration'] / 60:.1f} min), concurrency {p['concurrency']}, CACHE_MAX_ENTRIES={p['cache_max_entries']}, "
+            f"({p['duration'] / 60:.1f} min), concurrency {p['concurrency']}, "
+            f"CACHE_MAX_ENTRIES={p['cache_max_entries']}, "
             f"RSS sampled every {p['interval']:.0f} s, test provider delay {p['provider_delay_ms']:.0f} ms.\n\n"
             + md_table(["measure", "MiB"], rows) + "\n\n"
             + md_table(["requests", "count", "HTTP status", "p50 ms", "p99 ms"], load_rows))
@@ -314,7 +324,8 @@ def memory_tables(d: dict[str, Any]) -> str:
 
 def profile_tables(d: dict[str, Any]) -> str:
     out = [machine_block(d["machine"])]
-    for name, label in (("passthrough_get_c32", "pass-through GET, c=32"), ("passthrough_bulk_c32", "pass-through _bulk, c=32"),
+    for name, label in (("passthrough_get_c32", "pass-through GET, c=32"),
+                        ("passthrough_bulk_c32", "pass-through _bulk, c=32"),
                         ("cache_miss_c32", "reranked search, cache miss, c=32"),
                         ("cache_hit_c32", "reranked search, cache hit, c=32")):
         r = d.get(name)
@@ -345,14 +356,16 @@ def summary_table(pt, sl, co, me) -> str:
     rows = []
     if pt:
         for c in pt["checks"]:
-            rows.append(["pass-through", c["check"], f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x",
+            rows.append(["pass-through", c["check"],
+                         f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x",
                          yes(c["met"])])
     if sl and "cache_hit" in sl:
         t = sl["cache_hit"]["target"]
         rows.append(["search, cache hit", t["check"], f"{t['value']:.2f}x", yes(t["met"])])
     if sl and "cache_miss_checks" in sl:
         for c in sl["cache_miss_checks"]:
-            rows.append(["search, cache miss", c["check"], f"p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms", yes(c["met"])])
+            rows.append(["search, cache miss", c["check"], f"p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms",
+                         yes(c["met"])])
     if co:
         t = co["target"]
         rows.append(["cost", "in-process cache at least halves provider requests (vs CACHE_MAX_ENTRIES=0)",
@@ -360,8 +373,9 @@ def summary_table(pt, sl, co, me) -> str:
     if me:
         r = me["rss_mib"]
         rows.append(["memory", f"RSS flat once the cache is full ({me['params']['duration'] / 60:.0f} min run)",
-                     f"{ms(r['min_after_cache_full'], 1)}-{ms(r['max_after_cache_full'], 1)} MiB after the cache filled; "
-                     f"slope {ms(me['rss_slope_second_half_mib_per_min'], 3)} MiB/min over the second half", "see section"])
+                     f"{ms(r['min_after_cache_full'], 1)}-{ms(r['max_after_cache_full'], 1)} MiB after the cache "
+                     f"filled; slope {ms(me['rss_slope_second_half_mib_per_min'], 3)} MiB/min over the second half",
+                     "see section"])
     return md_table(["benchmark", "target", "measured", "result"], rows)
 
 

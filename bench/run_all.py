@@ -31,7 +31,8 @@ def main() -> None:
     port = ["--engine-port", str(args.engine_port)]
     quick = args.quick
     plan = {
-        "passthrough": (passthrough, (["--duration", "3", "--bulk-duration", "3", "--rounds", "1"] if quick else []) + port),
+        "passthrough": (passthrough,
+                        (["--duration", "3", "--bulk-duration", "3", "--rounds", "1"] if quick else []) + port),
         "search": (search_latency, (["--duration", "3", "--rounds", "1", "--miss-count", "300", "--miss-count-c1", "50"]
                                     if quick else []) + port),
         "cost": (cost, (["--searches", "300", "--latency-samples", "30"] if quick else ["--searches", "2000"]) + port),

@@ -172,7 +172,8 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
               "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg(),
               "proxy_cpu_ms_per_search": cpu_ms_per_search, "slot_wait_ms_per_search": slot_wait_ms,
               "proxy_cpu_share": cpu_ms_per_search * count / 1000 / out["elapsed_s"]}
-    for field in ("total", "engine", "rerank", "provider", "added", "rerank_minus_provider", "outside_engine_and_rerank"):
+    for field in ("total", "engine", "rerank", "provider", "added", "rerank_minus_provider",
+                  "outside_engine_and_rerank"):
         result[field] = summary([r[field] for r in rows])
     result["added_distribution"] = sorted(round(r["added"], 3) for r in rows)
     return result

@@ -16,7 +16,8 @@ DEMO_DOCS: list[dict[str, str]] = [
     {"title": "Repairing a punctured bike tyre",
      "body": "Take the wheel off, pull out the inner tube, find the hole, patch it and pump it back up."},
     {"title": "Flat tire on your car?",
-     "body": "A flat tire on the motorway: switch on the hazard lights and call roadside assistance. Do not fix it yourself."},
+     "body": ("A flat tire on the motorway: switch on the hazard lights and call roadside assistance. "
+              "Do not fix it yourself.")},
     {"title": "Bicycle tire pressure guide",
      "body": "Road bicycle tires run at higher pressure than mountain bike tires; check the sidewall."},
     {"title": "Flat design in user interfaces",
@@ -40,7 +41,8 @@ DEMO_DOCS: list[dict[str, str]] = [
      "body": "A laptop stand and clean vents keep temperatures down; heat is what ages the battery fastest."},
     # why is the sky blue
     {"title": "Rayleigh scattering",
-     "body": "Short wavelengths of sunlight scatter off air molecules much more than long ones, so the daytime sky looks blue."},
+     "body": ("Short wavelengths of sunlight scatter off air molecules much more than long ones, "
+              "so the daytime sky looks blue.")},
     {"title": "Blue whales",
      "body": "Why is the blue whale so large? The sky is the limit for the biggest animal on earth."},
     {"title": "Sunsets explained",

@@ -35,6 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 API = "/_rerank/console/api"
 QUERY = "jet engine noise"
 WINDOW = 30
+ANY_INDEX = IndexRule("*")  # the default rule: every index, hit text from all fields
 
 # Added to the shared test corpus so a query has more than 10 hits and reranking moves hits into
 # and out of the top 10 (the "new" and "out" cases of the page).
@@ -74,7 +75,7 @@ def engine_hits(url: str, index: str, query: str, window: int) -> list[dict[str,
 
 
 def expected_columns(url: str, index: str, query: str, window: int,
-                     rule: IndexRule = IndexRule("*")) -> tuple[list[str], list[str]]:
+                     rule: IndexRule = ANY_INDEX) -> tuple[list[str], list[str]]:
     """(lexical ids, reranked ids) over the whole window, computed without the proxy."""
     hits = engine_hits(url, index, query, window)
     lexical = [h["_id"] for h in hits]
@@ -513,7 +514,8 @@ def _win_and_loss(client: httpx.Client, index: str) -> tuple[dict[str, str], dic
 
 def test_batch_with_inline_qrels_streams_progress_and_sorts_wins_and_losses(console, console_index):
     queries, qrels = _win_and_loss(console, console_index)
-    tsv = "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items())
+    tsv = "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n"
+                                                     for q, docs in qrels.items() for d, g in docs.items())
     events = batch_events(console, {"index": console_index, "window": WINDOW,
                                     "queries": [{"id": q, "text": t} for q, t in queries.items()], "qrels": tsv})
     progress = [e for e in events if e["type"] == "progress"]
@@ -534,9 +536,11 @@ def test_batch_with_inline_qrels_streams_progress_and_sorts_wins_and_losses(cons
 def test_batch_from_a_beir_folder(console, console_index, tmp_path):
     queries, qrels = _win_and_loss(console, console_index)
     (tmp_path / "qrels").mkdir()
-    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (tmp_path / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
     (tmp_path / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items()))
+        "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q}\t{d}\t{g}\n" for q, docs in qrels.items() for d, g in docs.items()))
     (tmp_path / "corpus.jsonl").write_text("")
     result = batch_events(console, {"index": console_index, "window": WINDOW, "beir_path": str(tmp_path)})[-1]
     # BEIR runs only the queries that have qrels lines; q-none has none.

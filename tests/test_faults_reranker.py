@@ -127,7 +127,8 @@ async def test_breaker_opens_then_recovers(engine, index_name):
         reranker = cohere(settings)
         with run_proxy(settings, reranker=reranker) as running:
             async def search(word: str) -> httpx.Response:
-                return await client.post(f"{running.url}/{index_name}/_search", json={"query": {"match": {"body": word}}})
+                return await client.post(f"{running.url}/{index_name}/_search",
+                                         json={"query": {"match": {"body": word}}})
 
             for word in ("jet", "wing"):
                 assert (await search(word)).headers["x-rerank"] == "fallback"

@@ -227,9 +227,10 @@ def test_fallback_keeps_lexical_order():
     assert merged["hits"]["max_score"] == 9.0
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
-                           lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+    max_leaves=10)
 hits_strategy = st.lists(st.fixed_dictionaries(
     {"_id": st.text(min_size=1, max_size=6), "_score": st.one_of(st.none(), st.floats(0, 100, allow_nan=False))},
     optional={"_source": json_values, "_index": st.text(max_size=5), "highlight": json_values}), max_size=40)
@@ -302,11 +303,13 @@ def _oracle_hit_text(source, rule):
 
 source_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(" \t\nab{}.", max_size=6)),
-    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "a.b", "c", " a"]), c, max_size=3)),
+    lambda c: st.one_of(st.lists(c, max_size=3),
+                        st.dictionaries(st.sampled_from(["a", "b", "a.b", "c", " a"]), c, max_size=3)),
     max_leaves=12)
 rules = st.one_of(
     st.builds(IndexRule, st.just("*"), max_chars=st.integers(1, 40)),
-    st.builds(IndexRule, st.just("*"), fields=st.lists(st.sampled_from(["a", "b", "a.b", "c", "x"]), max_size=3).map(tuple),
+    st.builds(IndexRule, st.just("*"),
+              fields=st.lists(st.sampled_from(["a", "b", "a.b", "c", "x"]), max_size=3).map(tuple),
               max_chars=st.integers(1, 40)),
     st.builds(IndexRule, st.just("*"), template=st.text(st.sampled_from("ab{}. \n:"), max_size=14),
               max_chars=st.integers(1, 40)),

@@ -42,7 +42,8 @@ def test_bulk_and_scan_helpers(engine, proxy, index_name):
     actions = ({"_index": index_name, "_id": str(i), "_source": {"n": i, "text": f"doc {i}"}} for i in range(2500))
     ok, errors = helpers.bulk(client, actions, chunk_size=500, refresh=True)
     assert ok == 2500 and not errors
-    seen = {hit["_id"] for hit in helpers.scan(client, index=index_name, query={"query": {"match": {"text": "doc"}}}, size=300)}
+    seen = {hit["_id"] for hit in helpers.scan(client, index=index_name,
+                                               query={"query": {"match": {"text": "doc"}}}, size=300)}
     assert seen == {str(i) for i in range(2500)}
     client.close()
 
@@ -115,7 +116,8 @@ def _raw_request(port: int, request: bytes) -> bytes:
             chunks.append(data)
             if b"\r\n\r\n" in b"".join(chunks):
                 head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
-                length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), None)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), None)
                 if length is not None and len(rest) >= length:
                     break
         return b"".join(chunks)

@@ -42,7 +42,8 @@ def summary(settings: Settings, model: str | None) -> dict[str, Any]:
     if settings.redis_url and tiers:
         tiers.append("redis")
     return {"version": __version__, "provider": settings.rerank_provider, "model": model or settings.rerank_model,
-            "window": settings.rerank_window, "score_mode": resolve_mode(None, settings.rerank_score_mode, settings.rerank_provider),
+            "window": settings.rerank_window,
+            "score_mode": resolve_mode(None, settings.rerank_score_mode, settings.rerank_provider),
             "indices": list(settings.rerank_indices), "rules": len(settings.rerank_rules),
             "cache_tiers": tiers, "workers": settings.workers, "upstreams": len(settings.upstream_urls)}
 

@@ -140,7 +140,8 @@ def _eval_items(body: dict[str, Any], index: str) -> list[EvalQuery]:
         if qid in seen:
             continue
         seen.add(qid)
-        items.append(EvalQuery(qid, text, None if qrels is None else {str(k): v for k, v in qrels.get(qid, {}).items()}))
+        items.append(EvalQuery(qid, text,
+                               None if qrels is None else {str(k): v for k, v in qrels.get(qid, {}).items()}))
     return items
 
 
