@@ -74,6 +74,11 @@ class CircuitBreaker:
             return HALF_OPEN
         return self._state
 
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures counted toward opening (capacity states are not among them)."""
+        return self._failures
+
     def admit(self) -> object | None:
         """Let a call through or raise RerankUnavailable.
 
