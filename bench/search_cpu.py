@@ -91,14 +91,14 @@ def miss_search(runtime: Runtime, queries: list[str]) -> Search:
 
 
 def engine_fetch(runtime: Runtime, queries: list[str]) -> Search:
-    """The size-100 engine request alone, through the same upstream pool (the floor)."""
+    """The size-100 engine request alone, through the same engine transport (the floor)."""
     bodies = [orjson.dumps(dict(search_body(q), size=100, **{"from": 0})) for q in queries[:HIT_QUERIES]]
     target = f"/{CRANFIELD_INDEX}/_search"
 
     async def run(n: int) -> None:
-        response, _ = await runtime.upstream.request("POST", target, RAW_HEADERS, bodies[n % len(bodies)])
-        if response.status_code != 200:
-            raise RuntimeError(f"engine answered {response.status_code}")
+        answer = await runtime.engine.fetch("POST", target, RAW_HEADERS, bodies[n % len(bodies)])
+        if answer.status != 200:
+            raise RuntimeError(f"engine answered {answer.status}")
     return run
 
 
@@ -207,7 +207,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                     "miss_searches": args.miss_searches, "repeats": args.repeats,
                                     "cells": cells})
         finally:
-            await runtime.upstream.aclose()
+            runtime.engine.close()
             await runtime.reranker.aclose()
     finally:
         provider.stop()

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 def warm_from_writes(proxy: _proxy, settings: Any, bulk: bytes) -> None:
     """Queue the corpus the demo just wrote for the built-in model, as a write through the proxy
     would be, and wait for it: otherwise the first searches meet a cold store and answer lexically."""
-    from rerank_proxy.warm import queue_written
+    from rerank_proxy.local.warming import queue_written
 
     warmer = proxy.app.runtime.warmer if proxy.app.runtime is not None else None
     if warmer is None:
@@ -134,7 +134,7 @@ class _proxy:
 
     def __enter__(self) -> _proxy:
         from rerank_proxy.app import ProxyApp
-        from rerank_proxy.server import BackgroundServer
+        from rerank_proxy.edge import BackgroundServer
 
         try:
             self.app = ProxyApp(self.settings)

@@ -7,6 +7,8 @@ parse that shape into their exception classes, so the proxy's own errors use it 
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import orjson
 
 
@@ -43,3 +45,18 @@ def bad_request(reason: str, error_type: str = "illegal_argument_exception") -> 
 
 def parse_error(reason: str) -> ProxyError:
     return ProxyError(400, "x_content_parse_exception", reason)
+
+
+def status_phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def error_response(status: int, error_type: str, reason: str, *, close: bool) -> bytes:
+    """A whole engine-style error answer, as written on the wire by the server itself."""
+    body = error_body(status, error_type, reason)
+    return (b"HTTP/1.1 %d %b\r\ncontent-type: application/json; charset=UTF-8\r\ncontent-length: %d\r\n"
+            b"x-rerank: error\r\n%b\r\n%b"
+            % (status, status_phrase(status), len(body), b"Connection: close\r\n" if close else b"", body))

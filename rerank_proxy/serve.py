@@ -91,7 +91,7 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
     from rerank_proxy.admin import logs, startup
     from rerank_proxy.admin.peers import PeerMetrics
     from rerank_proxy.app import ProxyApp
-    from rerank_proxy.server import ProxyServer
+    from rerank_proxy.edge import ProxyServer
 
     app = ProxyApp(settings)
     server = ProxyServer(app)

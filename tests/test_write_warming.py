@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from rerank_proxy.config import IndexRule, Settings, load_settings
+from rerank_proxy.engine import EnginePool
+from rerank_proxy.local.warming import queue_written, warm_on_start, written_texts
 from rerank_proxy.local.write_docs import WrittenDoc, written_docs
 from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.warm import queue_written, warm_on_start, written_texts
 from tests.support_data import CORPUS, load_corpus
 
 
@@ -107,16 +108,18 @@ async def test_start_up_warm_queues_the_configured_index(es_engine, index_name: 
     settings = load_settings({"UPSTREAM_URLS": es_engine.url, "LOCAL_WARM_ON_START": index_name,
                               "LOCAL_VECTOR_STORE": str(tmp_path / "v.sqlite"), "LOCAL_COLD_WAIT_MS": "0"})
     reranker = LocalReranker(settings)
+    engine = EnginePool(settings)
     try:
-        assert await warm_on_start(reranker, settings) == len(CORPUS)
+        assert await warm_on_start(reranker, settings, engine) == len(CORPUS)
         assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
         texts = [hit_text(doc, settings.default_rule()) for doc in CORPUS]
         result = await reranker.rerank("jet engine noise", texts)     # the texts a search would build
         assert result.meta["stored"] == len(CORPUS)
         assert reranker.status()["queued"] == len(CORPUS)               # the search queued nothing more
     finally:
+        engine.close()
         await reranker.aclose()
-    assert await warm_on_start(reranker, Settings()) == 0               # off by default
+    assert await warm_on_start(reranker, Settings(), engine) == 0       # off by default
 
 
 def test_a_write_through_the_proxy_warms_the_store(es_engine, index_name: str, tmp_path: Path):

@@ -43,9 +43,9 @@ def build_ops_app(runtime: Runtime) -> Starlette:
 
     async def probe_engine() -> bool:
         try:
-            response, _ = await asyncio.wait_for(
-                runtime.upstream.request("GET", "/_cluster/health", [], None), ENGINE_PROBE_TIMEOUT_S)
-            up = response.status_code < 500
+            answer = await asyncio.wait_for(runtime.engine.fetch("GET", "/_cluster/health", [], None),
+                                            ENGINE_PROBE_TIMEOUT_S)
+            up = answer.status < 500
         except Exception:
             up = False
         runtime.metrics.engine_up.set(1 if up else 0)

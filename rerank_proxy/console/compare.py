@@ -132,13 +132,12 @@ async def fetch_candidates(runtime: Any, opts: CompareOptions, rule: IndexRule,
     if needed is not None:
         body["_source"] = {"includes": [*needed, *LABEL_FIELDS]}
     started = time.perf_counter()
-    response, payload = await runtime.upstream.request("POST", f"/{quote(opts.index, safe='*')}/_search",
-                                                       _JSON, engine_json(body))
+    answer = await runtime.engine.fetch("POST", f"/{quote(opts.index, safe='*')}/_search", _JSON, engine_json(body))
     engine_ms = (time.perf_counter() - started) * 1000
-    if response.status_code != 200:
-        raise ProxyError(response.status_code if response.status_code >= 400 else 502,
-                         "engine_exception", f"the engine refused the search: {_engine_reason(payload)}")
-    data = orjson.loads(payload)
+    if answer.status != 200:
+        raise ProxyError(answer.status if answer.status >= 400 else 502,
+                         "engine_exception", f"the engine refused the search: {_engine_reason(answer.body)}")
+    data = orjson.loads(answer.body)
     hits = data.get("hits", {})
     total = hits.get("total")
     total_hits = total.get("value") if isinstance(total, dict) else total

@@ -1,6 +1,6 @@
 """What the console asks the engine about its catalogue: indices and their text fields.
 
-These feed the page's pickers only; they go through the proxy's upstream pool (same TLS, failover
+These feed the page's pickers only; they go through the proxy's engine transport (same TLS, failover
 and credentials as searches) and never carry the console's admin token to the engine.
 """
 
@@ -19,11 +19,11 @@ TEXT_TYPES = frozenset({"text", "keyword", "match_only_text", "search_as_you_typ
 
 
 async def _get_json(runtime: Any, target: str) -> Any:
-    response, payload = await runtime.upstream.request("GET", target, [(b"accept", b"application/json")], None)
-    if response.status_code != 200:
-        raise ProxyError(response.status_code if response.status_code >= 400 else 502, "engine_exception",
-                         f"the engine answered {response.status_code} to {target.split('?')[0]}")
-    return orjson.loads(payload)
+    answer = await runtime.engine.fetch("GET", target, [(b"accept", b"application/json")], None)
+    if answer.status != 200:
+        raise ProxyError(answer.status if answer.status >= 400 else 502, "engine_exception",
+                         f"the engine answered {answer.status} to {target.split('?')[0]}")
+    return orjson.loads(answer.body)
 
 
 async def list_indices(runtime: Any) -> list[dict[str, Any]]:

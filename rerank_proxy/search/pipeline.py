@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 
 from rerank_proxy.config import Settings
+from rerank_proxy.engine.headers import forwardable_headers
+from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
@@ -27,7 +29,6 @@ from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
-from rerank_proxy.upstream import UpstreamPool, forwardable_headers
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})
@@ -91,9 +92,9 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
 
 
 class SearchPipeline:
-    def __init__(self, settings: Settings, upstream: UpstreamPool, cache: ScoreCache | None) -> None:
+    def __init__(self, settings: Settings, engine: EngineTransport, cache: ScoreCache | None) -> None:
         self.settings = settings
-        self.upstream = upstream
+        self.engine = engine
         self.cache = cache
         self._rule_for = RuleMemo(settings.rule_for)
 
@@ -112,22 +113,21 @@ class SearchPipeline:
             return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
         upstream_headers = _rewrite_headers(raw_headers)
         started = time.perf_counter()
-        response, payload = await self.upstream.request(method if method != "HEAD" else "GET", decision.target,
-                                                        upstream_headers, orjson.dumps(decision.body),
-                                                        idempotent=True)
+        answer = await self.engine.fetch(method if method != "HEAD" else "GET", decision.target,
+                                         upstream_headers, orjson.dumps(decision.body))
         engine_ms = (time.perf_counter() - started) * 1000
-        out_headers = forwardable_headers(response.raw_headers)
-        if response.status_code != 200:
+        out_headers = forwardable_headers(answer.headers)
+        if answer.status != 200:
             # The engine refused the candidate request: the client gets the engine's answer to its
             # own request (the same error, same line/col; or a success when only the rewrite was
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
             return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
-        data = parse_json(payload, "engine response")
+        data = parse_json(answer.body, "engine response")
         scored = await self._rerank(decision, data)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
         merged = merge(data, decision, scored.scores, scored.last)
-        merged = filter_paths.apply(merged, decision.filter_path, opensearch=_is_opensearch(response.raw_headers))
+        merged = filter_paths.apply(merged, decision.filter_path, opensearch=_is_opensearch(answer.headers))
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
@@ -172,6 +172,7 @@ class SearchPipeline:
                       headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
+        _check_msearch_size(decoded, self.settings.max_msearch_searches)
         try:
             pairs = parse_ndjson(decoded)
         except EngineMustAnswer as exc:
@@ -214,14 +215,13 @@ class SearchPipeline:
         started = time.perf_counter()
         upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
                             else (k, b"application/x-ndjson") for k, v in upstream_headers]
-        response, payload = await self.upstream.request(method, target, upstream_headers,
-                                                        b"\n".join(lines) + b"\n", idempotent=True)
+        answer = await self.engine.fetch(method, target, upstream_headers, b"\n".join(lines) + b"\n")
         engine_ms = (time.perf_counter() - started) * 1000
-        out_headers = forwardable_headers(response.raw_headers)
-        if response.status_code != 200:
+        out_headers = forwardable_headers(answer.headers)
+        if answer.status != 200:
             # As for _search: the engine answers the client's own _msearch.
             return Forward("engine_error", b"\n".join(client_lines) + b"\n")
-        data = parse_json(payload, "engine response")
+        data = parse_json(answer.body, "engine response")
         responses = data.get("responses") if isinstance(data, dict) else None
         if not isinstance(responses, list) or len(responses) != len(plans):
             raise ProxyError(502, "proxy_upstream_response_exception",
@@ -233,7 +233,7 @@ class SearchPipeline:
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
             return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
-        data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(response.raw_headers))
+        data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
 
     async def _rerank_sub(self, plan: Plan | None, response: Any) -> str:
@@ -259,6 +259,15 @@ def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             raise bad_request(f"msearch lines {n + 1}-{n + 2} must be JSON objects", "parsing_exception")
         pairs.append((header, body))
     return pairs
+
+
+def _check_msearch_size(decoded: bytes, limit: int) -> None:
+    """An `_msearch` of more sub-searches than MAX_MSEARCH_SEARCHES is refused before any is parsed."""
+    searches = sum(1 for line in decoded.split(b"\n") if line.strip()) // 2
+    if searches > limit:
+        raise ProxyError(400, "illegal_argument_exception",
+                         f"an _msearch of {searches} searches is larger than the limit of {limit} "
+                         "(MAX_MSEARCH_SEARCHES)")
 
 
 def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

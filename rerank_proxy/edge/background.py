@@ -9,7 +9,7 @@ from typing import Any
 import uvloop
 
 from rerank_proxy.app import ProxyApp
-from rerank_proxy.server.server import ProxyServer
+from rerank_proxy.edge.server import ProxyServer
 
 
 class BackgroundServer:

@@ -1,12 +1,9 @@
-"""One request handed to the ASGI application (searches, the proxy's endpoints, refusals).
+"""One request to the proxy's own endpoints (`/_rerank/`: ops and the console), run as ASGI.
 
 A small ASGI 3 bridge: `receive` yields the body as it arrives and then waits for the client to go
 away; `send` writes the response with Content-Length when the app gives one or when the whole body
-comes in one message, chunked otherwise. Writes wait while the client's buffer is full.
-
-A search is read whole (up to MAX_SEARCH_BODY_BYTES) before the app is called and before it is
-admitted against MAX_CONCURRENT_REQUESTS: a client uploading slowly holds no search slot, and its
-body is bounded while it waits.
+comes in one message, chunked otherwise. Writes wait while the client's buffer is full. Nothing
+that reaches the engine passes here: relays and searches have exchanges of their own.
 """
 
 from __future__ import annotations
@@ -14,33 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rerank_proxy.errors import error_body
-from rerank_proxy.server.connection import BODY_HIGH_WATER, error_response, status_phrase
+from rerank_proxy.engine.relay import BODY_HIGH_WATER
+from rerank_proxy.errors import error_body, error_response, status_phrase
 
 if TYPE_CHECKING:
-    from rerank_proxy.server.connection import HttpConnection
+    from rerank_proxy.edge.connection import HttpConnection
 
 _log = logging.getLogger("rerank_proxy")
 # The bridge frames every response itself; an application's own framing headers are dropped, and
 # a Content-Length given twice is written once.
 _FRAMING = frozenset({b"transfer-encoding", b"connection"})
 
-Refusal = tuple[int, str, str]
-
 
 class AsgiExchange:
     def __init__(self, client: HttpConnection, scope: dict[str, Any], keep_alive: bool,
-                 body_expected: bool, expect_continue: bool, *, buffer_limit: int | None = None,
-                 admit: Callable[[], Refusal | None] | None = None,
-                 on_refused: Callable[[int], None] | None = None) -> None:
+                 body_expected: bool, expect_continue: bool) -> None:
         self.client = client
-        self.buffer_limit = buffer_limit   # read the body whole first, up to this many bytes
-        self.admit = admit
-        self.on_refused = on_refused
-        self._waiting = False              # started, waiting for the whole body
         self._running = False
         self.scope = scope
         self.keep_alive = keep_alive
@@ -57,20 +45,15 @@ class AsgiExchange:
         self._chunked = False
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._refusal: tuple[int, str, str] | None = None   # decided while queued, answered in turn
 
     # --- connection side -------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self.buffer_limit is not None and not self.body_complete:
-            self._waiting = True  # the app runs once the body is complete
+        if self.finished:
             return
-        self._launch()
-
-    def _launch(self) -> None:
-        self._waiting = False
-        refusal = self.admit() if self.admit is not None else None
-        if refusal is not None:
-            self.refuse(*refusal)
+        if self._refusal is not None:
+            self.refuse(*self._refusal)
             return
         self._running = True
         self.client.loop.create_task(self._run())
@@ -80,19 +63,12 @@ class AsgiExchange:
             return
         self._body.append(chunk)
         self._buffered += len(chunk)
-        if self.buffer_limit is not None and not self._running:
-            if self._buffered > self.buffer_limit:
-                self.refuse(413, "content_too_long_exception",
-                            f"request body is larger than the limit of {self.buffer_limit} bytes")
-            return
         if self._buffered > BODY_HIGH_WATER:
             self.client.pause_reading("asgi")
         self._wake()
 
     def request_done(self) -> None:
         self.body_complete = True
-        if self._waiting and not self.finished:
-            self._launch()
         self._wake()
 
     def client_gone(self) -> None:
@@ -106,21 +82,20 @@ class AsgiExchange:
         if self._running:
             self.keep_alive = False
             self.client_gone()
-        else:
+        elif self.client.active is self:
             self.refuse(status, error_type, reason)
+        else:
+            self._refusal = (status, error_type, reason)
 
     def refuse(self, status: int, error_type: str, reason: str) -> None:
         """Answer an engine-style error instead of running the app."""
         if self.finished:
             return
         self.finished = True
-        self._waiting = False
         self._body.clear()
         if not self.body_complete:
             self.keep_alive = False
         self.client.write(error_response(status, error_type, reason, close=not self.keep_alive))
-        if self.on_refused is not None:
-            self.on_refused(status)
         self.client.exchange_done(self)
 
     def _wake(self) -> None:

@@ -16,40 +16,20 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from rerank_proxy.errors import error_body
+from rerank_proxy.errors import error_response
 
 if TYPE_CHECKING:
-    from rerank_proxy.server.server import ProxyServer
+    from rerank_proxy.edge.server import ProxyServer
 
 # Raw head bytes may exceed the measured size (url + name + value + 4 per header) by the request
 # line's method and version, spaces and the final CRLF; past this slack the head is surely too large.
 _HEAD_SLACK = 1024
 # How long a refused client's remaining bytes are read and dropped before the connection closes.
 _LINGER_S = 2.0
-# Request body buffered for an exchange that cannot take it yet; past this, reading pauses.
-BODY_HIGH_WATER = 256 * 1024
-
-
-def status_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-def error_response(status: int, error_type: str, reason: str, *, close: bool) -> bytes:
-    """A whole engine-style error answer, as written on the wire by the server itself."""
-    body = error_body(status, error_type, reason)
-    return (b"HTTP/1.1 %d %b\r\ncontent-type: application/json; charset=UTF-8\r\ncontent-length: %d\r\n"
-            b"x-rerank: error\r\n%b\r\n%b"
-            % (status, status_phrase(status), len(body), b"Connection: close\r\n" if close else b"", body))
-
-
 class Exchange(Protocol):
     keep_alive: bool
     body_complete: bool
@@ -308,6 +288,12 @@ class HttpConnection(asyncio.Protocol):
             if not self.pending:
                 self.resume_reading("pipeline")
             self.active.start()
+
+    def hand_over(self, old: Exchange, new: Exchange) -> None:
+        """`new` answers in `old`'s place (a bypassed search becomes a relay)."""
+        if self.active is old:
+            self.active = new
+            new.start()
 
     def _linger_close(self) -> None:
         """After a refusal the client may still be sending: closing with its bytes unread would

@@ -13,20 +13,24 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
-from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp, log_access
+from rerank_proxy.admin.access_log import Served, log_access
+from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp
+from rerank_proxy.edge.asgi import AsgiExchange
+from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
+from rerank_proxy.edge.search import SearchExchange
+from rerank_proxy.engine.headers import forward_request_headers
+from rerank_proxy.engine.pool import EnginePool
+from rerank_proxy.engine.relay import BODY_HIGH_WATER, RelayExchange
 from rerank_proxy.local.embedder import Warmer
+from rerank_proxy.local.warming import queue_written
 from rerank_proxy.local.write_docs import is_write
 from rerank_proxy.search.plan import match_search_path
-from rerank_proxy.server.asgi import AsgiExchange
-from rerank_proxy.server.connection import BODY_HIGH_WATER, ErrorExchange, HttpConnection
-from rerank_proxy.server.relay import RelayExchange, RelayPool, forward_request_headers
-from rerank_proxy.warm import queue_written
 
 if TYPE_CHECKING:
-    from rerank_proxy.server.connection import Exchange
+    from rerank_proxy.edge.connection import Exchange
 
 KEEP_ALIVE_TIMEOUT_S = 75.0
 _BUSY = (429, "rejected_execution_exception", "too many concurrent requests at the proxy; retry later")
@@ -38,7 +42,7 @@ class ProxyServer:
         self.settings = app.settings
         self.loop = asyncio.get_event_loop()
         self.connections: set[HttpConnection] = set()
-        self.relay_pool = RelayPool(self.settings)
+        self.engine: EnginePool | None = None   # the runtime's, once the app has started
         self.stopping = False
         self.started = False
         self._server: asyncio.AbstractServer | None = None
@@ -52,7 +56,7 @@ class ProxyServer:
         await self.app.startup()
         runtime = self.app.runtime
         assert runtime is not None  # startup() built it
-        runtime.upstream.use_fetcher(self.relay_pool.fetch)
+        self.engine = runtime.engine
         self._warmer = runtime.warmer
         if sock is not None:
             self._server = await self.loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=2048)
@@ -82,13 +86,12 @@ class ProxyServer:
         await self.app.shutdown()
         for conn in list(self.connections):
             conn.close()
-        self.relay_pool.close()
 
     # --- routing: every request is classified here, once ------------------------------------
 
     def route(self, conn: HttpConnection, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]],
               keep_alive: bool, header_bytes: int) -> Exchange:
-        """Pass-through (relay), search or own endpoint (ASGI), or refusal (answered here).
+        """Pass-through (relay), search (pipeline), own endpoint (ASGI), or refusal (answered here).
 
         Every check runs here and only here, each measured one way: origin-form target, framing,
         header size (URL included), API key, body size, concurrency."""
@@ -113,7 +116,9 @@ class ProxyServer:
             if self.app.in_flight >= self.settings.max_concurrent_requests:
                 return self._busy(conn, method, path, headers, keep_alive, framing)
             self.app.request_started()
-            exchange = RelayExchange(conn, method, url, forwarded, framing, keep_alive, expect, self._relay_done)
+            assert self.engine is not None  # set by start()
+            exchange = RelayExchange(conn, self.engine, method, url, forwarded, framing, keep_alive, expect,
+                                     self.relay_done)
             exchange.started_at = time.perf_counter()
             exchange.log_path = path
             exchange.log_headers = headers
@@ -121,6 +126,9 @@ class ProxyServer:
                 exchange.body_copy = []
                 exchange.body_copy_limit = self.settings.max_search_body_bytes
             return exchange
+        if search is not None:
+            return SearchExchange(conn, self, method, url, path, headers, forwarded, keep_alive,
+                                  framing is not None, expect, search)
         scope = {
             "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1" if conn.http11 else "1.0", "method": method.decode("latin-1"),
@@ -128,12 +136,7 @@ class ProxyServer:
             "headers": [(name.lower(), value) for name, value in headers],
             "client": conn.client_addr, "server": conn.server_addr,
         }
-        # A search is read whole before it takes a slot: a slow upload cannot hold one.
-        started = time.perf_counter()
-        return AsgiExchange(conn, scope, keep_alive, framing is not None, expect,
-                            buffer_limit=None if own else self.settings.max_search_body_bytes,
-                            admit=None if own else self._admit,
-                            on_refused=lambda status: self._note_refusal(method, path, headers, status, started))
+        return AsgiExchange(conn, scope, keep_alive, framing is not None, expect)
 
     def _refusal(self, conn: HttpConnection, method: bytes, raw_path: bytes, path: str,
                  headers: list[tuple[bytes, bytes]], framing: bytes | None,
@@ -170,7 +173,7 @@ class ProxyServer:
                              drain_body=_declared_length(headers) <= BODY_HIGH_WATER,
                              on_done=self._refusal_done(method, path, headers))
 
-    def _admit(self) -> tuple[int, str, str] | None:
+    def admit(self) -> tuple[int, str, str] | None:
         """Checked when a search's body is complete: None (go), or the 429 to answer instead."""
         return None if self.app.in_flight < self.settings.max_concurrent_requests else _BUSY
 
@@ -185,17 +188,33 @@ class ProxyServer:
         runtime = self.app.runtime
         if runtime is not None:
             runtime.metrics.observe("error", status, elapsed)
-        log_access(headers, method.decode("latin-1"), path, status, "error", elapsed, {})
+        log_access(headers, method.decode("latin-1"), path, Served(status, "error", elapsed))
 
-    def _relay_done(self, exchange: RelayExchange) -> None:
+    def search_done(self, exchange: SearchExchange, status: int, outcome: str, extra: dict[str, Any],
+                    *, counted: bool) -> None:
+        """A search answered by the proxy itself (reranked, or an error); `counted` if admitted."""
+        if counted:
+            self.app.request_finished()
+        elapsed = time.perf_counter() - exchange.started_at
+        runtime = self.app.runtime
+        if runtime is not None:
+            runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
+                                    extra.get("rerank_ms", 0.0), extra.get("reason", ""))
+        log_access(exchange.headers, exchange.method.decode("latin-1"), exchange.path,
+                   Served(status, outcome, elapsed, exchange.sent_bytes, "", extra), exchange.client.client_addr)
+
+    def relay_done(self, exchange: RelayExchange) -> None:
+        """A relayed request is over: a pass-through, or a bypassed search."""
         self.app.request_finished()
         elapsed = time.perf_counter() - exchange.started_at
         status = exchange.status or 499
         runtime = self.app.runtime
+        extra = {"reason": exchange.reason_tag} if exchange.reason_tag else {}
         if runtime is not None:
-            runtime.metrics.observe("passthrough", status, elapsed)
-        log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path, status,
-                   "passthrough", elapsed, {}, exchange.client.client_addr)
+            runtime.metrics.observe(exchange.outcome, status, elapsed, reason=exchange.reason_tag)
+        log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path,
+                   Served(status, exchange.outcome, elapsed, exchange.sent_bytes, exchange.served_by, extra),
+                   exchange.client.client_addr)
         if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
             self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
                             b"".join(exchange.body_copy))

@@ -1,0 +1,138 @@
+"""Connections to the engines: round robin, passive health, keep-alive reuse, a cap on open ones.
+
+UPSTREAM_MAX_CONNECTIONS bounds every open engine connection of a worker, idle or in use, so a
+burst of clients can never open more sockets than the engine (or a kernel limit) allows. Past the
+cap a request waits for a connection to come free, up to UPSTREAM_CONNECT_TIMEOUT_S, then gets the
+engine-style 429 that a full thread pool answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+
+from rerank_proxy.config import Settings
+from rerank_proxy.engine.connection import EngineConnection
+from rerank_proxy.engine.fetch import FetchExchange
+from rerank_proxy.engine.targets import Target
+from rerank_proxy.engine.transport import EngineAnswer
+from rerank_proxy.errors import ProxyError
+
+POOL_FULL = (429, "rejected_execution_exception",
+             "all engine connections are in use (UPSTREAM_MAX_CONNECTIONS); retry later")
+
+
+class EnginePool:
+    """Implements `EngineTransport` (`fetch`), and hands connections to relayed requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.targets = [Target(url, settings) for url in settings.upstream_urls]
+        self.max_connections = settings.upstream_max_connections
+        self._turn = 0
+        self._live: set[EngineConnection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def urls(self) -> list[str]:
+        return [target.name for target in self.targets]
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._live) + self._connecting
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(target.idle) for target in self.targets)
+
+    def order(self) -> list[Target]:
+        """Engines to try for one request: round robin start, healthy ones first."""
+        targets = self.targets
+        if len(targets) == 1:
+            return targets
+        self._turn = (self._turn + 1) % len(targets)
+        rotated = targets[self._turn:] + targets[:self._turn]
+        return [t for t in rotated if t.healthy] + [t for t in rotated if not t.healthy]
+
+    def take_idle(self, target: Target) -> EngineConnection | None:
+        while target.idle:
+            conn = target.idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self, target: Target) -> EngineConnection | None:
+        """A new connection to `target`, or None (the engine is then tried last for a while).
+        Raises the 429 `ProxyError` when no connection comes free in time."""
+        await self._slot()
+        self._connecting += 1
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: EngineConnection(self, target), target.host, target.port,
+                                       ssl=target.ssl, server_hostname=target.host if target.ssl else None),
+                self.settings.upstream_connect_timeout_s)
+        except (TimeoutError, OSError, ssl.SSLError):
+            target.mark_down()
+            return None
+        finally:
+            self._connecting -= 1
+        self._live.add(conn)
+        if conn.closed:  # lost while connecting
+            self.discard(conn)
+            return None
+        return conn
+
+    async def _slot(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.upstream_connect_timeout_s
+        while self.open_connections >= self.max_connections:
+            idle = next((target.idle for target in self.targets if target.idle), None)
+            if idle:  # an idle connection (to any engine) gives its place
+                idle.pop(0).close()
+                continue
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise ProxyError(*POOL_FULL) from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def release(self, conn: EngineConnection) -> None:
+        """An exchange is over: keep the connection for the next one (or close it for a waiter)."""
+        if conn.closed or self._waiters:
+            conn.close()
+            return
+        # The last bytes of an answer can complete it while the client's buffer is full: a pooled
+        # connection must be reading again, or the next request on it would never see its answer.
+        conn.resume_reading()
+        conn.target.idle.append(conn)
+
+    def discard(self, conn: EngineConnection) -> None:
+        """The connection is closed: forget it, and give its place to a waiting request."""
+        if conn not in self._live:
+            return
+        self._live.discard(conn)
+        try:
+            conn.target.idle.remove(conn)
+        except ValueError:
+            pass
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def fetch(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                    body: bytes | None) -> EngineAnswer:
+        """A read the proxy makes itself (a search's candidates, a probe), answer read whole."""
+        return await FetchExchange(self, method.encode("ascii"), target.encode("latin-1"), headers, body).run()
+
+    def close(self) -> None:
+        for conn in list(self._live):
+            conn.close()

@@ -1,0 +1,383 @@
+"""A relayed request: the client's bytes to a pooled engine connection, the answer back as it comes.
+
+Most requests an app sends are not searches (document reads, writes, bulks, cluster calls), and the
+proxy must cost next to nothing on them: the request head is rebuilt from the parsed headers
+(hop-by-hop ones dropped, Host set to the engine's), bodies go through chunk by chunk in the framing
+they came in, and the engine's answer is parsed only as far as framing needs and written back in
+one write per read. No task, future or timer per request: read timeouts are checked by the edge's
+periodic tick. Bypassed searches come here too, with the body the edge already read.
+
+Retry rules: a request may go to the next engine only when no connection could be opened (nothing
+was sent), or when it is a read (an idempotent method, or a search read whole) whose pooled
+connection died before any answer byte; a write is never sent twice.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rerank_proxy.engine.headers import FRAMING, HOP_BY_HOP, request_head
+from rerank_proxy.errors import ProxyError, error_response
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from rerank_proxy.engine.connection import EngineConnection
+    from rerank_proxy.engine.pool import EnginePool
+    from rerank_proxy.engine.targets import Target
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+_NO_BODY_STATUS = frozenset({204, 304})
+# Request body buffered before an engine connection is ready; past this, reading the client pauses.
+BODY_HIGH_WATER = 256 * 1024
+
+
+class ClientSide(Protocol):
+    """The client connection a relay answers (the edge's `HttpConnection`)."""
+
+    loop: asyncio.AbstractEventLoop
+    http11: bool
+    client_addr: tuple[str, int] | None
+
+    @property
+    def active(self) -> object: ...
+    def write(self, data: bytes) -> None: ...
+    def exchange_done(self, exchange: Any) -> None: ...
+    def pause_reading(self, reason: str) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
+    def abort(self) -> None: ...
+
+
+class RelayExchange:
+    """One pass-through request: client -> engine, response -> client."""
+
+    __slots__ = ("client", "loop", "pool", "method", "path", "request_headers", "body_framing", "keep_alive",
+                 "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
+                 "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
+                 "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
+                 "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected", "body_copy",
+                 "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag")
+
+    def __init__(self, client: ClientSide, pool: EnginePool, method: bytes, target: bytes,
+                 headers: list[tuple[bytes, bytes]], body_framing: bytes | None, keep_alive: bool,
+                 expect_continue: bool, on_done: Callable[[RelayExchange], None], *,
+                 preloaded: bytes | None = None) -> None:
+        self.client = client
+        self.loop = client.loop
+        self.pool = pool
+        self.method = method
+        self.path = target
+        self.request_headers = headers
+        self.body_framing = body_framing     # b"length", b"chunked" or None (no body)
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.head_only = method == b"HEAD"
+        self.on_done = on_done
+        # request side
+        self.body_queue: deque[bytes] = deque()
+        # A body the edge read whole (a bypassed search): sent with the head, and replayable.
+        self.preloaded = preloaded
+        self.body_complete = body_framing is None or preloaded is not None
+        self.body_started = False
+        self.body_bytes = len(preloaded or b"")
+        # Set by the edge for its access log and metrics.
+        self.started_at = 0.0
+        self.log_path = ""
+        self.log_headers: list[tuple[bytes, bytes]] = []
+        self.outcome = "passthrough"
+        self.reason_tag = ""
+        # Added to the engine's answer (a bypassed search's X-Rerank flags).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.sent_bytes = 0
+        self.served_by = ""
+        # Set by the edge for writes the built-in model can warm from: the body, kept up to
+        # `body_copy_limit` (past it the copy is dropped, never the write).
+        self.body_copy: list[bytes] | None = None
+        self.body_copy_limit = 0
+        self.conn: EngineConnection | None = None
+        self.from_pool = False
+        # response side
+        self.status = 0
+        self.reason = b""
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.response_started = False
+        self.response_chunked = False
+        self.until_close = False
+        self.upstream_keep_alive = True
+        self.answered = False
+        self.out: list[bytes] = []
+        self.finished = False
+        self.last_read = 0.0            # loop time of the last byte from the engine (read timeout)
+        self._tried: list[Target] = []
+        self.rejected: tuple[int, str, str] | None = None
+
+    # --- start: pick a connection ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.rejected is not None:
+            self.fail(*self.rejected)
+            return
+        if self.expect_continue:
+            self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        for target in self.pool.order():
+            conn = self.pool.take_idle(target) if target.healthy else None
+            if conn is not None:
+                self._tried.append(target)
+                self.from_pool = True
+                self._attach(conn)
+                return
+        self.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        for target in self.pool.order():
+            if target in self._tried and self.answered:
+                continue
+            try:
+                conn = await self.pool.connect(target)
+            except ProxyError as exc:  # no connection came free (UPSTREAM_MAX_CONNECTIONS)
+                self.fail(exc.status, exc.error_type, exc.reason)
+                return
+            if conn is None:
+                continue
+            if self.finished:  # the client went away while connecting
+                conn.close()
+                return
+            self._tried.append(target)
+            self.from_pool = False
+            self._attach(conn)
+            return
+        self.fail(502, "proxy_upstream_unavailable_exception", "no engine could be reached (ClientConnectorError)")
+
+    def _attach(self, conn: EngineConnection) -> None:
+        self.conn = conn
+        conn.exchange = self
+        self.served_by = conn.target.name
+        head = request_head(conn.target, self.method, self.path, self.request_headers, self.body_framing)
+        self.last_read = self.loop.time()
+        if self.preloaded:
+            head.append(self.preloaded)
+        self.body_started = bool(self.body_queue)
+        if self.body_queue:
+            head += self.body_queue
+            self.body_queue.clear()
+            self.client.resume_reading("buffer")
+        conn.send(b"".join(head))
+
+    def pause_source(self) -> None:
+        """The engine is not taking the body as fast as the client sends it."""
+        self.client.pause_reading("upstream")
+
+    def resume_source(self) -> None:
+        self.client.resume_reading("upstream")
+
+    # --- request body from the client -----------------------------------------------------------
+
+    def request_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.pool.settings.max_body_bytes:
+            self._body_too_large()
+            return
+        if self.body_copy is not None:
+            if self.body_bytes <= self.body_copy_limit:
+                self.body_copy.append(chunk)
+            else:
+                self.body_copy = None
+        if self.body_framing == b"chunked":
+            chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        if self.conn is None:
+            self.body_queue.append(chunk)
+            if sum(map(len, self.body_queue)) > BODY_HIGH_WATER:
+                self.client.pause_reading("buffer")
+            return
+        self.body_started = True
+        self.conn.send(chunk)
+
+    def request_done(self) -> None:
+        self.body_complete = True
+        if self.body_framing == b"chunked":
+            self.request_body_raw(b"0\r\n\r\n")
+        # UPSTREAM_TIMEOUT_S is the engine's time to answer: it runs from the last byte sent,
+        # so an upload slower than it is not cut (the client's own timeouts bound the upload).
+        self.last_read = self.loop.time()
+
+    def reject_body(self, status: int, error_type: str, reason: str) -> None:
+        """The client's body broke off (bad framing, too slow): the engine's connection is dropped
+        before the request is complete, so the engine never acts on it; the client gets the error."""
+        if self.client.active is not self:  # still queued behind another request: answer in turn
+            self.rejected = (status, error_type, reason)
+            return
+        self._give_up(status, error_type, reason)
+
+    def request_body_raw(self, data: bytes) -> None:
+        if self.finished:
+            return
+        if self.conn is None:
+            self.body_queue.append(data)
+        else:
+            self.conn.send(data)
+
+    # --- response from the engine ---------------------------------------------------------------
+
+    def response_head(self, status: int, upstream_keep_alive: bool) -> None:
+        self.status = status
+        self.upstream_keep_alive = upstream_keep_alive
+        head = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason or b"OK")]
+        named: set[bytes] = set()
+        length_at = -1
+        chunked = False
+        for name, value in self.response_headers:
+            lowered = name.lower()
+            if lowered in HOP_BY_HOP:
+                if lowered == b"transfer-encoding":
+                    chunked = True
+                elif lowered == b"connection":
+                    named.update(token.strip().lower() for token in value.split(b","))
+                continue
+            if lowered == b"content-length":
+                if length_at >= 0:  # said twice: keep one (the parser accepts only equal values)
+                    continue
+                length_at = len(head)
+            head += (name, b": ", value, b"\r\n")
+        if chunked and length_at >= 0:  # both framings given: the length cannot be trusted
+            del head[length_at:length_at + 4]
+            length_at = -1
+        named -= FRAMING
+        if named:
+            head = head[:1] + [part for i in range(1, len(head), 4) if head[i].lower() not in named
+                               for part in head[i:i + 4]]
+        bodiless = self.head_only or status in _NO_BODY_STATUS
+        if not bodiless and length_at < 0:
+            self.until_close = not chunked  # the engine's body ends when its connection does
+            if self.client.http11:
+                self.response_chunked = True
+                head.append(b"Transfer-Encoding: chunked\r\n")
+            else:  # an HTTP/1.0 client: the body ends when the proxy closes the connection
+                self.keep_alive = False
+        for name, value in self.extra_headers:
+            head += (name, b": ", value, b"\r\n")
+        if not self.keep_alive:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        self.out += head
+        self.response_started = True
+
+    def response_body(self, chunk: bytes) -> None:
+        if self.response_chunked:
+            self.out.append(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.out.append(chunk)
+
+    def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.sent_bytes += len(data)
+            self.client.write(data)
+            self.out.clear()
+
+    def response_done(self) -> None:
+        if self.finished:
+            return
+        if self.response_chunked:
+            self.sent_bytes += 5
+            self.client.write(b"0\r\n\r\n")
+        conn = self.conn
+        self._finish()
+        if conn is not None:
+            conn.exchange = None
+            if self.upstream_keep_alive and self.body_complete:
+                self.pool.release(conn)
+            else:
+                conn.close()
+        self.on_done(self)
+
+    # --- failures --------------------------------------------------------------------------------
+
+    def upstream_lost(self) -> None:
+        """The engine's connection closed while this exchange used it."""
+        if self.finished:
+            return
+        self.conn = None
+        if self.until_close and self.response_started:
+            self.flush()
+            self.response_done()
+            return
+        replayable = self.preloaded is not None or (self.method in _IDEMPOTENT and not self.body_started)
+        if not self.answered and self.from_pool and replayable:
+            self.loop.create_task(self._connect())  # a stale pooled connection: safe to ask again
+            return
+        if self.response_started:
+            self.abort_client()
+            return
+        self.fail(502, "proxy_upstream_unavailable_exception",
+                  "no engine could be reached (ServerDisconnectedError)")
+
+    def upstream_broken(self, reason: str) -> None:
+        self._give_up(502, "proxy_upstream_unavailable_exception", reason)
+
+    def _body_too_large(self) -> None:
+        """A streamed body passed MAX_BODY_BYTES: the engine's connection is dropped mid-body, so
+        it never sees a complete request, and the client gets 413 (or a cut connection)."""
+        limit = self.pool.settings.max_body_bytes
+        self._give_up(413, "content_too_long_exception", f"request body is larger than the limit of {limit} bytes")
+
+    def check_timeout(self, now: float) -> None:
+        """Called by the server's periodic tick: no timer is armed per request. While the client is
+        still uploading, the engine is waited for only when it stopped taking the body."""
+        if self.finished or self.conn is None or now - self.last_read < self.pool.settings.upstream_timeout_s:
+            return
+        if not self.body_complete and not self.answered and not self.conn.writing_paused:
+            return
+        self._give_up(504, "proxy_upstream_timeout_exception", "the engine did not answer within UPSTREAM_TIMEOUT_S")
+
+    def _give_up(self, status: int, error_type: str, reason: str) -> None:
+        """Drop the engine connection; the client gets the error, or a cut connection if its
+        answer had already started."""
+        self._drop_engine_connection()
+        if self.response_started:
+            self.abort_client()
+        else:
+            self.fail(status, error_type, reason)
+
+    def _drop_engine_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            conn.close()
+
+    def fail(self, status: int, error_type: str, reason: str) -> None:
+        """Answer the client with an engine-style error (nothing was relayed yet)."""
+        if self.finished:
+            return
+        self.status = status
+        answer = error_response(status, error_type, reason, close=not (self.keep_alive and self.body_complete))
+        self.sent_bytes += len(answer)
+        self.client.write(answer)
+        if not self.body_complete:
+            self.keep_alive = False
+        self._finish()
+        self.on_done(self)
+
+    def abort_client(self) -> None:
+        """The response was cut mid-way: the client must see a broken connection, not a short body."""
+        self.flush()
+        self.keep_alive = False
+        self._finish()
+        self.client.abort()
+        self.on_done(self)
+
+    def client_gone(self) -> None:
+        """The client disconnected: drop the engine connection unless the exchange is over."""
+        if self.finished:
+            return
+        self._drop_engine_connection()
+        self._finish()
+        self.on_done(self)
+
+    def _finish(self) -> None:
+        self.finished = True
+
+
