@@ -41,7 +41,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("UPSTREAM_TLS_VERIFY", "true", "Verify the upstream's TLS certificate (true/false).", "true"),
     Setting("UPSTREAM_TIMEOUT_S", "60", "Read timeout for one upstream response, in seconds.", "30"),
     Setting("UPSTREAM_CONNECT_TIMEOUT_S", "5", "Connect timeout to one upstream, in seconds.", "2"),
-    Setting("UPSTREAM_MAX_CONNECTIONS", "200", "Pooled connections to the upstreams, per worker.", "100"),
+    Setting("UPSTREAM_MAX_CONNECTIONS", "200", "Open connections to the engines per worker, idle or in use; past it a request waits up to UPSTREAM_CONNECT_TIMEOUT_S for one, then gets 429.", "100"),
     Setting("RERANK_PROVIDER", "local", "Who scores: local (built-in MiniLM), cohere, cohere-v1, compatible, tei, voyage, none.", "cohere"),
     Setting("RERANK_BASE_URL", "", "Provider base URL (empty: the provider's public default).", "https://api.cohere.com"),
     Setting("RERANK_PATH", "", "Provider endpoint path (empty: the provider's default, e.g. /v2/rerank).", "/v1/rerank"),

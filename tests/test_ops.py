@@ -126,6 +126,8 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     assert fields["request_id"] == "trace-1" and fields["status"] == 200 and fields["outcome"] == "passthrough"
     assert fields["traceparent"].startswith("00-0af7")
     assert fields["user_agent"] == "app/1.2" and fields["client"].startswith("127.0.0.1:")
+    # bytes as sent to the client (head and body), and the engine that served it
+    assert fields["bytes"] > 100 and fields["upstream"] == engine.url.removeprefix("http://")
     from rerank_proxy.admin.logs import JsonFormatter
 
     line = JsonFormatter().format(records[-1])
@@ -138,7 +140,9 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     ecs = json.loads(ecs_line)
     assert ecs["ecs"]["version"] and ecs["@timestamp"].endswith("Z") and ecs["message"] == "request"
     assert ecs["log"] == {"level": "info", "logger": "rerank_proxy.access"}
-    assert ecs["http"] == {"request": {"method": "GET", "id": "trace-1"}, "response": {"status_code": 200}}
+    assert ecs["http"] == {"request": {"method": "GET", "id": "trace-1"},
+                           "response": {"status_code": 200, "bytes": fields["bytes"]}}
+    assert ecs["destination"] == {"address": fields["upstream"]}
     assert ecs["url"] == {"path": "/_cluster/health"}
     assert isinstance(ecs["event"]["duration"], int) and ecs["event"]["duration"] > 0  # nanoseconds
     assert ecs["trace"] == {"id": "0af7651916cd43dd8448eb211c80319c"}

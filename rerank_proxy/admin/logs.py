@@ -43,7 +43,7 @@ ECS_VERSION = "8.11.0"
 _ECS_FIELDS = {
     "method": "http.request.method", "path": "url.path", "status": "http.response.status_code",
     "request_id": "http.request.id", "client": "client.address", "user_agent": "user_agent.original",
-    "bytes": "http.response.body.bytes", "upstream": "destination.address", "pid": "process.pid",
+    "bytes": "http.response.bytes", "upstream": "destination.address", "pid": "process.pid",
     "host": "server.address", "port": "server.port", "version": "service.version",
 }
 

@@ -36,10 +36,6 @@ class EnginePool:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
-    def urls(self) -> list[str]:
-        return [target.name for target in self.targets]
-
-    @property
     def open_connections(self) -> int:
         return len(self._live) + self._connecting
 

@@ -28,7 +28,8 @@ class Target:
         if parts.port and parts.port != default_port:
             netloc += f":{parts.port}"
         self.host_header = netloc.encode("ascii")
-        self.name = f"{parts.scheme}://{netloc}"   # for logs: never the credentials
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        self.name = f"{host}:{self.port}"   # for logs (ECS destination.address): never the credentials
         self.base_path = parts.path.rstrip("/").encode("latin-1")
         self.authorization: bytes | None = None
         if parts.username is not None:
