@@ -1,6 +1,7 @@
 """Pass-through benchmark: what the proxy adds to requests it does not rerank.
 
-`GET /bench-small/_doc/{id}` (a ~50-byte document) and a `_bulk` of 1,000 small documents, at
+`GET /bench-small/_doc/{id}` (a ~50-byte document), a `_bulk` of 1,000 small documents and (with
+`--ops ... search_bypass`) a `size: 0` search the proxy relays without reranking, at
 concurrency 1 and 32, sent by wrk (a separate process) straight to the engine, through nginx as a
 plain reverse proxy (bench/nginx.conf: keepalive upstream, worker_processes auto), and through
 rerank-proxy with 1 and with 2 workers. The targets are interleaved within each round and the
@@ -43,6 +44,9 @@ def operations() -> dict[str, list[tuple[str, str, bytes, dict[str, str]]]]:
     return {
         "get": [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)],
         "bulk_1000": [("POST", "/_bulk", bulk_body(1000), {"Content-Type": "application/x-ndjson"})],
+        # A search the proxy does not rerank (size 0): read whole at the edge, then relayed.
+        "search_bypass": [("POST", f"/{SMALL_INDEX}/_search", b'{"size": 0, "query": {"match_all": {}}}',
+                           {"Content-Type": "application/json"})],
     }
 
 
@@ -161,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
     p.add_argument("--bulk-duration", type=float, default=12.0, help="seconds per wrk run of _bulk (default 12)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--ops", nargs="+", default=["get", "bulk_1000"], choices=["get", "bulk_1000"])
+    p.add_argument("--ops", nargs="+", default=["get", "bulk_1000"], choices=["get", "bulk_1000", "search_bypass"])
     p.add_argument("--engine-port", type=int, default=9400)
     return p
 
