@@ -195,8 +195,10 @@ def test_local_tier_matches_cachetools_ttlcache():
 def test_document_keys_are_stable():
     """Keys are shared with other replicas through Redis: their derivation must not drift."""
     cache = ScoreCache(OverlapReranker(), max_entries=10, ttl_s=60)
-    expected = hashlib.blake2b(b"overlap\x1foverlap-v1\x1fjet\x1fwing flutter", digest_size=16).digest()
+    text_digest = hashlib.blake2b(b"wing flutter", digest_size=16).digest()
+    expected = hashlib.blake2b(b"overlap\x1foverlap-v1\x1fjet\x1f" + text_digest, digest_size=16).digest()
     assert cache.doc_keys("jet", ["wing flutter"]) == [expected]
+    assert cache.doc_keys("jet", ["ignored"], [text_digest]) == [expected]   # digests known: texts unread
 
 
 async def test_repeated_documents_in_one_request_make_one_score():

@@ -46,6 +46,7 @@ class AsgiExchange:
         self._status = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._refusal: tuple[int, str, str] | None = None   # decided while queued, answered in turn
+        self._task: asyncio.Task[None] | None = None
 
     # --- connection side -------------------------------------------------------------------------
 
@@ -56,7 +57,7 @@ class AsgiExchange:
             self.refuse(*self._refusal)
             return
         self._running = True
-        self.client.loop.create_task(self._run())
+        self._task = self.client.loop.create_task(self._run())  # held: the loop keeps only a weak reference
 
     def request_body(self, chunk: bytes) -> None:
         if self.finished:

@@ -8,6 +8,7 @@ as every pass-through, with the body already read and the `X-Rerank` flags added
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ class SearchExchange:
         self._running = False
         self._gone = False
         self._refusal: tuple[int, str, str] | None = None   # decided while queued, answered in turn
+        self._task: asyncio.Task[None] | None = None
 
     # --- connection side -------------------------------------------------------------------------
 
@@ -108,7 +110,7 @@ class SearchExchange:
             return
         self._running = True
         self.server.app.request_started()
-        self.client.loop.create_task(self._run())
+        self._task = self.client.loop.create_task(self._run())  # held: the loop keeps only a weak reference
 
     async def _run(self) -> None:
         runtime = self.server.app.runtime
@@ -120,7 +122,6 @@ class SearchExchange:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.forwarded}
         pipeline = runtime.pipeline
         handler = pipeline.search if self.kind == "search" else pipeline.msearch
-        extra: dict[str, Any] = {}
         try:
             try:
                 result = await handler(method, self.targets, parse_params(query), headers, self.forwarded, body)
@@ -144,9 +145,6 @@ class SearchExchange:
             self._answer(error_response(500, "proxy_internal_exception",
                                         "the proxy failed to handle this request; see its log",
                                         close=not self.keep_alive), 500, "error")
-        finally:
-            if not self.finished:  # an answer is always given, or the relay took over
-                self.finished = True
 
     def _finished_bytes(self, result: Finished) -> bytes:
         """The reranked answer, framed by the proxy (an engine's own framing is never repeated)."""

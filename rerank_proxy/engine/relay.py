@@ -58,7 +58,8 @@ class RelayExchange:
                  "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
                  "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected", "body_copy",
-                 "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag")
+                 "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag",
+                 "_task")
 
     def __init__(self, client: ClientSide, pool: EnginePool, method: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]], body_framing: bytes | None, keep_alive: bool,
@@ -112,6 +113,7 @@ class RelayExchange:
         self.last_read = 0.0            # loop time of the last byte from the engine (read timeout)
         self._tried: list[Target] = []
         self.rejected: tuple[int, str, str] | None = None
+        self._task: asyncio.Task[None] | None = None   # held: the loop keeps only a weak reference
 
     # --- start: pick a connection ----------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class RelayExchange:
                 self.from_pool = True
                 self._attach(conn)
                 return
-        self.loop.create_task(self._connect())
+        self._task = self.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
         for target in self.pool.order():
@@ -307,7 +309,7 @@ class RelayExchange:
             return
         replayable = self.preloaded is not None or (self.method in _IDEMPOTENT and not self.body_started)
         if not self.answered and self.from_pool and replayable:
-            self.loop.create_task(self._connect())  # a stale pooled connection: safe to ask again
+            self._task = self.loop.create_task(self._connect())  # a stale pooled connection: safe to ask again
             return
         if self.response_started:
             self.abort_client()

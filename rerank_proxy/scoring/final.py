@@ -103,9 +103,10 @@ class Scored:
 
 
 async def final_scores(cache: ScoreCache | None, query: str, texts: Sequence[str], lexical: Sequence[Any],
-                       mode: ScoreMode, weight: float) -> Scored:
-    """Score a window: one entry per text, in the engine's order. Provider failures (`RerankError`)
-    propagate: the caller decides between lexical order and an error."""
+                       mode: ScoreMode, weight: float, digests: Sequence[bytes] | None = None) -> Scored:
+    """Score a window: one entry per text, in the engine's order (`digests`: their `text_hash`es,
+    if known). Provider failures (`RerankError`) propagate: the caller decides between lexical
+    order and an error."""
     count = len(texts)
     if mode == "lexical" or cache is None:
         return Scored("lexical", lexical_scores(lexical), [None] * count, [], [], None)
@@ -113,7 +114,11 @@ async def final_scores(cache: ScoreCache | None, query: str, texts: Sequence[str
     blanks = [i for i, text in enumerate(texts) if is_blank(text)] if len(scored) < count else []
     if not scored:  # nothing to send: the lexical order, through the mode's formula
         return Scored(mode, combine([0.0] * count, lexical, mode, weight), [None] * count, [], blanks, None)
-    outcome = await cache.scores(query, texts if not blanks else [texts[i] for i in scored])
+    if blanks:
+        outcome = await cache.scores(query, [texts[i] for i in scored],
+                                     None if digests is None else [digests[i] for i in scored])
+    else:
+        outcome = await cache.scores(query, texts, digests)
     final = combine(with_blanks(count, scored, outcome.scores), lexical, mode, weight)
     raw: list[float | None] = [None] * count
     for position, score in zip(scored, outcome.scores, strict=True):

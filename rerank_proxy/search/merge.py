@@ -54,6 +54,10 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
         window = ranked
         hits_obj["max_score"] = scores[order[0]]
     page = (window + tail)[plan.page_from: plan.page_from + plan.page_size]
+    if plan.strip_versions:
+        for hit in page:
+            hit.pop("_seq_no", None)
+            hit.pop("_primary_term", None)
     if not plan.source.is_identity:
         for hit in page:
             if "_source" not in hit:

@@ -21,12 +21,12 @@ from rerank_proxy.config import Settings
 from rerank_proxy.engine.headers import forwardable_headers
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
-from rerank_proxy.scoring.cache.scores import ScoreCache
+from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
 from rerank_proxy.search import filter_path as filter_paths
-from rerank_proxy.search.hit_text import RuleMemo, hit_texts
+from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
 
@@ -97,6 +97,7 @@ class SearchPipeline:
         self.engine = engine
         self.cache = cache
         self._rule_for = RuleMemo(settings.rule_for)
+        self._texts = VersionedTexts(text_hash)
 
     # --- _search -----------------------------------------------------------------------------
 
@@ -146,13 +147,13 @@ class SearchPipeline:
         window = hits[: plan.window]
         if not window:
             return _Scored(None, "lexical", "no_hits")  # nothing to rerank: the engine's answer
-        texts = hit_texts(window, plan.rule, self._rule_for)
+        texts, digests = self._texts.texts(window, plan.rule, self._rule_for)
         mode = resolve_mode(plan.options.score_mode, self.settings.rerank_score_mode, self.settings.rerank_provider)
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
         lexical = [h.get("_score") if isinstance(h, dict) else None for h in window]
         started = time.perf_counter()
         try:
-            scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight)
+            scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight, digests)
         except RerankError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             reason = reason_of(exc)

@@ -64,6 +64,9 @@ class Plan:
     pretty: bool = False
     filter_path: filter_paths.FilterPath | None = None  # applied by the proxy to the final response
     body_changed: bool = False  # the client's body had the `rerank` extension (now removed)
+    # The candidates carry `_seq_no`/`_primary_term` (document versions name their texts, see
+    # `hit_text.VersionedTexts`); removed from the page unless the client asked for them.
+    strip_versions: bool = False
 
 
 @dataclass(slots=True)
@@ -367,6 +370,9 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
         candidate["_source"] = True  # stored_fields alone would leave the hits without their text
     if sort is not None and "sort" in candidate:
         candidate.pop("sort")
+    asked_versions = bool(body.get("seq_no_primary_term")) or params.get("seq_no_primary_term") in ("", "true")
+    if "seq_no_primary_term" not in params:
+        candidate["seq_no_primary_term"] = True
     # filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
     dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort", "filter_path"}
     query = [(k, v) for k, v in params.items() if k not in dropped]
@@ -374,7 +380,7 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
                 page_size=size, rule=rule, source=client_source, options=options,
                 pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter,
-                body_changed=changed)
+                body_changed=changed, strip_versions=not asked_versions)
 
 
 def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:

@@ -107,25 +107,28 @@ class ScoreCache:
         self.local_listwise.clear()
         return count
 
-    def doc_keys(self, query: str, texts: Sequence[str]) -> list[bytes]:
-        """One hash per text over provider, model, query and text, the shared prefix hashed once.
+    def doc_keys(self, query: str, texts: Sequence[str], digests: Sequence[bytes] | None = None) -> list[bytes]:
+        """One key per text over provider, model, query and the text's digest (`text_hash`).
 
-        The normalised query cannot end in the separator, so distinct pairs never collide by
-        concatenation.
+        The shared prefix is hashed once; per text only its 16-byte digest is added, so a caller
+        that knows the digests already (`search.hit_text.VersionedTexts`, by document version)
+        saves hashing the texts themselves. The normalised query cannot end in the separator, so
+        distinct pairs never collide by concatenation.
         """
         base = hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f", digest_size=16)
         keys = []
-        for text in texts:
+        for digest_of_text in digests if digests is not None else map(text_hash, texts):
             digest = base.copy()
-            digest.update(text.encode("utf-8"))
+            digest.update(digest_of_text)
             keys.append(digest.digest())
         return keys
 
-    async def scores(self, query: str, texts: Sequence[str]) -> ScoreOutcome:
+    async def scores(self, query: str, texts: Sequence[str], digests: Sequence[bytes] | None = None) -> ScoreOutcome:
+        """Scores of `texts` for `query`; `digests` (their `text_hash`es), when known, save hashing."""
         query = normalise_query(query)
         if not self.reranker.pointwise:
             return await self._listwise(query, texts)
-        keys = self.doc_keys(query, texts)
+        keys = self.doc_keys(query, texts, digests)
         result: list[float | None] = self.local.get_many(keys) if self.enabled else [None] * len(texts)
         outcome = ScoreOutcome(scores=[])
         missing = [i for i, v in enumerate(result) if v is None]
