@@ -50,8 +50,10 @@ lint: install
 test: system install tools lint
 	$(VENV)/bin/python -m pytest -q
 
+# `make demo DEMO_ARGS=--no-eval` skips the Cranfield measurement (the few minutes of embedding).
+DEMO_ARGS ?=
 demo: system install
-	$(VENV)/bin/rerank-proxy demo
+	$(VENV)/bin/rerank-proxy demo $(DEMO_ARGS)
 
 # Download and unpack the default Elasticsearch and OpenSearch builds (tests then start at once).
 engines: install

@@ -472,6 +472,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 _DEFAULTS = {s.name: s.default for s in SETTINGS}
 
 
+def non_defaults(settings: Settings) -> dict[str, Any]:
+    """The effective settings that differ from the shipped defaults, by name, secrets redacted:
+    what a measurement must state so its figures can be read as "on the defaults" or not."""
+    shipped = load_settings({}).redacted()
+    return {name: value for name, value in settings.redacted().items() if value != shipped[name]}
+
+
 # --- start-up checks: misspelt names, malformed templates -------------------------------------------
 
 # Unknown names under these prefixes are probably misspelt settings. Kubernetes service links

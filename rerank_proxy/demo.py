@@ -1,5 +1,7 @@
 """`rerank-proxy demo`: a real local engine, the proxy on its embedded defaults, a sample corpus,
-and each demo query's lexical and reranked top results side by side.
+and each demo query's lexical and reranked top results side by side; then, unless `--no-eval`,
+nDCG@10 lexical vs reranked on the Cranfield judgments, measured through the proxy
+(rerank_proxy/demo_eval.py).
 
 Nothing is mocked: the engine is the official distribution started by the engine runner, the
 proxy is the same ASGI app `rerank-proxy serve` runs, and the reranker is the configured one
@@ -13,13 +15,19 @@ import asyncio
 import os
 import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from rerank_proxy.config import ConfigError, load_settings
+from rerank_proxy.config import ConfigError, Settings, load_settings, non_defaults
 from rerank_proxy.demo_corpus import DEMO_DOCS, DEMO_INDEX, DEMO_QUERIES
+from rerank_proxy.demo_eval import CRANFIELD, EVAL_INDEX, Collection, EvalError, evaluate, load_collection, table
+
+# Settings the demo sets itself, and why (anything else that differs came from the environment).
+_DEMO_SETTINGS = {"UPSTREAM_URLS": "the demo's engine", "LOCAL_VECTOR_STORE": "a fresh store for this run"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="engine HTTP port (runner default)")
     parser.add_argument("--query", action="append", help="a query to show (repeatable); default: the demo queries")
     parser.add_argument("--size", type=int, default=5, help="hits shown per column")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the Cranfield nDCG@10 evaluation (a few minutes: the model embeds 1,400 documents)")
+    parser.add_argument("--eval-dataset", type=Path, default=None,
+                        help=f"BEIR folder of the evaluation (default: {CRANFIELD})")
+    parser.add_argument("--eval-docs", type=int, default=None, help="evaluate on the first N documents only")
+    parser.add_argument("--eval-queries", type=int, default=None, help="evaluate on the first N judged queries only")
 
 
 def run(args: argparse.Namespace) -> int:
     from rerank_proxy.engines.runner import EngineError, ensure_engine
 
-    print(f"[1/5] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
+    collection = None if args.no_eval else _eval_collection(args)
+    steps = 5 if collection is None else 6
+    print(f"[1/{steps}] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
     try:
         engine = ensure_engine(args.engine, port=args.port, say=lambda m: print(f"      {m}", flush=True))
     except EngineError as exc:
@@ -40,40 +56,99 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"      {engine.kind} {engine.version} at {engine.url}")
 
-    print(f"[2/5] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'", flush=True)
+    print(f"[2/{steps}] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'",
+          flush=True)
     bulk = load_demo_corpus(engine.url)
 
-    env = dict(os.environ)
-    env["UPSTREAM_URLS"] = engine.url
-    try:
-        settings = load_settings(env)
-    except ConfigError as exc:
-        print(f"demo: configuration error: {exc}", file=sys.stderr)
-        return 2
-    print(f"[3/5] starting the proxy (reranker: {settings.rerank_provider}, window {settings.rerank_window})",
-          flush=True)
-    with _proxy(settings) as proxy:
-        proxy_url = proxy.server.url
-        warm_from_writes(proxy, settings, bulk)
-        print(f"[5/5] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
-        for query in args.query or DEMO_QUERIES:
-            show(query, engine.url, proxy_url, args.size)
+    with tempfile.TemporaryDirectory(prefix="rerank-demo-", ignore_cleanup_errors=True) as scratch:
+        env = dict(os.environ)
+        own = {"UPSTREAM_URLS"} | ({"LOCAL_VECTOR_STORE"} if "LOCAL_VECTOR_STORE" not in env else set())
+        env["UPSTREAM_URLS"] = engine.url
+        env.setdefault("LOCAL_VECTOR_STORE", str(Path(scratch) / "vectors.sqlite"))
+        try:
+            settings = load_settings(env)
+        except ConfigError as exc:
+            print(f"demo: configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"[3/{steps}] starting the proxy (reranker: {settings.rerank_provider}, window {settings.rerank_window})",
+              flush=True)
+        print(f"      settings that differ from the shipped defaults: {describe_settings(settings, own)}", flush=True)
+        with _proxy(settings) as proxy:
+            proxy_url = proxy.server.url
+            warm_from_writes(proxy, settings, bulk, steps)
+            print(f"[5/{steps}] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
+            for query in args.query or DEMO_QUERIES:
+                show(query, engine.url, proxy_url, args.size)
+            if collection is not None:
+                return show_evaluation(proxy_url, settings, collection, own, steps)
     return 0
 
 
-def warm_from_writes(proxy: _proxy, settings: Any, bulk: bytes) -> None:
+def _eval_collection(args: argparse.Namespace) -> Collection | None:
+    """The judged set, read before anything starts: a missing default dataset skips the evaluation,
+    a dataset the user named and that cannot be read ends the demo."""
+    folder = args.eval_dataset or CRANFIELD
+    try:
+        return load_collection(folder, args.eval_docs, args.eval_queries)
+    except EvalError as exc:
+        if args.eval_dataset is not None:
+            raise SystemExit(f"demo: {exc}") from None
+        print(f"demo: no evaluation ({exc}); pass --eval-dataset PATH, or --no-eval", file=sys.stderr)
+        return None
+
+
+def describe_settings(settings: Settings, own: set[str]) -> str:
+    changed = non_defaults(settings)
+    if not changed:
+        return "none"
+    return ", ".join(f"{name}={value} ({_DEMO_SETTINGS[name] if name in own else 'from your environment'})"
+                     for name, value in changed.items())
+
+
+def show_evaluation(proxy_url: str, settings: Settings, collection: Collection, own: set[str], steps: int) -> int:
+    """Step 6: the measurement through the proxy, with the embedder's progress on stderr."""
+    from tqdm import tqdm
+
+    print(f"[6/{steps}] nDCG@10 on {collection.name} through the proxy: writing {len(collection.docs)} documents into "
+          f"'{EVAL_INDEX}' (write warming queues them for the model), then {len(collection.queries)} judged "
+          "queries, lexical and reranked", flush=True)
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="doc", desc="      embedding", file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()  # caught up: the bar's clock should not run on through the searches
+
+    try:
+        result = evaluate(proxy_url, settings, collection, progress=progress)
+    except (EvalError, httpx.HTTPError) as exc:
+        print(f"demo: the evaluation failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    print("\n" + table(result))
+    print(f"settings that differ from the shipped defaults: {describe_settings(settings, own)}; "
+          f"index '{EVAL_INDEX}' (fresh), proxy on {proxy_url}", flush=True)
+    return 0
+
+
+def warm_from_writes(proxy: _proxy, settings: Any, bulk: bytes, steps: int = 5) -> None:
     """Queue the corpus the demo just wrote for the built-in model, as a write through the proxy
     would be, and wait for it: otherwise the first searches meet a cold store and answer lexically."""
     from rerank_proxy.local.warming import queue_written
 
     warmer = proxy.app.runtime.warmer if proxy.app.runtime is not None else None
     if warmer is None:
-        print("[4/5] (no local model: nothing to warm)", flush=True)
+        print(f"[4/{steps}] (no local model: nothing to warm)", flush=True)
         return
     embedder = warmer.embedder
     queued = asyncio.run(queue_written(warmer, settings, "POST", f"/{DEMO_INDEX}/_bulk", bulk))
     started = time.perf_counter()
-    print(f"[4/5] embedding the {queued} written documents in the background ...", end="", flush=True)
+    print(f"[4/{steps}] embedding the {queued} written documents in the background ...", end="", flush=True)
     done = embedder.wait_idle(300)
     print(f" {'done' if done else 'still going'} in {time.perf_counter() - started:.1f} s", flush=True)
 
