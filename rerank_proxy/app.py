@@ -77,15 +77,17 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
     if isinstance(reranker, Preloadable):
         await reranker.load()  # the built-in model loads here, not on the first search
     metrics = Metrics()
-    runtime = Runtime(settings, engine, reranker, cache, SearchPipeline(settings, engine, cache),
-                      metrics, shared_cache, time.time())
+    pipeline = SearchPipeline(settings, engine, cache)
+    runtime = Runtime(settings, engine, reranker, cache, pipeline, metrics, shared_cache, time.time())
     from rerank_proxy.admin.collectors import register_collectors
     register_collectors(runtime)
     warmer = runtime.warmer
     if warmer is not None and settings.local_warm_on_start:
         from rerank_proxy.local.warming import warm_on_start
-        task = asyncio.create_task(warm_on_start(warmer, settings, engine))
+        task = asyncio.create_task(warm_on_start(warmer, settings, engine, pipeline.text_fields))
         runtime.closers.append(_canceller(task))
+    if pipeline.text_fields is not None:
+        runtime.closers.append(pipeline.text_fields.aclose)  # last: the warming above reads through it
     return runtime
 
 

@@ -48,8 +48,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RERANK_API_KEY", "", "Provider API key (also RERANK_API_KEY_FILE). Never logged.", "co-...", secret=True),
     Setting("RERANK_MODEL", "", "Provider model (empty: rerank-v3.5 for Cohere, all-MiniLM-L6-v2 for local).", "rerank-v4.0-fast"),
     Setting("RERANK_WINDOW", "100", "Candidates fetched from the engine and reranked per search (1-10000).", "50"),
-    Setting("RERANK_FIELDS", "", "Comma-separated _source fields that make a hit's text (empty: all string fields).", "title,body"),
+    Setting("RERANK_FIELDS", "", "Comma-separated _source fields that make a hit's text (empty: see RERANK_TEXT_FROM_MAPPING).", "title,body"),
     Setting("RERANK_TEMPLATE", "", "Template for a hit's text, with {field} placeholders (overrides RERANK_FIELDS).", "title: {title}\\nbody: {body}"),
+    Setting("RERANK_TEXT_FROM_MAPPING", "true", "Without RERANK_FIELDS or RERANK_TEMPLATE (nor a rule's fields or template), a hit's text is the strings of its index's text-typed fields (text, match_only_text, search_as_you_type, semantic_text; read from the mapping, cached 60 s), so keyword ids and codes are not sent; false, or no readable mapping: every string of _source.", "false"),
     Setting("RERANK_MAX_CHARS", "2000", "Each hit's text is truncated to this many characters before it is sent.", "4000"),
     Setting("RERANK_INDICES", "*", "Comma-separated index patterns whose searches are reranked; others pass through.", "products*,docs"),
     Setting("RERANK_RULES", "", "JSON list of per-index rules overriding fields/template/window/max_chars/enabled.", '[{"index":"products*","fields":["title","description"],"window":50}]'),
@@ -126,6 +127,8 @@ class IndexRule:
     template: str = ""
     window: int = 100
     max_chars: int = 2000
+    # Neither fields nor template were chosen for it: the text is its index's text-typed fields.
+    text_from_mapping: bool = False
 
     def matches(self, index: str) -> bool:
         return fnmatch.fnmatchcase(index, self.pattern)
@@ -149,6 +152,7 @@ class Settings:
     rerank_window: int = 100
     rerank_fields: tuple[str, ...] = ()
     rerank_template: str = ""
+    rerank_text_from_mapping: bool = True
     rerank_max_chars: int = 2000
     rerank_indices: tuple[str, ...] = ("*",)
     rerank_rules: tuple[IndexRule, ...] = ()
@@ -207,7 +211,9 @@ class Settings:
 
     def default_rule(self, pattern: str = "*") -> IndexRule:
         return IndexRule(pattern=pattern, fields=self.rerank_fields, template=self.rerank_template,
-                         window=self.rerank_window, max_chars=self.rerank_max_chars)
+                         window=self.rerank_window, max_chars=self.rerank_max_chars,
+                         text_from_mapping=_from_mapping(self.rerank_text_from_mapping, self.rerank_fields,
+                                                         self.rerank_template))
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as shown by the admin API: secrets replaced."""
@@ -229,7 +235,13 @@ class Settings:
 
 def _rule_dict(rule: IndexRule) -> dict[str, Any]:
     return {"index": rule.pattern, "enabled": rule.enabled, "fields": list(rule.fields),
-            "template": rule.template, "window": rule.window, "max_chars": rule.max_chars}
+            "template": rule.template, "window": rule.window, "max_chars": rule.max_chars,
+            "text_from_mapping": rule.text_from_mapping}
+
+
+def _from_mapping(enabled: bool, fields: tuple[str, ...], template: str) -> bool:
+    """Fields or a template, once given, are what the text is made of: the mapping is the default only."""
+    return enabled and not fields and not template
 
 
 def _strip_userinfo(url: str) -> str:
@@ -336,8 +348,12 @@ def _rules(name: str, raw: str, defaults: IndexRule) -> tuple[IndexRule, ...]:
         if not isinstance(template, str) or not isinstance(enabled, bool):
             raise _fail(name, raw, f"rule {i}: template must be a string and enabled a boolean", accepted)
         _check_template(name, raw, template, f"rule {i}: ")
+        # A rule that names fields or a template (even `"fields": []`: every string) has chosen its
+        # text; one that only sets a window or a cut inherits the default, the mapping included.
+        from_mapping = defaults.text_from_mapping and "fields" not in item and "template" not in item
         rules.append(IndexRule(pattern=item["index"], enabled=enabled, fields=tuple(fields),
-                               template=template, window=window, max_chars=max_chars))
+                               template=template, window=window, max_chars=max_chars,
+                               text_from_mapping=from_mapping))
     return tuple(rules)
 
 
@@ -398,7 +414,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     fields = _csv(get("RERANK_FIELDS"))
     template = get("RERANK_TEMPLATE").replace("\\n", "\n")
     _check_template("RERANK_TEMPLATE", get("RERANK_TEMPLATE"), template)
-    defaults = IndexRule(pattern="*", fields=fields, template=template, window=window, max_chars=max_chars)
+    from_mapping = _bool("RERANK_TEXT_FROM_MAPPING", get("RERANK_TEXT_FROM_MAPPING"))
+    defaults = IndexRule(pattern="*", fields=fields, template=template, window=window, max_chars=max_chars,
+                         text_from_mapping=_from_mapping(from_mapping, fields, template))
     deadline = _int("RERANK_DEADLINE_MS", get("RERANK_DEADLINE_MS"), 10, 600_000)
     attempt = _int("RERANK_ATTEMPT_TIMEOUT_MS", get("RERANK_ATTEMPT_TIMEOUT_MS"), 10, 600_000)
 
@@ -419,6 +437,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rerank_window=window,
         rerank_fields=fields,
         rerank_template=template,
+        rerank_text_from_mapping=from_mapping,
         rerank_max_chars=max_chars,
         rerank_indices=_csv(get("RERANK_INDICES")),
         rerank_rules=_rules("RERANK_RULES", get("RERANK_RULES"), defaults),

@@ -3,8 +3,8 @@
 A search whose candidates are all stored costs the built-in model one query embedding; a cold one
 embeds up to a window of documents first (seconds on a small CPU). Warming ahead of traffic moves
 that cost out of the search path. Texts are built exactly as the proxy builds them (same rule from
-the same environment, same `hit_texts`), so the vector keys match; --fields/--template override the
-rule when the proxy is configured differently from this shell.
+the same environment, the same text fields read from the index mapping), so the vector keys match;
+--fields/--template override the rule when the proxy is configured differently from this shell.
 
     rerank-proxy warm --index products
     rerank-proxy warm --index docs --url http://es:9200 --fields title,body --batch 512
@@ -25,7 +25,8 @@ import time
 from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
 from rerank_proxy.engine.pool import EnginePool
 from rerank_proxy.engine.scroll import Scroll, ScrollError
-from rerank_proxy.search.hit_text import RuleMemo, hit_texts, needed_source_fields
+from rerank_proxy.search.hit_text import RuleMemo, needed_source_fields
+from rerank_proxy.search.text_fields import TextFieldCache, mapped_hit_texts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +68,9 @@ def rule_from(settings: Settings, index: str, *, fields: str | None = None,
               "warming with the default text rule", file=sys.stderr)
         rule = settings.default_rule(index)
     if template is not None:
-        rule = dataclasses.replace(rule, template=template.replace("\\n", "\n"))
+        rule = dataclasses.replace(rule, template=template.replace("\\n", "\n"), text_from_mapping=False)
     elif fields is not None:
-        rule = dataclasses.replace(rule, template="",
+        rule = dataclasses.replace(rule, template="", text_from_mapping=False,
                                    fields=tuple(f.strip() for f in fields.split(",") if f.strip()))
     return rule
 
@@ -91,6 +92,7 @@ async def warm(settings: Settings, index: str, rule: IndexRule, batch: int, *,
     seen = new = 0
     try:
         engine = EnginePool(settings)
+        fields = TextFieldCache(engine) if settings.rerank_text_from_mapping else None
         source = None if per_index_rules and settings.rerank_rules else needed_source_fields(rule)
         scroll = Scroll(engine, index, batch, source)
         try:
@@ -99,7 +101,7 @@ async def warm(settings: Settings, index: str, rule: IndexRule, batch: int, *,
                 while hits:
                     following = asyncio.create_task(scroll.next())
                     try:
-                        texts = hit_texts(hits, rule, rule_for)
+                        texts = await mapped_hit_texts(hits, rule, rule_for, fields)
                         new += await reranker.embed_documents(texts)
                     except BaseException:
                         following.cancel()
@@ -110,6 +112,8 @@ async def warm(settings: Settings, index: str, rule: IndexRule, batch: int, *,
                     hits = await following
         finally:
             await scroll.clear()
+            if fields is not None:
+                await fields.aclose()
             engine.close()
     except ScrollError as exc:
         print(f"rerank-proxy warm: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import httpx
 
 from rerank_proxy.config import IndexRule
 from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
 from tests.support_rerankers import overlap_score
 
 _TOPICS = [
@@ -31,13 +32,23 @@ CORPUS: list[dict[str, Any]] = [
 ]
 
 
+MAPPINGS = {"properties": {"title": {"type": "text"}, "body": {"type": "text"}, "year": {"type": "integer"},
+                           "meta": {"properties": {"author": {"type": "keyword"}, "tags": {"type": "keyword"}}}}}
+# What the proxy's default text is made of for this corpus: the fields MAPPINGS types as prose.
+TEXT_PATHS = TextPaths(answer_paths({"corpus": {"mappings": MAPPINGS}}, RERANK_TEXT_TYPES))
+DEFAULT_RULE = IndexRule(pattern="*", text_from_mapping=True)
+
+
+def default_text(doc: dict[str, Any]) -> str:
+    """The text a proxy on its defaults sends the reranker for a document of an index mapped by MAPPINGS."""
+    return hit_text(doc, DEFAULT_RULE, TEXT_PATHS)
+
+
 def load_corpus(url: str, index: str) -> None:
     """Create `index` with explicit mappings and the corpus (ids "0".."11"), refreshed."""
-    mappings = {"properties": {"title": {"type": "text"}, "body": {"type": "text"}, "year": {"type": "integer"},
-                               "meta": {"properties": {"author": {"type": "keyword"}, "tags": {"type": "keyword"}}}}}
     with httpx.Client(base_url=url, timeout=30) as client:
         created = client.put(f"/{index}", json={"settings": {"number_of_shards": 1, "number_of_replicas": 0},
-                                                "mappings": mappings})
+                                                "mappings": MAPPINGS})
         assert created.status_code == 200, created.text
         lines = []
         for i, doc in enumerate(CORPUS):
@@ -50,8 +61,7 @@ def load_corpus(url: str, index: str) -> None:
 
 def expected_order(query: str, engine_ids: list[str]) -> list[str]:
     """The order the overlap reranker gives to the engine's candidates (ties keep engine order)."""
-    rule = IndexRule(pattern="*")
-    scores = {i: overlap_score(query, hit_text(CORPUS[int(i)], rule)) for i in engine_ids}
+    scores = {i: overlap_score(query, default_text(CORPUS[int(i)])) for i in engine_ids}
     return sorted(engine_ids, key=lambda i: (-scores[i], engine_ids.index(i)))
 
 

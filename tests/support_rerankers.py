@@ -44,3 +44,19 @@ class OverlapReranker:
 
     async def aclose(self) -> None:
         return None
+
+
+class RecordingReranker(OverlapReranker):
+    """The overlap reranker, keeping every document list it was sent (what a provider would bill)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.sent: list[list[str]] = []
+
+    async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
+        self.sent.append(list(documents))
+        return await super().rerank(query, documents)
+
+    def texts(self) -> set[str]:
+        """Every distinct text sent so far (thread-safe enough to poll from a test's thread)."""
+        return {text for batch in list(self.sent) for text in batch}

@@ -9,8 +9,9 @@ proxy's Prometheus page into {(name, labels): value}.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
@@ -34,12 +35,15 @@ def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEFAULT
         time.sleep(interval_s)
 
 
-async def async_wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEFAULT_TIMEOUT_S,
-                           interval_s: float = 0.02) -> T:
-    """`wait_until` for coroutines: yields to the event loop between polls."""
+async def async_wait_until(predicate: Callable[[], T | Awaitable[T]], what: str,
+                           timeout_s: float = DEFAULT_TIMEOUT_S, interval_s: float = 0.02) -> T:
+    """`wait_until` for coroutines: yields to the event loop between polls; `predicate` may be a
+    coroutine function (a search, a read through the proxy's own API)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() >= deadline:

@@ -76,3 +76,18 @@ def test_code_reads_only_declared_settings():
     unknown = read - set(SETTING_NAMES) - set(TOOL_SETTING_NAMES) - system - {f"{n}_FILE" for n in SETTING_NAMES}
     assert not unknown, f"read but not declared in rerank_proxy/config.py SETTINGS: {sorted(unknown)}"
     assert len(SETTINGS) == len(SETTING_NAMES)
+
+
+def test_the_mapping_gives_the_text_only_where_nothing_else_was_chosen():
+    rules = '[{"index": "a*", "window": 5}, {"index": "b*", "fields": []}, {"index": "c*", "template": "{t}"}]'
+    settings = load_settings({"RERANK_RULES": rules})
+    assert settings.rule_for("x").text_from_mapping                  # the default
+    assert settings.rule_for("a1").text_from_mapping                 # a rule that chose no text
+    assert not settings.rule_for("b1").text_from_mapping             # "fields": [] is every string
+    assert not settings.rule_for("c1").text_from_mapping
+    assert not load_settings({"RERANK_FIELDS": "title"}).default_rule().text_from_mapping
+    assert not load_settings({"RERANK_TEMPLATE": "{title}"}).rule_for("x").text_from_mapping
+    off = load_settings({"RERANK_TEXT_FROM_MAPPING": "false", "RERANK_RULES": rules})
+    assert not off.rule_for("x").text_from_mapping and not off.rule_for("a1").text_from_mapping
+    with pytest.raises(ConfigError, match="RERANK_TEXT_FROM_MAPPING"):
+        load_settings({"RERANK_TEXT_FROM_MAPPING": "sometimes"})

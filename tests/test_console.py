@@ -26,7 +26,7 @@ from rerank_proxy.console.ndcg import ndcg_at_k
 from rerank_proxy.search.hit_text import hit_text
 from tests.fixtures.engines import delete_indices
 from tests.fixtures.proxy import proxy_settings, run_proxy
-from tests.support_data import load_corpus
+from tests.support_data import DEFAULT_RULE, TEXT_PATHS, default_text, load_corpus
 from tests.support_rerankers import OverlapReranker, overlap_score
 from tests.support_wait import wait_until
 
@@ -35,7 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 API = "/_rerank/console/api"
 QUERY = "jet engine noise"
 WINDOW = 30
-ANY_INDEX = IndexRule("*")  # the default rule: every index, hit text from all fields
+ANY_INDEX = DEFAULT_RULE  # the default rule: every index, hit text from the mapping's text fields
 
 # Added to the shared test corpus so a query has more than 10 hits and reranking moves hits into
 # and out of the top 10 (the "new" and "out" cases of the page).
@@ -79,7 +79,8 @@ def expected_columns(url: str, index: str, query: str, window: int,
     """(lexical ids, reranked ids) over the whole window, computed without the proxy."""
     hits = engine_hits(url, index, query, window)
     lexical = [h["_id"] for h in hits]
-    scores = {h["_id"]: overlap_score(query, hit_text(h["_source"], rule)) for h in hits}
+    paths = TEXT_PATHS if rule.text_from_mapping else None  # the console corpus is mapped by MAPPINGS
+    scores = {h["_id"]: overlap_score(query, hit_text(h["_source"], rule, paths)) for h in hits}
     return lexical, sorted(lexical, key=lambda i: (-scores[i], lexical.index(i)))
 
 
@@ -247,7 +248,7 @@ def test_compare_shows_both_rankings_with_rank_changes(console, engine, console_
     scores = [h["score"] for h in result["lexical"]]
     assert scores == sorted(scores, reverse=True)
     first = result["reranked"][0]
-    assert first["text"] == hit_text(EXTRA_DOCS.get(first["id"]) or _corpus_doc(first["id"]), IndexRule("*"))
+    assert first["text"] == default_text(EXTRA_DOCS.get(first["id"]) or _corpus_doc(first["id"]))
     timings = result["timings"]
     assert timings["engine_ms"] > 0 and timings["rerank_ms"] >= 0 and timings["engine_took_ms"] is not None
     assert timings["cache"]["sent"] + timings["cache"]["cached"] + timings["cache"]["coalesced"] == len(lexical)

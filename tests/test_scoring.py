@@ -24,21 +24,9 @@ from rerank_proxy.scoring.final import (
 )
 from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import rerank_order
-from tests.support_rerankers import OverlapReranker, overlap_score
+from tests.support_rerankers import OverlapReranker, RecordingReranker, overlap_score
 
 QUERY = "jet engine noise"
-
-
-class RecordingReranker(OverlapReranker):
-    """The overlap reranker, keeping every document list it was sent."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[list[str]] = []
-
-    async def rerank(self, query, documents):
-        self.sent.append(list(documents))
-        return await super().rerank(query, documents)
 
 
 def cache_for(reranker: OverlapReranker) -> ScoreCache:

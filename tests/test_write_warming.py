@@ -13,7 +13,8 @@ from rerank_proxy.engine import EnginePool
 from rerank_proxy.local.warming import queue_written, warm_on_start, written_texts
 from rerank_proxy.local.write_docs import WrittenDoc, written_docs
 from rerank_proxy.search.hit_text import hit_text
-from tests.support_data import CORPUS, load_corpus
+from rerank_proxy.search.text_fields import TextFieldCache
+from tests.support_data import CORPUS, default_text, load_corpus
 
 
 def ndjson(*items: dict) -> bytes:
@@ -110,9 +111,10 @@ async def test_start_up_warm_queues_the_configured_index(es_engine, index_name: 
     reranker = LocalReranker(settings)
     engine = EnginePool(settings)
     try:
-        assert await warm_on_start(reranker, settings, engine) == len(CORPUS)
+        fields = TextFieldCache(engine)
+        assert await warm_on_start(reranker, settings, engine, fields) == len(CORPUS)
         assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
-        texts = [hit_text(doc, settings.default_rule()) for doc in CORPUS]
+        texts = [default_text(doc) for doc in CORPUS]  # the mapping's text fields, as a search sends
         result = await reranker.rerank("jet engine noise", texts)     # the texts a search would build
         assert result.meta["stored"] == len(CORPUS)
         assert reranker.status()["queued"] == len(CORPUS)               # the search queued nothing more

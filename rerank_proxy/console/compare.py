@@ -1,6 +1,6 @@
 """One side-by-side comparison: the engine's lexical ranking and the reranked one, for one query.
 
-It calls what the search pipeline calls (candidate window, `hit_texts` per index rule,
+It calls what the search pipeline calls (candidate window, `mapped_hit_texts` per index rule,
 `scoring.final.final_scores`, `rerank_order`) so what the console shows is what a client of the
 proxy would get for the same options, but it keeps every intermediate value (texts, raw and final
 scores, both ranks, timings) that the pipeline throws away.
@@ -22,9 +22,10 @@ from rerank_proxy.console.scorers import Scorer, Scorers
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.final import ScoreMode, final_scores, lexical_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.search.hit_text import RuleFor, hit_texts, needed_source_fields
+from rerank_proxy.search.hit_text import RuleFor, needed_source_fields
 from rerank_proxy.search.merge import rerank_order
 from rerank_proxy.search.query_text import extract_query_text
+from rerank_proxy.search.text_fields import mapped_hit_texts
 
 LABEL_FIELDS = ("title", "name", "headline", "subject")
 _JSON = [(b"content-type", b"application/json")]
@@ -79,8 +80,9 @@ def effective_rule(settings: Settings, opts: CompareOptions, index: str) -> tupl
     fields = base.fields if opts.fields is None else opts.fields
     template = opts.template if opts.template is not None else (base.template if opts.fields is None else "")
     window = min(opts.window or base.window, MAX_WINDOW)
+    from_mapping = base.text_from_mapping and opts.fields is None and opts.template is None
     return IndexRule(pattern=base.pattern, fields=fields, template=template, window=window,
-                     max_chars=base.max_chars), configured is not None
+                     max_chars=base.max_chars, text_from_mapping=from_mapping), configured is not None
 
 
 def _per_hit_rules(settings: Settings, opts: CompareOptions) -> RuleFor | None:
@@ -153,7 +155,7 @@ async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Compa
     scorer = await scorers.get(opts.provider, opts.model)
     rule, configured = effective_rule(settings, opts, opts.index)
     hits, engine_ms, took, total = await fetch_candidates(runtime, opts, rule, query)
-    texts = hit_texts(hits, rule, _per_hit_rules(settings, opts))
+    texts = await mapped_hit_texts(hits, rule, _per_hit_rules(settings, opts), runtime.pipeline.text_fields)
     candidates = []
     for hit, text in zip(hits, texts, strict=True):
         source = hit.get("_source")

@@ -6,14 +6,16 @@ and credentials as searches) and never carry the console's admin token to the en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
 from rerank_proxy.errors import ProxyError
+from rerank_proxy.search.mapping_fields import answer_paths
 
+# Wider than what the reranker is sent by default (`RERANK_TEXT_TYPES`): a picker offers every
+# string-valued field, keywords included, for the user to choose from.
 TEXT_TYPES = frozenset({"text", "keyword", "match_only_text", "search_as_you_type", "wildcard",
                         "constant_keyword"})
 
@@ -43,23 +45,7 @@ async def list_indices(runtime: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["name"])
 
 
-def _walk(properties: Any, prefix: str = "") -> Iterator[str]:
-    if not isinstance(properties, dict):
-        return
-    for name, spec in properties.items():
-        if not isinstance(spec, dict):
-            continue
-        path = f"{prefix}{name}"
-        if spec.get("type", "object") in TEXT_TYPES:
-            yield path
-        yield from _walk(spec.get("properties"), f"{path}.")
-
-
 async def text_fields(runtime: Any, index: str) -> list[str]:
     """Text-like `_source` fields of an index (sub-fields like `title.raw` are not in `_source`)."""
     data = await _get_json(runtime, f"/{quote(index, safe='*')}/_mapping")
-    fields: set[str] = set()
-    for entry in (data.values() if isinstance(data, dict) else []):
-        mappings = entry.get("mappings", {}) if isinstance(entry, dict) else {}
-        fields.update(_walk(mappings.get("properties")))
-    return sorted(fields)
+    return sorted(answer_paths(data, TEXT_TYPES))

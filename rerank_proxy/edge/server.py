@@ -217,12 +217,15 @@ class ProxyServer:
                    exchange.client.client_addr)
         if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
             self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
-                            b"".join(exchange.body_copy))
+                            b"".join(exchange.body_copy), exchange.request_headers)
         exchange.client.exchange_done(exchange)
 
-    def _warm_from(self, warmer: Warmer, method: str, path: str, body: bytes) -> None:
+    def _warm_from(self, warmer: Warmer, method: str, path: str, body: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> None:
         """Queue a successful write's documents for embedding; the answer has already gone out."""
-        task = self.loop.create_task(queue_written(warmer, self.settings, method, path, body))
+        runtime = self.app.runtime
+        fields = runtime.pipeline.text_fields if runtime is not None else None
+        task = self.loop.create_task(queue_written(warmer, self.settings, method, path, body, fields, headers))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -1,18 +1,20 @@
 """Turn hits into the texts the reranker scores: each hit's `_source` under its own index's rule.
 
-`hit_texts` is used by the search pipeline, the console's compare and `rerank-proxy warm`, so all
-three produce byte-identical text (the local vector store and the score cache are keyed by a hash
-of it).
+`hit_texts` is used by the search pipeline, the console's compare, `rerank-proxy warm` and the
+proxy's own warming, so all of them produce byte-identical text (the local vector store and the
+score cache are keyed by a hash of it). A rule that names no fields nor template takes its index's
+text-typed fields from the mapping (`TextPaths`, looked up by the caller) when it has them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from rerank_proxy.config import IndexRule
+from rerank_proxy.search.mapping_fields import TextPaths
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
@@ -92,8 +94,9 @@ def _render(template: str, source: Any) -> str:
     return "".join(out)
 
 
-def hit_text(source: Any, rule: IndexRule) -> str:
-    """The rerank text of a document: template, else the listed fields, else all string fields.
+def hit_text(source: Any, rule: IndexRule, paths: TextPaths | None = None) -> str:
+    """The rerank text of a document: template, else the listed fields, else the strings at
+    `paths` (its index's text fields), else all string fields.
 
     Missing or empty fields are skipped (a template renders them as empty), so a document is never
     dropped and never misaligned; the result is cut to `rule.max_chars` characters.
@@ -104,6 +107,10 @@ def hit_text(source: Any, rule: IndexRule) -> str:
         parts: list[str] = []
         for name in rule.fields:
             _flatten_into(lookup(source, name), parts)
+        text = "\n".join(parts)
+    elif paths is not None:
+        parts = []
+        paths.strings_into(source, parts)
         text = "\n".join(parts)
     elif isinstance(source, dict):  # the usual case, without the one-element detour below
         parts = []
@@ -148,26 +155,52 @@ class RuleMemo:
             return rule
 
 
-def hit_texts(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None) -> list[str]:
+MappedFields = Mapping[str, TextPaths | None]
+
+
+def _rule_of(index: Any, default: IndexRule, rule_for: RuleFor | None) -> IndexRule:
+    if rule_for is None or not index:
+        return default
+    return rule_for(str(index)) or default
+
+
+def mapped_indices(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None) -> set[str]:
+    """The `_index` names of the hits whose text comes from their index mapping (see `hit_texts`)."""
+    names: set[str] = set()
+    last_index: Any = None
+    for hit in hits:
+        index = hit.get("_index") if isinstance(hit, dict) else None
+        if index and index != last_index:
+            last_index = index
+            if _rule_of(index, default, rule_for).text_from_mapping:
+                names.add(str(index))
+    return names
+
+
+def hit_texts(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None,
+              mapped: MappedFields | None = None) -> list[str]:
     """The rerank text of each hit: under `rule_for(its _index)`, else under `default`.
 
     Without `rule_for` (an explicit rule, e.g. the console's field override) every hit uses
-    `default`; so does a hit with no `_index`. The rule is looked up once per run of hits from the
-    same index, not once per hit; a hit that is not an object has the empty text.
+    `default`; so does a hit with no `_index`. A rule with `text_from_mapping` takes the hit's
+    index's entry of `mapped` (from `TextFieldCache.resolve(mapped_indices(...))`); without one it is
+    every string. The rule is looked up once per run of hits from the same index, not once per
+    hit; a hit that is not an object has the empty text.
     """
     texts: list[str] = []
     last_index: Any = None
     rule = default
+    paths: TextPaths | None = None
     for hit in hits:
         if not isinstance(hit, dict):
             texts.append("")
             continue
-        if rule_for is not None:
-            index = hit.get("_index") or ""
-            if index != last_index:
-                last_index = index
-                rule = (rule_for(str(index)) if index else None) or default
-        texts.append(hit_text(hit.get("_source"), rule))
+        index = hit.get("_index") or ""
+        if index != last_index:
+            last_index = index
+            rule = _rule_of(index, default, rule_for)
+            paths = mapped.get(str(index)) if mapped is not None and rule.text_from_mapping and index else None
+        texts.append(hit_text(hit.get("_source"), rule, paths))
     return texts
 
 
@@ -184,36 +217,45 @@ class VersionedTexts:
     def __init__(self, digest: Callable[[str], bytes], max_entries: int = 50_000) -> None:
         self._digest = digest
         self._max_entries = max_entries
-        self._memo: dict[tuple[Any, ...], tuple[IndexRule, str, bytes]] = {}
+        # (rule, mapped fields) identify how the text was built: another rule or a refreshed
+        # mapping rebuilds it.
+        self._memo: dict[tuple[Any, ...], tuple[IndexRule, TextPaths | None, str, bytes]] = {}
 
     def __len__(self) -> int:
         return len(self._memo)
 
-    def texts(self, hits: Sequence[Any], default: IndexRule,
-              rule_for: RuleFor | None = None) -> tuple[list[str], list[bytes]]:
-        """`hit_texts(hits, default, rule_for)`, and the digest of each text."""
+    def texts(self, hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None,
+              mapped: MappedFields | None = None) -> tuple[list[str], list[bytes]]:
+        """`hit_texts(hits, default, rule_for, mapped)`, and the digest of each text."""
         texts: list[str] = []
         digests: list[bytes] = []
         memo = self._memo
+        last_index: Any = None
+        rule = default
+        paths: TextPaths | None = None
         for hit in hits:
             if not isinstance(hit, dict):
                 texts.append("")
                 digests.append(self._digest(""))
                 continue
             index = hit.get("_index") or ""
-            rule = ((rule_for(str(index)) if index else None) or default) if rule_for is not None else default
+            if index != last_index:
+                last_index = index
+                rule = _rule_of(index, default, rule_for)
+                paths = mapped.get(str(index)) if mapped is not None and rule.text_from_mapping and index else None
             key = (index, hit.get("_id"), hit.get("_seq_no"), hit.get("_primary_term"))
-            known = memo.get(key) if key[2] is not None and key[3] is not None else None
-            if known is not None and known[0] is rule:
-                texts.append(known[1])
-                digests.append(known[2])
+            versioned = key[2] is not None and key[3] is not None
+            known = memo.get(key) if versioned else None
+            if known is not None and known[0] is rule and known[1] is paths:
+                texts.append(known[2])
+                digests.append(known[3])
                 continue
-            text = hit_text(hit.get("_source"), rule)
+            text = hit_text(hit.get("_source"), rule, paths)
             digest = self._digest(text)
-            if key[2] is not None and key[3] is not None:
+            if versioned:
                 if len(memo) >= self._max_entries:
                     memo.clear()
-                memo[key] = (rule, text, digest)
+                memo[key] = (rule, paths, text, digest)
             texts.append(text)
             digests.append(digest)
         return texts, digests

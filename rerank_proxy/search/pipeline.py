@@ -29,6 +29,7 @@ from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
+from rerank_proxy.search.text_fields import TextFieldCache, mapped_fields
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})
@@ -92,12 +93,18 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
 
 
 class SearchPipeline:
-    def __init__(self, settings: Settings, engine: EngineTransport, cache: ScoreCache | None) -> None:
+    def __init__(self, settings: Settings, engine: EngineTransport, cache: ScoreCache | None,
+                 text_fields: TextFieldCache | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.cache = cache
         self._rule_for = RuleMemo(settings.rule_for)
         self._texts = VersionedTexts(text_hash)
+        # The mapping-derived texts (RERANK_TEXT_FROM_MAPPING); the console and the proxy's warming
+        # use this same cache, so every text of one index is built from the same fields.
+        if text_fields is None and settings.rerank_text_from_mapping:
+            text_fields = TextFieldCache(engine)
+        self.text_fields = text_fields
 
     # --- _search -----------------------------------------------------------------------------
 
@@ -124,7 +131,7 @@ class SearchPipeline:
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
             return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
         data = parse_json(answer.body, "engine response")
-        scored = await self._rerank(decision, data)
+        scored = await self._rerank(decision, data, upstream_headers)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
         merged = merge(data, decision, scored.scores, scored.last)
@@ -139,7 +146,7 @@ class SearchPipeline:
         return Finished(503, [(b"content-type", b"application/json")], error.body(), "error",
                         scored.reason, engine_ms, scored.rerank_ms)
 
-    async def _rerank(self, plan: Plan, data: Any) -> _Scored:
+    async def _rerank(self, plan: Plan, data: Any, headers: Sequence[tuple[bytes, bytes]]) -> _Scored:
         """Scores for the window hits, or None scores (lexical order) with the reason why."""
         hits = data.get("hits", {}).get("hits") if isinstance(data, dict) else None
         if not isinstance(hits, list):
@@ -147,7 +154,8 @@ class SearchPipeline:
         window = hits[: plan.window]
         if not window:
             return _Scored(None, "lexical", "no_hits")  # nothing to rerank: the engine's answer
-        texts, digests = self._texts.texts(window, plan.rule, self._rule_for)
+        mapped = await mapped_fields(window, plan.rule, self._rule_for, self.text_fields, headers)
+        texts, digests = self._texts.texts(window, plan.rule, self._rule_for, mapped)
         mode = resolve_mode(plan.options.score_mode, self.settings.rerank_score_mode, self.settings.rerank_provider)
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
         lexical = [h.get("_score") if isinstance(h, dict) else None for h in window]
@@ -228,7 +236,7 @@ class SearchPipeline:
             raise ProxyError(502, "proxy_upstream_response_exception",
                              "the engine's _msearch reply has the wrong shape")
         started = time.perf_counter()
-        scored = await asyncio.gather(*(self._rerank_sub(p, r) for p, r in zip(plans, responses)))
+        scored = await asyncio.gather(*(self._rerank_sub(p, r, upstream_headers) for p, r in zip(plans, responses)))
         rerank_ms = (time.perf_counter() - started) * 1000
         outcomes = [s for s in scored if s]
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
@@ -237,10 +245,10 @@ class SearchPipeline:
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
 
-    async def _rerank_sub(self, plan: Plan | None, response: Any) -> str:
+    async def _rerank_sub(self, plan: Plan | None, response: Any, headers: Sequence[tuple[bytes, bytes]]) -> str:
         if plan is None or not isinstance(response, dict) or "error" in response:
             return "bypass"  # not planned, or the engine refused this sub-search
-        scored = await self._rerank(plan, response)
+        scored = await self._rerank(plan, response, headers)
         merge(response, plan, scored.scores, scored.last)
         return scored.outcome
 
