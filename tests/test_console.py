@@ -175,7 +175,7 @@ def test_page_is_self_contained(console):
         assert response.headers["content-type"].startswith("text/html")
         html = response.text
         assert 'id="lexical-list"' in html and 'id="reranked-list"' in html
-        assert "{{" not in html, "every placeholder is filled"
+        assert "{{NONCE}}" not in html and "{{CONSOLE_" not in html, "every placeholder of the page is filled"
         policy = response.headers["content-security-policy"]
         assert "default-src 'none'" in policy and "connect-src 'self'" in policy
         nonce = policy.split("'nonce-")[1].split("'")[0]
@@ -186,6 +186,48 @@ def test_page_is_self_contained(console):
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert TOKEN not in html
+
+
+def test_every_form_field_of_the_page_has_a_visible_label():
+    """Each input, select and textarea is named by a <label> (for=id, or around it), not a placeholder."""
+    from html.parser import HTMLParser
+
+    from rerank_proxy.console.page import _asset
+
+    class Fields(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.controls: list[str] = []
+            self.labelled: set[str] = set()
+            self.label_texts: dict[str, str] = {}
+            self._open: list[str | None] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "label":
+                self._open.append(a.get("for"))
+                if a.get("for"):
+                    self.label_texts[str(a["for"])] = ""
+            elif tag in ("input", "select", "textarea") and a.get("type") != "hidden":
+                self.controls.append(str(a.get("id")))
+                if self._open:
+                    self.labelled.add(str(a.get("id")))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "label" and self._open:
+                self._open.pop()
+
+        def handle_data(self, data: str) -> None:
+            if self._open and self._open[-1]:
+                self.label_texts[str(self._open[-1])] += data
+
+    fields = Fields()
+    fields.feed(_asset("console.html"))
+    fields.labelled |= {f for f, text in fields.label_texts.items() if text.strip()}
+    assert {"beir-path", "beir-split", "beir-limit", "query-dsl", "judge-scale"} <= set(fields.controls)
+    assert [c for c in fields.controls if c not in fields.labelled] == []
+    for beir in ("beir-path", "beir-split", "beir-limit"):
+        assert fields.label_texts[beir].strip(), f"#{beir} has a <label for> with text"
 
 
 def test_console_is_off_without_an_admin_token(engine):
