@@ -91,7 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_MSEARCH_SEARCHES", "1000", "Most sub-searches in one _msearch the proxy parses (400 above it).", "200"),
     Setting("MAX_CANDIDATE_BYTES", "67108864", "Largest engine answer to a candidate fetch; past it the search is answered by the engine, unreranked and flagged.", "16777216"),
     Setting("SHUTDOWN_GRACE_S", "20", "Seconds in-flight requests get to finish on shutdown.", "30"),
-    Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "JSON file where the relevance console keeps judgments and saved query sets (shared by workers; must be writable).", "/var/lib/rerank-proxy/console-judgments.json"),
+    Setting("CONSOLE_JUDGMENTS_FILE", "~/.cache/rerank-proxy/console-judgments.json", "Where the relevance console keeps judgments and saved query sets: a SQLite database (a `.json` name keeps it beside, as `.sqlite3`, importing the old JSON once); shared by the workers of one host; must be writable.", "/var/lib/rerank-proxy/console-judgments.sqlite3"),
+    Setting("CONSOLE_STORE_MAX_MB", "64", "Largest size of the console's store, in MiB; a save past it is refused (507) with how to make room.", "256"),
     Setting("LOG_LEVEL", "info", "Log level: debug, info, warning, error.", "warning"),
     Setting("LOG_FORMAT", "json",
             "Log lines: json (short field names) or ecs (Elastic Common Schema, for Filebeat/Elastic Agent).", "ecs"),
@@ -194,6 +195,7 @@ class Settings:
     max_candidate_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 20.0
     console_judgments_file: str = "~/.cache/rerank-proxy/console-judgments.json"
+    console_store_max_mb: int = 64
     log_level: str = "info"
     log_format: str = "json"
     host: str = "127.0.0.1"
@@ -480,6 +482,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_candidate_bytes=_int("MAX_CANDIDATE_BYTES", get("MAX_CANDIDATE_BYTES"), 65536, 1 << 34),
         shutdown_grace_s=_float("SHUTDOWN_GRACE_S", get("SHUTDOWN_GRACE_S"), 0, 3600),
         console_judgments_file=get("CONSOLE_JUDGMENTS_FILE").strip(),
+        console_store_max_mb=_int("CONSOLE_STORE_MAX_MB", get("CONSOLE_STORE_MAX_MB"), 1, 1_000_000),
         log_level=log_level,
         log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), ("json", "ecs")),
         host=get("HOST").strip(),

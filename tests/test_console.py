@@ -21,8 +21,9 @@ import pytest
 
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.console.beir import parse_qrels_tsv
-from rerank_proxy.console.judgments import JudgmentStore, query_id
+from rerank_proxy.console.judgments import query_id
 from rerank_proxy.console.ndcg import ndcg_at_k
+from rerank_proxy.console.store import ConsoleDB
 from rerank_proxy.search.hit_text import hit_text
 from tests.fixtures.engines import delete_indices
 from tests.fixtures.proxy import proxy_settings, run_proxy
@@ -54,6 +55,19 @@ EXTRA_DOCS: dict[str, dict[str, Any]] = {
 def with_judgments_file(settings: Settings, path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Point the console's judgments file at `path` (CONSOLE_JUDGMENTS_FILE)."""
     return settings.with_overrides(console_judgments_file=str(path))
+
+
+def stored(path: Path) -> ConsoleDB:
+    """The console's database at `path`, read as another worker would."""
+    return ConsoleDB(path, 1 << 30)
+
+
+def linear_ndcg(ranking: list[str], qrels: dict[str, int], k: int = 10) -> float:
+    """Graded nDCG@k with linear gains, written out independently of the console's module."""
+    def dcg(grades: list[int]) -> float:
+        return sum(g / math.log2(i + 2) for i, g in enumerate(grades))
+    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
+    return dcg([qrels.get(d, 0) for d in ranking[:k]]) / dcg(ideal)
 
 
 def load_console_corpus(url: str, index: str) -> None:
@@ -96,7 +110,7 @@ def console_index(engine) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def judgments_file(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("console") / "judgments.json"
+    return tmp_path_factory.mktemp("console") / "judgments.sqlite3"
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +176,7 @@ def test_page_is_self_contained(console):
         assert response.headers["content-type"].startswith("text/html")
         html = response.text
         assert 'id="lexical-list"' in html and 'id="reranked-list"' in html
-        assert "{{" not in html, "every placeholder is filled"
+        assert "{{NONCE}}" not in html and "{{CONSOLE_" not in html, "every placeholder of the page is filled"
         policy = response.headers["content-security-policy"]
         assert "default-src 'none'" in policy and "connect-src 'self'" in policy
         nonce = policy.split("'nonce-")[1].split("'")[0]
@@ -173,6 +187,48 @@ def test_page_is_self_contained(console):
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert TOKEN not in html
+
+
+def test_every_form_field_of_the_page_has_a_visible_label():
+    """Each input, select and textarea is named by a <label> (for=id, or around it), not a placeholder."""
+    from html.parser import HTMLParser
+
+    from rerank_proxy.console.page import _asset
+
+    class Fields(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.controls: list[str] = []
+            self.labelled: set[str] = set()
+            self.label_texts: dict[str, str] = {}
+            self._open: list[str | None] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "label":
+                self._open.append(a.get("for"))
+                if a.get("for"):
+                    self.label_texts[str(a["for"])] = ""
+            elif tag in ("input", "select", "textarea") and a.get("type") != "hidden":
+                self.controls.append(str(a.get("id")))
+                if self._open:
+                    self.labelled.add(str(a.get("id")))
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "label" and self._open:
+                self._open.pop()
+
+        def handle_data(self, data: str) -> None:
+            if self._open and self._open[-1]:
+                self.label_texts[str(self._open[-1])] += data
+
+    fields = Fields()
+    fields.feed(_asset("console.html"))
+    fields.labelled |= {f for f, text in fields.label_texts.items() if text.strip()}
+    assert {"beir-path", "beir-split", "beir-limit", "query-dsl", "judge-scale"} <= set(fields.controls)
+    assert [c for c in fields.controls if c not in fields.labelled] == []
+    for beir in ("beir-path", "beir-split", "beir-limit"):
+        assert fields.label_texts[beir].strip(), f"#{beir} has a <label for> with text"
 
 
 def test_console_is_off_without_an_admin_token(engine):
@@ -360,7 +416,7 @@ def test_another_model_of_the_configured_provider(engine, console_index, compati
     url, seen = compatible_server
     settings = load_settings({"UPSTREAM_URLS": engine.url, "ADMIN_TOKEN": TOKEN, "RERANK_PROVIDER": "compatible",
                               "RERANK_BASE_URL": url, "RERANK_MODEL": "keep", "LOG_LEVEL": "warning"})
-    settings = with_judgments_file(settings, tmp_path / "j.json", monkeypatch)
+    settings = with_judgments_file(settings, tmp_path / "j.sqlite3", monkeypatch)
     with run_proxy(settings) as running, httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
         configured = client.get(f"{API}/options").json()["providers"][0]
         assert configured["provider"] == "compatible" and configured["model"] == "keep"
@@ -449,7 +505,7 @@ def test_judgments_persist_export_and_drive_ndcg(console, console_index, judgmen
     assert got == {"query_id": qid, "judgments": {lifted: 1, dropped: 0}}
 
     # Persisted in the file, readable by another store (another worker, a restart).
-    assert JudgmentStore(judgments_file).get(console_index, query) == {lifted: 1, dropped: 0}
+    assert stored(judgments_file).get(qid) == {lifted: 1, dropped: 0}
 
     again = compare(console, index=console_index, query=query, window=WINDOW)
     qrels = {lifted: 1, dropped: 0}
@@ -486,10 +542,46 @@ def test_judgments_persist_export_and_drive_ndcg(console, console_index, judgmen
     assert console.get(f"{API}/judgments", params={"index": console_index, "query": query}).json()["judgments"] == {}
 
 
+def test_graded_judgments_drive_graded_ndcg(console, console_index, judgments_file):
+    query = "engine noise reduction"
+    assert console.get(f"{API}/options").json()["grades"][0] == "not relevant"
+    result = compare(console, index=console_index, query=query, window=WINDOW)
+    lexical = [h["id"] for h in result["lexical"]]
+    reranked = [h["id"] for h in result["reranked"]]
+    ids = list(dict.fromkeys(reranked + lexical))
+    grades = dict(zip(ids[:4], [3, 1, 2, 0], strict=True))
+    for doc, grade in grades.items():
+        put = console.put(f"{API}/judgments", json={"index": console_index, "query": query, "doc_id": doc,
+                                                     "grade": grade})
+        assert put.status_code == 200, put.text
+    qid = query_id(console_index, query)
+    assert stored(judgments_file).get(qid) == grades, "the store keeps the grade, not just relevant or not"
+
+    again = compare(console, index=console_index, query=query, window=WINDOW)
+    assert again["judgments"] == grades
+    assert again["ndcg"]["lexical"] == pytest.approx(linear_ndcg(lexical, grades))
+    assert again["ndcg"]["reranked"] == pytest.approx(linear_ndcg(reranked, grades))
+    binary = {d: min(g, 1) for d, g in grades.items()}
+    assert linear_ndcg(reranked, binary) == pytest.approx(1.0)
+    assert again["ndcg"]["reranked"] < 0.99, "grades count: the grade-1 hit above the grade-2 one costs nDCG"
+
+    metrics = console.post(f"{API}/metrics", json={"index": console_index, "window": WINDOW}).json()
+    row = next(r for r in metrics["rows"] if r["id"] == qid)
+    assert row["reranked"] == pytest.approx(again["ndcg"]["reranked"]) and row["relevant"] == 3 and row["judged"] == 4
+    tsv = console.get(f"{API}/judgments/qrels.tsv", params={"index": console_index}).text
+    assert parse_qrels_tsv(tsv)[qid] == grades
+    for doc in grades:
+        console.put(f"{API}/judgments", json={"index": console_index, "query": query, "doc_id": doc, "grade": None})
+    assert stored(judgments_file).get(qid) == {}
+
+
 @pytest.mark.parametrize("body", [
     {"query": "q", "doc_id": "1", "grade": 1},
     {"index": "docs", "query": "q", "doc_id": "", "grade": 1},
     {"index": "docs", "query": "q", "doc_id": "1", "grade": 7},
+    {"index": "docs", "query": "q", "doc_id": "1", "grade": 4},
+    {"index": "docs", "query": "q", "doc_id": "1", "grade": -1},
+    {"index": "docs", "query": "q", "doc_id": "1", "grade": 1.5},
     {"index": "docs", "query": "q", "doc_id": "1", "grade": True},
 ])
 def test_judgments_reject_bad_input(console, body):
@@ -553,6 +645,23 @@ def test_batch_from_a_beir_folder(console, console_index, tmp_path):
     assert missing.status_code == 400
 
 
+def test_batch_from_a_beir_folder_reads_graded_qrels(console, console_index, tmp_path):
+    result = compare(console, index=console_index, query=QUERY, window=WINDOW)
+    lexical = [h["id"] for h in result["lexical"]]
+    reranked = [h["id"] for h in result["reranked"]]
+    ids = list(dict.fromkeys(reranked + lexical))
+    grades = dict(zip(ids[:4], [1, 3, 0, 2], strict=True))
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "g1", "text": QUERY}) + "\n")
+    (tmp_path / "qrels" / "test.tsv").write_text(  # TREC's 4-column form, grades as TREC writes them
+        "".join(f"g1 0 {doc} {grade}\n" for doc, grade in grades.items()))
+    [row] = batch_events(console, {"index": console_index, "window": WINDOW, "beir_path": str(tmp_path)})[-1]["rows"]
+    assert row["judged"] == 4 and row["relevant"] == 3
+    assert row["lexical"] == pytest.approx(linear_ndcg(lexical, grades))
+    assert row["reranked"] == pytest.approx(linear_ndcg(reranked, grades))
+    assert row["reranked"] != pytest.approx(linear_ndcg(reranked, {d: min(g, 1) for d, g in grades.items()}))
+
+
 def test_batch_uses_stored_judgments_and_query_sets(console, console_index):
     query = "engine inlet"
     hits = compare(console, index=console_index, query=query, window=WINDOW)["reranked"]
@@ -560,13 +669,20 @@ def test_batch_uses_stored_judgments_and_query_sets(console, console_index):
     assert console.put(f"{API}/judgments", json=put).status_code == 200
     saved = console.put(f"{API}/querysets/smoke set", json={"queries": [query, " engine  inlet ", "panel flutter"]})
     assert saved.status_code == 200 and saved.json()["queries"] == [query, "panel flutter"]
-    sets = console.get(f"{API}/querysets").json()["sets"]
-    assert sets["smoke set"] == [query, "panel flutter"]
-    result = batch_events(console, {"index": console_index, "window": WINDOW, "queries": sets["smoke set"]})[-1]
-    row = next(r for r in result["rows"] if r["query"] == query)
-    assert row["id"] == query_id(console_index, query) and row["reranked"] == pytest.approx(1.0)
+    listed = {s["name"]: s for s in console.get(f"{API}/querysets").json()["sets"]}
+    assert listed["smoke set"]["queries"] == 2, "the listing gives sizes, not every query of every set"
+    assert console.get(f"{API}/querysets/smoke set").json() == {"name": "smoke set",
+                                                                 "queries": [query, "panel flutter"]}
+    for body in ({"queries": [query, "panel flutter"]}, {"query_set": "smoke set"}):
+        result = batch_events(console, {"index": console_index, "window": WINDOW, **body})[-1]
+        assert sorted(r["query"] for r in result["rows"]) == ["engine inlet", "panel flutter"]
+        row = next(r for r in result["rows"] if r["query"] == query)
+        assert row["id"] == query_id(console_index, query) and row["reranked"] == pytest.approx(1.0)
     assert console.delete(f"{API}/querysets/smoke set").json() == {"deleted": True}
-    assert "smoke set" not in console.get(f"{API}/querysets").json()["sets"]
+    assert "smoke set" not in [s["name"] for s in console.get(f"{API}/querysets").json()["sets"]]
+    assert console.get(f"{API}/querysets/smoke set").status_code == 404
+    gone = console.post(f"{API}/batch", json={"index": console_index, "query_set": "smoke set"})
+    assert gone.status_code == 404 and "smoke set" in gone.json()["error"]["reason"]
     assert console.put(f"{API}/querysets/bad*name", json={"queries": ["x"]}).status_code == 400
     put["grade"] = None
     console.put(f"{API}/judgments", json=put)
@@ -589,17 +705,6 @@ def test_ndcg_matches_the_trec_definition():
     assert ndcg_at_k(["x", "b", "a"], qrels) == pytest.approx((1 / math.log2(3) + 2 / math.log2(4)) / ideal)
     assert ndcg_at_k(["x"] * 10 + ["a"], qrels) == 0.0, "only the top 10 count"
     assert ndcg_at_k(["a"], {"a": 0}) is None, "no relevant judgment: not evaluable"
-
-
-def test_judgment_store_is_safe_for_several_workers(tmp_path):
-    path = tmp_path / "sub" / "judgments.json"
-    one, two = JudgmentStore(path), JudgmentStore(path)
-    one.set("i", "q", "d1", 1)
-    two.set("i", "q", "d2", 0)       # must see d1 first, not overwrite it
-    one.set("i", "other", "d3", 1)
-    assert two.get("i", "q") == {"d1": 1, "d2": 0}
-    assert {q.text for q in two.queries("i")} == {"q", "other"}
-    assert json.loads(path.read_text())["version"] == 1
 
 
 def test_static_assets_ship_with_the_package():

@@ -19,9 +19,20 @@ from pathlib import Path
 
 import pytest
 
+from rerank_proxy.console.judgments import query_id
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker
-from tests.test_console import QUERY, TOKEN, WINDOW, expected_columns, load_console_corpus, with_judgments_file
+from tests.test_console import (
+    QUERY,
+    TOKEN,
+    WINDOW,
+    expected_columns,
+    linear_ndcg,
+    load_console_corpus,
+    stored,
+    with_judgments_file,
+)
+from tests.test_console_template import CLAUSE, expected
 
 BROWSER_DIR = Path(__file__).parent / "browser"
 INSTALL_HINT = ("install the browser test tooling: apt-get install -y chromium fonts-dejavu-core "
@@ -46,6 +57,24 @@ def _tooling() -> tuple[str, str]:
     return node, chromium
 
 
+def _beir_folder(url: str, index: str, folder: Path) -> dict[str, object]:
+    """A BEIR folder with graded qrels for two queries, and the mean nDCG@10 the page must show for it."""
+    queries = {"b1": QUERY, "b2": "helicopter rotor noise"}
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    lines = ["query-id\tcorpus-id\tscore"]
+    scores: dict[str, list[float]] = {"lexical": [], "reranked": []}
+    for qid, text in queries.items():
+        lexical, reranked = expected_columns(url, index, text, WINDOW)
+        grades = dict(zip(list(dict.fromkeys(reranked[:3] + lexical[:3]))[:4], [1, 3, 0, 2], strict=False))
+        lines += [f"{qid}\t{doc}\t{grade}" for doc, grade in grades.items()]
+        scores["lexical"].append(linear_ndcg(lexical, grades))
+        scores["reranked"].append(linear_ndcg(reranked, grades))
+    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+    mean = {side: f"{sum(values) / len(values):.3f}" for side, values in scores.items()}
+    return {"path": str(folder), "queries": len(queries), **mean}
+
+
 def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypatch):
     node, chromium = _tooling()
     load_console_corpus(es_engine.url, index_name)
@@ -53,12 +82,16 @@ def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypat
     assert len(lexical) > 10 and any(lexical.index(d) >= 10 for d in reranked[:10]), \
         "the corpus must move a hit from beyond the lexical top 10 into the reranked top 10"
 
-    judgments = tmp_path / "judgments.json"
+    judgments = tmp_path / "judgments.sqlite3"
     settings = with_judgments_file(proxy_settings(es_engine.url, ADMIN_TOKEN=TOKEN), judgments, monkeypatch)
     screenshot = Path(os.environ.get("CONSOLE_SCREENSHOT") or tmp_path / "console.png").resolve()
     screenshot.parent.mkdir(parents=True, exist_ok=True)
+    template_lexical, template_reranked = expected(es_engine.url, index_name, CLAUSE, QUERY)
     case = {"index": index_name, "query": QUERY, "window": WINDOW, "lexical": lexical, "reranked": reranked,
-            "batch": [QUERY, "wing flutter", "helicopter rotor noise"]}
+            "batch": [QUERY, "wing flutter", "helicopter rotor noise"],
+            "beir": _beir_folder(es_engine.url, index_name, tmp_path / "beir"),
+            "template": {"dsl": json.dumps(CLAUSE, indent=1), "lexical": template_lexical,
+                         "reranked": template_reranked}}
     with run_proxy(settings, reranker=OverlapReranker()) as proxy:
         env = {**os.environ, "CONSOLE_BASE": proxy.url, "CONSOLE_TOKEN": TOKEN, "CONSOLE_CASE": json.dumps(case),
                "CHROMIUM": chromium, "SCREENSHOT": str(screenshot)}
@@ -70,9 +103,9 @@ def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypat
     assert run.returncode == 0, report
     assert "# fail 0" in report or "fail 0" in report, report
 
-    stored = json.loads(judgments.read_text())
-    [entry] = stored["queries"].values()
-    assert entry["index"] == index_name and entry["text"] == QUERY
-    assert sorted(entry["docs"].values()) == [0, 1], "one relevant and one non-relevant judgment were kept"
-    assert stored["sets"]["browser-smoke"] == case["batch"]
+    db = stored(judgments)
+    [entry] = db.queries()
+    assert entry.id == query_id(index_name, QUERY) and entry.index == index_name and entry.text == QUERY
+    assert sorted(entry.docs.values()) == [0, 2, 3], "the grades given on the page were kept"
+    assert db.query_set("browser-smoke") == case["batch"]
     assert screenshot.stat().st_size > 10_000

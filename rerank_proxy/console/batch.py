@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from rerank_proxy.console.beir import EvalQuery
@@ -24,16 +24,14 @@ CONCURRENCY = 3
 _TIE = 1e-9
 _log = logging.getLogger("rerank_proxy.console")
 
-QrelsFor = Callable[[EvalQuery], dict[str, int]]
 
-
-async def _one(runtime: Any, scorers: Scorers, base: CompareOptions, item: EvalQuery,
-               qrels_for: QrelsFor) -> dict[str, Any]:
-    qrels = item.qrels if item.qrels is not None else qrels_for(item)
+async def _one(runtime: Any, scorers: Scorers, base: CompareOptions, item: EvalQuery) -> dict[str, Any]:
+    qrels = item.qrels or {}
     row: dict[str, Any] = {"id": item.id, "query": item.text, "lexical": None, "reranked": None,
                            "delta": None, "relevant": sum(1 for g in qrels.values() if g > 0),
                            "judged": len(qrels), "error": ""}
     try:
+        # base's query template (the app's DSL), if any, is filled in with this query
         result = await compare(runtime, scorers, dataclasses.replace(base, query=item.text, dsl=None))
     except ProxyError as exc:
         row["error"] = exc.reason
@@ -72,14 +70,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def run(runtime: Any, scorers: Scorers, base: CompareOptions, items: list[EvalQuery],
-              qrels_for: QrelsFor) -> AsyncIterator[dict[str, Any]]:
-    """Yield {"type": "progress", ...} events, then one {"type": "result", ...}."""
+async def run(runtime: Any, scorers: Scorers, base: CompareOptions,
+              items: list[EvalQuery]) -> AsyncIterator[dict[str, Any]]:
+    """Yield {"type": "progress", ...} events, then one {"type": "result", ...}.
+
+    Items carry their qrels (the caller reads stored judgments before the run starts, so a store
+    failure is an error answer, not a stream cut short); None counts as no judgments."""
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def guarded(item: EvalQuery) -> dict[str, Any]:
         async with gate:
-            return await _one(runtime, scorers, base, item, qrels_for)
+            return await _one(runtime, scorers, base, item)
 
     tasks = [asyncio.ensure_future(guarded(item)) for item in items]
     rows: list[dict[str, Any]] = []
@@ -94,11 +95,10 @@ async def run(runtime: Any, scorers: Scorers, base: CompareOptions, items: list[
     yield {"type": "result", **summarise(rows)}
 
 
-async def collect(runtime: Any, scorers: Scorers, base: CompareOptions, items: list[EvalQuery],
-                  qrels_for: QrelsFor) -> dict[str, Any]:
+async def collect(runtime: Any, scorers: Scorers, base: CompareOptions, items: list[EvalQuery]) -> dict[str, Any]:
     """The final summary of `run`, for callers that do not stream."""
     result: dict[str, Any] = {}
-    async for event in run(runtime, scorers, base, items, qrels_for):
+    async for event in run(runtime, scorers, base, items):
         result = event
     result.pop("type", None)
     return result

@@ -58,6 +58,7 @@ class Comparison:
     engine_ms: float
     engine_took_ms: int | None
     total_hits: int | None
+    search: dict[str, Any]  # what the engine was sent, the app's template filled in
     rerank_ms: float = 0.0
     cache: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -125,16 +126,22 @@ def _engine_reason(payload: bytes) -> str:
     return str(error)[:200]
 
 
-async def fetch_candidates(runtime: Any, opts: CompareOptions, rule: IndexRule,
-                           query: str) -> tuple[list[dict[str, Any]], float, int | None, int | None]:
-    """The engine's top `rule.window` hits: (hits, wall ms, engine `took`, total hits)."""
+def search_body(opts: CompareOptions, query: str, size: int, source: dict[str, Any] | None) -> dict[str, Any]:
+    """What the engine is sent: the query template filled in, else the fixed clause, else a multi_match."""
+    if opts.query_template is not None:
+        return opts.query_template.search_body(query, size, source)
     clause = opts.dsl if opts.dsl is not None else {"multi_match": {"query": query, "lenient": True}}
-    body: dict[str, Any] = {"size": rule.window, "query": clause}
-    needed = needed_source_fields(rule)
-    if needed is not None:
-        body["_source"] = {"includes": [*needed, *LABEL_FIELDS]}
+    body: dict[str, Any] = {"size": size, "query": clause}
+    if source is not None:
+        body["_source"] = source
+    return body
+
+
+async def fetch_candidates(runtime: Any, index: str, body: dict[str, Any]
+                           ) -> tuple[list[dict[str, Any]], float, int | None, int | None]:
+    """The engine's answer to `body` on `index`: (hits, wall ms, engine `took`, total hits)."""
     started = time.perf_counter()
-    answer = await runtime.engine.fetch("POST", f"/{quote(opts.index, safe='*')}/_search", _JSON, engine_json(body))
+    answer = await runtime.engine.fetch("POST", f"/{quote(index, safe='*')}/_search", _JSON, engine_json(body))
     engine_ms = (time.perf_counter() - started) * 1000
     if answer.status != 200:
         raise ProxyError(answer.status if answer.status >= 400 else 502,
@@ -154,7 +161,9 @@ async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Compa
         raise bad_request("no query text: type a query or use a full-text clause in the DSL")
     scorer = await scorers.get(opts.provider, opts.model)
     rule, configured = effective_rule(settings, opts, opts.index)
-    hits, engine_ms, took, total = await fetch_candidates(runtime, opts, rule, query)
+    needed = needed_source_fields(rule)
+    body = search_body(opts, query, rule.window, None if needed is None else {"includes": [*needed, *LABEL_FIELDS]})
+    hits, engine_ms, took, total = await fetch_candidates(runtime, opts.index, body)
     texts = await mapped_hit_texts(hits, rule, _per_hit_rules(settings, opts), runtime.pipeline.text_fields)
     candidates = []
     for hit, text in zip(hits, texts, strict=True):
@@ -168,7 +177,7 @@ async def compare(runtime: Any, scorers: Scorers, opts: CompareOptions) -> Compa
     lexical = [c.lexical_score for c in candidates]
     result = Comparison(opts, query, scorer, rule, configured, rule.window, mode, candidates,
                         [None] * len(candidates), lexical_scores(lexical),
-                        list(range(len(candidates))), engine_ms, took, total)
+                        list(range(len(candidates))), engine_ms, took, total, body)
     if scorer.cache is None or not candidates:
         result.mode = "lexical" if scorer.cache is None else mode
         return result
@@ -241,6 +250,7 @@ def to_json(result: Comparison) -> dict[str, Any]:
         "configured_for_reranking": result.configured_rule,
         "text_rule": {"fields": list(result.rule.fields), "template": result.rule.template,
                       "max_chars": result.rule.max_chars},
+        "search": result.search,
         "lexical": lexical_column,
         "reranked": reranked_column,
         "timings": {"engine_ms": round(result.engine_ms, 2), "engine_took_ms": result.engine_took_ms,

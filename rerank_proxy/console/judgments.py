@@ -1,9 +1,9 @@
-"""Relevance judgments and saved query sets of the console, kept in one JSON file.
+"""Relevance judgments and saved query sets of the console, as the routes use them.
 
-Judgments are what make the console's nDCG meaningful, so they must survive restarts and be
-shareable: the file is plain JSON, exported as BEIR-style qrels. Several workers may share it:
-every write is a read-modify-write under an exclusive `flock` and an atomic rename, and readers
-reload when the file changed on disk, so no worker overwrites another's judgments.
+Judgments are what make the console's nDCG meaningful, so they must survive restarts, be shared by
+the proxy's workers and be exportable (BEIR-style qrels). They live in a bounded SQLite file
+(`store.ConsoleDB`); every call here runs on the store's own thread, so a judgment, a large query
+set or an export never holds up the event loop (health checks, searches) while the disk works.
 
 A query is identified by (index, query text); its id is a short hash of both, stable across
 restarts and machines, so exports of the same judgments always use the same query ids.
@@ -11,31 +11,48 @@ restarts and machines, so exports of the same judgments always use the same quer
 
 from __future__ import annotations
 
-import fcntl
+import asyncio
 import hashlib
 import io
 import json
-import os
-import threading
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from rerank_proxy.config import Settings
-from rerank_proxy.errors import ProxyError, bad_request
+from rerank_proxy.console.legacy import import_json
+from rerank_proxy.console.store import ConsoleDB, JudgedQuery, SetInfo
+from rerank_proxy.errors import bad_request
 
 DEFAULT_JUDGMENTS_FILE = "~/.cache/rerank-proxy/console-judgments.json"  # CONSOLE_JUDGMENTS_FILE's default
+DEFAULT_STORE_MAX_MB = 64  # CONSOLE_STORE_MAX_MB's default: judgments plus saved query sets
 MAX_SET_QUERIES = 10_000
-_VERSION = 1
+_T = TypeVar("_T")
+
+__all__ = ["JudgedQuery", "JudgmentStore", "SetInfo", "judgments_path", "query_id", "store_for"]
 
 
 def judgments_path(settings: Settings) -> Path:
-    """The file named by CONSOLE_JUDGMENTS_FILE (an empty value means the default under ~/.cache)."""
+    """The database named by CONSOLE_JUDGMENTS_FILE (an empty value means the default under ~/.cache).
+
+    A `.json` name is the JSON file of earlier versions: the database is kept beside it as `.sqlite3`
+    and the JSON file is imported into it once."""
     value = settings.console_judgments_file or DEFAULT_JUDGMENTS_FILE
-    return Path(value).expanduser()
+    path = Path(value).expanduser()
+    return path.with_suffix(".sqlite3") if path.suffix == ".json" else path
+
+
+def legacy_path(settings: Settings) -> Path | None:
+    path = Path(settings.console_judgments_file or DEFAULT_JUDGMENTS_FILE).expanduser()
+    return path if path.suffix == ".json" else None
+
+
+def store_max_bytes(settings: Settings) -> int:
+    """CONSOLE_STORE_MAX_MB in bytes."""
+    megabytes = settings.console_store_max_mb
+    return int(max(float(megabytes), 1.0) * 1024 * 1024)
 
 
 def query_id(index: str, text: str) -> str:
@@ -43,134 +60,107 @@ def query_id(index: str, text: str) -> str:
     return f"q{digest}"
 
 
-@dataclass(frozen=True, slots=True)
-class JudgedQuery:
-    id: str
-    index: str
-    text: str
-    docs: dict[str, int]
+def _qrels_tsv(queries: list[JudgedQuery]) -> str:
+    lines = ["query-id\tcorpus-id\tscore"]
+    for q in queries:
+        lines.extend(f"{q.id}\t{doc}\t{grade}" for doc, grade in sorted(q.docs.items()))
+    return "\n".join(lines) + "\n"
 
 
-def _empty() -> dict[str, Any]:
-    return {"version": _VERSION, "queries": {}, "sets": {}}
+def _queries_jsonl(queries: list[JudgedQuery]) -> str:
+    return "".join(json.dumps({"_id": q.id, "text": q.text, "metadata": {"index": q.index}},
+                              ensure_ascii=False) + "\n" for q in queries)
+
+
+def _zip(queries: list[JudgedQuery]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("queries.jsonl", _queries_jsonl(queries))
+        archive.writestr("qrels/test.tsv", _qrels_tsv(queries))
+    return buffer.getvalue()
 
 
 class JudgmentStore:
-    """Read and change the judgments file; cheap to call per request (reloads only on change)."""
+    """The console's judgments and query sets; every method runs on one thread of its own.
 
-    def __init__(self, path: Path) -> None:
+    One thread owns the SQLite connection (a connection must stay on the thread that opened it),
+    and serialises this worker's writes; other workers are serialised by SQLite's file lock.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_STORE_MAX_MB * 1024 * 1024,
+                 legacy: Path | None = None) -> None:
         self.path = path
-        self._data: dict[str, Any] = _empty()
-        self._stamp: tuple[int, int] | None = None
-        self._lock = threading.Lock()
+        self.max_bytes = max_bytes
+        self._db = ConsoleDB(path, max_bytes, " (CONSOLE_STORE_MAX_MB)")
+        self._legacy = legacy
+        self._opened = False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-store")
 
-    # --- file handling -----------------------------------------------------------------------
+    def _open(self) -> ConsoleDB:
+        if not self._opened:
+            if self._legacy is not None:
+                import_json(self._db, self._legacy)
+            self._opened = True
+        return self._db
 
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_size
+    async def _run(self, work: Callable[[ConsoleDB], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: work(self._open()))
 
-    def _load(self) -> dict[str, Any]:
-        stamp = self._current_stamp()
-        if stamp is not None and stamp == self._stamp:
-            return self._data
-        if stamp is None:
-            self._data, self._stamp = _empty(), None
-            return self._data
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise bad_request(f"the judgments file {self.path} cannot be read ({type(exc).__name__})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("queries"), dict):
-            raise bad_request(f"the judgments file {self.path} is not a console judgments file")
-        data.setdefault("sets", {})
-        self._data, self._stamp = data, stamp
-        return data
-
-    @contextmanager
-    def _writing(self) -> Iterator[dict[str, Any]]:
-        """Exclusive read-modify-write of the file (also across worker processes)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            lock = open(f"{self.path}.lock", "a+")
-        except OSError as exc:
-            raise ProxyError(503, "console_storage_exception",
-                             f"cannot write the judgments file {self.path} ({type(exc).__name__}); "
-                             "set CONSOLE_JUDGMENTS_FILE to a writable path") from None
-        with self._lock, lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self._stamp = None  # always re-read under the lock
-                data = self._load()
-                yield data
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1, sort_keys=True), encoding="utf-8")
-                os.replace(tmp, self.path)
-                self._stamp = self._current_stamp()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _read(self) -> dict[str, Any]:
-        with self._lock:
-            return self._load()
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._db.close)
+        self._thread.shutdown(wait=False)
 
     # --- judgments ---------------------------------------------------------------------------
 
-    def get(self, index: str, text: str) -> dict[str, int]:
-        entry = self._read()["queries"].get(query_id(index, text))
-        return dict(entry["docs"]) if entry else {}
+    async def get(self, index: str, text: str) -> dict[str, int]:
+        qid = query_id(index, text)
+        return await self._run(lambda db: db.get(qid))
 
-    def set(self, index: str, text: str, doc_id: str, grade: int | None) -> dict[str, int]:
+    async def get_many(self, index: str, texts: list[str]) -> dict[str, dict[str, int]]:
+        """Judgments of each text (by text), in one trip to the store's thread."""
+        ids = {text: query_id(index, text) for text in texts}
+        found = await self._run(lambda db: db.get_many(list(ids.values())))
+        return {text: found[qid] for text, qid in ids.items()}
+
+    async def set(self, index: str, text: str, doc_id: str, grade: int | None) -> dict[str, int]:
         """Record (or with None, forget) one judgment; returns the query's judgments."""
         qid = query_id(index, text)
-        with self._writing() as data:
-            entry = data["queries"].setdefault(qid, {"index": index, "text": text, "docs": {}})
-            if grade is None:
-                entry["docs"].pop(doc_id, None)
-            else:
-                entry["docs"][doc_id] = grade
-            if not entry["docs"]:
-                del data["queries"][qid]
-            return dict(entry["docs"])
+        return await self._run(lambda db: db.set(qid, index, text, doc_id, grade))
 
-    def queries(self, index: str | None = None) -> list[JudgedQuery]:
-        out = [JudgedQuery(qid, e["index"], e["text"], dict(e["docs"]))
-               for qid, e in self._read()["queries"].items() if index is None or e["index"] == index]
-        return sorted(out, key=lambda q: (q.index, q.text))
+    async def queries(self, index: str | None = None) -> list[JudgedQuery]:
+        return await self._run(lambda db: db.queries(index))
+
+    async def size_bytes(self) -> int:
+        return await self._run(lambda db: db.size_bytes())
 
     # --- exports (BEIR layout: queries.jsonl + qrels/test.tsv) -------------------------------
 
-    def qrels_tsv(self, index: str | None = None) -> str:
-        lines = ["query-id\tcorpus-id\tscore"]
-        for q in self.queries(index):
-            lines.extend(f"{q.id}\t{doc}\t{grade}" for doc, grade in sorted(q.docs.items()))
-        return "\n".join(lines) + "\n"
+    async def qrels_tsv(self, index: str | None = None) -> str:
+        return await self._run(lambda db: _qrels_tsv(db.queries(index)))
 
-    def queries_jsonl(self, index: str | None = None) -> str:
-        return "".join(json.dumps({"_id": q.id, "text": q.text, "metadata": {"index": q.index}},
-                                  ensure_ascii=False) + "\n" for q in self.queries(index))
+    async def queries_jsonl(self, index: str | None = None) -> str:
+        return await self._run(lambda db: _queries_jsonl(db.queries(index)))
 
-    def export_zip(self, index: str | None = None) -> bytes:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("queries.jsonl", self.queries_jsonl(index))
-            archive.writestr("qrels/test.tsv", self.qrels_tsv(index))
-        return buffer.getvalue()
+    async def export_zip(self, index: str | None = None) -> bytes:
+        return await self._run(lambda db: _zip(db.queries(index)))
 
     # --- saved query sets --------------------------------------------------------------------
 
-    def query_sets(self) -> dict[str, list[str]]:
-        return {name: list(texts) for name, texts in sorted(self._read()["sets"].items())}
+    async def query_sets(self) -> list[SetInfo]:
+        return await self._run(lambda db: db.query_sets())
 
-    def save_set(self, name: str, texts: list[str]) -> None:
+    async def query_set(self, name: str) -> list[str] | None:
+        return await self._run(lambda db: db.query_set(name))
+
+    async def save_set(self, name: str, texts: list[str]) -> None:
         if len(texts) > MAX_SET_QUERIES:
             raise bad_request(f"a query set holds at most {MAX_SET_QUERIES} queries")
-        with self._writing() as data:
-            data["sets"][name] = texts
+        await self._run(lambda db: db.save_set(name, texts))
 
-    def delete_set(self, name: str) -> bool:
-        with self._writing() as data:
-            return data["sets"].pop(name, None) is not None
+    async def delete_set(self, name: str) -> bool:
+        return await self._run(lambda db: db.delete_set(name))
+
+
+def store_for(settings: Settings) -> JudgmentStore:
+    """The store CONSOLE_JUDGMENTS_FILE and CONSOLE_STORE_MAX_MB describe."""
+    return JudgmentStore(judgments_path(settings), store_max_bytes(settings), legacy_path(settings))

@@ -1,9 +1,11 @@
-"""nDCG@k, the metric the console reports for both columns.
+"""nDCG@k, the metric the console reports for both columns, over binary or graded judgments.
 
-Same definition as trec_eval's `ndcg_cut` (and so BEIR's reports): gain is the judgment grade,
-discount log2(rank + 1), the ideal ranking is built from every judged document of the query (not
-only the retrieved ones), and unjudged documents count as not relevant. A query with no relevant
-judgment has no nDCG (None): it is left out of means rather than counted as 0 or 1.
+Same definition as trec_eval's `ndcg_cut` and pytrec_eval (so the numbers BEIR reports): the gain
+is the grade itself (linear, not 2^grade - 1), discount log2(rank + 1), the ideal ranking is built
+from every judged document of the query (not only the retrieved ones), and unjudged documents count
+as not relevant. Linear gains keep a console run comparable with a published BEIR or TREC score of
+the same qrels. Binary judgments are grades 0 and 1, so both kinds mix in one query set. A query
+with no relevant judgment has no nDCG (None): it is left out of means rather than counted as 0 or 1.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 K = 10
+# The console's graded scale, TREC Deep Learning's 0-3; a binary "relevant" is grade 1.
+GRADES = ("not relevant", "related", "highly relevant", "perfectly relevant")
 
 
 def dcg(gains: Sequence[float]) -> float:

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rerank_proxy.console.query_template import QueryTemplate, parse_template
 from rerank_proxy.errors import bad_request
 
 PROVIDERS = ("configured", "lexical", "local")
@@ -41,7 +42,8 @@ class CompareOptions:
     score_mode: str = "auto"
     blend_weight: float | None = None
     size: int = 10
-    dsl: dict[str, Any] | None = None      # a full query clause; None: multi_match on the text
+    dsl: dict[str, Any] | None = None      # one fixed query clause; None: multi_match on the text
+    query_template: QueryTemplate | None = None  # the app's DSL with {{query}}; wins over multi_match
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -89,7 +91,8 @@ def _fields(value: Any) -> tuple[str, ...] | None:
 def parse_compare(body: Any, need_query: bool = True) -> CompareOptions:
     """CompareOptions from a compare/metrics/batch request body (400 on anything invalid).
 
-    Metrics and batch runs bring their own queries: `need_query=False` accepts a body without one.
+    Metrics and batch runs bring their own queries: `need_query=False` accepts a body without one,
+    and refuses a fixed [dsl], which would run the same search for every query.
     """
     body = require_object(body)
     provider = body.get("provider") or "configured"
@@ -111,6 +114,14 @@ def parse_compare(body: Any, need_query: bool = True) -> CompareOptions:
     dsl = body.get("dsl")
     if dsl is not None and (not isinstance(dsl, dict) or len(dsl) != 1):
         raise bad_request("[dsl] must be one query clause, e.g. {\"match\": {\"title\": \"...\"}}")
+    query_template = parse_template(body.get("query_template"))
+    if dsl is not None and query_template is not None:
+        raise bad_request("give [dsl] (one fixed clause) or [query_template] (with {{query}}), not both")
+    if dsl is not None and not need_query:
+        raise bad_request("[dsl] is one fixed clause, the same search for every query: give a [query_template] "
+                          "with {{query}} where each query's text goes")
+    if query_template is not None and need_query and not body.get("query"):
+        raise bad_request("[query] must be a non-empty string: the query template needs the text for {{query}}")
     return CompareOptions(
         index=index_name(body.get("index")),
         query=query_text(body.get("query")) if body.get("query") or (dsl is None and need_query) else "",
@@ -123,4 +134,5 @@ def parse_compare(body: Any, need_query: bool = True) -> CompareOptions:
         blend_weight=float(weight) if weight is not None else None,
         size=_int(body, "size", 1, MAX_SIZE) or 10,
         dsl=dsl,
+        query_template=query_template,
     )

@@ -14,15 +14,20 @@ GET  /_rerank/console/api/options               scorer choices and defaults
 GET  /_rerank/console/api/indices               user indices (no dot-indices)
 GET  /_rerank/console/api/fields?index=         text fields of an index's mapping
 POST /_rerank/console/api/compare               both columns for one query
-GET|PUT /_rerank/console/api/judgments          judgments of a query / list of judged queries; set one
+GET|PUT /_rerank/console/api/judgments          judgments of a query / list of judged queries; set one (grade 0-3)
 GET  /_rerank/console/api/judgments/{qrels.tsv,queries.jsonl,export.zip}   BEIR-style exports
 POST /_rerank/console/api/metrics               nDCG@10 of both columns over the judged queries
-POST /_rerank/console/api/batch                 a query set or BEIR folder; NDJSON progress, then result
-GET  /_rerank/console/api/querysets, PUT|DELETE /_rerank/console/api/querysets/{name}
+POST /_rerank/console/api/batch                 queries, a saved set or a BEIR folder; NDJSON progress, then result
+GET  /_rerank/console/api/querysets             saved sets: names and sizes (not their queries)
+GET|PUT|DELETE /_rerank/console/api/querysets/{name}   one set's queries; save; delete
+
+Compare, metrics and batch take the same options; [query_template] (the app's DSL with {{query}})
+is what the engine is sent for every query of all three.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,9 +39,9 @@ from starlette.routing import BaseRoute, Route
 
 from rerank_proxy.console import batch, engine, page
 from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
-from rerank_proxy.console.compare import compare, to_json
-from rerank_proxy.console.judgments import JudgmentStore, judgments_path, query_id
-from rerank_proxy.console.ndcg import K, ndcg_at_k
+from rerank_proxy.console.compare import compare, engine_json, to_json
+from rerank_proxy.console.judgments import JudgmentStore, query_id, store_for
+from rerank_proxy.console.ndcg import GRADES, K, ndcg_at_k
 from rerank_proxy.console.params import index_name, parse_compare, query_text, require_object
 from rerank_proxy.errors import ProxyError, bad_request
 
@@ -49,7 +54,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status, media_type="application/json",
+    return Response(engine_json(data), status, media_type="application/json",
                     headers={"cache-control": "no-store"})
 
 
@@ -108,18 +113,32 @@ def _optional_index(request: Request) -> str | None:
     return index_name(value) if value else None
 
 
-def _eval_items(body: dict[str, Any], index: str) -> list[EvalQuery]:
-    """A batch's queries: a BEIR folder on the server, or a list with optional qrels."""
+def _set_name(name: str) -> str:
+    if not _SET_NAME.match(name):
+        raise bad_request("a query set name is 1-80 letters, digits, spaces, dots or dashes")
+    return name
+
+
+async def _eval_items(body: dict[str, Any], index: str, store: JudgmentStore) -> list[EvalQuery]:
+    """A batch's queries, each with its qrels: a BEIR folder on the server, a saved query set, or a
+    list with optional qrels; queries without given qrels get the stored judgments."""
     if body.get("beir_path"):
         if not isinstance(body["beir_path"], str):
             raise bad_request("[beir_path] must be a folder path")
         limit = body.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise bad_request("[limit] must be a positive integer")
-        return load_folder(body["beir_path"], str(body.get("split") or "test"), limit)
+        # up to 2 x 200 MB of files: read and parsed off the event loop
+        return await asyncio.to_thread(load_folder, body["beir_path"], str(body.get("split") or "test"), limit)
     queries = body.get("queries")
+    if body.get("query_set") is not None:
+        if queries is not None or not isinstance(body["query_set"], str):
+            raise bad_request("[query_set] is the name of a saved set, instead of [queries]")
+        queries = await store.query_set(_set_name(body["query_set"]))
+        if queries is None:
+            raise ProxyError(404, "resource_not_found_exception", f"no saved query set [{body['query_set']}]")
     if not isinstance(queries, list) or not queries:
-        raise bad_request("give [queries] (a list of texts or {id, text}) or [beir_path]")
+        raise bad_request("give [queries] (a list of texts or {id, text}), [query_set] or [beir_path]")
     if len(queries) > MAX_QUERIES:
         raise bad_request(f"at most {MAX_QUERIES} queries per run")
     qrels = body.get("qrels")
@@ -142,7 +161,8 @@ def _eval_items(body: dict[str, Any], index: str) -> list[EvalQuery]:
         seen.add(qid)
         items.append(EvalQuery(qid, text,
                                None if qrels is None else {str(k): v for k, v in qrels.get(qid, {}).items()}))
-    return items
+    stored = await store.get_many(index, [item.text for item in items if item.qrels is None])
+    return [item if item.qrels is not None else EvalQuery(item.id, item.text, stored[item.text]) for item in items]
 
 
 def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
@@ -151,10 +171,8 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
 
     scorers = Scorers(runtime)
     runtime.closers.append(scorers.aclose)  # extra rerankers the console built are closed at shutdown
-    store = JudgmentStore(judgments_path(runtime.settings))
-
-    def stored_qrels(index: str) -> Callable[[EvalQuery], dict[str, int]]:
-        return lambda item: store.get(index, item.text)
+    store = store_for(runtime.settings)
+    runtime.closers.append(store.aclose)
 
     def api(handler: Handler) -> Handler:
         return guard(_errors(handler))
@@ -189,7 +207,7 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
                          "max_chars": s.rerank_max_chars, "score_mode": s.rerank_score_mode,
                          "blend_weight": s.rerank_blend_weight},
             "limits": {"max_window": 1000, "max_size": 50}, "k": K,
-            "judgments_file": str(store.path),
+            "judgments_file": str(store.path), "grades": list(GRADES),
         })
 
     async def indices(request: Request) -> Response:
@@ -202,7 +220,7 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
     async def compare_one(request: Request) -> Response:
         opts = parse_compare(await _body(request))
         result = to_json(await compare(runtime, scorers, opts))
-        judged = store.get(opts.index, result["query"])
+        judged = await store.get(opts.index, result["query"])
         result["query_id"] = query_id(opts.index, result["query"])
         result["judgments"] = judged
         result["ndcg"] = {"k": K, "lexical": ndcg_at_k([h["id"] for h in result["lexical"]], judged),
@@ -215,61 +233,67 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
             text = request.query_params.get("query")
             if text:
                 text = query_text(text)
-                return _json({"query_id": query_id(index, text), "judgments": store.get(index, text)})
+                return _json({"query_id": query_id(index, text), "judgments": await store.get(index, text)})
             return _json({"queries": [{"id": q.id, "query": q.text, "judged": len(q.docs),
                                        "relevant": sum(1 for g in q.docs.values() if g > 0)}
-                                      for q in store.queries(index)]})
+                                      for q in await store.queries(index)]})
         body = require_object(await _body(request))
         index, text = index_name(body.get("index")), query_text(body.get("query"))
         doc_id, grade = body.get("doc_id"), body.get("grade")
         if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 512:
             raise bad_request("[doc_id] must be a document _id")
-        if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int) or not 0 <= grade <= 3):
-            raise bad_request("[grade] must be 0 (not relevant), 1 (relevant), up to 3 for graded, or null to clear")
-        docs = store.set(index, text, doc_id, grade)
+        if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)
+                                  or not 0 <= grade < len(GRADES)):
+            raise bad_request(f"[grade] must be 0 ({GRADES[0]}) to {len(GRADES) - 1} ({GRADES[-1]}); binary "
+                              "judgments are 0 or 1; null clears the judgment")
+        docs = await store.set(index, text, doc_id, grade)
         return _json({"query_id": query_id(index, text), "judgments": docs})
 
     async def qrels_tsv(request: Request) -> Response:
-        return _download(store.qrels_tsv(_optional_index(request)), "qrels.tsv", "text/tab-separated-values")
+        return _download(await store.qrels_tsv(_optional_index(request)), "qrels.tsv", "text/tab-separated-values")
 
     async def queries_jsonl(request: Request) -> Response:
-        return _download(store.queries_jsonl(_optional_index(request)), "queries.jsonl", "application/x-ndjson")
+        return _download(await store.queries_jsonl(_optional_index(request)), "queries.jsonl", "application/x-ndjson")
 
     async def export_zip(request: Request) -> Response:
-        return _download(store.export_zip(_optional_index(request)), "judgments-beir.zip", "application/zip")
+        return _download(await store.export_zip(_optional_index(request)), "judgments-beir.zip", "application/zip")
 
     async def metrics(request: Request) -> Response:
         opts = parse_compare(await _body(request), need_query=False)
         await scorers.get(opts.provider, opts.model)  # a bad provider choice is a 400, not n row errors
-        items = [EvalQuery(q.id, q.text, q.docs) for q in store.queries(opts.index)]
-        return _json(await batch.collect(runtime, scorers, opts, items, stored_qrels(opts.index)))
+        items = [EvalQuery(q.id, q.text, q.docs) for q in await store.queries(opts.index)]
+        return _json(await batch.collect(runtime, scorers, opts, items))
 
     async def batch_view(request: Request) -> Response:
         body = require_object(await _body(request))
         opts = parse_compare(body, need_query=False)
-        items = _eval_items(body, opts.index)
+        items = await _eval_items(body, opts.index, store)
         await scorers.get(opts.provider, opts.model)
 
         async def lines() -> Any:
-            async for event in batch.run(runtime, scorers, opts, items, stored_qrels(opts.index)):
+            async for event in batch.run(runtime, scorers, opts, items):
                 yield orjson.dumps(event) + b"\n"
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"cache-control": "no-store"})
 
     async def query_sets(request: Request) -> Response:
-        return _json({"sets": store.query_sets()})
+        return _json({"sets": [{"name": s.name, "queries": s.queries, "saved_at": round(s.saved_at, 3)}
+                               for s in await store.query_sets()]})
 
     async def query_set(request: Request) -> Response:
-        name = request.path_params["name"]
-        if not _SET_NAME.match(name):
-            raise bad_request("a query set name is 1-80 letters, digits, spaces, dots or dashes")
+        name = _set_name(request.path_params["name"])
+        if request.method == "GET":
+            texts = await store.query_set(name)
+            if texts is None:
+                raise ProxyError(404, "resource_not_found_exception", f"no saved query set [{name}]")
+            return _json({"name": name, "queries": texts})
         if request.method == "DELETE":
-            return _json({"deleted": store.delete_set(name)})
+            return _json({"deleted": await store.delete_set(name)})
         body = require_object(await _body(request))
         texts = body.get("queries")
         if not isinstance(texts, list):
             raise bad_request("[queries] must be a list of query texts")
         cleaned = list(dict.fromkeys(query_text(t, "queries[]") for t in texts))
-        store.save_set(name, cleaned)
+        await store.save_set(name, cleaned)
         return _json({"name": name, "queries": cleaned})
 
     return [
@@ -285,5 +309,5 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
         Route(f"{API}/metrics", api(metrics), methods=["POST"]),
         Route(f"{API}/batch", api(batch_view), methods=["POST"]),
         Route(f"{API}/querysets", api(query_sets), methods=["GET"]),
-        Route(f"{API}/querysets/{{name}}", api(query_set), methods=["PUT", "DELETE"]),
+        Route(f"{API}/querysets/{{name}}", api(query_set), methods=["GET", "PUT", "DELETE"]),
     ]

@@ -4,7 +4,9 @@
 // inputs come from the environment:
 //   CONSOLE_BASE    proxy base URL (http://127.0.0.1:PORT)
 //   CONSOLE_TOKEN   the proxy's admin token
-//   CONSOLE_CASE    JSON: {index, query, window, lexical: [ids], reranked: [ids], batch: [queries]}
+//   CONSOLE_CASE    JSON: {index, query, window, lexical: [ids], reranked: [ids], batch: [queries],
+//                   beir: {path, queries, lexical, reranked} (a graded BEIR folder and its mean nDCG@10),
+//                   template: {dsl, lexical: [ids], reranked: [ids]} (the app's query and its columns)}
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
 //   SCREENSHOT      where to write the screenshot of the console (optional)
 import { after, test } from "node:test";
@@ -32,6 +34,13 @@ function expectedChange(before, after, missing) {
 function ndcgOneRelevant(ranking, relevant) {
   const at = ranking.slice(0, K).indexOf(relevant);
   return at < 0 ? 0 : 1 / Math.log2(at + 2);
+}
+
+/** nDCG@10 with linear gains (trec_eval's ndcg_cut) for graded judgments {id: grade}. */
+function gradedNdcg(ranking, grades) {
+  const dcg = (gains) => gains.reduce((sum, g, i) => sum + g / Math.log2(i + 2), 0);
+  const ideal = Object.values(grades).filter((g) => g > 0).sort((a, b) => b - a).slice(0, K);
+  return dcg(ranking.slice(0, K).map((id) => grades[id] || 0)) / dcg(ideal);
 }
 
 const profile = mkdtempSync(join(tmpdir(), "console-chromium-"));
@@ -188,6 +197,35 @@ test("switching the scorer to lexical makes both columns equal", async () => {
   await page.waitForFunction(() => !document.querySelector("#reranked-caption").textContent.startsWith("no reranking"));
 });
 
+test("graded judgments (0-3) are given on the page and count as grades in nDCG@10", async () => {
+  await openOptions();
+  await page.selectOption("#judge-scale", "graded");
+  await page.waitForFunction(() => document.querySelectorAll("#reranked-list button.judge-grade").length > 0);
+  assert.equal(await page.locator("#reranked-list li.hit").first().locator("button.judge-grade").count(), 4);
+  const lexical = await ids("lexical");
+  const reranked = await ids("reranked");
+  const lift = (id) => CASE.lexical.indexOf(id) - CASE.reranked.indexOf(id);
+  const best = [...reranked].sort((a, b) => lift(b) - lift(a))[0];
+  const worst = [...lexical].sort((a, b) => lift(a) - lift(b))[0];
+  // The hit ranked just below `best` gets the higher grade, so the reranked order is not the ideal one.
+  const other = reranked.slice(reranked.indexOf(best) + 1).find((id) => id !== worst);
+  assert.ok(other, "a hit ranks below the most lifted one");
+  const grades = { [best]: 2, [other]: 3, [worst]: 0 };
+  for (const [id, grade] of [[best, 2], [other, 3]]) {
+    await page.locator(`#reranked-list li.hit[data-id="${id}"] button.judge-grade[data-grade="${grade}"]`).click();
+    await page.waitForFunction(([hit, g]) => document.querySelector(`#reranked-list li.hit[data-id="${hit}"]`)
+      .dataset.grade === String(g), [id, grade]);
+  }
+  const wantLexical = gradedNdcg(lexical, grades).toFixed(3);
+  const wantReranked = gradedNdcg(reranked, grades).toFixed(3);
+  const binary = gradedNdcg(reranked, { [best]: 1, [other]: 1, [worst]: 0 }).toFixed(3);
+  assert.notEqual(wantReranked, binary, "the case must tell graded from binary nDCG");
+  await page.waitForFunction(([lex, rr]) => document.querySelector("#ndcg-query-lexical").textContent === lex
+    && document.querySelector("#ndcg-query-reranked").textContent === rr, [wantLexical, wantReranked]);
+  assert.equal(await page.locator(`#reranked-list li.hit[data-id="${other}"] button.judge-grade.on`).textContent(), "3");
+  assert.equal(await page.locator(`li.hit[data-id="${best}"]`).first().getAttribute("data-grade"), "2");
+});
+
 test("a query set run shows a table and a chart of per-query nDCG changes", async () => {
   await page.click("#tab-batch");
   await page.selectOption("#batch-source", "paste");
@@ -208,6 +246,33 @@ test("a query set run shows a table and a chart of per-query nDCG changes", asyn
   assert.equal(await page.locator("#batch-progress").evaluate((p) => `${p.value}/${p.max}`), `${rows.length}/${rows.length}`);
   assert.equal(await number("batch-wins"), 1);
   if (process.env.SCREENSHOT_BATCH) await page.screenshot({ path: process.env.SCREENSHOT_BATCH });
+});
+
+test("a BEIR folder is run through its labelled fields, graded qrels counted as grades", async () => {
+  await page.selectOption("#batch-source", "beir");
+  await page.getByLabel("BEIR folder on the proxy's machine", { exact: true }).fill(CASE.beir.path);
+  await page.getByLabel("Split", { exact: true }).fill("test");
+  await page.getByLabel("At most (queries)", { exact: true }).fill(String(CASE.beir.queries));
+  await page.click("#batch-run");
+  await page.waitForFunction(() => document.body.dataset.batch === "done");
+  assert.equal(await page.locator("#batch-table tbody tr").count(), CASE.beir.queries);
+  assert.equal(await page.locator("#batch-mean-lexical").textContent(), CASE.beir.lexical);
+  assert.equal(await page.locator("#batch-mean-reranked").textContent(), CASE.beir.reranked);
+});
+
+test("the app's query DSL with {{query}} is the search of both columns", async () => {
+  await page.click("#tab-compare");
+  await openOptions();
+  await page.getByLabel(/Query DSL/).fill(CASE.template.dsl);
+  await page.fill("#query", CASE.query);
+  await page.click("#compare-btn");
+  await page.waitForFunction(() => document.querySelector("#search-json").textContent.includes("range"));
+  const sent = JSON.parse(await page.locator("#search-json").textContent());
+  assert.equal(sent.query.bool.must.multi_match.query, CASE.query, "{{query}} holds the typed text");
+  assert.equal(sent.size, CASE.window);
+  assert.deepEqual(await ids("lexical"), CASE.template.lexical.slice(0, K));
+  assert.deepEqual(await ids("reranked"), CASE.template.reranked.slice(0, K));
+  assert.notDeepEqual(CASE.template.lexical.slice(0, K), CASE.lexical.slice(0, K), "the template must search differently");
 });
 
 test("the page never contacted anything but the proxy and logged no errors", () => {

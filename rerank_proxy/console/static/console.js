@@ -8,6 +8,9 @@
 (() => {
   const API = "/_rerank/console/api";
   const TOKEN_KEY = "rerank-proxy-console-token";
+  const SCALE_KEY = "rerank-proxy-console-scale";
+  const PLACEHOLDER = /\{\{\s*query\s*\}\}/;
+  const GRADE_NAMES = ["not relevant", "related", "highly relevant", "perfectly relevant"];
   const $ = (id) => document.getElementById(id);
 
   const state = {
@@ -173,9 +176,11 @@
     } else if (mode === "template" && $("template").value.trim()) {
       options.template = $("template").value;
     }
-    const dsl = $("dsl").value.trim();
-    if (dsl) {
-      try { options.dsl = JSON.parse(dsl); } catch (_) { throw new Error("the query DSL clause is not valid JSON"); }
+    const dsl = $("query-dsl").value.trim();
+    if (PLACEHOLDER.test(dsl)) {
+      options.query_template = dsl;  // parsed by the proxy, which says what is wrong with it
+    } else if (dsl) {
+      try { options.dsl = JSON.parse(dsl); } catch (_) { throw new Error("the query DSL is not valid JSON"); }
     }
     return options;
   }
@@ -192,9 +197,14 @@
   function judgeButtons(hit) {
     const grade = state.judgments[hit.id];
     const set = (value) => () => judge(hit.id, grade === value ? null : value);
+    if ($("judge-scale").value === "graded") {
+      return el("span", { class: "judge", role: "group", "aria-label": "grade" }, ...GRADE_NAMES.map((name, g) =>
+        el("button", { type: "button", class: "judge-grade" + (grade === g ? " on" : ""), title: `${g}: ${name}`,
+          dataset: { grade: String(g) }, "aria-pressed": String(grade === g), onclick: set(g) }, String(g))));
+    }
     return el("span", { class: "judge" },
       el("button", { type: "button", class: "judge-rel" + (grade > 0 ? " on" : ""), title: "relevant",
-        "aria-pressed": String(grade > 0), onclick: set(1) }, "✓ relevant"),
+        "aria-pressed": String(grade > 0), onclick: () => judge(hit.id, grade > 0 ? null : 1) }, "✓ relevant"),
       el("button", { type: "button", class: "judge-non" + (grade === 0 ? " on" : ""), title: "not relevant",
         "aria-pressed": String(grade === 0), onclick: set(0) }, "✗"));
   }
@@ -206,7 +216,7 @@
       ? [`score ${fmt(hit.score)}`, `reranked #${hit.reranked_rank}`]
       : [`score ${fmt(hit.score)}`, hit.rerank_score === null ? null : `model ${fmt(hit.rerank_score)}`,
         `lexical #${hit.lexical_rank} (${fmt(hit.lexical_score)})`];
-    return el("li", { class: "hit" + judged, dataset: { id: hit.id, side },
+    return el("li", { class: "hit" + judged, dataset: { id: hit.id, side, grade: grade === undefined ? "" : String(grade) },
       onmouseenter: () => link(hit.id, true), onmouseleave: () => link(hit.id, false) },
       el("span", { class: "rank" }, String(hit.rank)),
       el("span", { class: "label" }, hit.label || "(no text)"),
@@ -248,6 +258,8 @@
     ].filter(Boolean));
     $("rerank-error").textContent = r.error || "";
     $("rerank-error").hidden = !r.error;
+    $("search-json").textContent = JSON.stringify(r.search, null, 1);
+    $("search-sent").hidden = false;
     renderColumns();
     renderQueryMetric(r.ndcg.lexical, r.ndcg.reranked);
   }
@@ -344,12 +356,10 @@
   async function refreshSets() {
     try {
       const { sets } = await api("/querysets");
-      state.sets = sets;
       const select = $("batch-set");
       const previous = select.value;
-      select.replaceChildren(...Object.keys(sets).map((name) =>
-        el("option", { value: name }, `${name} (${sets[name].length})`)));
-      if (previous in sets) select.value = previous;
+      select.replaceChildren(...sets.map((set) => el("option", { value: set.name }, `${set.name} (${set.queries})`)));
+      if (sets.some((set) => set.name === previous)) select.value = previous;
     } catch (err) { /* api() notified */ }
   }
 
@@ -363,13 +373,18 @@
   async function batchBody() {
     let body;
     try { body = compareOptions(); } catch (err) { notify(err.message); return null; }
-    delete body.dsl;
+    if (body.dsl) {
+      notify("A run needs {{query}} in the query DSL: a fixed clause would run the same search for every query.");
+      return null;
+    }
     const source = $("batch-source").value;
     if (source === "judged") {
       const { queries } = await api("/judgments?index=" + encodeURIComponent(body.index));
       body.queries = queries.map((q) => q.query);
     } else if (source === "set") {
-      body.queries = (state.sets || {})[$("batch-set").value] || [];
+      if (!$("batch-set").value) { notify("No saved query set: paste queries and save them as a set."); return null; }
+      body.query_set = $("batch-set").value;  // the proxy reads the set: it can hold thousands of queries
+      return body;
     } else if (source === "paste") {
       body.queries = $("batch-queries").value.split("\n").map((q) => q.trim()).filter(Boolean);
     } else {
@@ -522,6 +537,11 @@
     $("index").addEventListener("change", onIndexChange);
     $("provider").addEventListener("change", syncModel);
     $("text-mode").addEventListener("change", syncTextMode);
+    $("judge-scale").value = localStorage.getItem(SCALE_KEY) === "graded" ? "graded" : "binary";
+    $("judge-scale").addEventListener("change", () => {
+      localStorage.setItem(SCALE_KEY, $("judge-scale").value);
+      if (state.last) renderColumns();
+    });
     $("sign-out").addEventListener("click", signOut);
     for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
     const scoped = () => ($("index").value ? "?index=" + encodeURIComponent($("index").value) : "");
