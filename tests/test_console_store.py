@@ -19,7 +19,6 @@ import httpx
 import pytest
 
 from rerank_proxy.config import Settings
-from rerank_proxy.console import judgments
 from rerank_proxy.console.judgments import JudgmentStore, query_id
 from tests.fixtures.proxy import RunningProxy, proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker
@@ -30,12 +29,9 @@ INDEX = "docs"
 QUERY = "jet engine noise"
 
 
-def with_store_limit(settings: Settings, megabytes: int, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def with_store_limit(settings: Settings, megabytes: int) -> Settings:
     """Bound the store to `megabytes` (CONSOLE_STORE_MAX_MB)."""
-    if hasattr(settings, "console_store_max_mb"):
-        return settings.with_overrides(console_store_max_mb=megabytes)
-    monkeypatch.setattr(judgments, "DEFAULT_STORE_MAX_MB", megabytes)
-    return settings
+    return settings.with_overrides(console_store_max_mb=megabytes)
 
 
 @contextmanager
@@ -43,7 +39,7 @@ def console_proxy(engine_url: str, path: Path, monkeypatch: pytest.MonkeyPatch,
                   max_mb: int | None = None) -> Iterator[tuple[RunningProxy, httpx.Client]]:
     settings = with_judgments_file(proxy_settings(engine_url, ADMIN_TOKEN=TOKEN), path, monkeypatch)
     if max_mb is not None:
-        settings = with_store_limit(settings, max_mb, monkeypatch)
+        settings = with_store_limit(settings, max_mb)
     with run_proxy(settings, reranker=OverlapReranker()) as running:
         with httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
             yield running, client
