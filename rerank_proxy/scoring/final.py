@@ -49,8 +49,8 @@ def resolve_weight(requested: float | None, setting: float) -> float:
 
 
 def is_blank(text: str) -> bool:
-    """A text with no words: never sent to a provider."""
-    return not text.strip()
+    """A text with no words: never sent to a provider (`isspace` is `strip`'s test, without a copy)."""
+    return not text or text.isspace()
 
 
 def with_blanks(count: int, positions: Sequence[int], scores: Sequence[float]) -> list[float]:
@@ -110,8 +110,12 @@ async def final_scores(cache: ScoreCache | None, query: str, texts: Sequence[str
     count = len(texts)
     if mode == "lexical" or cache is None:
         return Scored("lexical", lexical_scores(lexical), [None] * count, [], [], None)
-    scored = [i for i, text in enumerate(texts) if not is_blank(text)]
-    blanks = [i for i, text in enumerate(texts) if is_blank(text)] if len(scored) < count else []
+    blanks = [i for i, text in enumerate(texts) if not text or text.isspace()]   # is_blank, inlined: per hit
+    if blanks:
+        blank = set(blanks)
+        scored = [i for i in range(count) if i not in blank]
+    else:
+        scored = list(range(count))
     if not scored:  # nothing to send: the lexical order, through the mode's formula
         return Scored(mode, combine([0.0] * count, lexical, mode, weight), [None] * count, [], blanks, None)
     if blanks:

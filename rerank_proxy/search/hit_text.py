@@ -9,7 +9,7 @@ text-typed fields from the mapping (`TextPaths`, looked up by the caller) when i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -187,21 +187,27 @@ def hit_texts(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None 
     every string. The rule is looked up once per run of hits from the same index, not once per
     hit; a hit that is not an object has the empty text.
     """
-    texts: list[str] = []
+    return [hit_text(hit.get("_source"), rule, paths) if hit is not None else ""
+            for hit, rule, paths in _with_rules(hits, default, rule_for, mapped)]
+
+
+def _with_rules(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None,
+                mapped: MappedFields | None) -> Iterator[tuple[dict[str, Any] | None, IndexRule, TextPaths | None]]:
+    """Each hit (None if it is not an object) with the rule and mapped fields its text follows,
+    looked up once per run of hits from the same index."""
     last_index: Any = None
     rule = default
     paths: TextPaths | None = None
     for hit in hits:
         if not isinstance(hit, dict):
-            texts.append("")
+            yield None, default, None
             continue
         index = hit.get("_index") or ""
         if index != last_index:
             last_index = index
             rule = _rule_of(index, default, rule_for)
             paths = mapped.get(str(index)) if mapped is not None and rule.text_from_mapping and index else None
-        texts.append(hit_text(hit.get("_source"), rule, paths))
-    return texts
+        yield hit, rule, paths
 
 
 class VersionedTexts:
@@ -230,20 +236,12 @@ class VersionedTexts:
         texts: list[str] = []
         digests: list[bytes] = []
         memo = self._memo
-        last_index: Any = None
-        rule = default
-        paths: TextPaths | None = None
-        for hit in hits:
-            if not isinstance(hit, dict):
+        for hit, rule, paths in _with_rules(hits, default, rule_for, mapped):
+            if hit is None:
                 texts.append("")
                 digests.append(self._digest(""))
                 continue
-            index = hit.get("_index") or ""
-            if index != last_index:
-                last_index = index
-                rule = _rule_of(index, default, rule_for)
-                paths = mapped.get(str(index)) if mapped is not None and rule.text_from_mapping and index else None
-            key = (index, hit.get("_id"), hit.get("_seq_no"), hit.get("_primary_term"))
+            key = (hit.get("_index") or "", hit.get("_id"), hit.get("_seq_no"), hit.get("_primary_term"))
             versioned = key[2] is not None and key[3] is not None
             known = memo.get(key) if versioned else None
             if known is not None and known[0] is rule and known[1] is paths:
