@@ -12,8 +12,8 @@ registers its call for each missing document, the others await that call and rea
 Tiers, looked up in this order: an in-process TTL + LRU tier (`local_tier.LocalTier`, bounded by
 entries); with several workers, the per-host tier they share (`host_share.HostShare`, LMDB), which
 also coalesces misses across workers; and, optionally, a shared tier (Redis) so replicas reuse each
-other's scores. The host tier comes before Redis because it is about 100 times cheaper to read
-(no network round trip) and because only it can see what the other workers are computing right now.
+other's scores. The host tier comes before Redis because a read is a memory-mapped lookup, not a
+network round trip, and because only it can see what the other workers are computing right now.
 A failure of either is a miss, never an error.
 """
 
