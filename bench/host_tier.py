@@ -9,7 +9,8 @@ lookup of 100 absent keys, a write of 100 new scores, and (the host tiers) a cla
 rounds interleave the candidates so machine load hits them alike. SQLite is also timed through
 `asyncio.to_thread`, the price of keeping its file I/O off the event loop. Last, the wake-up
 latency: from one worker storing a score another waits for, to the waiter's event loop running
-again (host_signals.py, measured within one process, through the kernel's Unix socket).
+again (host_signals.py, measured within one process, through the kernel's Unix socket); and how
+much of its speed the event loop's thread keeps while LMDB writes run in another thread.
 
     .venv/bin/python -m bench.host_tier [--entries 200000] [--rounds 2000]
 """
@@ -23,6 +24,7 @@ import os
 import sqlite3
 import statistics
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -129,7 +131,31 @@ async def wake_latency(directory: Path, samples: int) -> dict[str, float]:
     return summary(times)
 
 
+def loop_share_during_threaded_writes(host: HostTier, writes: int = 300) -> float:
+    """How fast the main thread runs Python while another thread writes to LMDB, against alone:
+    what moving the writes off the event loop would give back (py-lmdb holds the GIL for most of a
+    write transaction)."""
+    def spin(seconds: float) -> float:
+        count, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            count += 1
+        return count / seconds
+
+    alone = spin(0.5)
+    batches = [[(k, 0.5) for k in batch("threaded", i * BATCH)] for i in range(writes)]
+    writer = threading.Thread(target=lambda: [host.set_many(b) for b in batches])
+    writer.start()
+    started = time.perf_counter()
+    count = 0
+    while writer.is_alive():
+        count += 1
+    during = count / (time.perf_counter() - started)
+    writer.join()
+    return during / alone
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    machine = machine_info()
     root = Path(tempfile.mkdtemp(prefix="host-tier-bench-"))
     (root / "lmdb").mkdir()
     (root / "sqlite").mkdir()
@@ -184,9 +210,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     sizes = {"LMDB (HostTier)": (root / "lmdb" / "data.mdb").stat().st_blocks * 512,
              "SQLite WAL": sum(p.stat().st_blocks * 512 for p in (root / "sqlite").iterdir())}
     wake = await wake_latency(root, args.wake_samples)
-    return {"machine": machine_info(), "params": vars(args), "rows": rows, "disk_bytes": sizes, "wake_us": wake,
-            "lmdb": lmdb.__version__, "sqlite": sqlite3.sqlite_version, "directory": str(root.parent),
-            "loadavg_at_end": list(os.getloadavg())}
+    threaded = loop_share_during_threaded_writes(host)
+    machine["loadavg_at_end"] = list(os.getloadavg())
+    return {"machine": machine, "params": vars(args), "rows": rows, "disk_bytes": sizes, "wake_us": wake,
+            "loop_share_during_threaded_lmdb_writes": threaded,
+            "lmdb": lmdb.__version__, "sqlite": sqlite3.sqlite_version, "directory": str(root.parent)}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -203,6 +231,8 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"Wake-up, store to waiter running: p50 {wake['p50_us']:.0f} µs, p90 {wake['p90_us']:.0f} µs, "
                  f"p99 {wake['p99_us']:.0f} µs ({result['params']['wake_samples']} samples).")
+    lines.append(f"LMDB writes in another thread leave the event loop's thread "
+                 f"{100 * result['loop_share_during_threaded_lmdb_writes']:.0f}% of its speed alone.")
     return "\n".join(lines)
 
 
