@@ -238,6 +238,31 @@ async def test_scores_from_another_worker_are_reused_by_the_cache(tmp_path, othe
     assert cache.stats.host_hits == 2
 
 
+async def test_the_host_tier_is_read_before_redis_and_keeps_what_redis_found(tmp_path, redis_server):
+    from rerank_proxy.scoring.cache.redis_tier import RedisTier
+
+    texts = ["jet engine noise", "wing flutter"]
+    elsewhere = RedisTier(redis_server.url, 0.5)  # a replica on another host paid for these
+    other_host = ScoreCache(OverlapReranker(), max_entries=100, ttl_s=3600, shared=elsewhere, shared_timeout_s=0.5)
+    expected = (await other_host.scores("jet noise", texts)).scores
+    share = host_share(tmp_path)
+    shared = RedisTier(redis_server.url, 0.5)
+    reranker = OverlapReranker()
+    cache = ScoreCache(reranker, max_entries=100, ttl_s=3600, shared=shared, shared_timeout_s=0.5, host=share)
+    try:
+        first = await cache.scores("jet noise", texts)
+        assert first.scores == expected and cache.stats.shared_hits == 2 and reranker.calls == 0
+        assert share.get_many(cache.doc_keys("jet noise", texts)) == expected  # for this host's other workers
+        await shared.flush()
+        cache.flush()  # this worker's in-process tier only
+        second = await cache.scores("jet noise", texts)
+        assert second.scores == expected and cache.stats.host_hits == 2 and cache.stats.shared_hits == 2
+    finally:
+        share.close()
+        await shared.aclose()
+        await elsewhere.aclose()
+
+
 async def test_a_flush_broadcast_empties_the_other_workers_in_process_tier(tmp_path):
     flushed: list[bool] = []
     listener = HostSignals(tmp_path, on_flush=lambda: flushed.append(True))
