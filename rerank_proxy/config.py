@@ -194,7 +194,7 @@ class Settings:
     log_format: str = "json"
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    workers: int = 1              # load_settings resolves the default WORKERS=auto to a count
 
     def rule_for(self, index: str) -> IndexRule | None:
         """The rule for one concrete index name or pattern; None when it is not reranked."""

@@ -78,12 +78,16 @@ def build_host_share(settings: Settings, host_dir: str | None):  # -> HostShare 
     from rerank_proxy.scoring.cache.host_signals import HostSignals
     from rerank_proxy.scoring.cache.host_tier import HostTier
 
+    tier = signals = None
     try:
         tier = HostTier(host_dir, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s)
+        signals = HostSignals(host_dir)
+        signals.start()
     except Exception as exc:
+        for part in (signals, tier):
+            if part is not None:
+                part.close()
         _log.warning("per-host score tier unavailable; this worker keeps its scores to itself",
                      extra={"fields": {"pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"}})
         return None
-    signals = HostSignals(host_dir)
-    signals.start()
     return HostShare(tier, signals, lease_s=settings.rerank_deadline_ms / 1000 + CLAIM_LEASE_MARGIN_S)

@@ -308,3 +308,16 @@ def test_workers_setting_accepts_auto_or_an_integer():
 def test_the_start_up_log_says_why_this_many_workers():
     assert workers_reason({}) == f"WORKERS=auto: {usable_cpus()[1]}"
     assert workers_reason({"WORKERS": "3"}) == "WORKERS=3"
+
+
+async def test_a_host_tier_that_cannot_open_leaves_the_worker_on_its_own_tier(tmp_path, caplog):
+    from rerank_proxy.wiring import build_host_share
+
+    settings = load_settings({"RERANK_PROVIDER": "tei", "RERANK_BASE_URL": "http://127.0.0.1:1"})
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    assert build_host_share(settings, str(not_a_directory)) is None
+    assert "per-host score tier unavailable" in caplog.text
+    share = build_host_share(settings, str(tmp_path))
+    assert share is not None and share.lease_s == settings.rerank_deadline_ms / 1000 + 1.0
+    share.close()
