@@ -95,7 +95,8 @@ def build_ops_app(runtime: Runtime) -> Starlette:
         stats = dataclasses.asdict(cache.stats)
         host = None
         if cache.host is not None:
-            host = {"entries": cache.host.entries(), **dataclasses.asdict(cache.host.stats)}
+            host = {"entries": cache.host.entries(), **dataclasses.asdict(cache.host.stats),
+                    "lost_wakeups": cache.host.signals.lost}
         return JSONResponse({"enabled": cache.enabled, "entries": len(cache),
                              "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
                              "shared": bool(runtime.shared_cache), "host": host, **stats})
