@@ -29,7 +29,6 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-VENV_BIN = Path(sys.executable).parent
 DATASET = Path(os.environ.get("BENCH_DATASET", "/work/shared/datasets/cranfield"))
 DEFAULT_ENGINE_PORT = 9400
 ADMIN_TOKEN = "bench-admin-token"
@@ -377,9 +376,10 @@ def counting_stats(server: Service, records: bool = False, reset: bool = False) 
     return httpx.get(server.url + "/_stats", params={"records": "1" if records else "0"}, timeout=30).json()
 
 
-def start_proxy(upstream: str, *, provider: Service | None, workers: int = 1, port: int | None = None,
+def start_proxy(upstream: str, *, provider: Service | None, workers: int | str = 1, port: int | None = None,
                 name: str = "proxy", **settings: Any) -> Service:
-    """`rerank-proxy serve` with the Cohere-protocol test server as provider (or none)."""
+    """`rerank-proxy serve` with the Cohere-protocol test server as provider (or none); `workers`
+    may be "auto", the shipped default."""
     port = port or free_port()
     base = {"UPSTREAM_URLS": upstream, "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN}
     if provider is not None:
@@ -387,10 +387,16 @@ def start_proxy(upstream: str, *, provider: Service | None, workers: int = 1, po
     else:
         base.update(RERANK_PROVIDER="none")
     base.update(settings)
-    service = spawn(f"{name}-{port}", [str(VENV_BIN / "rerank-proxy"), "serve", "--host", "127.0.0.1",
+    # `python -m` from REPO: the proxy of this checkout, also when the venv's editable install points elsewhere
+    service = spawn(f"{name}-{port}", [sys.executable, "-m", "rerank_proxy.cli", "serve", "--host", "127.0.0.1",
                                        "--port", str(port), "--workers", str(workers)],
                     env=clean_env(**base))
     service.url, service.port = f"http://127.0.0.1:{port}", port
+    if workers == "auto":
+        from rerank_proxy.cpus import usable_cpus
+
+        workers = usable_cpus()[0]
+    assert isinstance(workers, int)
     service.extra = {"workers": workers, **{k: v for k, v in base.items() if "KEY" not in k and "TOKEN" not in k}}
     wait_http(service, "/_rerank/ready", ok=lambda r: r.status_code == 200)
     if workers > 1:  # every worker must be up before load starts
@@ -401,6 +407,15 @@ def start_proxy(upstream: str, *, provider: Service | None, workers: int = 1, po
             time.sleep(0.2)
         time.sleep(1.0)
     return service
+
+
+def proxy_metrics(proxy: Service, names: Sequence[str]) -> dict[str, float]:
+    """Unlabelled samples of the proxy's merged metrics (every worker), by name; absent ones are 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(proxy.url + "/_rerank/metrics", timeout=30).text
+    found = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    return {name: found.get(name, 0.0) for name in names}
 
 
 def proxy_cache_stats(proxy: Service) -> dict[str, Any]:

@@ -4,10 +4,14 @@ A log of searches is drawn from the Cranfield queries with a Zipf distribution o
 popularity; about a third of the searches ask for the next page of a recent search, and some new
 searches add a filter on the derived `bucket` field. The log is replayed, in order, through the
 proxy against the real engine, with a Cohere-protocol test server (bench/count_server.py, NOT
-Cohere's API) that counts the requests, documents and search units it is asked for, in three
-set-ups: no cache (CACHE_MAX_ENTRIES=0), the in-process cache, and two proxy replicas sharing a
-Redis (the log split round-robin between them). Then cache-hit searches are timed next to the
-same searches sent straight to the engine with size 100.
+Cohere's API) that counts the requests, documents and search units it is asked for, in these
+set-ups: no cache (CACHE_MAX_ENTRIES=0), the in-process cache (one worker), two proxy replicas
+sharing a Redis (the log split round-robin between them), two replicas sharing nothing (what
+several workers without the per-host tier amounted to), and one proxy with the shipped default
+WORKERS=auto. The one-worker and default set-ups are also replayed with --workers-concurrency
+searches in flight, where workers race each other for the same scores. In the worker set-ups each
+search opens a new connection, so the kernel spreads them over the workers. Then cache-hit
+searches are timed next to the same searches sent straight to the engine with size 100.
 
     .venv/bin/python -m bench.cost [--searches 3000] [--zipf 1.0] [--seed 7]
 """
@@ -33,6 +37,7 @@ from .common import (
     log,
     machine_info,
     proxy_cache_stats,
+    proxy_metrics,
     run_loadgen,
     save_json,
     search_body,
@@ -44,6 +49,8 @@ from .common import (
 )
 
 PAGE_SIZE = 10
+HOST_METRICS = ("rerank_proxy_cache_host_hits_total", "rerank_proxy_cache_host_waits_total",
+                "rerank_proxy_cache_host_gave_up_total", "rerank_proxy_cache_host_errors_total")
 FILTERS = (5, 7, 9)      # `bucket < k`: keeps 50%, 70% or 90% of the corpus
 
 
@@ -101,12 +108,13 @@ def log_profile(searches: list[Search]) -> dict[str, Any]:
             / len(searches)}
 
 
-def replay(searches: list[Search], proxies: list[Service], provider: Service, concurrency: int) -> dict[str, Any]:
+def replay(searches: list[Search], proxies: list[Service], provider: Service, concurrency: int,
+           new_connections: bool = False) -> dict[str, Any]:
     """Send the log (round-robin over `proxies`) and count what the provider was asked."""
     counting_stats(provider, reset=True)
+    headers = {"content-type": "application/json", **({"connection": "close"} if new_connections else {})}
     requests = [{"method": "POST", "url": proxies[i % len(proxies)].url + f"/{CRANFIELD_INDEX}/_search",
-                 "body": json.dumps(s.body()), "headers": {"content-type": "application/json"},
-                 "tag": s.kind} for i, s in enumerate(searches)]
+                 "body": json.dumps(s.body()), "headers": headers, "tag": s.kind} for i, s in enumerate(searches)]
     started = time.time()
     out = run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests,
                        "capture_headers": ["x-rerank", "x-rerank-cache", "server-timing"], "progress_s": 10})
@@ -142,7 +150,10 @@ def replay(searches: list[Search], proxies: list[Service], provider: Service, co
         last_1000 = {"provider_calls": cumulative["calls"][-1] - cumulative["calls"][k - 1],
                      "documents_sent": cumulative["documents"][-1] - cumulative["documents"][k - 1],
                      "search_units": sum(units[k:])}
-    return {"elapsed_s": round(time.time() - started, 1),
+    return {"elapsed_s": round(time.time() - started, 1), "concurrency": concurrency,
+            "workers": [p.extra.get("workers", 1) for p in proxies],
+            "host_tier": {name.removeprefix("rerank_proxy_cache_"): sum(proxy_metrics(p, [name])[name] for p in proxies)
+                          for name in HOST_METRICS},
             "provider": {k: v for k, v in stats.items() if k != "records"},
             "per_1000": per_1000, "last_1000": last_1000, "http_status": statuses, "x_rerank": outcomes,
             "x_rerank_cache": caches, "cumulative": cumulative,
@@ -191,18 +202,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "params": vars(args), "log": profile, "setups": {}}
     services: list[Service] = [provider]
     try:
-        setups = [("no_cache", 1, {"CACHE_MAX_ENTRIES": 0}), ("in_process", 1, {}), ("two_replicas_redis", 2, {})]
-        for name, replicas, settings in setups:
-            log(f"setup {name}: {replicas} proxy replica(s) {settings or ''}")
+        # (name, proxies, workers per proxy, settings, replay concurrency, a new connection per search)
+        c = args.workers_concurrency
+        setups: list[tuple[str, int, int | str, dict[str, Any], int, bool]] = [
+            ("no_cache", 1, 1, {"CACHE_MAX_ENTRIES": 0}, args.concurrency, False),
+            ("in_process", 1, 1, {}, args.concurrency, False),
+            ("two_replicas_redis", 2, 1, {}, args.concurrency, False),
+            ("two_replicas_no_share", 2, 1, {}, args.concurrency, False),
+            ("one_worker", 1, 1, {}, args.concurrency, True),
+            ("default_workers", 1, "auto", {}, args.concurrency, True),
+            (f"one_worker_c{c}", 1, 1, {}, c, True),
+            (f"default_workers_c{c}", 1, "auto", {}, c, True),
+        ]
+        for name, replicas, workers, settings, concurrency, fresh in setups:
+            log(f"setup {name}: {replicas} proxy replica(s) of {workers} worker(s) {settings or ''}, "
+                f"concurrency {concurrency}")
             redis = None
             if name == "two_replicas_redis":
                 redis = start_redis()
                 services.append(redis)
                 settings = {**settings, "REDIS_URL": redis.url}
-            proxies = [start_proxy(engine, provider=provider, name=f"proxy-{name}-{i}", **settings)
+            proxies = [start_proxy(engine, provider=provider, name=f"proxy-{name}-{i}", workers=workers, **settings)
                        for i in range(replicas)]
             services.extend(proxies)
-            result = replay(searches, proxies, provider, args.concurrency)
+            result = replay(searches, proxies, provider, concurrency, new_connections=fresh)
             log(f"setup {name}: per 1,000 searches {result['per_1000']} (replay {result['elapsed_s']} s)")
             if name == "in_process":
                 log("timing cache-hit searches against the engine (size 100)")
@@ -222,6 +245,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cached = results["setups"]["in_process"]["per_1000"]["provider_calls"]
     results["target"] = {"in_process_calls_vs_no_cache": cached / base if base else None,
                          "halved": bool(base) and cached <= base / 2}
+    pairs = []
+    for one, default in (("one_worker", "default_workers"), (f"one_worker_c{c}", f"default_workers_c{c}")):
+        a, b = results["setups"][one]["provider"], results["setups"][default]["provider"]
+        pairs.append({"one": one, "default": default, "workers": results["setups"][default]["workers"][0],
+                      "concurrency": results["setups"][default]["concurrency"],
+                      "calls": [a["requests"], b["requests"]], "documents": [a["documents"], b["documents"]],
+                      "met": b["requests"] <= a["requests"] and b["documents"] <= a["documents"]})
+    results["workers_target"] = pairs
     results["machine"]["loadavg_at_end"] = list(__import__("os").getloadavg())
     save_json("cost.json", results)
     return results
@@ -235,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--next-page-share", type=float, default=1 / 3)
     p.add_argument("--filter-share", type=float, default=0.25, help="share of new searches with a filter")
     p.add_argument("--concurrency", type=int, default=1, help="replay concurrency (1 = in log order)")
+    p.add_argument("--workers-concurrency", type=int, default=8,
+                   help="concurrency of the second one-worker vs default-workers replay (default 8)")
     p.add_argument("--provider-delay-ms", type=float, default=50.0)
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--engine-port", type=int, default=9400)

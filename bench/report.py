@@ -265,9 +265,12 @@ def search_miss_tables(d: dict[str, Any]) -> str:
 
 def cost_tables(d: dict[str, Any]) -> str:
     labels = {"no_cache": "no cache (CACHE_MAX_ENTRIES=0)", "in_process": "in-process cache (1 proxy)",
-              "two_replicas_redis": "2 replicas sharing Redis (round-robin)"}
+              "two_replicas_redis": "2 replicas sharing Redis (round-robin)",
+              "two_replicas_no_share": "2 replicas sharing nothing (round-robin)"}
     rows = []
     for name, r in d["setups"].items():
+        if name not in labels:
+            continue
         per, last = r["per_1000"], r.get("last_1000") or {}
         rows.append([labels.get(name, name), f"{per['provider_calls']:.0f}", f"{per['documents_sent']:.0f}",
                      f"{per['search_units']:.0f}", str(last.get("provider_calls", "-")),
@@ -288,6 +291,7 @@ def cost_tables(d: dict[str, Any]) -> str:
             f"{lg['searches']}; \"last 1,000\" = the last 1,000 searches of the log (warm caches).\n\n{table}\n\n"
             f"Target: the in-process cache makes {t['in_process_calls_vs_no_cache']:.2f}x the provider requests of no "
             f"cache: at least halved: {yes(t['halved'])}.")
+    head += workers_table(d)
     hit = d["setups"].get("in_process", {}).get("hit_latency")
     if hit:
         rows = [["rerank-proxy, cache hit (page of 10)", ms(hit["proxy_hit_ms"]["p50"]), ms(hit["proxy_hit_ms"]["p90"]),
@@ -300,6 +304,34 @@ def cost_tables(d: dict[str, Any]) -> str:
                  f"the engine with size 100; {hit['proxy_cached_responses']}/{hit['searches']} proxy answers were "
                  f"`X-Rerank: cached`.\n\n" + md_table(["path", "p50 ms", "p90 ms", "p99 ms"], rows))
     return head
+
+
+def workers_table(d: dict[str, Any]) -> str:
+    """One worker against the shipped default (WORKERS=auto) on the same log, sequential and concurrent."""
+    pairs = d.get("workers_target")
+    if not pairs:
+        return ""
+    rows = []
+    for pair in pairs:
+        for name in (pair["one"], pair["default"]):
+            r = d["setups"][name]
+            host = r.get("host_tier", {})
+            workers = r["workers"][0]
+            label = "1 worker" if name == pair["one"] else f"default WORKERS=auto ({workers} workers)"
+            rows.append([label, str(r["concurrency"]), str(r["provider"]["requests"]), str(r["provider"]["documents"]),
+                         str(r["provider"]["search_units"]), str(int(host.get("host_hits_total", 0))),
+                         str(int(host.get("host_waits_total", 0))), str(int(host.get("host_gave_up_total", 0))),
+                         ", ".join(f"{k} {v}" for k, v in sorted(r["x_rerank"].items())),
+                         ms(r["search_latency_ms"].get("p50")), ms(r["search_latency_ms"].get("p99"))])
+    met = all(p["met"] for p in pairs)
+    checks = "; ".join(f"concurrency {p['concurrency']}: {p['calls'][1]} vs {p['calls'][0]} requests, "
+                       f"{p['documents'][1]} vs {p['documents'][0]} documents" for p in pairs)
+    return ("\n\nOne worker against the shipped default, on the same log (each search on a new connection, so "
+            "the kernel spreads them over the workers; host hits = scores one worker found that another "
+            "paid for; waits = scores another worker's provider call answered while this one waited for it):\n\n"
+            + md_table(["set-up", "concurrency", "provider requests", "documents sent", "search units", "host hits",
+                        "host waits", "gave up waiting", "X-Rerank", "search p50 ms", "search p99 ms"], rows)
+            + f"\n\nTarget: several workers make no more provider calls than one: {checks}: {yes(met)}.")
 
 
 def memory_tables(d: dict[str, Any]) -> str:
@@ -370,6 +402,11 @@ def summary_table(pt, sl, co, me) -> str:
         t = co["target"]
         rows.append(["cost", "in-process cache at least halves provider requests (vs CACHE_MAX_ENTRIES=0)",
                      f"{t['in_process_calls_vs_no_cache']:.2f}x", yes(t["halved"])])
+        for pair in co.get("workers_target", []):
+            rows.append(["cost", f"WORKERS=auto ({pair['workers']}) makes no more provider requests than 1 worker, "
+                                 f"concurrency {pair['concurrency']}",
+                         f"{pair['calls'][1]} vs {pair['calls'][0]} requests, "
+                         f"{pair['documents'][1]} vs {pair['documents'][0]} documents", yes(pair["met"])])
     if me:
         r = me["rss_mib"]
         rows.append(["memory", f"RSS flat once the cache is full ({me['params']['duration'] / 60:.0f} min run)",

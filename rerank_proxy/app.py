@@ -61,9 +61,10 @@ class Runtime:
 
 
 async def build_runtime(settings: Settings, reranker: Reranker | None = None,
-                        shared_cache: SharedTier | None = None) -> Runtime:
-    """Clients, caches and the pipeline; `reranker` may be injected (tests, benchmarks)."""
-    from rerank_proxy.wiring import build_reranker, build_shared_cache
+                        shared_cache: SharedTier | None = None, host_dir: str | None = None) -> Runtime:
+    """Clients, caches and the pipeline; `reranker` may be injected (tests, benchmarks); `host_dir`
+    is the per-host score tier's directory when this is one of several workers."""
+    from rerank_proxy.wiring import build_host_share, build_reranker, build_shared_cache
 
     if reranker is None:
         reranker = build_reranker(settings)
@@ -71,14 +72,19 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
         shared_cache = build_shared_cache(settings)
     engine = EnginePool(settings)
     cache = None
+    closers: list[Callable[[], Awaitable[None]]] = []
     if reranker is not None:
+        host = build_host_share(settings, host_dir)
         cache = ScoreCache(reranker, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s,
-                           shared=shared_cache, shared_timeout_s=settings.redis_timeout_ms / 1000)
+                           shared=shared_cache, shared_timeout_s=settings.redis_timeout_ms / 1000, host=host)
+        if host is not None:
+            host.signals.on_flush = cache.flush  # another worker's admin flush empties this worker's tier
+            closers.append(_closer(host.close))
     if isinstance(reranker, Preloadable):
         await reranker.load()  # the built-in model loads here, not on the first search
     metrics = Metrics()
     pipeline = SearchPipeline(settings, engine, cache)
-    runtime = Runtime(settings, engine, reranker, cache, pipeline, metrics, shared_cache, time.time())
+    runtime = Runtime(settings, engine, reranker, cache, pipeline, metrics, shared_cache, time.time(), closers)
     from rerank_proxy.admin.collectors import register_collectors
     register_collectors(runtime)
     warmer = runtime.warmer
@@ -91,6 +97,12 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
     return runtime
 
 
+def _closer(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        close()
+    return run
+
+
 def _canceller(task: asyncio.Task[Any]) -> Callable[[], Awaitable[None]]:
     """A closer that stops a background task at shutdown."""
     async def cancel() -> None:
@@ -101,10 +113,10 @@ def _canceller(task: asyncio.Task[Any]) -> Callable[[], Awaitable[None]]:
 
 class ProxyApp:
     def __init__(self, settings: Settings, reranker: Reranker | None = None,
-                 shared_cache: SharedTier | None = None) -> None:
+                 shared_cache: SharedTier | None = None, host_dir: str | None = None) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
-        self._injected = (reranker, shared_cache)
+        self._injected = (reranker, shared_cache, host_dir)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._ops: Any = None

@@ -76,7 +76,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOCAL_VECTOR_SHARED_TTL_S", "2592000", "With REDIS_URL set, document vectors are also kept in Redis for this long, so replicas and rolled pods share them (0: per-pod store only).", "604800"),
     Setting("RERANK_MAX_QUERY_CHARS", "2000", "Query text is truncated to this many characters before it is reranked (models read a few hundred tokens).", "4000"),
     Setting("CACHE_TTL_S", "3600", "Lifetime of a cached rerank score, in seconds.", "86400"),
-    Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 210 bytes each), per worker.", "1000000"),
+    Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 210 bytes each), per worker; with several workers, also on the per-host tier they share.", "1000000"),
     Setting("REDIS_URL", "", "Shared score cache for several replicas (empty: in-process cache only).", "redis://redis:6379/0", secret=True),
     Setting("REDIS_TIMEOUT_MS", "50", "Time limit for one Redis operation; slower means a miss, never a failed search.", "100"),
     Setting("ADMIN_TOKEN", "", "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); empty disables them.", "s3cret", secret=True),
@@ -98,7 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Log lines: json (short field names) or ecs (Elastic Common Schema, for Filebeat/Elastic Agent).", "ecs"),
     Setting("HOST", "127.0.0.1", "Interface `rerank-proxy serve` binds to.", "0.0.0.0"),
     Setting("PORT", "8080", "Port `rerank-proxy serve` listens on.", "9200"),
-    Setting("WORKERS", "1", "Worker processes of `rerank-proxy serve`.", "2"),
+    Setting("WORKERS", "auto", "Worker processes of `rerank-proxy serve`: an integer, or auto (one per CPU this process may use, lowered to the cgroup CPU quota); several workers share one score cache per host.", "2"),
 )
 
 # Read by the tools around the proxy (engine runner, demo), never by the request path.
@@ -200,7 +200,7 @@ class Settings:
     log_format: str = "json"
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 1
+    workers: int = 1              # load_settings resolves the default WORKERS=auto to a count
 
     def rule_for(self, index: str) -> IndexRule | None:
         """The rule for one concrete index name or pattern; None when it is not reranked."""
@@ -280,6 +280,24 @@ def _float(name: str, raw: str, lo: float, hi: float) -> float:
         raise _fail(name, raw, "not a number", f"a number from {lo} to {hi}") from None
     if not lo <= value <= hi:
         raise _fail(name, raw, "out of range", f"a number from {lo} to {hi}")
+    return value
+
+
+MAX_WORKERS = 256
+
+
+def _workers(name: str, raw: str) -> int:
+    """`auto` (one per usable CPU) or an integer."""
+    if raw.strip().lower() == "auto":
+        from rerank_proxy.cpus import usable_cpus
+
+        return min(usable_cpus()[0], MAX_WORKERS)
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _fail(name, raw, "not an integer or auto", f"auto, or an integer from 1 to {MAX_WORKERS}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise _fail(name, raw, "out of range", f"auto, or an integer from 1 to {MAX_WORKERS}")
     return value
 
 
@@ -487,7 +505,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice("LOG_FORMAT", get("LOG_FORMAT"), ("json", "ecs")),
         host=get("HOST").strip(),
         port=_int("PORT", get("PORT"), 1, 65_535),
-        workers=_int("WORKERS", get("WORKERS"), 1, 256),
+        workers=_workers("WORKERS", get("WORKERS")),
     )
 
 

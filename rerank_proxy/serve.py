@@ -1,10 +1,13 @@
 """`rerank-proxy serve`: run the proxy on its own HTTP/1.1 server (uvloop), one or more workers.
 
-Flags override the environment. With WORKERS > 1 the parent checks the address, forks the workers
-(each builds its own clients, caches and model, and listens on its own SO_REUSEPORT socket, so the
+Flags override the environment. WORKERS=auto (the default) starts one worker per usable CPU
+(rerank_proxy/cpus.py). With WORKERS > 1 the parent checks the address, forks the workers (each
+builds its own clients, caches and model, and listens on its own SO_REUSEPORT socket, so the
 kernel spreads connections evenly across workers) and only supervises: it passes SIGTERM/SIGINT
-on, and starts a new worker if one dies. The workers share a private directory of Unix sockets
-through which the worker that receives a metrics scrape collects the others' (admin/peers.py).
+on, and starts a new worker if one dies. It makes two private directories the workers share: one
+of Unix sockets through which the worker that receives a metrics scrape collects the others'
+(admin/peers.py), and the per-host score tier (scoring/cache/host_share.py), so that several
+workers pay the provider for a score no more often than one would. One worker needs neither.
 
 Exit codes: 2 for any configuration error (bad value, unusable path, address in use), 3 when the
 start-up itself failed (e.g. the model could not load).
@@ -21,6 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Mapping
 
 from rerank_proxy.config import ConfigError, Settings, load_settings, unknown_setting_warnings
 
@@ -32,7 +36,8 @@ STARTUP_FAILED = 3
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="interface to bind (env HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (env PORT, default 8080)")
-    parser.add_argument("--workers", type=int, help="worker processes (env WORKERS, default 1)")
+    parser.add_argument("--workers", help="worker processes, an integer or auto (env WORKERS, default auto: "
+                                          "one per usable CPU)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log level (env LOG_LEVEL, default info)")
 
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     logs.setup(settings.log_level, settings.log_format)
     for warning in unknown_setting_warnings(os.environ):
         _log.warning(warning)
+    _log.info("workers", extra={"fields": {"workers": settings.workers, "why": workers_reason(os.environ)}})
     try:
         # One worker listens on this socket; with several, it only holds the address (bound, not
         # listening, so the kernel never hands it a connection) and each worker listens on its own.
@@ -66,6 +72,16 @@ def run(args: argparse.Namespace) -> int:
     if settings.workers <= 1:
         return run_worker(settings, sock)
     return _supervise(settings, sock)
+
+
+def workers_reason(env: Mapping[str, str]) -> str:
+    """Why this many workers, for the start-up log."""
+    raw = env.get("WORKERS", "auto").strip()
+    if raw.lower() != "auto":
+        return f"WORKERS={raw}"
+    from rerank_proxy.cpus import usable_cpus
+
+    return f"WORKERS=auto: {usable_cpus()[1]}"
 
 
 def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False) -> socket.socket:
@@ -81,19 +97,21 @@ def _bind(host: str, port: int, *, listen: bool = True, reuse_port: bool = False
     return sock
 
 
-def run_worker(settings: Settings, sock: socket.socket, peer_dir: str | None = None) -> int:
+def run_worker(settings: Settings, sock: socket.socket, peer_dir: str | None = None,
+               host_dir: str | None = None) -> int:
     import uvloop
 
-    return uvloop.run(_serve(settings, sock, peer_dir))
+    return uvloop.run(_serve(settings, sock, peer_dir, host_dir))
 
 
-async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None = None) -> int:
+async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None = None,
+                 host_dir: str | None = None) -> int:
     from rerank_proxy.admin import logs, startup
     from rerank_proxy.admin.peers import PeerMetrics
     from rerank_proxy.app import ProxyApp
     from rerank_proxy.edge import ProxyServer
 
-    app = ProxyApp(settings)
+    app = ProxyApp(settings, host_dir=host_dir)
     server = ProxyServer(app)
     try:
         await server.start(sock=sock)
@@ -114,8 +132,9 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
         loop.add_signal_handler(signum, stop.set)
     host, port = sock.getsockname()[:2]
     model = getattr(runtime.reranker, "model", None)
+    has_host_tier = runtime.cache is not None and runtime.cache.host is not None
     _log.info("listening", extra={"fields": {"host": host, "port": port, "pid": os.getpid(),
-                                             **startup.summary(settings, model)}})
+                                             **startup.summary(settings, model, host_tier=has_host_tier)}})
     await stop.wait()
     _log.info("shutting down", extra={"fields": {"pid": os.getpid()}})
     if peers is not None:
@@ -127,7 +146,8 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
 def _supervise(settings: Settings, sock: socket.socket) -> int:
     children: set[int] = set()
     stopping = False
-    peer_dir = tempfile.mkdtemp(prefix="rerank-proxy-workers-")
+    peer_dir = tempfile.mkdtemp(prefix="rerank-proxy-workers-")  # mkdtemp: mode 0700, this user only
+    host_dir = tempfile.mkdtemp(prefix="rerank-proxy-host-")
 
     def spawn() -> None:
         pid = os.fork()
@@ -137,7 +157,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             code = STARTUP_FAILED
             try:
                 sock.close()
-                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True), peer_dir)
+                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True), peer_dir, host_dir)
             finally:
                 os._exit(code)
         children.add(pid)
@@ -172,4 +192,5 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
         _log.warning("worker exited; starting another", extra={"fields": {"pid": pid, "exit_code": code}})
         spawn()
     shutil.rmtree(peer_dir, ignore_errors=True)
+    shutil.rmtree(host_dir, ignore_errors=True)
     return result

@@ -1,4 +1,4 @@
-"""Build what the settings name: the reranker (behind the resilience layer) and the shared cache tier.
+"""Build what the settings name: the reranker (behind the resilience layer) and the shared cache tiers.
 
 Providers are imported only when chosen, so the HTTP-only deployments never import the local
 model's dependencies (numpy, tokenizers) and vice versa.
@@ -7,6 +7,8 @@ model's dependencies (numpy, tokenizers) and vice versa.
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 
 from rerank_proxy.config import Settings
 from rerank_proxy.scoring.providers.base import Reranker
@@ -21,6 +23,12 @@ PROVIDER_CLASSES: dict[str, tuple[str, str]] = {
     "voyage": ("rerank_proxy.scoring.providers.voyage", "VoyageReranker"),
     "local": ("rerank_proxy.local.reranker", "LocalReranker"),
 }
+
+_log = logging.getLogger("rerank_proxy")
+
+# A claim on a score outlives the longest provider call it stands for (RERANK_DEADLINE_MS covers
+# retries and waiting for a slot) by this much, so a live claimer always finishes inside its lease.
+CLAIM_LEASE_MARGIN_S = 1.0
 
 # Models whose scores depend on the other documents in the request (listwise), so they must not
 # be cached per document. jina-reranker-v3 attends across all candidates (arXiv 2509.25085).
@@ -59,3 +67,27 @@ def build_shared_cache(settings: Settings):  # -> RedisTier | None
     from rerank_proxy.scoring.cache.redis_tier import RedisTier
 
     return RedisTier(settings.redis_url, settings.redis_timeout_ms / 1000)
+
+
+def build_host_share(settings: Settings, host_dir: str | None):  # -> HostShare | None
+    """The per-host score tier in `host_dir` (made by `serve` for several workers); None without
+    one, with the cache off, or when it cannot be opened (then this worker serves from its own tier)."""
+    if host_dir is None or settings.cache_max_entries == 0 or settings.rerank_provider == "none":
+        return None
+    from rerank_proxy.scoring.cache.host_share import HostShare
+    from rerank_proxy.scoring.cache.host_signals import HostSignals
+    from rerank_proxy.scoring.cache.host_tier import HostTier
+
+    tier = signals = None
+    try:
+        tier = HostTier(host_dir, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s)
+        signals = HostSignals(host_dir)
+        signals.start()
+    except Exception as exc:
+        for part in (signals, tier):
+            if part is not None:
+                part.close()
+        _log.warning("per-host score tier unavailable; this worker keeps its scores to itself",
+                     extra={"fields": {"pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"}})
+        return None
+    return HostShare(tier, signals, lease_s=settings.rerank_deadline_ms / 1000 + CLAIM_LEASE_MARGIN_S)

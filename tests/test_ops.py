@@ -211,7 +211,7 @@ def test_startup_names_misspelt_settings_and_states_what_it_runs():
                     RERANK_BASE_URL=f"http://127.0.0.1:{free_port()}", RERANK_MODEL="bge-reranker-v2-m3",
                     RERANK_INDICES="products*,docs", RERANK_SCORE_MODE="rerank",
                     REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", REDIS_TIMEOUT_MS="200",
-                    RERANK_WINDWO="50", RERANK_PROVDER="cohere", RERANK_PROXY_SERVICE_HOST="10.0.0.1")
+                    RERANK_WINDWO="50", RERANK_PROVDER="cohere", RERANK_PROXY_SERVICE_HOST="10.0.0.1", WORKERS="2")
     proc, lines = start_serve(env)
     try:
         messages = [line.get("msg", "") for line in lines]
@@ -222,7 +222,9 @@ def test_startup_names_misspelt_settings_and_states_what_it_runs():
         started = next(line for line in lines if line.get("msg") == "listening")
         assert started["provider"] == "compatible" and started["model"] == "bge-reranker-v2-m3"
         assert started["window"] == 100 and started["score_mode"] == "rerank"
-        assert started["indices"] == ["products*", "docs"] and started["cache_tiers"] == ["memory", "redis"]
+        assert started["indices"] == ["products*", "docs"] and started["cache_tiers"] == ["memory", "host", "redis"]
+        workers = next(line for line in lines if line.get("msg") == "workers")
+        assert workers["workers"] == 2 and workers["why"] == "WORKERS=2"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -60,6 +60,20 @@ def _cache_metrics(runtime: Runtime) -> Iterable[Metric]:
     yield counter("rerank_proxy_cache_shared_errors", "Failed or slow shared-tier operations (served as misses).",
                   s.shared_errors)
     yield gauge("rerank_proxy_cache_entries", "Scores held in the in-process cache.", len(cache))
+    host = cache.host
+    if host is not None:
+        yield counter("rerank_proxy_cache_host_hits",
+                      "Document scores answered by the per-host tier the workers share.", s.host_hits)
+        yield counter("rerank_proxy_cache_host_waits", "Document scores another worker's provider call answered "
+                      "while this one waited (also counted as coalesced).", s.host_waits)
+        yield counter("rerank_proxy_cache_host_gave_up", "Document scores computed after waiting the whole claim "
+                      "lease for another worker.", host.stats.gave_up)
+        yield counter("rerank_proxy_cache_host_errors", "Failed per-host tier operations (served as misses).",
+                      host.stats.errors)
+        entries = host.entries()
+        if entries is not None:
+            yield gauge("rerank_proxy_cache_host_entries", "Scores held in the per-host tier (one figure for all "
+                        "workers).", entries)
     if runtime.guard is None:
         name, help_text = PROVIDER_COUNTERS["calls"]
         yield counter(name, help_text, s.provider_calls)

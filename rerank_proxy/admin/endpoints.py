@@ -93,12 +93,23 @@ def build_ops_app(runtime: Runtime) -> Starlette:
         if cache is None:
             return JSONResponse({"enabled": False})
         stats = dataclasses.asdict(cache.stats)
+        host = None
+        if cache.host is not None:
+            host = {"entries": cache.host.entries(), **dataclasses.asdict(cache.host.stats),
+                    "lost_wakeups": cache.host.signals.lost}
         return JSONResponse({"enabled": cache.enabled, "entries": len(cache),
                              "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
-                             "shared": bool(runtime.shared_cache), **stats})
+                             "shared": bool(runtime.shared_cache), "host": host, **stats})
 
     async def cache_flush(request: Request) -> Response:
         local = runtime.cache.flush() if runtime.cache is not None else 0
+        host = 0
+        if runtime.cache is not None and runtime.cache.host is not None:
+            try:
+                host = runtime.cache.host.flush()  # and the other workers empty their in-process tiers
+            except Exception:
+                return _error(503, "cache_flush_exception",
+                              "the in-process cache was flushed; the per-host cache could not be")
         shared = 0
         if runtime.shared_cache is not None:
             try:
@@ -106,7 +117,7 @@ def build_ops_app(runtime: Runtime) -> Starlette:
             except Exception:
                 return _error(503, "cache_flush_exception",
                               "the in-process cache was flushed; the shared cache could not be reached")
-        return JSONResponse({"flushed": {"local": local, "shared": shared}})
+        return JSONResponse({"flushed": {"local": local, "host": host, "shared": shared}})
 
     async def config(request: Request) -> Response:
         return JSONResponse(settings.redacted())

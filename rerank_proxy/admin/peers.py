@@ -7,7 +7,8 @@ scrape time (cache, provider, breaker). Here the request path is unchanged; only
 something (one local socket round trip per other worker, a JSON decode and a merge).
 
 Counters and histograms are summed. Gauges are summed too (in-flight requests, cache entries,
-memory, file descriptors add up), except those in MAX_GAUGES / MIN_GAUGES, and OWN_GAUGES,
+memory, file descriptors add up), except those in MAX_GAUGES / MIN_GAUGES (the per-host tier's
+entries are one figure every worker reads, not a part each holds), and OWN_GAUGES,
 which the scraping worker has just measured (the others' values may be old). The supervisor's own
 process_* figures are added, so process_cpu_seconds_total is the whole process tree's.
 A worker that died takes its counts with it (the sum drops; Prometheus's rate() reads that as a
@@ -29,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 
 _log = logging.getLogger("rerank_proxy")
 
-MAX_GAUGES = {"rerank_proxy_breaker_state", "process_max_fds"}
+MAX_GAUGES = {"rerank_proxy_breaker_state", "process_max_fds", "rerank_proxy_cache_host_entries"}
 OWN_GAUGES = {"rerank_proxy_engine_up"}
 MIN_GAUGES = {"process_start_time_seconds"}
 PEER_TIMEOUT_S = 2.0

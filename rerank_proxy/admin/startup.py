@@ -2,7 +2,8 @@
 instead of at the first search.
 
 - `check_environment`: a vector store the built-in model cannot write is a configuration error.
-- `summary`: the one start-up line (provider, model, window, score mode, indices, cache tiers).
+- `summary`: the one start-up line (provider, model, window, score mode, indices, cache tiers:
+  memory, host when several workers share the per-host tier, redis).
 - `check_shared_cache`: an unreachable Redis is a warning (the proxy serves from its in-process
   tier, as it does when Redis fails later), logged once per worker at start.
 """
@@ -37,8 +38,10 @@ def check_environment(settings: Settings) -> None:
                           "accepted: a file path in a writable directory")
 
 
-def summary(settings: Settings, model: str | None) -> dict[str, Any]:
+def summary(settings: Settings, model: str | None, host_tier: bool = False) -> dict[str, Any]:
     tiers = ["memory"] if settings.rerank_provider != "none" else []
+    if host_tier and tiers:
+        tiers.append("host")
     if settings.redis_url and tiers:
         tiers.append("redis")
     return {"version": __version__, "provider": settings.rerank_provider, "model": model or settings.rerank_model,

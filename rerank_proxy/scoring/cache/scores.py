@@ -9,8 +9,12 @@ Listwise providers are cached per whole request (query + ordered document hashes
 Concurrent requests that need the same (query, document) score share one provider call: the first
 registers its call for each missing document, the others await that call and read their score.
 
-Tiers: an in-process TTL + LRU tier (`local_tier.LocalTier`, bounded by entries) and, optionally, a shared tier
-(Redis) so replicas reuse each other's scores; a shared-tier failure is a miss, never an error.
+Tiers, looked up in this order: an in-process TTL + LRU tier (`local_tier.LocalTier`, bounded by
+entries); with several workers, the per-host tier they share (`host_share.HostShare`, LMDB), which
+also coalesces misses across workers; and, optionally, a shared tier (Redis) so replicas reuse each
+other's scores. The host tier comes before Redis because a read is a memory-mapped lookup, not a
+network round trip, and because only it can see what the other workers are computing right now.
+A failure of either is a miss, never an error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rerank_proxy.scoring.cache.host_share import HostShare
 from rerank_proxy.scoring.cache.local_tier import LocalTier
 from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
@@ -62,6 +67,8 @@ class CacheStats:
     coalesced: int = 0
     shared_hits: int = 0
     shared_errors: int = 0
+    host_hits: int = 0            # documents answered by the per-host tier
+    host_waits: int = 0           # documents answered by another worker's provider call (also in coalesced)
     provider_calls: int = 0
     documents_sent: int = 0
     billed_units: float = 0.0
@@ -82,7 +89,7 @@ class ScoreCache:
 
     def __init__(self, reranker: Reranker, *, max_entries: int, ttl_s: float,
                  shared: SharedTier | None = None, shared_timeout_s: float = 0.05,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 host: HostShare | None = None, timer: Callable[[], float] = time.monotonic) -> None:
         self.reranker = reranker
         self.ttl_s = ttl_s
         self.local: LocalTier[bytes, float] = LocalTier(max(max_entries, 1), ttl_s, timer)
@@ -92,6 +99,7 @@ class ScoreCache:
         self.enabled = max_entries > 0
         self.shared = shared
         self.shared_timeout_s = shared_timeout_s
+        self.host = host if self.enabled else None
         self.stats = CacheStats()
         # key -> (the provider call computing it, its position in that call's documents)
         self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
@@ -133,16 +141,16 @@ class ScoreCache:
         outcome = ScoreOutcome(scores=[])
         missing = [i for i, v in enumerate(result) if v is None]
         outcome.cached = len(texts) - len(missing)
+        if missing and self.host is not None:
+            fetched = self._take(self.host.get_many([keys[i] for i in missing]), missing, keys, result)
+            outcome.cached += len(fetched)
+            self.stats.host_hits += len(fetched)
+            missing = [i for i in missing if result[i] is None]
         if missing and self.shared is not None:
-            found = await self._shared_get([keys[i] for i in missing])
-            fetched = []
-            for i, value in zip(missing, found):
-                if value is not None:
-                    result[i] = value
-                    fetched.append((keys[i], value))
+            fetched = self._take(await self._shared_get([keys[i] for i in missing]), missing, keys, result)
             if fetched:
-                if self.enabled:
-                    self.local.set_many(fetched)
+                if self.host is not None:
+                    self.host.store(fetched)
                 outcome.cached += len(fetched)
                 self.stats.shared_hits += len(fetched)
                 missing = [i for i in missing if result[i] is None]
@@ -194,10 +202,26 @@ class ScoreCache:
                 result[i] = scores[position]
             outcome.coalesced += len(slots)
 
+    def _take(self, found: list[float | None], missing: list[int], keys: list[bytes],
+              result: list[float | None]) -> list[tuple[bytes, float]]:
+        """Fill `result` with what a tier found for the `missing` positions, and keep it in process."""
+        fetched = []
+        for i, value in zip(missing, found):
+            if value is not None:
+                result[i] = value
+                fetched.append((keys[i], value))
+        if fetched and self.enabled:
+            self.local.set_many(fetched)
+        return fetched
+
     async def _call_provider(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
                              call: asyncio.Future[list[float]], outcome: ScoreOutcome) -> list[float]:
+        fresh: list[tuple[bytes, float]] = []
         try:
-            reply = await self.reranker.rerank(query, [texts[i] for i in claimed])
+            if self.host is None:
+                scores = await self._compute(query, texts, keys, claimed, outcome, fresh)
+            else:
+                scores = await self._across_workers(query, texts, keys, claimed, outcome, fresh)
         except BaseException as exc:
             # Waiters must not inherit this request's cancellation (its client hung up): they get
             # a provider error instead, and fall back like any other failed rerank.
@@ -209,16 +233,42 @@ class ScoreCache:
         finally:
             for i in claimed:
                 self._inflight.pop(keys[i], None)
-        scores = reply.scores
         if not call.done():
             call.set_result(scores)
-        if self.enabled or self.shared is not None:
-            fresh = [(keys[i], score) for i, score in zip(claimed, scores)]
-            if self.enabled:
-                self.local.set_many(fresh)
-            if self.shared is not None:
-                await self._shared_set(dict(fresh))
-        outcome.sent += len(claimed)
+        if self.shared is not None and fresh:
+            await self._shared_set(dict(fresh))
+        return scores
+
+    async def _across_workers(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
+                              outcome: ScoreOutcome, fresh: list[tuple[bytes, float]]) -> list[float]:
+        """The provider's scores for `claimed`, except those another worker of this host computes."""
+        assert self.host is not None
+
+        async def compute(positions: list[int]) -> list[float]:
+            return await self._compute(query, texts, keys, [claimed[p] for p in positions], outcome, fresh)
+
+        resolved = await self.host.resolve([keys[i] for i in claimed], compute)
+        if resolved.from_host:
+            self.local.set_many([(keys[claimed[p]], resolved.scores[p]) for p in resolved.from_host])
+        outcome.cached += resolved.found
+        outcome.coalesced += resolved.waited
+        self.stats.host_hits += resolved.found
+        self.stats.host_waits += resolved.waited
+        return resolved.scores
+
+    async def _compute(self, query: str, texts: Sequence[str], keys: list[bytes], positions: list[int],
+                       outcome: ScoreOutcome, fresh: list[tuple[bytes, float]]) -> list[float]:
+        """One provider call for `positions`; its scores go to the in-process and host tiers at once
+        (other workers may be waiting) and into `fresh`, which the caller sends on to Redis."""
+        reply = await self.reranker.rerank(query, [texts[i] for i in positions])
+        scores = reply.scores
+        items = [(keys[i], score) for i, score in zip(positions, scores)]
+        if self.enabled:
+            self.local.set_many(items)
+        if self.host is not None:
+            self.host.store(items)
+        fresh.extend(items)
+        outcome.sent += len(positions)
         outcome.provider_calls += reply.provider_calls
         outcome.billed_units += reply.billed_units
         return scores

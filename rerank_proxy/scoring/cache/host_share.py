@@ -1,0 +1,158 @@
+"""What the workers of one host share, as the ScoreCache uses it: the host tier and cross-worker coalescing.
+
+Coalescing across workers (`resolve`): before asking the provider, a worker claims the keys it
+misses (host_tier.py). For keys another worker already claimed it waits: for that worker's
+wake-up (host_signals.py), or at most RECHECK_S before it looks again, which also notices a claim
+whose worker died (its claim is then taken over) or a lost wake-up. Waiting is bounded by
+`lease_s`, the longest a live claimer can take (the rerank deadline, plus a margin); past it the
+worker calls the provider itself. So a dead or stuck worker delays a search, never stalls it.
+
+Every failure of the tier is a miss: it is counted in `stats.errors` and the worker computes the
+scores itself, as it would with one worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from rerank_proxy.scoring.cache.host_signals import HostSignals
+from rerank_proxy.scoring.cache.host_tier import Claim, HostTier
+
+# How long a waiter trusts the wake-up before it looks at the claims again. Only a lost wake-up or
+# a claimer that died mid-call ends a wait this way; the usual wake-up comes within a millisecond
+# of the scores being stored (bench/host_tier.py).
+RECHECK_S = 0.25
+
+# positions (into the keys given to `resolve`) -> their scores, from the provider; it also stores them.
+Compute = Callable[[list[int]], Awaitable[list[float]]]
+
+
+@dataclass(slots=True)
+class HostStats:
+    gave_up: int = 0     # scores computed here after waiting `lease_s` for another worker
+    errors: int = 0      # failed host-tier operations (served as misses)
+
+
+@dataclass(slots=True)
+class Resolved:
+    """`resolve`'s answer: a score per key; `from_host` the positions another worker provided."""
+
+    scores: list[float]
+    from_host: list[int] = field(default_factory=list)
+    found: int = 0       # already stored when claimed
+    waited: int = 0      # stored by another worker while this one waited
+
+
+class HostShare:
+    """The host tier and the wake-ups of one worker."""
+
+    def __init__(self, tier: HostTier, signals: HostSignals, *, lease_s: float, recheck_s: float = RECHECK_S,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.tier = tier
+        self.signals = signals
+        self.lease_s = lease_s
+        self.recheck_s = recheck_s
+        self.timer = timer
+        self.stats = HostStats()
+
+    def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
+        try:
+            found = self.tier.get_many(keys)
+        except Exception:
+            self.stats.errors += 1
+            return [None] * len(keys)
+        return found
+
+    def store(self, items: list[tuple[bytes, float]]) -> None:
+        """Write scores and wake the workers that waited for them."""
+        if not items:
+            return
+        try:
+            waiting = self.tier.set_many(items)
+        except Exception:
+            self.stats.errors += 1
+            return
+        if waiting:
+            self.signals.wake(waiting)
+
+    def entries(self) -> int | None:
+        try:
+            return len(self.tier)
+        except Exception:
+            self.stats.errors += 1
+            return None
+
+    def flush(self) -> int:
+        """Empty the host tier and tell the other workers to empty their in-process tiers."""
+        count = self.tier.clear()
+        self.signals.broadcast_flush()
+        return count
+
+    def close(self) -> None:
+        self.signals.close()
+        self.tier.close()
+
+    async def resolve(self, keys: Sequence[bytes], compute: Compute) -> Resolved:
+        """A score for each of `keys` (distinct), computed here only where no other worker is at it."""
+        scores: list[float | None] = [None] * len(keys)
+        result = Resolved(scores=[])
+        pending = list(range(len(keys)))
+        give_up_at = self.timer() + self.lease_s
+        first = True
+        while pending:
+            with self.signals.watch(keys[i] for i in pending) as watch:
+                claim = self._claim([keys[i] for i in pending])
+                if claim is None:
+                    mine, theirs = pending, []
+                else:
+                    for i in pending:
+                        score = claim.found.get(keys[i])
+                        if score is not None:
+                            scores[i] = score
+                            result.from_host.append(i)
+                    if first:
+                        result.found += len(claim.found)
+                    else:
+                        result.waited += len(claim.found)
+                    claimed = set(claim.mine)
+                    mine = [i for i in pending if keys[i] in claimed]
+                    theirs = [i for i in pending if scores[i] is None and keys[i] not in claimed]
+                    watch.only(keys[i] for i in theirs)
+                if mine:
+                    for i, score in zip(mine, await self._compute(compute, keys, mine, claim)):
+                        scores[i] = score
+                if theirs and self.timer() >= give_up_at:
+                    self.stats.gave_up += len(theirs)
+                    for i, score in zip(theirs, await compute(theirs)):
+                        scores[i] = score
+                    theirs = []
+                elif theirs:
+                    await watch.wait(min(self.recheck_s, give_up_at - self.timer()))
+            pending = theirs
+            first = False
+        result.scores = [s for s in scores if s is not None]
+        if len(result.scores) != len(keys):
+            raise AssertionError("resolve left a key without a score")
+        return result
+
+    def _claim(self, keys: list[bytes]) -> Claim | None:
+        try:
+            return self.tier.claim(keys, self.lease_s)
+        except Exception:
+            self.stats.errors += 1
+            return None
+
+    async def _compute(self, compute: Compute, keys: Sequence[bytes], positions: list[int],
+                       claim: Claim | None) -> list[float]:
+        """The provider's scores for `positions`; on failure the claims go, and their waiters are woken."""
+        try:
+            return await compute(positions)
+        except BaseException:
+            if claim is not None:
+                try:
+                    self.signals.wake(self.tier.release([keys[i] for i in positions], claim.token))
+                except Exception:
+                    self.stats.errors += 1
+            raise
