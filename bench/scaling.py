@@ -313,8 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"differ_from_defaults": {"RERANK_PROVIDER": "cohere (the Cohere-protocol test server, "
                                               "bench/count_server.py, 0 ms delay)", "RERANK_BASE_URL": "its URL",
                                               "LOG_LEVEL": "warning", "ADMIN_TOKEN": "set (for the bench)",
-                                              "RERANK_WINDOW": "the cell's window (default "
-                                              f"{shipped_default('RERANK_WINDOW')}), one proxy process each"},
+                                              "RERANK_WINDOW": "the cell's window, one proxy process each"},
+                     "RERANK_WINDOW": shipped_default("RERANK_WINDOW"),
                      "WORKERS": shipped_default("WORKERS"),
                      "MAX_CANDIDATE_BYTES": shipped_default("MAX_CANDIDATE_BYTES"),
                      "RERANK_MAX_CHARS": shipped_default("RERANK_MAX_CHARS"),
