@@ -202,10 +202,11 @@ def wrk_cell(url: str, requests: list[tuple[str, str, bytes, dict[str, str]]], d
 
 
 def answer_size(url: str, body: bytes) -> int:
-    """Bytes of one engine answer (wrk's byte count also holds the partial answer in flight when a
-    run ends, which is not small next to a few 100 MB answers)."""
+    """Bytes of one engine answer, uncompressed as wrk, nginx and the proxy get it (wrk's byte count
+    also holds the partial answer in flight when a run ends, not small next to 100 MB answers)."""
     size = 0
-    with httpx.stream("POST", url, content=body, headers=JSON_HEADERS, timeout=60) as response:
+    headers = {**JSON_HEADERS, "Accept-Encoding": "identity"}  # httpx asks for gzip, which the engine honours
+    with httpx.stream("POST", url, content=body, headers=headers, timeout=60) as response:
         for chunk in response.iter_raw():
             size += len(chunk)
     return size
