@@ -21,7 +21,7 @@ outcome; its CPU figures are the cost of reading up to the limit and relaying. (
 set with the per-search `rerank: {"window": N}` option because that relay sends the client's body
 as it came, `rerank` key included, and the engine refuses it with a 400 parsing_exception.)
 
-    .venv/bin/python -m bench.scaling            # about 8 minutes (first run: + indexing)
+    .venv/bin/python -m bench.scaling            # about 6 minutes (first run: + 20 s of indexing)
     .venv/bin/python -m bench.scaling --quick    # about 2 minutes: checks the machinery
 """
 
@@ -362,8 +362,8 @@ def fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short runs (about 2 minutes): checks the machinery")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of engine/nginx/proxy (default 2)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run (default 3)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of engine/nginx/proxy (default 3)")
     p.add_argument("--queries", type=int, default=20, help="distinct queries cycled through (default 20)")
     p.add_argument("--warm-max-s", type=float, default=20.0, help="time bound on the warm pass (default 20)")
     p.add_argument("--miss-count", type=int, default=150, help="cache-miss searches per cell (default 150)")
