@@ -446,6 +446,9 @@ def start_nginx(upstream_url: str, port: int | None = None, worker_processes: st
     """nginx as a plain reverse proxy (bench/nginx.conf), in the foreground, in a temp prefix."""
     port = port or free_port()
     prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=_LOG_DIR))
+    # the workers run as nobody: they must reach tmp/ to buffer an answer larger than their memory
+    # buffers to disk (a 10 MB search answer), so the log directory above must be traversable
+    _LOG_DIR.chmod(0o711)
     prefix.chmod(0o755)
     for sub in ("logs", "tmp"):
         (prefix / sub).mkdir()

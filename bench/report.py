@@ -188,6 +188,44 @@ def plot_cost(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def plot_scaling(data: dict[str, Any]) -> str:
+    """CPU per search against the window, one line per document size, nginx's per request beside."""
+    plt = _plt()
+    cells = data["cells"]
+    sizes = sorted({c["doc_bytes"] for c in cells.values()})
+    colors = dict(zip(sizes, ("tab:blue", "tab:orange", "tab:green", "tab:purple")))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for ax, (part, key, title) in zip(axes, (("proxy_hit", "cpu_ms_per_request", "cache hit (page of 10)"),
+                                             ("proxy_miss", "cpu_ms_per_search", "cache miss (0 ms test provider)"))):
+        for size in sizes:
+            row = sorted((c for c in cells.values() if c["doc_bytes"] == size), key=lambda c: c["window"])
+            label = f"{size // 1024} KB"
+            xs = [c["window"] for c in row]
+            ax.plot(xs, [c[part][key] for c in row], marker="o", color=colors[size], label=f"rerank-proxy, {label}")
+            ax.plot(xs, [c["nginx"]["cpu_ms_per_request"] for c in row], marker="s", linestyle="--",
+                    color=colors[size], alpha=0.6, label=f"nginx, size = window, {label}")
+            for c in row:
+                if c["outcome"] == "candidates_too_large":
+                    ax.scatter([c["window"]], [c[part][key]], marker="x", s=120, color="red", zorder=5)
+                    ax.annotate("lexical: candidates_too_large", (c["window"], c[part][key]),
+                                textcoords="offset points", xytext=(-150, 10), fontsize=8, color="red")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks([c for c in sorted({c["window"] for c in cells.values()})])
+        ax.set_xticklabels([f"{w:,}" for w in sorted({c["window"] for c in cells.values()})])
+        ax.set_xlabel("window (hits fetched from the engine)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("CPU ms per search (log)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("CPU per search: rerank-proxy (1 worker) and nginx relaying the engine's size = window answer")
+    fig.tight_layout()
+    path = RESULTS / "scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 # --- tables --------------------------------------------------------------------------------------
 
 def machine_block(m: dict[str, Any], extra: str = "") -> str:
@@ -261,6 +299,74 @@ def search_miss_tables(d: dict[str, Any]) -> str:
             f"RERANK_MAX_CONCURRENCY=16; `1w_conc64` = 1 worker, RERANK_MAX_CONCURRENCY=64; `2w_conc16` = 2 workers "
             f"(16 provider calls per worker). Provider: the Cohere-protocol test server, fixed "
             f"{d['params']['provider_delay_ms']:.0f} ms delay.\n\n{table}\n\n{checks}")
+
+
+def scaling_tables(d: dict[str, Any]) -> str:
+    rows = []
+    for c in d["cells"].values():
+        e, n, h, m = c["engine"], c["nginx"], c["proxy_hit"], c["proxy_miss"]
+        lexical = c["outcome"] == "candidates_too_large"
+        ratio = (h["cpu_ms_per_request"] / n["cpu_ms_per_request"]
+                 if h["cpu_ms_per_request"] and n["cpu_ms_per_request"] else None)
+        rows.append([f"{c['doc_bytes'] // 1024} KB", f"{c['window']:,}", ms(e["answer_bytes"] / 1e6, 2),
+                     "**lexical** (`candidates_too_large`)" if lexical else c["outcome"],
+                     ms(e["p50_ms"]), ms(n["p50_ms"]), ms(n["cpu_ms_per_request"], 3),
+                     ms(h["p50_ms"]) + (" (not a hit)" if lexical else ""), ms(h["cpu_ms_per_request"]),
+                     f"{ratio:.1f}x" if ratio else "-", ms(m["cpu_ms_per_search"]), ms(m["latency_ms"].get("p50")),
+                     f"{m['searches']}", e["errors"] + n["errors"] + h["errors"]])
+    table = md_table(["doc size", "window", "engine answer MB", "outcome", "engine p50 ms", "nginx p50 ms",
+                      "nginx CPU ms / req", "proxy hit p50 ms", "**proxy hit CPU ms / search**",
+                      "hit CPU vs nginx", "**proxy miss CPU ms / search**", "miss p50 ms", "misses", "errors"], rows)
+    p, st = d["params"], d["settings"]
+    docs = next(iter(d["indices"].values()))["docs"]
+    calls = sum(c["proxy_hit"]["provider_calls_during_wrk"] for c in d["cells"].values())
+    too_large = [f"{c['doc_bytes'] // 1024} KB x {c['window']:,}" for c in d["cells"].values()
+                 if c["outcome"] == "candidates_too_large"]
+    head = (f"{machine_block(d['machine'])} Engine: {d['engine']}. {d['queries']} Cranfield queries, each matching "
+            f"at least 1,000 of the {docs:,} documents of every index; wrk at concurrency 1, runs of "
+            f"{p['duration']:.0f} s, {p['rounds']} interleaved round(s) (engine, nginx, proxy), medians over rounds; "
+            f"up to {p['miss_count']} cache-miss searches per cell (at most {p['miss_max_s']:.0f} s), one at a time"
+            f"{' (a --quick run: not for reporting)' if p.get('quick') else ''}.\n\n"
+            f"Settings that differ from the shipped defaults: RERANK_PROVIDER=cohere pointed at the Cohere-protocol "
+            f"test server with 0 ms delay; RERANK_WINDOW = the cell's window, one proxy process per cell (shipped: "
+            f"{st['RERANK_WINDOW']}); LOG_LEVEL=warning; ADMIN_TOKEN set. Shipped defaults kept: "
+            f"WORKERS={st['WORKERS']} ({st['worker_processes']} serving process), "
+            f"MAX_CANDIDATE_BYTES={int(st['MAX_CANDIDATE_BYTES']) >> 20} MiB, "
+            f"RERANK_MAX_CHARS={st['RERANK_MAX_CHARS']} "
+            f"(each hit's text is cut to that before it is sent), RERANK_BATCH_SIZE={st['RERANK_BATCH_SIZE']}; nginx "
+            f"as in section 1 (bench/nginx.conf, proxy buffering on, so a large answer is spooled to a temp file). "
+            f"Provider requests while wrk ran: {calls} over all cells"
+            f"{' (every timed proxy search was a cache hit, or lexical)' if calls == 0 else ''}. CPU: utime + stime of "
+            f"the proxy's processes (or nginx's master and workers) over the run, per request; the engine's CPU is "
+            f"not counted (it is shared with other work).")
+    if too_large:
+        head += (f" **Answered lexically: {', '.join(too_large)}.** The engine's answer is past MAX_CANDIDATE_BYTES, "
+                 f"so the proxy stops reading at the limit and relays the client's own search (page of 10) to the "
+                 f"engine, flagged `X-Rerank: bypass`, `X-Rerank-Reason: candidates_too_large`; the proxy's figures "
+                 f"in that row are the cost of that, not of a rerank.")
+    return head + f"\n\n{table}\n\n" + scaling_fit(d)
+
+
+def scaling_fit(d: dict[str, Any]) -> str:
+    """A least-squares fit of CPU per request = fixed + per hit x window + per MB x answer size over
+    the reranked cells: which of the two (hits or bytes) the cost follows, in one line per path."""
+    import numpy as np
+
+    cells = [c for c in d["cells"].values() if c["outcome"] == "reranked"]
+    if len(cells) < 4:
+        return ""
+    a = np.array([[1.0, c["window"], c["engine"]["answer_bytes"] / 1e6] for c in cells])
+    rows = []
+    for label, part, key in (("rerank-proxy, cache hit", "proxy_hit", "cpu_ms_per_request"),
+                             ("rerank-proxy, cache miss", "proxy_miss", "cpu_ms_per_search"),
+                             ("nginx (size = window)", "nginx", "cpu_ms_per_request")):
+        y = np.array([c[part][key] for c in cells])
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        worst = float(np.max(np.abs(y - a @ coef)))
+        rows.append([label, ms(coef[0]), ms(coef[1] * 1000, 1), ms(coef[2]), ms(worst)])
+    return (f"Fit over the {len(cells)} reranked cells, CPU ms per request = fixed + per hit x window + per MB x "
+            f"engine answer MB (least squares):\n\n"
+            + md_table(["path", "fixed ms", "µs per hit", "ms per MB", "largest residual ms"], rows))
 
 
 def cost_tables(d: dict[str, Any]) -> str:
@@ -450,6 +556,10 @@ def main() -> None:
     if me:
         img_m = plot_memory(me)
         blocks["memory"] = lambda: memory_tables(me) + "\n\n" + images(img_m)
+    sc = load("scaling.json")
+    if sc:
+        img_s = plot_scaling(sc)
+        blocks["scaling"] = lambda: scaling_tables(sc) + "\n\n" + images(img_s)
     pr = load("profile.json")
     if pr:
         blocks["profile"] = lambda: profile_tables(pr)
