@@ -442,3 +442,10 @@ def test_candidates_past_the_byte_bound_are_never_held(es_engine, index_name):
     assert response.headers["x-rerank-reason"] == "candidates_too_large"
     print(f"window of 400 x 40 KB documents, MAX_CANDIDATE_BYTES=1 MiB: traced peak {peak} bytes")
     assert peak < 8_000_000, f"peak {peak} bytes for a 16 MB window"
+    # The same with the window asked in the search itself: the engine gets the search without the
+    # proxy's `rerank` extension (it would refuse the unknown key).
+    with run_proxy(proxy_settings(es_engine.url, MAX_CANDIDATE_BYTES="1048576"), reranker=OverlapReranker()) as proxy:
+        asked = httpx.post(f"{proxy.url}/{index_name}/_search", json={"query": {"match": {"t": "word"}}, "size": 5,
+                                                                      "rerank": {"window": 400}}, timeout=60)
+    assert asked.status_code == 200 and len(asked.json()["hits"]["hits"]) == 5
+    assert asked.headers["x-rerank-reason"] == "candidates_too_large"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_proxy.engine.headers import with_length
 from rerank_proxy.engine.relay import RelayExchange
-from rerank_proxy.errors import AnswerTooLarge, ProxyError, error_response, status_phrase
+from rerank_proxy.errors import ProxyError, error_response, status_phrase
 from rerank_proxy.search.pipeline import Finished, Forward
 from rerank_proxy.search.plan import parse_params
 
@@ -123,12 +123,7 @@ class SearchExchange:
         pipeline = runtime.pipeline
         handler = pipeline.search if self.kind == "search" else pipeline.msearch
         try:
-            try:
-                result = await handler(method, self.targets, parse_params(query), headers, self.forwarded, body)
-            except AnswerTooLarge:
-                # Candidates past MAX_CANDIDATE_BYTES are never held: the engine answers the client's
-                # own request, relayed as it comes, in lexical order and flagged.
-                result = Forward("candidates_too_large")
+            result = await handler(method, self.targets, parse_params(query), headers, self.forwarded, body)
             if isinstance(result, Forward):
                 self._relay(result, body)
                 return

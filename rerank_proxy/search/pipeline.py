@@ -20,7 +20,7 @@ import orjson
 from rerank_proxy.config import Settings
 from rerank_proxy.engine.headers import forwardable_headers
 from rerank_proxy.engine.transport import EngineTransport
-from rerank_proxy.errors import ProxyError, bad_request, parse_error
+from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
@@ -121,8 +121,13 @@ class SearchPipeline:
             return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
         upstream_headers = _rewrite_headers(raw_headers)
         started = time.perf_counter()
-        answer = await self.engine.fetch(method if method != "HEAD" else "GET", decision.target,
-                                         upstream_headers, orjson.dumps(decision.body))
+        try:
+            answer = await self.engine.fetch(method if method != "HEAD" else "GET", decision.target,
+                                             upstream_headers, orjson.dumps(decision.body))
+        except AnswerTooLarge:
+            # Candidates past MAX_CANDIDATE_BYTES are never held: the engine answers the client's
+            # own search (without the `rerank` extension), relayed as it comes, flagged.
+            return Forward("candidates_too_large", orjson.dumps(parsed) if decision.body_changed else None)
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(answer.headers)
         if answer.status != 200:
@@ -224,7 +229,10 @@ class SearchPipeline:
         started = time.perf_counter()
         upstream_headers = [(k, v) if k.lower() != b"content-type" or b"ndjson" in v or b"vnd." in v
                             else (k, b"application/x-ndjson") for k, v in upstream_headers]
-        answer = await self.engine.fetch(method, target, upstream_headers, b"\n".join(lines) + b"\n")
+        try:
+            answer = await self.engine.fetch(method, target, upstream_headers, b"\n".join(lines) + b"\n")
+        except AnswerTooLarge:
+            return Forward("candidates_too_large", b"\n".join(client_lines) + b"\n")
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(answer.headers)
         if answer.status != 200:
