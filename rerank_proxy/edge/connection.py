@@ -1,9 +1,9 @@
 """One client connection: HTTP/1.1 parsing, keep-alive, pipelining, flow control and client limits.
 
 Each request becomes an exchange, chosen once by the server's `route`: pass-through requests become
-`RelayExchange`s (see `relay.py`), searches and the proxy's own endpoints `AsgiExchange`s, and
-refusals `ErrorExchange`s. Exchanges on one connection answer strictly in order: while one is active
-the next waits, and reading from the client pauses.
+`RelayExchange`s (`rerank_proxy/engine/relay.py`), searches `SearchExchange`s (`search.py`), the
+proxy's own endpoints `AsgiExchange`s, and refusals `ErrorExchange`s. Exchanges on one connection
+answer strictly in order: while one is active the next waits, and reading from the client pauses.
 
 Limits are enforced while bytes arrive, not when a message ends: a request head larger than
 MAX_HEADER_BYTES is refused as soon as that many bytes came without its end (httptools would

@@ -100,7 +100,9 @@ class ProxyServer:
         if "%" in path:
             path = unquote(path)
         forwarded, framing, expect = forward_request_headers(headers)
-        refusal = self._refusal(conn, method, raw_path, path, headers, framing, header_bytes)
+        own = path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/")
+        search = None if own or method not in (b"GET", b"POST") else match_search_path(raw_path.decode("latin-1"))
+        refusal = self._refusal(conn, method, raw_path, headers, framing, header_bytes, own, search is not None)
         if refusal is not None:
             status, error_type, reason = refusal
             if status == 400:
@@ -110,8 +112,6 @@ class ProxyServer:
                                  body_expected=framing is not None,
                                  drain_body=status != 413 and _declared_length(headers) <= BODY_HIGH_WATER,
                                  on_done=self._refusal_done(method, path, headers))
-        own = path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/")
-        search = None if own or method not in (b"GET", b"POST") else match_search_path(raw_path.decode("latin-1"))
         if not own and search is None:
             if self.app.in_flight >= self.settings.max_concurrent_requests:
                 return self._busy(conn, method, path, headers, keep_alive, framing)
@@ -138,9 +138,8 @@ class ProxyServer:
         }
         return AsgiExchange(conn, scope, keep_alive, framing is not None, expect)
 
-    def _refusal(self, conn: HttpConnection, method: bytes, raw_path: bytes, path: str,
-                 headers: list[tuple[bytes, bytes]], framing: bytes | None,
-                 header_bytes: int) -> tuple[int, str, str] | None:
+    def _refusal(self, conn: HttpConnection, method: bytes, raw_path: bytes, headers: list[tuple[bytes, bytes]],
+                 framing: bytes | None, header_bytes: int, own: bool, searching: bool) -> tuple[int, str, str] | None:
         settings = self.settings
         if conn.http_version not in ("1.0", "1.1"):
             return 400, "illegal_argument_exception", "only HTTP versions 1.0 and 1.1 are spoken here"
@@ -153,14 +152,12 @@ class ProxyServer:
             if len(name) == 17 and name.lower() == b"transfer-encoding" \
                     and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
                 return 400, "illegal_argument_exception", "Transfer-Encoding must end with chunked"
-        own = path.startswith(OPS_PREFIX) or path == OPS_PREFIX.rstrip("/")
         if own:
             return None  # the proxy's endpoints have their own token (ADMIN_TOKEN)
         if settings.proxy_api_keys and not self.app.api_key_ok(
                 next((v for k, v in headers if k.lower() == PROXY_KEY_HEADER), b"")):
             return 401, "security_exception", "missing or invalid X-Proxy-Api-Key"
         declared = _declared_length(headers)
-        searching = method in (b"GET", b"POST") and match_search_path(raw_path.decode("latin-1")) is not None
         limit = settings.max_search_body_bytes if searching else settings.max_body_bytes
         if declared > limit:
             return (413, "content_too_long_exception",

@@ -186,9 +186,8 @@ class SearchPipeline:
                       headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                       body: bytes) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
-        _check_msearch_size(decoded, self.settings.max_msearch_searches)
         try:
-            pairs = parse_ndjson(decoded)
+            pairs = parse_ndjson(decoded, self.settings.max_msearch_searches)
         except EngineMustAnswer as exc:
             return Forward(exc.reason)
         try:
@@ -261,10 +260,15 @@ class SearchPipeline:
         return scored.outcome
 
 
-def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(header, body) pairs of an `_msearch` body. An odd number of lines is the proxy's 400; a
-    line the proxy cannot rewrite faithfully raises EngineMustAnswer (see `parse_client_body`)."""
+def parse_ndjson(raw: bytes, max_searches: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(header, body) pairs of an `_msearch` body. More than `max_searches` (MAX_MSEARCH_SEARCHES)
+    is the proxy's 400, before any line is parsed; so is an odd number of lines. A line the proxy
+    cannot rewrite faithfully raises EngineMustAnswer (see `parse_client_body`)."""
     lines = [line for line in raw.split(b"\n") if line.strip()]
+    if len(lines) // 2 > max_searches:
+        raise ProxyError(400, "illegal_argument_exception",
+                         f"an _msearch of {len(lines) // 2} searches is larger than the limit of {max_searches} "
+                         "(MAX_MSEARCH_SEARCHES)")
     if len(lines) % 2:
         raise bad_request("The msearch request must be terminated by a newline [\\n] and have "
                           "an even number of lines (header, body)", "parsing_exception")
@@ -276,15 +280,6 @@ def parse_ndjson(raw: bytes) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             raise bad_request(f"msearch lines {n + 1}-{n + 2} must be JSON objects", "parsing_exception")
         pairs.append((header, body))
     return pairs
-
-
-def _check_msearch_size(decoded: bytes, limit: int) -> None:
-    """An `_msearch` of more sub-searches than MAX_MSEARCH_SEARCHES is refused before any is parsed."""
-    searches = sum(1 for line in decoded.split(b"\n") if line.strip()) // 2
-    if searches > limit:
-        raise ProxyError(400, "illegal_argument_exception",
-                         f"an _msearch of {searches} searches is larger than the limit of {limit} "
-                         "(MAX_MSEARCH_SEARCHES)")
 
 
 def _rewrite_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
