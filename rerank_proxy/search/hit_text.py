@@ -166,15 +166,8 @@ def _rule_of(index: Any, default: IndexRule, rule_for: RuleFor | None) -> IndexR
 
 def mapped_indices(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None) -> set[str]:
     """The `_index` names of the hits whose text comes from their index mapping (see `hit_texts`)."""
-    names: set[str] = set()
-    last_index: Any = None
-    for hit in hits:
-        index = hit.get("_index") if isinstance(hit, dict) else None
-        if index and index != last_index:
-            last_index = index
-            if _rule_of(index, default, rule_for).text_from_mapping:
-                names.add(str(index))
-    return names
+    return {str(hit["_index"]) for hit, rule, _ in _with_rules(hits, default, rule_for, None)
+            if hit is not None and hit.get("_index") and rule.text_from_mapping}
 
 
 def hit_texts(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None = None,
