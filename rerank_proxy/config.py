@@ -59,7 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RERANK_DEADLINE_MS", "3000", "Total time for one rerank, retries included; past it the search answers in lexical order.", "1500"),
     Setting("RERANK_ATTEMPT_TIMEOUT_MS", "2000", "Time limit for one provider attempt.", "1000"),
     Setting("RERANK_MAX_RETRIES", "2", "Retries after a failed provider attempt (429, 5xx, connection errors).", "3"),
-    Setting("RERANK_MAX_CONCURRENCY", "16", "Provider calls in flight at once, per worker.", "32"),
+    Setting("RERANK_MAX_CONCURRENCY", "64", "Provider calls in flight at once, per worker.", "16"),
     Setting("RERANK_BATCH_SIZE", "1000", "Most documents sent in one provider request; larger sets are split into concurrent batches.", "100"),
     Setting("RERANK_MAX_TOKENS_PER_DOC", "", "Cohere v2 max_tokens_per_doc (empty: the provider default, 4096).", "1024"),
     Setting("RERANK_BREAKER_FAILURES", "5", "Consecutive failed reranks that open the circuit breaker.", "10"),

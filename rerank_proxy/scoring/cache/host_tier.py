@@ -33,6 +33,8 @@ _PID = struct.Struct("<i")
 _SEQ = struct.Struct(">Q")          # big-endian, so the order table iterates oldest first
 _EXPIRES = struct.Struct("<d")      # an order row: expires, then the key
 _SEQ_KEY = b"seq"
+# writemap: a commit then changes the mapped pages in place instead of copying each dirty page out
+# with pwrite (a write of 100 scores: 1.7 -> 1.1 ms here); durability is not the point of a cache.
 # An entry takes about 125 bytes in the two tables (25 MB at 200,000 entries, after 300,000 writes
 # with eviction); the map is a sparse file, so a generous bound costs nothing until it is used.
 _BYTES_PER_ENTRY = 1024
@@ -63,7 +65,7 @@ class HostTier:
         self._tokens = itertools.count(1)
         self.env = lmdb.open(os.fspath(directory), map_size=max(_MIN_MAP_BYTES, max_entries * _BYTES_PER_ENTRY),
                              max_dbs=4, max_readers=max_readers, sync=False, metasync=False, readahead=False,
-                             meminit=False)
+                             meminit=False, writemap=True)
         # A worker killed inside a read transaction leaves its reader slot behind, which would keep
         # old pages from being reused; the worker that replaces it clears such slots.
         self.env.reader_check()
