@@ -273,7 +273,10 @@ def search_hit_tables(d: dict[str, Any]) -> str:
                       "proxy p99 ms", "p99 ratio", "engine req/s", "proxy req/s", "proxy CPU ms / search", "errors"],
                      rows)
     t = h["target"]
-    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {h['queries']} queries, "
+    workers = h.get("workers")
+    setup = (f"Proxy: the shipped defaults (WORKERS=auto, {workers} workers here). " if workers and workers > 1
+             else "Proxy: 1 worker, otherwise the shipped defaults. ")
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {setup}{h['queries']} queries, "
             f"{h['warm_cached']}/{h['queries']} answered `X-Rerank: cached` after warming; provider requests "
             f"while wrk ran: {h['provider_calls_during_timed_runs']} (so every timed search was a hit). "
             f"wrk runs of {d['params']['duration']:.0f} s, {d['params']['rounds']} rounds, medians over rounds.\n\n"
@@ -497,30 +500,50 @@ def summary_table(pt, sl, co, me) -> str:
         for c in pt["checks"]:
             rows.append(["pass-through", c["check"],
                          f"{c['value_ms']:+.2f} ms" if "value_ms" in c else f"{c['value']:.2f}x",
-                         yes(c["met"])])
+                         yes(c["met"]), _run("passthrough", pt)])
     if sl and "cache_hit" in sl:
         t = sl["cache_hit"]["target"]
-        rows.append(["search, cache hit", t["check"], f"{t['value']:.2f}x", yes(t["met"])])
+        rows.append(["search, cache hit", t["check"], f"{t['value']:.2f}x", yes(t["met"]),
+                     _run("search_latency", sl)])
     if sl and "cache_miss_checks" in sl:
         for c in sl["cache_miss_checks"]:
             rows.append(["search, cache miss", c["check"], f"p50 {c['p50']:.2f} ms, p99 {c['p99']:.2f} ms",
-                         yes(c["met"])])
+                         yes(c["met"]), _run("search_latency", sl)])
     if co:
         t = co["target"]
         rows.append(["cost", "in-process cache at least halves provider requests (vs CACHE_MAX_ENTRIES=0)",
-                     f"{t['in_process_calls_vs_no_cache']:.2f}x", yes(t["halved"])])
+                     f"{t['in_process_calls_vs_no_cache']:.2f}x", yes(t["halved"]), _run("cost", co)])
         for pair in co.get("workers_target", []):
             rows.append(["cost", f"WORKERS=auto ({pair['workers']}) makes no more provider requests than 1 worker, "
                                  f"concurrency {pair['concurrency']}",
                          f"{pair['calls'][1]} vs {pair['calls'][0]} requests, "
-                         f"{pair['documents'][1]} vs {pair['documents'][0]} documents", yes(pair["met"])])
+                         f"{pair['documents'][1]} vs {pair['documents'][0]} documents", yes(pair["met"]),
+                         _run("cost", co)])
     if me:
         r = me["rss_mib"]
         rows.append(["memory", f"RSS flat once the cache is full ({me['params']['duration'] / 60:.0f} min run)",
                      f"{ms(r['min_after_cache_full'], 1)}-{ms(r['max_after_cache_full'], 1)} MiB after the cache "
                      f"filled; slope {ms(me['rss_slope_second_half_mib_per_min'], 3)} MiB/min over the second half",
-                     "see section"])
-    return md_table(["benchmark", "target", "measured", "result"], rows)
+                     "see section", _run("memory", me)])
+    commands = {module: _command(module, data) for module, data in
+                (("passthrough", pt), ("search_latency", sl), ("cost", co), ("memory", me)) if data}
+    return (md_table(["benchmark", "target", "measured", "result", "run"], rows)
+            + "\n\n`proxy_2w` and `default` are the shipped defaults on this 2-core machine (WORKERS=auto). "
+            + "The runs, each with the command that produced it:\n\n"
+            + "\n".join(f"- `bench.{module}`: `{command}`" for module, command in commands.items()))
+
+
+def _command(module: str, data: dict[str, Any]) -> str:
+    """The command line that produced a result, from the flags it recorded."""
+    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                     for k, v in (data.get("params") or {}).items() if v not in (None, False, True))
+    return f"python -m bench.{module} {flags}".strip()
+
+
+def _run(module: str, data: dict[str, Any]) -> str:
+    """Which run a summary row comes from: the module and when it ran."""
+    when = (data.get("machine") or {}).get("when", "")
+    return f"`bench.{module}` {when}".strip()
 
 
 def images(*names: str) -> str:

@@ -3,8 +3,8 @@
 Cache hit: 50 Cranfield queries are searched once through the proxy (scores cached), then wrk (a
 separate process) cycles through them at concurrency 1 and 32, through the proxy (first page,
 size 10) and straight to the engine with size 100 (the window the proxy fetches), interleaved,
-in rounds. The Cohere-protocol test server's request count must not move while wrk runs: every
-timed proxy search was a cache hit.
+in rounds, with the shipped defaults (WORKERS=auto). The Cohere-protocol test server's request count
+must not move while wrk runs: every timed proxy search was a cache hit.
 
 Cache miss: every search has a distinct query text (a Cranfield query plus a serial number), so
 every one is a miss; the provider is the Cohere-protocol test server (bench/count_server.py) with a
@@ -122,7 +122,8 @@ def cache_hit(engine: str, proxy: Service, provider: Service, queries: list[str]
         p, d = cells[f"c{conc}/proxy_hit"], cells[f"c{conc}/engine_size100"]
         ratios[f"c{conc}"] = {"p50": p["p50_ms"] / d["p50_ms"], "p99": p["p99_ms"] / d["p99_ms"],
                               "rps": p["rps"] / d["rps"]}
-    return {"queries": len(bodies), "warm_cached": cached, "provider_calls_during_timed_runs": calls_during,
+    return {"queries": len(bodies), "workers": proxy.extra.get("workers", 1), "warm_cached": cached,
+            "provider_calls_during_timed_runs": calls_during,
             "cells": cells, "ratios": ratios,
             "target": {"check": "c=1 cache-hit p50 <= 1.3x engine size-100 p50", "value": ratios["c1"]["p50"],
                        "met": ratios["c1"]["p50"] <= 1.3}}
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     provider = start_counting_server(args.provider_delay_ms)
     try:
         if "hit" in args.parts:
-            proxy = start_proxy(engine, provider=provider, workers=1, name="proxy-hit")
+            proxy = start_proxy(engine, provider=provider, workers="auto", name="proxy-hit")
             try:
                 results["cache_hit"] = cache_hit(engine, proxy, provider, queries[:args.hit_queries],
                                                  args.duration, args.rounds)
