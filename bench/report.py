@@ -298,11 +298,11 @@ def search_miss_tables(d: dict[str, Any]) -> str:
                       "provider-slot wait, mean ms / search", "proxy CPU ms / search", "proxy CPU (cores)"], rows)
     checks = md_table(["target", "p50 ms", "p99 ms", "result"],
                       [[c["check"], ms(c["p50"]), ms(c["p99"]), yes(c["met"])] for c in d["cache_miss_checks"]])
+    default = d["cache_miss"].get("default/c32", {})
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Set-ups: `default` = the shipped "
-            f"defaults (WORKERS=auto, {d['cache_miss'].get('default/c32', {}).get('workers', 2)} workers here; "
-            f"RERANK_MAX_CONCURRENCY=64 per worker); `1w` = 1 worker, otherwise defaults; `1w_conc16` = 1 worker, "
-            f"RERANK_MAX_CONCURRENCY=16 (the earlier default). Provider: the Cohere-protocol test server, fixed "
-            f"{d['params']['provider_delay_ms']:.0f} ms delay.\n\n{table}\n\n{checks}")
+            f"defaults (WORKERS=auto: {default.get('workers', '?')} workers here); `1w` = 1 worker, otherwise the "
+            f"defaults; `1w_conc16` = 1 worker, RERANK_MAX_CONCURRENCY=16. Provider: the Cohere-protocol test "
+            f"server, fixed {d['params']['provider_delay_ms']:.0f} ms delay.\n\n{table}\n\n{checks}")
 
 
 def scaling_tables(d: dict[str, Any]) -> str:
