@@ -77,6 +77,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RERANK_MAX_QUERY_CHARS", "2000", "Query text is truncated to this many characters before it is reranked (models read a few hundred tokens).", "4000"),
     Setting("CACHE_TTL_S", "3600", "Lifetime of a cached rerank score, in seconds.", "86400"),
     Setting("CACHE_MAX_ENTRIES", "200000", "Bound on in-process cached scores (about 210 bytes each), per worker; with several workers, also on the per-host tier they share.", "1000000"),
+    Setting("CACHE_ANSWERS_MAX_MB", "32", "Memory for finished answers of repeated searches, in MiB per worker: the same request meeting the same engine answer is answered without reranking it again (0: off).", "128"),
     Setting("REDIS_URL", "", "Shared score cache for several replicas (empty: in-process cache only).", "redis://redis:6379/0", secret=True),
     Setting("REDIS_TIMEOUT_MS", "50", "Time limit for one Redis operation; slower means a miss, never a failed search.", "100"),
     Setting("ADMIN_TOKEN", "", "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); empty disables them.", "s3cret", secret=True),
@@ -180,6 +181,7 @@ class Settings:
     rerank_max_query_chars: int = 2000
     cache_ttl_s: float = 3600.0
     cache_max_entries: int = 200_000
+    cache_answers_max_mb: int = 32
     redis_url: str = ""
     redis_timeout_ms: int = 50
     admin_token: str = ""
@@ -485,6 +487,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rerank_max_query_chars=_int("RERANK_MAX_QUERY_CHARS", get("RERANK_MAX_QUERY_CHARS"), 1, 10_000_000),
         cache_ttl_s=_float("CACHE_TTL_S", get("CACHE_TTL_S"), 0.001, 365 * 86_400),
         cache_max_entries=_int("CACHE_MAX_ENTRIES", get("CACHE_MAX_ENTRIES"), 0, 100_000_000),
+        cache_answers_max_mb=_int("CACHE_ANSWERS_MAX_MB", get("CACHE_ANSWERS_MAX_MB"), 0, 65_536),
         redis_url=redis_url,
         redis_timeout_ms=_int("REDIS_TIMEOUT_MS", get("REDIS_TIMEOUT_MS"), 1, 60_000),
         admin_token=_read_secret(env, "ADMIN_TOKEN"),

@@ -60,6 +60,12 @@ def _cache_metrics(runtime: Runtime) -> Iterable[Metric]:
     yield counter("rerank_proxy_cache_shared_errors", "Failed or slow shared-tier operations (served as misses).",
                   s.shared_errors)
     yield gauge("rerank_proxy_cache_entries", "Scores held in the in-process cache.", len(cache))
+    memo = runtime.pipeline.memo
+    if memo is not None:
+        yield counter("rerank_proxy_answer_memo_hits", "Searches answered with an earlier finished answer "
+                      "(same request, same engine answer; CACHE_ANSWERS_MAX_MB).", memo.hits)
+        yield gauge("rerank_proxy_answer_memo_bytes", "Bytes of finished answers kept for repeated searches.",
+                    memo.held_bytes)
     host = cache.host
     if host is not None:
         yield counter("rerank_proxy_cache_host_hits",

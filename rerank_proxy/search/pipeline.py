@@ -26,6 +26,7 @@ from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weigh
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
 from rerank_proxy.search import filter_path as filter_paths
+from rerank_proxy.search.answer_memo import AnswerMemo, generations, request_key
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
@@ -63,6 +64,7 @@ class _Scored:
     rerank_ms: float = 0.0
     cache: str = ""
     last: list[int] = field(default_factory=list)  # window positions ranked last (blank texts)
+    mapped: tuple[str, ...] = ()   # indices whose mapping gave the texts
 
 
 def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
@@ -105,6 +107,13 @@ class SearchPipeline:
         if text_fields is None and settings.rerank_text_from_mapping:
             text_fields = TextFieldCache(engine)
         self.text_fields = text_fields
+        self.memo: AnswerMemo | None = None
+        if cache is not None and cache.enabled and settings.cache_answers_max_mb > 0:
+            fields = text_fields
+            self.memo = AnswerMemo(settings.cache_answers_max_mb << 20, settings.cache_ttl_s,
+                                   generations(lambda: cache.flushes,
+                                               lambda: fields.generation if fields is not None else 0),
+                                   fresh=fields.fresh if fields is not None else None)
 
     # --- _search -----------------------------------------------------------------------------
 
@@ -135,13 +144,31 @@ class SearchPipeline:
             # own request (the same error, same line/col; or a success when only the rewrite was
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
             return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
+        opensearch = _is_opensearch(answer.headers)
+        memo, request, answer_digest = self.memo, b"", None
+        if memo is not None:
+            request = request_key(method, targets, params, headers, decoded)
+            if memo.expects(request):
+                answer_digest = memo.answer_digest(answer.body, opensearch=opensearch)
+                found = memo.get(request, answer_digest, answer.body) if answer_digest is not None else None
+                if found is not None:
+                    if self.cache is not None:
+                        self.cache.count_reused(found.window)
+                    return Finished(200, _response_headers(out_headers), found.body, found.outcome, "",
+                                    engine_ms, 0.0, found.cache)
         data = parse_json(answer.body, "engine response")
         scored = await self._rerank(decision, data, upstream_headers)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
         merged = merge(data, decision, scored.scores, scored.last)
-        merged = filter_paths.apply(merged, decision.filter_path, opensearch=_is_opensearch(answer.headers))
+        merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
+        if memo is not None and scored.outcome in ("reranked", "cached") and scored.scores is not None:
+            # Kept as what it is the next time: an answer that needs no provider work.
+            if answer_digest is None:
+                answer_digest = memo.answer_digest(answer.body, opensearch=opensearch)
+            if answer_digest is not None:
+                memo.put(request, answer_digest, body_out, "cached", "hit", len(scored.scores), scored.mapped)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
 
@@ -178,7 +205,7 @@ class SearchPipeline:
         elapsed = (time.perf_counter() - started) * 1000
         status = scored.outcome.status if scored.outcome is not None else "hit"
         outcome = "cached" if status == "hit" else "reranked"
-        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks)
+        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks, tuple(mapped or ()))
 
     # --- _msearch ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -68,6 +68,7 @@ class TextFieldCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._reads: dict[str, asyncio.Task[TextPaths | None]] = {}
         self.reads = 0  # mapping reads started, for tests and the curious
+        self.generation = 0  # bumped when an index's text paths change (search.answer_memo)
 
     async def resolve(self, indices: Collection[str], headers: Headers = ()) -> dict[str, TextPaths | None]:
         """The text paths of each index; None where a hit's text is every string of its `_source`."""
@@ -130,6 +131,9 @@ class TextFieldCache:
         return paths
 
     def _store(self, index: str, entry: _Entry) -> None:
+        previous = self._entries.get(index)
+        if previous is None or _path_names(previous.paths) != _path_names(entry.paths):
+            self.generation += 1
         self._entries[index] = entry
         self._entries.move_to_end(index)
         while len(self._entries) > self._max_entries:
@@ -138,12 +142,26 @@ class TextFieldCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def fresh(self, indices: Iterable[str]) -> bool:
+        """Whether every one of these indices has a mapping read still within its time (a search
+        that skips `resolve`, search.answer_memo, must not skip the refresh `resolve` would start)."""
+        now = self._clock()
+        for index in indices:
+            entry = self._entries.get(index)
+            if entry is None or now >= entry.expires:
+                return False
+        return True
+
     async def aclose(self) -> None:
         """Stop the reads still in flight (shutdown)."""
         tasks = list(self._reads.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _path_names(paths: TextPaths | None) -> tuple[str, ...] | None:
+    return None if paths is None else paths.paths
 
 
 async def mapped_fields(hits: Sequence[Any], default: IndexRule, rule_for: RuleFor | None,

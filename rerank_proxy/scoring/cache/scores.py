@@ -104,6 +104,7 @@ class ScoreCache:
         # key -> (the provider call computing it, its position in that call's documents)
         self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
         self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
+        self.flushes = 0  # answers built from earlier scores (search.answer_memo) are retired by it
 
     def __len__(self) -> int:
         """Entries held in process (the shared tier is not counted)."""
@@ -111,6 +112,7 @@ class ScoreCache:
 
     def flush(self) -> int:
         count = len(self)
+        self.flushes += 1
         self.local.clear()
         self.local_listwise.clear()
         return count
@@ -306,6 +308,11 @@ class ScoreCache:
             await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)
         except Exception:
             self.stats.shared_errors += 1
+
+    def count_reused(self, documents: int) -> None:
+        """A search answered whole from an earlier answer (search.answer_memo): its documents'
+        scores were not looked up again, but for the hit ratio they are cache hits."""
+        self._count(ScoreOutcome(scores=[], cached=documents))
 
     def _count(self, outcome: ScoreOutcome) -> None:
         stats = self.stats
