@@ -102,24 +102,25 @@ class HostShare:
         give_up_at = self.timer() + self.lease_s
         first = True
         while pending:
-            with self.signals.watch(keys[i] for i in pending) as watch:
-                claim = self._claim([keys[i] for i in pending])
-                if claim is None:
-                    mine, theirs = pending, []
+            claim = self._claim([keys[i] for i in pending])
+            if claim is None:
+                mine, theirs = pending, []
+            else:
+                for i in pending:
+                    score = claim.found.get(keys[i])
+                    if score is not None:
+                        scores[i] = score
+                        result.from_host.append(i)
+                if first:
+                    result.found += len(claim.found)
                 else:
-                    for i in pending:
-                        score = claim.found.get(keys[i])
-                        if score is not None:
-                            scores[i] = score
-                            result.from_host.append(i)
-                    if first:
-                        result.found += len(claim.found)
-                    else:
-                        result.waited += len(claim.found)
-                    claimed = set(claim.mine)
-                    mine = [i for i in pending if keys[i] in claimed]
-                    theirs = [i for i in pending if scores[i] is None and keys[i] not in claimed]
-                    watch.only(keys[i] for i in theirs)
+                    result.waited += len(claim.found)
+                claimed = set(claim.mine)
+                mine = [i for i in pending if keys[i] in claimed]
+                theirs = [i for i in pending if scores[i] is None and keys[i] not in claimed]
+            # Registered in the same step of the event loop as the claim: wake-ups are read only by
+            # the loop, so none can arrive in between, and only the keys waited for are watched.
+            with self.signals.watch(keys[i] for i in theirs) as watch:
                 if mine:
                     for i, score in zip(mine, await self._compute(compute, keys, mine, claim)):
                         scores[i] = score

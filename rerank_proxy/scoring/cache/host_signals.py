@@ -140,13 +140,6 @@ class Watch:
         if not keys:
             self._done.set()
 
-    def only(self, keys: Iterable[bytes]) -> None:
-        """Wait for these of the keys only (the rest turned out not to need a wait); wake-ups that
-        already arrived for them still count."""
-        self.remaining.intersection_update(keys)
-        if not self.remaining:
-            self._done.set()
-
     def arrived(self, key: bytes) -> None:
         self.remaining.discard(key)
         if not self.remaining:

@@ -143,7 +143,9 @@ class ScoreCache:
         outcome = ScoreOutcome(scores=[])
         missing = [i for i, v in enumerate(result) if v is None]
         outcome.cached = len(texts) - len(missing)
-        if missing and self.host is not None:
+        # Without a shared tier the host tier is read by the claim (`_fill`), which looks up the
+        # stored scores in its own transaction: a separate read first would look up each key twice.
+        if missing and self.host is not None and self.shared is not None:
             fetched = self._take(self.host.get_many([keys[i] for i in missing]), missing, keys, result)
             outcome.cached += len(fetched)
             self.stats.host_hits += len(fetched)
