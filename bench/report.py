@@ -316,8 +316,17 @@ def search_miss_tables(d: dict[str, Any]) -> str:
     default = d["cache_miss"].get("default/c32", {})
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Set-ups: `default` = the shipped "
             f"defaults (WORKERS=auto: {default.get('workers', '?')} workers here); `1w` = 1 worker, otherwise the "
-            f"defaults; `1w_conc16` = 1 worker, RERANK_MAX_CONCURRENCY=16. Provider: the Cohere-protocol test "
-            f"server, fixed {d['params']['provider_delay_ms']:.0f} ms delay.\n\n{table}\n\n{checks}")
+            f"defaults; `1w_conc16` = 1 worker, RERANK_MAX_CONCURRENCY=16{_own_core_note(d)}. Provider: the "
+            f"Cohere-protocol test server, fixed {d['params']['provider_delay_ms']:.0f} ms delay."
+            f"\n\n{table}\n\n{checks}")
+
+
+def _own_core_note(d: dict[str, Any]) -> str:
+    pinned = d["cache_miss"].get("default_engine_own_core/c32")
+    if not pinned:
+        return ""
+    return (f"; `default_engine_own_core` = the shipped defaults with the placement changed, not a setting: "
+            f"{pinned['placement']} (so WORKERS=auto starts {pinned['workers']} worker)")
 
 
 def scaling_tables(d: dict[str, Any]) -> str:

@@ -65,9 +65,12 @@ _serial = itertools.count(1)
 Search = Callable[[int], Awaitable[None]]
 
 
-def _settings(engine: str, provider: Service) -> Any:
-    return load_settings({"UPSTREAM_URLS": engine, "RERANK_PROVIDER": "cohere", "RERANK_BASE_URL": provider.url,
-                          "RERANK_API_KEY": PROVIDER_KEY, "LOG_LEVEL": "warning"})
+def _settings(engine: str, provider: Service, extra: list[str] | None = None) -> Any:
+    """The shipped defaults with this provider, plus `extra` settings (NAME=VALUE)."""
+    env = {"UPSTREAM_URLS": engine, "RERANK_PROVIDER": "cohere", "RERANK_BASE_URL": provider.url,
+           "RERANK_API_KEY": PROVIDER_KEY, "LOG_LEVEL": "warning"}
+    env.update(item.split("=", 1) for item in extra or [])
+    return load_settings(env)
 
 
 async def _search(runtime: Runtime, body: bytes, expect: str) -> None:
@@ -192,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> None:
     queries = load_queries()
     provider = start_counting_server(0)
     try:
-        runtime = await build_runtime(_settings(engine, provider))
+        runtime = await build_runtime(_settings(engine, provider, args.setting))
         try:
             await warm(runtime, queries)
             if args.profile:
@@ -219,6 +222,8 @@ def main() -> None:
     parser.add_argument("--hit-searches", type=int, default=2000)
     parser.add_argument("--miss-searches", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting that differs from the shipped defaults (repeatable)")
     parser.add_argument("--label", default="", help="free text stored with the results (e.g. before/after)")
     parser.add_argument("--output", default="search_cpu.json", help="file name under bench/results/")
     parser.add_argument("--profile", choices=("hit", "miss", "engine_fetch"), default=None,

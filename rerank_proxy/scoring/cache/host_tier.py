@@ -127,9 +127,11 @@ class HostTier:
             entries.putmulti(rows)
             order.putmulti(places, append=True)  # sequence numbers only grow
             if txn.stat(self._claims)["entries"]:
+                pop = txn.pop
+                claims, plain = self._claims, _CLAIM.size
                 for key in scores:
-                    claim = txn.pop(key, db=self._claims)
-                    if claim is not None:
+                    claim = pop(key, db=claims)
+                    if claim is not None and len(claim) > plain:  # someone waits on it
                         for pid in _waiters(claim):
                             waiting.setdefault(pid, []).append(key)
             txn.put(_SEQ_KEY, _SEQ.pack(seq), db=self._meta)
