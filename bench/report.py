@@ -306,11 +306,14 @@ def search_miss_tables(d: dict[str, Any]) -> str:
                      ms(r["total"]["p50"], 1), ms(r["engine"]["p50"], 1), ms(r["provider"]["p50"], 1),
                      ms(r["added"]["p50"]), ms(r["added"]["p99"]), ms(r["rerank_minus_provider"]["p50"]),
                      ms(r["outside_engine_and_rerank"]["p50"]), ms(r.get("slot_wait_ms_per_search")),
-                     ms(r.get("proxy_cpu_ms_per_search")), ms(r.get("proxy_cpu_share"))])
+                     ms(r.get("proxy_cpu_ms_per_search")), ms(r.get("proxy_cpu_share")),
+                     " / ".join(ms(r.get("other_cpu_ms_per_search", {}).get(k))
+                                for k in ("engine", "test_server", "load_generator"))])
     table = md_table(["set-up", "conc.", "misses measured", "searches/s", "total p50 ms", "engine p50 ms",
                       "provider p50 ms", "**proxy's own p50 ms**", "**proxy's own p99 ms**",
                       "rerank - provider p50 ms", "total - engine - rerank p50 ms",
-                      "provider-slot wait, mean ms / search", "proxy CPU ms / search", "proxy CPU (cores)"], rows)
+                      "provider-slot wait, mean ms / search", "proxy CPU ms / search", "proxy CPU (cores)",
+                      "CPU ms / search: engine / test server / load generator"], rows)
     checks = md_table(["target", "p50 ms", "p99 ms", "result"],
                       [[c["check"], ms(c["p50"]), ms(c["p99"]), yes(c["met"])] for c in d["cache_miss_checks"]])
     default = d["cache_miss"].get("default/c32", {})

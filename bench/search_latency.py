@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import resource
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,6 +68,18 @@ _serial = itertools.count(1)
 def proxy_cpu(proxy: Service) -> float:
     """CPU seconds used so far by the proxy's processes (supervisor and workers)."""
     return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
+
+
+def other_cpu(provider: Service) -> dict[str, float]:
+    """CPU seconds used so far by the rest of a cache-miss run: the engine (every node process),
+    the test server, and the load generators this process has waited for."""
+    from rerank_proxy.engines.runner import ensure_engine
+
+    engine = ensure_engine("elasticsearch", port=DEFAULT_ENGINE_PORT)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"engine": sum(cpu_seconds(p) for pid in engine.pids if pid for p in _process_tree(pid)),
+            "test_server": cpu_seconds(provider.pid),
+            "load_generator": children.ru_utime + children.ru_stime}
 
 
 def slot_wait_seconds(proxy: Service) -> float | None:
@@ -174,10 +187,12 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
     run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(warmup)})
     counting_stats(provider, reset=True)
     cpu_before = proxy_cpu(proxy)
+    others_before = other_cpu(provider)
     waited_before = slot_wait_seconds(proxy)
     out = run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(count),
                        "capture_headers": ["server-timing", "x-rerank", "x-rerank-cache"], "progress_s": 5})
     cpu_ms_per_search = (proxy_cpu(proxy) - cpu_before) * 1000 / count
+    others_ms = {name: (used - others_before[name]) * 1000 / count for name, used in other_cpu(provider).items()}
     waited_after = slot_wait_seconds(proxy)
     slot_wait_ms = (None if waited_before is None or waited_after is None
                     else (waited_after - waited_before) * 1000 / count)
@@ -199,6 +214,7 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
               "measured_misses": len(rows), "outcomes": outcomes,
               "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg(),
               "proxy_cpu_ms_per_search": cpu_ms_per_search, "slot_wait_ms_per_search": slot_wait_ms,
+              "other_cpu_ms_per_search": others_ms,
               "proxy_cpu_share": cpu_ms_per_search * count / 1000 / out["elapsed_s"]}
     for field in ("total", "engine", "rerank", "provider", "added", "rerank_minus_provider",
                   "outside_engine_and_rerank"):
@@ -217,10 +233,12 @@ def _process_tree(pid: int) -> list[int]:
         current = todo.pop()
         out.append(current)
         try:
-            with open(f"/proc/{current}/task/{current}/children") as fh:
-                todo += [int(c) for c in fh.read().split()]
+            threads = os.listdir(f"/proc/{current}/task")
         except OSError:
-            pass
+            continue
+        for tid in threads:  # a child belongs to the thread that started it
+            with contextlib.suppress(OSError), open(f"/proc/{current}/task/{tid}/children") as fh:
+                todo += [int(c) for c in fh.read().split()]
     return out
 
 

@@ -103,6 +103,16 @@ def test_the_byte_bound_drops_the_least_recently_used():
     assert not m.expects(b"huge")
 
 
+def test_a_pretty_answer_gets_its_took_in_place():
+    m = memo()
+    body = engine_answer(7, ["a"])
+    digest = m.answer_digest(body, opensearch=False)
+    assert digest is not None
+    m.put(b"r", digest, b'{\n  "took": 7,\n  "hits": {}\n}', "cached", "hit", 1)
+    found = m.get(b"r", digest, engine_answer(1234, ["a"]))
+    assert found is not None and found.body == b'{\n  "took": 1234,\n  "hits": {}\n}'
+
+
 def test_answers_it_cannot_splice_are_not_kept():
     m = memo()
     assert m.answer_digest(b'{\n  "took" : 3,\n  "hits" : {}\n}', opensearch=False) is not None
