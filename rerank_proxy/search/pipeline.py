@@ -26,7 +26,7 @@ from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weigh
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
 from rerank_proxy.search import filter_path as filter_paths
-from rerank_proxy.search.answer_memo import AnswerMemo, generations, request_key
+from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
@@ -65,6 +65,14 @@ class _Scored:
     cache: str = ""
     last: list[int] = field(default_factory=list)  # window positions ranked last (blank texts)
     mapped: tuple[str, ...] = ()   # indices whose mapping gave the texts
+
+
+@dataclass(slots=True)
+class _MemoSlot:
+    """A search the memo may keep: its request key, and the engine answer's digest once computed."""
+
+    request: bytes
+    answer: bytes | None = None
 
 
 def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
@@ -145,17 +153,10 @@ class SearchPipeline:
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
             return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
         opensearch = _is_opensearch(answer.headers)
-        memo, request, answer_digest = self.memo, b"", None
-        if memo is not None:
-            request = request_key(method, targets, params, headers, decoded)
-            if memo.expects(request):
-                answer_digest = memo.answer_digest(answer.body, opensearch=opensearch)
-                found = memo.get(request, answer_digest, answer.body) if answer_digest is not None else None
-                if found is not None:
-                    if self.cache is not None:
-                        self.cache.count_reused(found.window)
-                    return Finished(200, _response_headers(out_headers), found.body, found.outcome, "",
-                                    engine_ms, 0.0, found.cache)
+        recall = self._recall(method, targets, params, headers, decoded, answer.body, opensearch)
+        if isinstance(recall, Remembered):
+            return Finished(200, _response_headers(out_headers), recall.body, recall.outcome, "",
+                            engine_ms, 0.0, recall.cache)
         data = parse_json(answer.body, "engine response")
         scored = await self._rerank(decision, data, upstream_headers)
         if scored.outcome == "failed":
@@ -163,14 +164,36 @@ class SearchPipeline:
         merged = merge(data, decision, scored.scores, scored.last)
         merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
-        if memo is not None and scored.outcome in ("reranked", "cached") and scored.scores is not None:
-            # Kept as what it is the next time: an answer that needs no provider work.
-            if answer_digest is None:
-                answer_digest = memo.answer_digest(answer.body, opensearch=opensearch)
-            if answer_digest is not None:
-                memo.put(request, answer_digest, body_out, "cached", "hit", len(scored.scores), scored.mapped)
+        if recall is not None:
+            self._remember(recall, scored, answer.body, body_out, opensearch)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
                         engine_ms, scored.rerank_ms, scored.cache)
+
+    def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
+                body: bytes, engine_body: bytes, opensearch: bool) -> Remembered | _MemoSlot | None:
+        """The remembered answer to this request and engine answer; else where to remember the new
+        one (None: no memo)."""
+        memo = self.memo
+        if memo is None:
+            return None
+        slot = _MemoSlot(request_key(method, targets, params, headers, body))
+        if memo.expects(slot.request):
+            slot.answer = memo.answer_digest(engine_body, opensearch=opensearch)
+            found = memo.get(slot.request, slot.answer, engine_body) if slot.answer is not None else None
+            if found is not None:
+                if self.cache is not None:
+                    self.cache.count_reused(found.window)
+                return found
+        return slot
+
+    def _remember(self, slot: _MemoSlot, scored: _Scored, engine_body: bytes, body_out: bytes,
+                  opensearch: bool) -> None:
+        memo = self.memo
+        if memo is None or scored.outcome not in ("reranked", "cached") or scored.scores is None:
+            return  # only reranked answers: a fallback is computed again, so reranking comes back
+        answer = slot.answer or memo.answer_digest(engine_body, opensearch=opensearch)
+        if answer is not None:  # kept as what it is next time: an answer that needs no provider work
+            memo.put(slot.request, answer, body_out, "cached", "hit", len(scored.scores), scored.mapped)
 
     def _fail_closed(self, scored: _Scored, engine_ms: float) -> Finished:
         error = ProxyError(503, "rerank_unavailable_exception",
