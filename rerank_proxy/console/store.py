@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,26 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _WAL_KEEP_BYTES = 4 * 1024 * 1024  # the WAL file is cut back to this after a checkpoint
 _BUSY_TIMEOUT_S = 10.0             # how long a write waits for another worker's transaction
+
+
+def _while_busy(step: Callable[[], object], timeout_s: float = _BUSY_TIMEOUT_S) -> None:
+    """Run `step` again while another connection holds the lock it needs, up to `timeout_s`.
+
+    SQLite does not call the busy handler for every lock (switching a new file to WAL while another
+    connection does the same answers "database is locked" at once), so the wait is done here.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+                    or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +92,15 @@ class ConsoleDB:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _while_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a crash loses no committed row
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count={max(self.max_bytes // page_size, 16)}")
-            conn.executescript(_SCHEMA)
+            # Taken as a writer at once: two workers creating the tables together would otherwise
+            # both read the schema and then fail to upgrade, without waiting for each other.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
         except (OSError, sqlite3.Error) as exc:
             raise ProxyError(503, "console_storage_exception",
                              f"cannot open the console store {self.path} ({exc}); "
