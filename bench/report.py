@@ -304,13 +304,17 @@ def search_miss_tables(d: dict[str, Any]) -> str:
         setup, conc = name.split("/")
         rows.append([setup, conc[1:], f"{r['measured_misses']}/{r['requests']}", f"{r['throughput_rps']:.0f}",
                      ms(r["total"]["p50"], 1), ms(r["engine"]["p50"], 1), ms(r["provider"]["p50"], 1),
-                     ms(r["added"]["p50"]), ms(r["added"]["p99"]), ms(r["rerank_minus_provider"]["p50"]),
+                     ms(r["added"]["p50"]), ms(r["added"]["p99"]),
+                     ms(r.get("added_in_proxy", {}).get("p50")), ms(r.get("added_in_proxy", {}).get("p99")),
+                     ms(r.get("added_provider_own_clock", {}).get("p50")), ms(r["rerank_minus_provider"]["p50"]),
                      ms(r["outside_engine_and_rerank"]["p50"]), ms(r.get("slot_wait_ms_per_search")),
                      ms(r.get("proxy_cpu_ms_per_search")), ms(r.get("proxy_cpu_share")),
                      " / ".join(ms(r.get("other_cpu_ms_per_search", {}).get(k))
                                 for k in ("engine", "test_server", "load_generator"))])
     table = md_table(["set-up", "conc.", "misses measured", "searches/s", "total p50 ms", "engine p50 ms",
-                      "provider p50 ms", "**proxy's own p50 ms**", "**proxy's own p99 ms**",
+                      "provider p50 ms", "**proxy's own p50 ms, client**", "**proxy's own p99 ms, client**",
+                      "**proxy's own p50 ms, inside**", "**proxy's own p99 ms, inside**",
+                      "own p50 ms with the test server's clock",
                       "rerank - provider p50 ms", "total - engine - rerank p50 ms",
                       "provider-slot wait, mean ms / search", "proxy CPU ms / search", "proxy CPU (cores)",
                       "CPU ms / search: engine / test server / load generator"], rows)
@@ -325,11 +329,13 @@ def search_miss_tables(d: dict[str, Any]) -> str:
 
 
 def _own_core_note(d: dict[str, Any]) -> str:
-    pinned = d["cache_miss"].get("default_engine_own_core/c32")
-    if not pinned:
-        return ""
-    return (f"; `default_engine_own_core` = the shipped defaults with the placement changed, not a setting: "
-            f"{pinned['placement']} (so WORKERS=auto starts {pinned['workers']} worker)")
+    notes = []
+    for name in ("default_engine_own_core", "default_proxy_own_core"):
+        pinned = d["cache_miss"].get(f"{name}/c32")
+        if pinned:
+            notes.append(f"; `{name}` = the shipped defaults with the placement changed, not a setting: "
+                         f"{pinned['placement']} (so WORKERS=auto starts {pinned['workers']} worker)")
+    return "".join(notes)
 
 
 def scaling_tables(d: dict[str, Any]) -> str:

@@ -141,3 +141,26 @@ async def test_breaker_opens_then_recovers(engine, index_name):
             await async_wait_until(lambda: reranker.breaker.state != "open", "the breaker's cooldown to end")
             assert (await search("flutter")).headers["x-rerank"] == "reranked"
             assert reranker.breaker.state == "closed"
+
+
+async def test_server_timing_names_the_provider_wait(engine, index_name):
+    """The provider's part of a search is what the proxy waited on its HTTP answer: at least the
+    server's own delay, within the scoring time; a cache hit waits on no provider."""
+    load_corpus(engine.url, index_name)
+    delay_s = 0.2
+
+    async def slow(request, writer):
+        await asyncio.sleep(delay_s)
+        await send_json(writer, 200, good_reply(request))
+
+    async with FaultServer(slow) as server, httpx.AsyncClient(timeout=30) as client:
+        settings = make_settings(engine.url, server.url, RERANK_DEADLINE_MS="5000", RERANK_ATTEMPT_TIMEOUT_MS="4000")
+        with run_proxy(settings, reranker=cohere(settings)) as running:
+            body = {"query": {"match": {"body": "jet engine noise"}}, "size": 5}
+            first = await client.post(f"{running.url}/{index_name}/_search", json=body)
+            again = await client.post(f"{running.url}/{index_name}/_search", json=body)
+    timing = dict(part.strip().split(";dur=") for part in first.headers["server-timing"].split(","))
+    assert first.headers["x-rerank"] == "reranked" and len(server.requests) == 1
+    assert delay_s * 1000 <= float(timing["provider"]) <= float(timing["rerank"]) <= float(timing["total"])
+    assert again.headers["x-rerank"] == "cached"
+    assert "provider;dur=0.0" in again.headers["server-timing"]

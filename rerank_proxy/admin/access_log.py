@@ -21,6 +21,11 @@ class Served:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def access_logged() -> bool:
+    """Whether access lines are written: the relay path skips building one when they are not."""
+    return logs.access_log.isEnabledFor(logging.INFO)
+
+
 def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, served: Served,
                client: tuple[str, int] | None = None) -> None:
     """Client address and user agent, bytes sent, the engine that served, the request id and trace

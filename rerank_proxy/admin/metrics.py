@@ -2,7 +2,9 @@
 
 Request counts and latencies are split by outcome: reranked, cached, fallback, bypass,
 passthrough, error. Provider and cache counters are read from their owners at scrape time
-(collectors.py), so the request path only touches a counter and a histogram per request.
+(collectors.py). The two families every request touches are plain tallies (`RequestTally`) turned
+into metric families at scrape time: prometheus_client's children take a lock and several calls
+per update, a measurable share of a relayed request's CPU, and one event loop needs no lock.
 Every family is exported once, under one name: a duplicate `# TYPE` line makes Prometheus reject
 the whole scrape. With several workers the scrape endpoint merges every worker's exposition
 (peers.py), so this module stays single-process and the request path pays nothing for it.
@@ -10,6 +12,7 @@ the whole scrape. With several workers the scrape endpoint merges every worker's
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,7 +25,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # `*_created` series double the series count and Prometheus ignores them in the text format.
 disable_created_metrics()
@@ -35,10 +39,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("rerank_proxy_requests", "Requests by outcome and status class.",
-                                ["outcome", "status"], registry=self.registry)
-        self.latency = Histogram("rerank_proxy_request_duration_seconds", "Request latency by outcome.",
-                                 ["outcome"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tally = RequestTally()
         self.engine_latency = Histogram("rerank_proxy_engine_duration_seconds",
                                         "Engine time of intercepted searches.",
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -56,15 +57,8 @@ class Metrics:
         Gauge("rerank_proxy_workers", "Worker processes whose metrics this scrape includes.",
               registry=self.registry).set(1)
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds, start time
-        self._sources: list[Callable[[], Iterable[Any]]] = []
+        self._sources: list[Callable[[], Iterable[Any]]] = [self.tally.families]
         self.registry.register(_Collector(self._sources))
-        # labels() takes a lock and a dict lookup per call: resolved children are kept here instead.
-        self._counted: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
-        # Series that exist from the start at 0, so rate() sees the first request as an increase.
-        for outcome in OUTCOMES:
-            self._counted[(outcome, 2)] = self.requests.labels(outcome, "2xx")
-            self._timed[outcome] = self.latency.labels(outcome)
         # Set by `serve` when WORKERS > 1: the other workers' expositions are merged in at scrape.
         self.peers: Any = None
 
@@ -78,15 +72,7 @@ class Metrics:
 
     def observe(self, outcome: str, status: int, seconds: float, engine_ms: float = 0.0,
                 rerank_ms: float = 0.0, reason: str = "") -> None:
-        key = (outcome, status // 100)
-        counter = self._counted.get(key)
-        if counter is None:
-            counter = self._counted[key] = self.requests.labels(outcome, f"{status // 100}xx")
-        counter.inc()
-        histogram = self._timed.get(outcome)
-        if histogram is None:
-            histogram = self._timed[outcome] = self.latency.labels(outcome)
-        histogram.observe(seconds)
+        self.tally.add(outcome, status, seconds)
         if engine_ms:
             self.engine_latency.observe(engine_ms / 1000)
         if rerank_ms:
@@ -103,6 +89,46 @@ class Metrics:
         if self.peers is None:
             return self.render()
         return await self.peers.merged()
+
+
+class RequestTally:
+    """Requests by outcome and status class, and their latency histogram by outcome."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}   # per outcome: count per bucket, the last one +Inf
+        self.sums: dict[str, float] = {}
+        # Series that exist from the start at 0, so rate() sees the first request as an increase.
+        for outcome in OUTCOMES:
+            self.counts[(outcome, 2)] = 0
+            self.buckets[outcome] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[outcome] = 0.0
+
+    def add(self, outcome: str, status: int, seconds: float) -> None:
+        key = (outcome, status // 100)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        buckets = self.buckets.get(outcome)
+        if buckets is None:
+            buckets = self.buckets[outcome] = [0] * (len(LATENCY_BUCKETS) + 1)
+            self.sums[outcome] = 0.0
+        buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1   # `le` is inclusive, as bisect_left
+        self.sums[outcome] += seconds
+
+    def families(self) -> Iterable[Any]:
+        requests = CounterMetricFamily("rerank_proxy_requests", "Requests by outcome and status class.",
+                                       labels=["outcome", "status"])
+        for (outcome, status_class), count in sorted(self.counts.items()):
+            requests.add_metric([outcome, f"{status_class}xx"], count)
+        yield requests
+        latency = HistogramMetricFamily("rerank_proxy_request_duration_seconds", "Request latency by outcome.",
+                                        labels=["outcome"])
+        for outcome, counts in sorted(self.buckets.items()):
+            cumulative, rows = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts):
+                cumulative += count
+                rows.append((floatToGoString(bound), cumulative))
+            latency.add_metric([outcome], rows, self.sums[outcome])
+        yield latency
 
 
 class _Collector:

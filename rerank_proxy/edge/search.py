@@ -152,7 +152,11 @@ class SearchExchange:
             head.append(b"x-rerank-reason: %b\r\n" % result.reason.encode())
         if result.cache:
             head.append(b"x-rerank-cache: %b\r\n" % result.cache.encode())
-        head.append(b"server-timing: engine;dur=%.1f, rerank;dur=%.1f\r\n" % (result.engine_ms, result.rerank_ms))
+        # total: from the request's head to this answer, as the proxy held it (what remains of it
+        # once engine and provider are taken out is the proxy's own time).
+        total_ms = (time.perf_counter() - self.started_at) * 1000
+        head.append(b"server-timing: engine;dur=%.1f, rerank;dur=%.1f, provider;dur=%.1f, total;dur=%.1f\r\n"
+                    % (result.engine_ms, result.rerank_ms, result.provider_ms, total_ms))
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")

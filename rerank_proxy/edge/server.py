@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
-from rerank_proxy.admin.access_log import Served, log_access
+from rerank_proxy.admin.access_log import Served, access_logged, log_access
 from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp
 from rerank_proxy.edge.asgi import AsgiExchange
 from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
@@ -141,23 +141,24 @@ class ProxyServer:
     def _refusal(self, conn: HttpConnection, method: bytes, raw_path: bytes, headers: list[tuple[bytes, bytes]],
                  framing: bytes | None, header_bytes: int, own: bool, searching: bool) -> tuple[int, str, str] | None:
         settings = self.settings
-        if conn.http_version not in ("1.0", "1.1"):
+        if not conn.http11 and conn.http_version != "1.0":
             return 400, "illegal_argument_exception", "only HTTP versions 1.0 and 1.1 are spoken here"
         if method == b"CONNECT" or raw_path[:1] != b"/" or raw_path[:2] == b"//":
             return 400, "illegal_argument_exception", "request target must be an origin-form path"
         if header_bytes > settings.max_header_bytes:
             return (431, "too_long_http_header_exception",
                     f"request headers are larger than {settings.max_header_bytes} bytes")
-        for name, value in headers:
-            if len(name) == 17 and name.lower() == b"transfer-encoding" \
-                    and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-                return 400, "illegal_argument_exception", "Transfer-Encoding must end with chunked"
+        if framing == b"chunked":  # else no Transfer-Encoding was sent
+            for name, value in headers:
+                if len(name) == 17 and name.lower() == b"transfer-encoding" \
+                        and value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                    return 400, "illegal_argument_exception", "Transfer-Encoding must end with chunked"
         if own:
             return None  # the proxy's endpoints have their own token (ADMIN_TOKEN)
         if settings.proxy_api_keys and not self.app.api_key_ok(
                 next((v for k, v in headers if k.lower() == PROXY_KEY_HEADER), b"")):
             return 401, "security_exception", "missing or invalid X-Proxy-Api-Key"
-        declared = _declared_length(headers)
+        declared = _declared_length(headers) if framing == b"length" else 0
         limit = settings.max_search_body_bytes if searching else settings.max_body_bytes
         if declared > limit:
             return (413, "content_too_long_exception",
@@ -206,12 +207,13 @@ class ProxyServer:
         elapsed = time.perf_counter() - exchange.started_at
         status = exchange.status or 499
         runtime = self.app.runtime
-        extra = {"reason": exchange.reason_tag} if exchange.reason_tag else {}
         if runtime is not None:
             runtime.metrics.observe(exchange.outcome, status, elapsed, reason=exchange.reason_tag)
-        log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path,
-                   Served(status, exchange.outcome, elapsed, exchange.sent_bytes, exchange.served_by, extra),
-                   exchange.client.client_addr)
+        if access_logged():
+            extra = {"reason": exchange.reason_tag} if exchange.reason_tag else {}
+            log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path,
+                       Served(status, exchange.outcome, elapsed, exchange.sent_bytes, exchange.served_by, extra),
+                       exchange.client.client_addr)
         if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
             self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
                             b"".join(exchange.body_copy), exchange.request_headers)

@@ -45,7 +45,7 @@ def forwardable_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
     """Client headers to send on, the body framing they declare, and whether they ask 100-continue."""
     kept: list[tuple[bytes, bytes]] = []
-    chunked = has_length = seen_length = expect = False
+    chunked = has_length = seen_length = expect = names_hops = False
     for name, value in headers:
         lowered = name.lower()
         if lowered in REQUEST_DROP:
@@ -53,6 +53,8 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tu
                 chunked = True
             elif lowered == b"expect":
                 expect = value.strip().lower() == b"100-continue"
+            elif lowered == b"connection":
+                names_hops = True
             continue
         if lowered == b"content-length":
             # One Content-Length, re-written by the proxy: the parser accepted only digits (and
@@ -66,8 +68,7 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tu
         kept.append((name, value))
     if chunked:  # re-chunked by the relay; a length next to it is never trusted
         kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
-    named = connection_named(headers)
-    if named:
+    if names_hops and (named := connection_named(headers)):
         kept = [(k, v) for k, v in kept if k.lower() not in named]
     framing = b"chunked" if chunked else b"length" if has_length else None
     return kept, framing, expect

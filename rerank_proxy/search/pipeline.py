@@ -25,6 +25,7 @@ from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
+from rerank_proxy.scoring.providers.waits import provider_waits
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
@@ -54,6 +55,7 @@ class Finished:
     engine_ms: float = 0.0
     rerank_ms: float = 0.0
     cache: str = ""
+    provider_ms: float = 0.0       # within rerank_ms: waiting on the provider's HTTP answers
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class _Scored:
     cache: str = ""
     last: list[int] = field(default_factory=list)  # window positions ranked last (blank texts)
     mapped: tuple[str, ...] = ()   # indices whose mapping gave the texts
+    provider_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -167,7 +170,7 @@ class SearchPipeline:
         if recall is not None:
             self._remember(recall, scored, answer.body, body_out, opensearch)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
-                        engine_ms, scored.rerank_ms, scored.cache)
+                        engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms)
 
     def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
                 body: bytes, engine_body: bytes, opensearch: bool) -> Remembered | _MemoSlot | None:
@@ -215,20 +218,21 @@ class SearchPipeline:
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
         lexical = [h.get("_score") if isinstance(h, dict) else None for h in window]
         started = time.perf_counter()
-        try:
-            scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight, digests)
-        except RerankError as exc:
-            elapsed = (time.perf_counter() - started) * 1000
-            reason = reason_of(exc)
-            if self.settings.rerank_fail_mode == "closed":
-                return _Scored(None, "failed", reason, elapsed)
-            return _Scored(None, "fallback", reason, elapsed)
+        with provider_waits() as waits:
+            try:
+                scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight, digests)
+            except RerankError as exc:
+                elapsed = (time.perf_counter() - started) * 1000
+                reason = reason_of(exc)
+                if self.settings.rerank_fail_mode == "closed":
+                    return _Scored(None, "failed", reason, elapsed, provider_ms=waits.ms)
+                return _Scored(None, "fallback", reason, elapsed, provider_ms=waits.ms)
         if scored.mode == "lexical":
             return _Scored(scored.final, "lexical", "score_mode")  # asked for: no reranker involved
         elapsed = (time.perf_counter() - started) * 1000
         status = scored.outcome.status if scored.outcome is not None else "hit"
         outcome = "cached" if status == "hit" else "reranked"
-        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks, tuple(mapped or ()))
+        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks, tuple(mapped or ()), waits.ms)
 
     # --- _msearch ----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from rerank_proxy.scoring.providers.errors import (
     RerankTimeout,
     is_retryable_status,
 )
+from rerank_proxy.scoring.providers.waits import exchange
 
 USER_AGENT = "rerank-proxy"
 MAX_MESSAGE_CHARS = 300
@@ -170,9 +171,10 @@ class HTTPReranker:
 
     async def _post(self, body: bytes) -> Any:
         try:
-            async with self._client().post(self.base_url + self.path, data=body) as response:
-                status, reason, headers = response.status, response.reason, response.headers
-                content = await response.read()
+            with exchange():
+                async with self._client().post(self.base_url + self.path, data=body) as response:
+                    status, reason, headers = response.status, response.reason, response.headers
+                    content = await response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise RerankTimeout(self._scrub(f"{self.name}: {type(exc).__name__} after "
                                             f"{self._timeout_s}s"), retryable=True) from None
