@@ -81,39 +81,53 @@ def other(tmp_path: Path) -> Iterator[OtherWorker]:
 
 # --- the tier alone ------------------------------------------------------------------------------
 
-def test_scores_live_for_the_ttl_and_later_writes_purge_expired_ones(tmp_path):
+def test_scores_live_for_the_ttl_and_leave_with_their_generation(tmp_path):
     clock = Clock()
-    tier = HostTier(tmp_path, max_entries=100, ttl_s=10, timer=clock)
+    tier = HostTier(tmp_path, max_entries=40, ttl_s=10, timer=clock)
     tier.set_many([(key(i), i / 10) for i in range(20)])
     assert tier.get_many([key(0), key(19), key(20)]) == [0.0, 1.9, None]
     clock.now += 9.9
     assert tier.get_many([key(0)]) == [0.0]
     clock.now += 0.2
     assert tier.get_many([key(0), key(19)]) == [None, None]  # past the TTL: a miss at once
-    assert len(tier) == 20
-    tier.set_many([(key(100), 1.0)])  # each write drops up to twice its size of expired entries
-    assert len(tier) == 19
-    tier.set_many([(key(i), 1.0) for i in range(101, 110)])
-    assert len(tier) == 10 and tier.get_many([key(100), key(109)]) == [1.0, 1.0]
+    assert tier.claim([key(0)], 5.0).mine == [key(0)]          # and free to be computed again
+    tier.set_many([(key(i), 1.0) for i in range(100, 120)])    # the next generation
+    tier.set_many([(key(i), 1.0) for i in range(120, 121)])    # the one after: the first is dropped
+    assert len(tier) == 21 and tier.get_many([key(100), key(120)]) == [1.0, 1.0]
 
 
-def test_the_oldest_writes_are_evicted_past_the_bound(tmp_path):
-    tier = HostTier(tmp_path, max_entries=50, ttl_s=3600)
-    for start in range(0, 60, 10):
+def test_the_oldest_writes_are_evicted_a_generation_at_a_time(tmp_path):
+    tier = HostTier(tmp_path, max_entries=50, ttl_s=3600)  # generations of 25
+    for start in range(0, 50, 10):
         tier.set_many([(key(i), float(i)) for i in range(start, start + 10)])
-    assert len(tier) == 50 and tier.get_many([key(9), key(10)]) == [None, 10.0]
-    tier.set_many([(key(10), 10.5)])  # the oldest entry, rewritten: now the newest
-    tier.set_many([(key(i), float(i)) for i in range(60, 65)])
+        assert len(tier) <= 50
+    # 0-19 filled the first table; 20-39 the second (20-29 would have taken the first past 25);
+    # 40-49 the first again, emptied before (0-19 dropped)
+    found = tier.get_many([key(i) for i in range(50)])
+    assert [i for i, v in enumerate(found) if v is not None] == list(range(20, 50))
+    tier.set_many([(key(25), 25.5)])  # a rewrite, in the current table: the newest value is read
+    assert tier.get_many([key(25)]) == [25.5]
+    tier.set_many([(key(i), float(i)) for i in range(50, 65)])  # the second table goes, 20-39 with it
     found = tier.get_many([key(i) for i in range(65)])
-    assert [i for i, v in enumerate(found) if v is not None] == [10, *range(16, 65)]
-    assert found[10] == 10.5 and len(tier) == 50
+    assert [i for i, v in enumerate(found) if v is not None] == [25, *range(40, 65)]
+    assert found[25] == 25.5 and len(tier) <= 50
+
+
+def test_a_claim_is_replaced_by_its_score(tmp_path):
+    tier = HostTier(tmp_path, max_entries=50, ttl_s=3600)
+    claim = tier.claim([key(1), key(2)], 5.0)
+    assert claim.mine == [key(1), key(2)] and tier.get_many([key(1)]) == [None]
+    tier.set_many([(key(1), 0.5)])
+    assert tier.claimed_by(key(1)) is None and tier.claimed_by(key(2)) == (os.getpid(), [])
+    assert tier.get_many([key(1), key(2)]) == [0.5, None]
+    assert tier.release([key(2)], claim.token) == {} and tier.claimed_by(key(2)) is None
 
 
 def test_clear_drops_scores_and_claims(tmp_path):
     tier = HostTier(tmp_path, max_entries=50, ttl_s=3600)
     tier.set_many([(key(1), 0.5)])
     tier.claim([key(2)], 5.0)
-    assert tier.clear() == 1
+    assert tier.clear() == 2
     assert tier.get_many([key(1)]) == [None] and tier.claimed_by(key(2)) is None
 
 

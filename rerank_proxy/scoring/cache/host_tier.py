@@ -5,13 +5,23 @@ by each of the others. LMDB, not SQLite: in `bench/host_tier.py` a lookup of 100
 quarter of SQLite's time (WAL mode, same machine, same run) and a write of 100 about half, close
 enough to the in-process tier to run on the event loop (BENCHMARKS.md, "Workers of one host").
 
-* Entries: key -> (score, write sequence number, expiry). A second table maps sequence number ->
-  (expiry, key), so eviction takes the oldest writes first, in the same write transaction, and
-  expired entries at the front are dropped as later writes pass them.
-* Claims: a worker about to ask the provider for a key records a claim (its pid, a token, a lease
-  end) in the same write transaction that checks the key has no score, so two workers can never
-  both claim one key. Workers that find a live claim add their pid to it, to be woken when the
-  score lands (host_signals.py); a claim whose lease ran out, or whose worker is gone, is taken over.
+LMDB lets one process write at a time, and a cache miss writes twice (a claim, then the scores), so
+each write is kept to a few calls into LMDB, whatever the number of keys:
+
+* Rows: key -> a score (score, expiry) or a claim (owner pid, owner token, lease end, then the pids
+  of waiting workers), told apart by length. A claim is written where its score will be, so storing
+  the score replaces the claim: no second table to clean, and the one read that finds the claims
+  with waiters is the read the store needs anyway.
+* Two generations instead of a per-entry eviction order: rows are written to the current table; a
+  write that would take it past half the bound first drops the other table whole (one call, however
+  many rows) and writes there, making it current. Reads look in the current table, then the other.
+  So at most `max_entries` rows are held, the oldest writes go first (a generation at a time), and a
+  write never pays for evicting rows one by one. Expired rows are unreadable at once and leave with
+  their generation.
+* Claims: a worker about to ask the provider for a key writes its claim in the same write
+  transaction that checks the key has no live score, so two workers can never both claim one key.
+  Workers that find a live claim add their pid to it, to be woken when the score lands
+  (host_signals.py); a claim whose lease ran out, or whose worker is gone, is taken over.
 * Expiry uses CLOCK_MONOTONIC, which is one clock for every process of the host.
 * Every method may raise (a full map, a broken file): `HostShare` turns that into a miss.
 """
@@ -27,14 +37,13 @@ from dataclasses import dataclass, field
 
 import lmdb
 
-_ENTRY = struct.Struct("<dQd")      # score, sequence number, expires
+_SCORE = struct.Struct("<dd")       # score, expires
 _CLAIM = struct.Struct("<iQd")      # owner pid, owner token, lease end; then waiting pids
 _PID = struct.Struct("<i")
-_SEQ = struct.Struct(">Q")          # big-endian, so the order table iterates oldest first
-_EXPIRES = struct.Struct("<d")      # an order row: expires, then the key
-_SEQ_KEY = b"seq"
-# An entry takes about 125 bytes in the two tables (25 MB at 200,000 entries, after 300,000 writes
-# with eviction); the map is a sparse file, so a generous bound costs nothing until it is used.
+_CURRENT = b"current"               # meta: which generation table takes the writes, b"0" or b"1"
+_GENERATIONS = (b"entries.0", b"entries.1")
+# A row takes about 100 bytes with its share of the B-tree; the map is a sparse file, so a generous
+# bound costs nothing until it is used.
 _BYTES_PER_ENTRY = 1024
 _MIN_MAP_BYTES = 64 << 20
 
@@ -57,6 +66,7 @@ class HostTier:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
+        self.generation_size = max(1, max_entries // 2)
         self.ttl_s = ttl_s
         self.timer = timer
         self.pid = os.getpid()
@@ -69,92 +79,74 @@ class HostTier:
         # A worker killed inside a read transaction leaves its reader slot behind, which would keep
         # old pages from being reused; the worker that replaces it clears such slots.
         self.env.reader_check()
-        self._entries = self.env.open_db(b"entries")
-        self._order = self.env.open_db(b"order")
-        self._claims = self.env.open_db(b"claims")
+        self._tables = tuple(self.env.open_db(name) for name in _GENERATIONS)
         self._meta = self.env.open_db(b"meta")
 
     def __len__(self) -> int:
-        with self.env.begin(db=self._entries) as txn:
-            return int(txn.stat(self._entries)["entries"])
+        """Rows held (scores, expired ones not yet dropped, and claims), both generations."""
+        with self.env.begin() as txn:
+            return sum(int(txn.stat(table)["entries"]) for table in self._tables)
 
     def close(self) -> None:
         self.env.close()
+
+    def _generations(self, txn: lmdb.Transaction) -> tuple[lmdb._Database, lmdb._Database]:
+        """(current, previous) tables."""
+        current = 1 if txn.get(_CURRENT, db=self._meta) == b"1" else 0
+        return self._tables[current], self._tables[1 - current]
+
+    def _rows(self, txn: lmdb.Transaction, keys: Sequence[bytes]) -> tuple[lmdb._Database, dict[bytes, bytes]]:
+        """The current table, and the row of each key that has one (the current generation's first)."""
+        current, previous = self._generations(txn)
+        rows: dict[bytes, bytes] = dict(txn.cursor(db=current).getmulti(keys))  # type: ignore[arg-type]  # bytes: buffers=False
+        if len(rows) < len(keys):
+            older = [key for key in keys if key not in rows]
+            rows.update(txn.cursor(db=previous).getmulti(older))  # type: ignore[arg-type]  # bytes: buffers=False
+        return current, rows
 
     # --- reads -----------------------------------------------------------------------------------
 
     def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
         """The live score of each key, or None."""
         now = self.timer()
-        with self.env.begin(db=self._entries) as txn:
-            found = dict(txn.cursor().getmulti(keys))
-        unpack = _ENTRY.unpack
-        out: list[float | None] = []
-        for key in keys:
-            raw = found.get(key)
-            if raw is None:
-                out.append(None)
-            else:
-                score, _seq, expires = unpack(raw)
-                out.append(score if now < expires else None)
-        return out
+        with self.env.begin() as txn:
+            _, rows = self._rows(txn, keys)
+        return [_live_score(rows.get(key), now) for key in keys]
 
     # --- writes ----------------------------------------------------------------------------------
 
     def set_many(self, items: Iterable[tuple[bytes, float]]) -> dict[int, list[bytes]]:
-        """Store scores (each lives `ttl_s` from now), drop their claims, evict past the bound.
+        """Store scores (each lives `ttl_s` from now); a claim on a key is replaced by its score.
 
-        Returns the workers waiting on the dropped claims: pid -> the keys each waited for.
+        Returns the workers that waited on the replaced claims: pid -> the keys each waited for.
         """
         scores = dict(items)
         waiting: dict[int, list[bytes]] = {}
         if not scores:
             return waiting
         with self.env.begin(write=True) as txn:
-            now = self.timer()
-            expires = now + self.ttl_s
-            raw_seq = txn.get(_SEQ_KEY, db=self._meta)
-            seq = _SEQ.unpack(raw_seq)[0] if raw_seq is not None else 0
-            entries, order = txn.cursor(db=self._entries), txn.cursor(db=self._order)
-            for _key, old in entries.getmulti(scores):  # a rewrite: its old place in the order goes
-                txn.delete(_SEQ.pack(_ENTRY.unpack(old)[1]), db=self._order)
-            rows, places = [], []
-            tail = _EXPIRES.pack(expires)
-            for key, score in scores.items():
-                seq += 1
-                rows.append((key, _ENTRY.pack(score, seq, expires)))
-                places.append((_SEQ.pack(seq), tail + key))
-            entries.putmulti(rows)
-            order.putmulti(places, append=True)  # sequence numbers only grow
-            if txn.stat(self._claims)["entries"]:
-                pop = txn.pop
-                claims, plain = self._claims, _CLAIM.size
-                for key in scores:
-                    claim = pop(key, db=claims)
-                    if claim is not None and len(claim) > plain:  # someone waits on it
-                        for pid in _waiters(claim):
-                            waiting.setdefault(pid, []).append(key)
-            txn.put(_SEQ_KEY, _SEQ.pack(seq), db=self._meta)
-            self._evict(txn, order, now, expired_budget=2 * len(scores))
+            expires = self.timer() + self.ttl_s
+            current, rows = self._rows(txn, list(scores))
+            for key, row in rows.items():
+                if len(row) > _CLAIM.size:  # a claim someone waits on
+                    for pid in _waiters(row):
+                        waiting.setdefault(pid, []).append(key)
+            pack = _SCORE.pack
+            table = self._room_for(txn, current, len(scores))
+            txn.cursor(db=table).putmulti([(key, pack(score, expires)) for key, score in scores.items()])
         waiting.pop(self.pid, None)
         return waiting
 
-    def _evict(self, txn: lmdb.Transaction, order: lmdb.Cursor, now: float, expired_budget: int) -> None:
-        """Drop the oldest writes: all beyond the bound, and up to `expired_budget` expired ones
-        (bounded so that one write never pays for a long idle period at once)."""
-        count = int(txn.stat(self._entries)["entries"])
-        positioned = order.first()
-        while positioned:
-            place = order.value()
-            over = count > self.max_entries
-            if not over and not (expired_budget > 0 and _EXPIRES.unpack_from(place)[0] <= now):
-                return
-            txn.delete(place[_EXPIRES.size:], db=self._entries)
-            count -= 1
-            if not over:
-                expired_budget -= 1
-            order.delete()  # moves to the next row
-            positioned = bool(order.key())
+    def _room_for(self, txn: lmdb.Transaction, current: lmdb._Database, count: int) -> lmdb._Database:
+        """The table to write `count` rows to: the current one, or (were it to pass half the bound)
+        the other one, emptied, which becomes current."""
+        held = int(txn.stat(current)["entries"])
+        if held == 0 or held + count <= self.generation_size:
+            return current
+        other = self._tables[1] if current is self._tables[0] else self._tables[0]
+        txn.drop(other, delete=False)
+        txn.put(_CURRENT, b"1" if other is self._tables[1] else b"0", db=self._meta)
+        return other
 
     # --- claims ----------------------------------------------------------------------------------
 
@@ -166,67 +158,76 @@ class HostTier:
         wanted = list(dict.fromkeys(keys))
         with self.env.begin(write=True) as txn:
             now = self.timer()
-            stored = dict(txn.cursor(db=self._entries).getmulti(wanted))
-            claims = txn.cursor(db=self._claims)
-            held_by = dict(claims.getmulti(wanted))
+            current, rows = self._rows(txn, wanted)
             mine = _CLAIM.pack(self.pid, result.token, now + lease_s)
             fresh = []
             for key in wanted:
-                raw = stored.get(key)
-                if raw is not None:
-                    score, _seq, expires = _ENTRY.unpack(raw)
-                    if now < expires:
-                        result.found[key] = score
-                        continue
-                held = held_by.get(key)
-                if held is None:
+                row = rows.get(key)
+                if row is None:
                     fresh.append((key, mine))
                     result.mine.append(key)
                     continue
-                owner, _token, until = _CLAIM.unpack_from(held)
+                if len(row) == _SCORE.size:
+                    score, expires = _SCORE.unpack(row)
+                    if now < expires:
+                        result.found[key] = score
+                    else:
+                        fresh.append((key, mine))
+                        result.mine.append(key)
+                    continue
+                owner, _token, until = _CLAIM.unpack_from(row)
                 if owner not in alive:
                     alive[owner] = _alive(owner)
-                waiters = _waiters(held)
+                waiters = _waiters(row)
                 if now < until and alive[owner]:
                     if self.pid not in waiters:
-                        fresh.append((key, held + _PID.pack(self.pid)))
+                        fresh.append((key, row + _PID.pack(self.pid)))
                     result.theirs.append(key)
                 else:  # taken over: the old claim's waiters now wait on this one
                     fresh.append((key, mine + b"".join(_PID.pack(p) for p in waiters if p != self.pid)))
                     result.mine.append(key)
             if fresh:
-                claims.putmulti(fresh)
+                txn.cursor(db=self._room_for(txn, current, len(fresh))).putmulti(fresh)
         return result
 
     def release(self, keys: Iterable[bytes], token: int) -> dict[int, list[bytes]]:
         """Drop this call's claims without a score (the provider failed); returns their waiters."""
         waiting: dict[int, list[bytes]] = {}
-        with self.env.begin(write=True, db=self._claims) as txn:
-            for key in keys:
-                held = txn.get(key)
-                if held is None:
-                    continue
-                owner, held_token, _until = _CLAIM.unpack_from(held)
-                if owner == self.pid and held_token == token:
-                    txn.delete(key)
-                    for pid in _waiters(held):
-                        waiting.setdefault(pid, []).append(key)
+        with self.env.begin(write=True) as txn:
+            for table in self._tables:
+                for key, row in txn.cursor(db=table).getmulti(list(keys)):
+                    if len(row) < _CLAIM.size:
+                        continue
+                    owner, held_token, _until = _CLAIM.unpack_from(row)
+                    if owner == self.pid and held_token == token:
+                        txn.delete(key, db=table)
+                        for pid in _waiters(row):
+                            waiting.setdefault(pid, []).append(key)
         waiting.pop(self.pid, None)
         return waiting
 
     def claimed_by(self, key: bytes) -> tuple[int, list[int]] | None:
         """Who holds the claim on `key` and who waits on it (pids), for diagnostics."""
-        with self.env.begin(db=self._claims) as txn:
-            held = txn.get(key)
-        return None if held is None else (_CLAIM.unpack_from(held)[0], _waiters(held))
+        with self.env.begin() as txn:
+            row = self._rows(txn, [key])[1].get(key)
+        if row is None or len(row) < _CLAIM.size:
+            return None
+        return _CLAIM.unpack_from(row)[0], _waiters(row)
 
     def clear(self) -> int:
-        """Drop every score and claim; returns how many scores there were."""
+        """Drop every score and claim; returns how many rows there were."""
         with self.env.begin(write=True) as txn:
-            count = int(txn.stat(self._entries)["entries"])
-            for db in (self._entries, self._order, self._claims):
-                txn.drop(db, delete=False)
+            count = sum(int(txn.stat(table)["entries"]) for table in self._tables)
+            for table in self._tables:
+                txn.drop(table, delete=False)
         return count
+
+
+def _live_score(row: bytes | None, now: float) -> float | None:
+    if row is None or len(row) != _SCORE.size:
+        return None
+    score, expires = _SCORE.unpack(row)
+    return score if now < expires else None
 
 
 def _waiters(claim: bytes) -> list[int]:
