@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -118,6 +119,7 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
     except Exception as exc:  # one clear line, not a trace
         print(f"rerank-proxy: start-up failed: {logs.redact(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return STARTUP_FAILED
+    settle_garbage_collector()
     runtime = app.runtime
     assert runtime is not None
     peers = None
@@ -141,6 +143,25 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
         await peers.stop()
     await server.stop()
     return 0
+
+
+# Collections of the youngest generation start after this many more container objects were made than
+# freed (CPython's default is 700). A search keeps a few thousand parsed objects alive while it waits,
+# so with the default, 32 searches in flight set off a collection every few searches, each scanning
+# all of them and promoting them towards costly full collections. Measured on the cache-miss bench
+# (1 worker, 32 in flight): 0.1 ms of collection per search and pauses up to 36 ms with the defaults;
+# 7 ms in all over 1,000 searches with this threshold and the start-up objects frozen.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """After start-up: the objects made so far (modules, the model's tokenizer, settings) live as
+    long as the process, so they are moved out of the collector's sight (`gc.freeze`) instead of
+    being scanned by every full collection; and young collections run less often (see above)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 def _supervise(settings: Settings, sock: socket.socket) -> int:

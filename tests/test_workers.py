@@ -144,3 +144,19 @@ async def test_identical_searches_arriving_at_both_workers_make_one_provider_cal
     assert provider.calls == 1 and provider.documents == len(window) > 3, (provider.calls, provider.documents)
     assert outcomes.count("reranked") + outcomes.count("cached") == 16
     assert samples[("rerank_proxy_cache_lookups_total", (("result", "miss"),))] == len(window)
+
+
+def test_a_worker_settles_the_garbage_collector_after_start_up():
+    """Start-up objects leave the collector's sight and young collections wait for more garbage."""
+    import gc
+
+    from rerank_proxy.serve import GC_YOUNG_THRESHOLD, settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
