@@ -377,9 +377,9 @@ def counting_stats(server: Service, records: bool = False, reset: bool = False) 
 
 
 def start_proxy(upstream: str, *, provider: Service | None, workers: int | str = 1, port: int | None = None,
-                name: str = "proxy", **settings: Any) -> Service:
+                name: str = "proxy", checkout: Path = REPO, **settings: Any) -> Service:
     """`rerank-proxy serve` with the Cohere-protocol test server as provider (or none); `workers`
-    may be "auto", the shipped default."""
+    may be "auto", the shipped default; `checkout`: the source tree to run (another revision's)."""
     port = port or free_port()
     base = {"UPSTREAM_URLS": upstream, "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN}
     if provider is not None:
@@ -387,10 +387,10 @@ def start_proxy(upstream: str, *, provider: Service | None, workers: int | str =
     else:
         base.update(RERANK_PROVIDER="none")
     base.update(settings)
-    # `python -m` from REPO: the proxy of this checkout, also when the venv's editable install points elsewhere
+    # `python -m` from the checkout: its proxy, also when the venv's editable install points elsewhere
     service = spawn(f"{name}-{port}", [sys.executable, "-m", "rerank_proxy.cli", "serve", "--host", "127.0.0.1",
                                        "--port", str(port), "--workers", str(workers)],
-                    env=clean_env(**base))
+                    env=clean_env(**base), cwd=checkout)
     service.url, service.port = f"http://127.0.0.1:{port}", port
     if workers == "auto":
         from rerank_proxy.cpus import usable_cpus

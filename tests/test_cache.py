@@ -196,9 +196,14 @@ def test_document_keys_are_stable():
     """Keys are shared with other replicas through Redis: their derivation must not drift."""
     cache = ScoreCache(OverlapReranker(), max_entries=10, ttl_s=60)
     text_digest = hashlib.blake2b(b"wing flutter", digest_size=16).digest()
-    expected = hashlib.blake2b(b"overlap\x1foverlap-v1\x1fjet\x1f" + text_digest, digest_size=16).digest()
+    query = b"overlap\x1foverlap-v1\x1fjet\x1f"
+    expected = (hashlib.blake2b(query, digest_size=6).digest()
+                + hashlib.blake2b(query + text_digest, digest_size=10).digest())
     assert cache.doc_keys("jet", ["wing flutter"]) == [expected]
     assert cache.doc_keys("jet", ["ignored"], [text_digest]) == [expected]   # digests known: texts unread
+    # one query's keys share their head (side by side in the host tier), another query's do not
+    keys = cache.doc_keys("jet", ["a", "b"]) + cache.doc_keys("wing", ["a"])
+    assert keys[0][:6] == keys[1][:6] != keys[2][:6] and len(set(keys)) == 3
 
 
 async def test_repeated_documents_in_one_request_make_one_score():

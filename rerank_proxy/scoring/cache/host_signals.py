@@ -20,7 +20,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 
-KEY_BYTES = 16                        # ScoreCache.doc_keys: 16-byte blake2b digests
+KEY_BYTES = 16                        # ScoreCache.doc_keys: 16-byte keys
 _KEYS, _FLUSH = b"K", b"F"
 _KEYS_PER_DATAGRAM = 4000             # 64 KB: within the default socket buffers
 _SUFFIX = ".wake"

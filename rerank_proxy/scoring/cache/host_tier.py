@@ -8,6 +8,9 @@ enough to the in-process tier to run on the event loop (BENCHMARKS.md, "Workers 
 LMDB lets one process write at a time, and a cache miss writes twice (a claim, then the scores), so
 each write is kept to a few calls into LMDB, whatever the number of keys:
 
+* Keys (`ScoreCache.doc_keys`) begin with their query's digest, so one search's keys sit side by
+  side: a claim or a store of 100 of them touches a few B-tree pages, not one page (copied on write)
+  per key.
 * Rows: key -> a score (score, expiry) or a claim (owner pid, owner token, lease end, then the pids
   of waiting workers), told apart by length. A claim is written where its score will be, so storing
   the score replaces the claim: no second table to clean, and the one read that finds the claims
@@ -96,7 +99,8 @@ class HostTier:
         return self._tables[current], self._tables[1 - current]
 
     def _rows(self, txn: lmdb.Transaction, keys: Sequence[bytes]) -> tuple[lmdb._Database, dict[bytes, bytes]]:
-        """The current table, and the row of each key that has one (the current generation's first)."""
+        """The current table, and the row of each key that has one (the current generation's first).
+        Keys come sorted: a cursor finds the next key on the page it is on without a walk from the root."""
         current, previous = self._generations(txn)
         rows: dict[bytes, bytes] = dict(txn.cursor(db=current).getmulti(keys))  # type: ignore[arg-type]  # bytes: buffers=False
         if len(rows) < len(keys):
@@ -110,7 +114,7 @@ class HostTier:
         """The live score of each key, or None."""
         now = self.timer()
         with self.env.begin() as txn:
-            _, rows = self._rows(txn, keys)
+            _, rows = self._rows(txn, sorted(keys))
         return [_live_score(rows.get(key), now) for key in keys]
 
     # --- writes ----------------------------------------------------------------------------------
@@ -120,7 +124,7 @@ class HostTier:
 
         Returns the workers that waited on the replaced claims: pid -> the keys each waited for.
         """
-        scores = dict(items)
+        scores = dict(sorted(items))
         waiting: dict[int, list[bytes]] = {}
         if not scores:
             return waiting
@@ -155,7 +159,7 @@ class HostTier:
         worker holds a live claim) a place among that claim's waiters."""
         result = Claim(token=next(self._tokens))
         alive: dict[int, bool] = {self.pid: False}  # an own leftover claim is no one's work: take it
-        wanted = list(dict.fromkeys(keys))
+        wanted = sorted(set(keys))
         with self.env.begin(write=True) as txn:
             now = self.timer()
             current, rows = self._rows(txn, wanted)

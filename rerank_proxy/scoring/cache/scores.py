@@ -80,6 +80,10 @@ def normalise_query(query: str) -> str:
     return " ".join(unicodedata.normalize("NFC", query).split())
 
 
+KEY_BYTES = 16       # a score's key in every tier (doc_keys)
+_KEY_HEAD = 6        # of which the part that names the query
+
+
 def text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
@@ -118,19 +122,24 @@ class ScoreCache:
         return count
 
     def doc_keys(self, query: str, texts: Sequence[str], digests: Sequence[bytes] | None = None) -> list[bytes]:
-        """One key per text over provider, model, query and the text's digest (`text_hash`).
+        """One 16-byte key per text over provider, model, query and the text's digest (`text_hash`).
 
-        The shared prefix is hashed once; per text only its 16-byte digest is added, so a caller
-        that knows the digests already (`search.hit_text.VersionedTexts`, by document version)
-        saves hashing the texts themselves. The normalised query cannot end in the separator, so
+        A key is 6 bytes of the (provider, model, query) digest, then 10 bytes of the digest of that
+        and the text's. The shared head keeps one search's keys side by side in the ordered host
+        tier (host_tier.py), so writing them touches a few pages instead of one per key. The
+        shared prefix is hashed once; per text only its 16-byte digest is added, so a caller that
+        knows the digests already (`search.hit_text.VersionedTexts`, by document version) saves
+        hashing the texts themselves. The normalised query cannot end in the separator, so
         distinct pairs never collide by concatenation.
         """
-        base = hashlib.blake2b(self._prefix + query.encode("utf-8") + b"\x1f", digest_size=16)
+        shared = self._prefix + query.encode("utf-8") + b"\x1f"
+        head = hashlib.blake2b(shared, digest_size=_KEY_HEAD).digest()
+        base = hashlib.blake2b(shared, digest_size=KEY_BYTES - _KEY_HEAD)
         keys = []
         for digest_of_text in digests if digests is not None else map(text_hash, texts):
             digest = base.copy()
             digest.update(digest_of_text)
-            keys.append(digest.digest())
+            keys.append(head + digest.digest())
         return keys
 
     async def scores(self, query: str, texts: Sequence[str], digests: Sequence[bytes] | None = None) -> ScoreOutcome:

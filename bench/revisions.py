@@ -1,0 +1,188 @@
+"""Before and after, side by side: the same loads against proxies built from several git revisions.
+
+Each revision is checked out in a temporary `git worktree` and run from there (`python -m
+rerank_proxy.cli serve`, with this checkout's environment and dependencies), all of them started
+before the first load and loaded in turn, round after round, so a noisy spell hits every revision
+alike; figures are medians over rounds. Loads:
+- `get`: wrk cycling `GET /bench-small/_doc/{id}` at concurrency 32: requests/s, and the proxy's CPU
+  per request (all its processes, user + system);
+- `miss`: bench/loadgen.py sending searches with distinct query texts (every one a cache miss) at
+  concurrency 32 to the Cohere-protocol test server with its fixed delay: searches/s, the proxy's
+  CPU per search, the client's total p50/p99, and the proxy's own time by the one clock every
+  revision has: client total - engine (`Server-Timing: engine;dur`) - the test server's own time.
+
+    .venv/bin/python -m bench.revisions --revs 30cadd1 HEAD [--workers 1 auto] [--loads get miss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    CRANFIELD_INDEX,
+    REPO,
+    SMALL_INDEX,
+    Service,
+    counting_stats,
+    cpu_seconds,
+    engine_version,
+    index_cranfield,
+    index_small,
+    load_queries,
+    log,
+    machine_info,
+    median,
+    run_loadgen,
+    run_wrk,
+    save_json,
+    search_body,
+    start_counting_server,
+    start_engine,
+    start_proxy,
+    summary,
+)
+from .search_latency import server_timing
+
+_serial = itertools.count(1)
+
+
+@contextlib.contextmanager
+def worktrees(revs: list[str]) -> Iterator[dict[str, Path]]:
+    """rev -> a detached checkout of it, removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="rerank-revs-"))
+    made: dict[str, Path] = {}
+    try:
+        for rev in revs:
+            path = root / rev.replace("/", "_")
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev],
+                           check=True, capture_output=True)
+            made[rev] = path
+        yield made
+    finally:
+        for path in made.values():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def proxy_cpu(proxy: Service) -> float:
+    return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
+
+
+def get_load(proxy: Service, duration: float) -> dict[str, Any]:
+    requests = [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)]
+    before = proxy_cpu(proxy)
+    report = run_wrk(proxy.url, requests, connections=32, duration_s=duration)
+    count = max(1, report["requests"])
+    latency = report["latency_us"]["percentiles"]
+    return {"rps": report["requests"] / (report["duration_us"] / 1e6),
+            "cpu_us_per_request": (proxy_cpu(proxy) - before) * 1e6 / count,
+            "p50_ms": latency["50"] / 1000, "p99_ms": latency["99"] / 1000}
+
+
+def miss_load(proxy: Service, provider: Service, queries: list[str], count: int) -> dict[str, Any]:
+    def requests(n: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(n):
+            serial = next(_serial)
+            q = f"{queries[serial % len(queries)]} {serial}"
+            out.append({"method": "POST", "url": f"{proxy.url}/{CRANFIELD_INDEX}/_search",
+                        "body": json.dumps(search_body(q)), "headers": {"content-type": "application/json"},
+                        "tag": " ".join(q.split())})
+        return out
+
+    run_loadgen({"mode": "list", "concurrency": 32, "requests": requests(64)})
+    counting_stats(provider, reset=True)
+    before = proxy_cpu(proxy)
+    out = run_loadgen({"mode": "list", "concurrency": 32, "requests": requests(count),
+                       "capture_headers": ["server-timing", "x-rerank-cache"]})
+    cpu_ms = (proxy_cpu(proxy) - before) * 1000 / count
+    provider_ms = {row[0]: row[2] for row in counting_stats(provider, records=True)["records"]}
+    totals, own = [], []
+    for _, query, _, total, status, headers in out["records"]:
+        if status != 200 or headers.get("x-rerank-cache") != "miss" or query not in provider_ms:
+            continue
+        totals.append(total)
+        own.append(total - server_timing(headers.get("server-timing", "")).get("engine", 0.0) - provider_ms[query])
+    return {"searches_per_s": count / out["elapsed_s"], "cpu_ms_per_search": cpu_ms, "measured": len(own),
+            "total": summary(totals), "own_by_test_server_clock": summary(own)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    engine = start_engine(port=args.engine_port)
+    index_small(engine)
+    index_cranfield(engine)
+    queries = load_queries()
+    provider = start_counting_server(args.provider_delay_ms)
+    results: dict[str, Any] = {"machine": machine_info(), "engine": f"elasticsearch {engine_version(engine)}",
+                               "params": vars(args), "cells": {}}
+    proxies: dict[tuple[str, str], Service] = {}
+    try:
+        with worktrees(args.revs) as trees:
+            commits = {rev: subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%h %s"], check=True,
+                                           capture_output=True, text=True).stdout.strip()
+                       for rev, path in trees.items()}
+            results["commits"] = commits
+            for rev, path in trees.items():
+                for workers in args.workers:
+                    proxies[rev, workers] = start_proxy(engine, provider=provider, checkout=path,
+                                                        workers=int(workers) if workers.isdigit() else workers,
+                                                        name=f"proxy-{rev}-{workers}")
+            for round_no in range(1, args.rounds + 1):
+                for (rev, workers), proxy in proxies.items():
+                    for load in args.loads:
+                        cell = f"{load}/{workers}/{rev}"
+                        res = (get_load(proxy, args.duration) if load == "get"
+                               else miss_load(proxy, provider, queries, args.miss_count))
+                        results["cells"].setdefault(cell, []).append(res)
+                        log(f"round {round_no}/{args.rounds} {cell}: " + (
+                            f"{res['rps']:.0f} req/s, {res['cpu_us_per_request']:.1f} us CPU/request" if load == "get"
+                            else f"{res['searches_per_s']:.0f}/s, {res['cpu_ms_per_search']:.2f} ms CPU/search, "
+                                 f"own p50 {res['own_by_test_server_clock']['p50']:.2f} ms"))
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        provider.stop()
+    results["medians"] = {cell: _medians(runs) for cell, runs in results["cells"].items()}
+    save_json(f"revisions_{args.name}.json", results)
+    return results
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    flat: dict[str, list[float]] = {}
+    for res in runs:
+        for key, value in res.items():
+            if isinstance(value, dict):
+                for inner, number in value.items():
+                    flat.setdefault(f"{key}_{inner}", []).append(number)
+            else:
+                flat.setdefault(key, []).append(value)
+    return {key: median(values) for key, values in flat.items()}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--revs", nargs="+", required=True, help="git revisions, oldest first")
+    p.add_argument("--workers", nargs="+", default=["1", "auto"])
+    p.add_argument("--loads", nargs="+", default=["get", "miss"], choices=["get", "miss"])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (get)")
+    p.add_argument("--miss-count", type=int, default=1000, help="searches per miss run")
+    p.add_argument("--provider-delay-ms", type=float, default=50.0)
+    p.add_argument("--name", default="latest", help="results go to bench/results/revisions_NAME.json")
+    p.add_argument("--engine-port", type=int, default=9400)
+    return p
+
+
+def main() -> None:
+    run(parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()
