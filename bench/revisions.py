@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for proxy in proxies.values():
             proxy.stop()
         provider.stop()
+    results["machine"]["loadavg_at_end"] = list(os.getloadavg())
     results["medians"] = {cell: _medians(runs) for cell, runs in results["cells"].items()}
     save_json(f"revisions_{args.name}.json", results)
     return results
