@@ -5,7 +5,8 @@ rerank_proxy.cli serve`, with this checkout's environment and dependencies), all
 before the first load and loaded in turn, round after round, so a noisy spell hits every revision
 alike; figures are medians over rounds. Loads:
 - `get`: wrk cycling `GET /bench-small/_doc/{id}` at concurrency 32: requests/s, and the proxy's CPU
-  per request (all its processes, user + system);
+  per request (all its processes, user + system); `bypass`: the same for a search the proxy relays
+  (`size: 0`);
 - `miss`: bench/loadgen.py sending searches with distinct query texts (every one a cache miss) at
   concurrency 32 to the Cohere-protocol test server with its fixed delay: searches/s, the proxy's
   CPU per search, the client's total p50/p99, and the proxy's own time by the one clock every
@@ -76,8 +77,15 @@ def proxy_cpu(proxy: Service) -> float:
     return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
 
 
-def get_load(proxy: Service, duration: float) -> dict[str, Any]:
-    requests = [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)]
+WRK_LOADS = {
+    "get": [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)],
+    # a search the proxy does not rerank (size 0): read whole, decided, relayed
+    "bypass": [("POST", f"/{SMALL_INDEX}/_search", b'{"size": 0, "query": {"match_all": {}}}',
+                {"Content-Type": "application/json"})],
+}
+
+
+def wrk_load(proxy: Service, requests: list[tuple[str, str, bytes, dict[str, str]]], duration: float) -> dict[str, Any]:
     before = proxy_cpu(proxy)
     report = run_wrk(proxy.url, requests, connections=32, duration_s=duration)
     count = max(1, report["requests"])
@@ -139,13 +147,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for (rev, workers), proxy in proxies.items():
                     for load in args.loads:
                         cell = f"{load}/{workers}/{rev}"
-                        res = (get_load(proxy, args.duration) if load == "get"
+                        res = (wrk_load(proxy, WRK_LOADS[load], args.duration) if load in WRK_LOADS
                                else miss_load(proxy, provider, queries, args.miss_count))
                         results["cells"].setdefault(cell, []).append(res)
-                        log(f"round {round_no}/{args.rounds} {cell}: " + (
-                            f"{res['rps']:.0f} req/s, {res['cpu_us_per_request']:.1f} us CPU/request" if load == "get"
-                            else f"{res['searches_per_s']:.0f}/s, {res['cpu_ms_per_search']:.2f} ms CPU/search, "
-                                 f"own p50 {res['own_by_test_server_clock']['p50']:.2f} ms"))
+                        said = (f"{res['rps']:.0f} req/s, {res['cpu_us_per_request']:.1f} us CPU/request"
+                                if load in WRK_LOADS else
+                                f"{res['searches_per_s']:.0f}/s, {res['cpu_ms_per_search']:.2f} ms CPU/search, "
+                                f"own p50 {res['own_by_test_server_clock']['p50']:.2f} ms")
+                        log(f"round {round_no}/{args.rounds} {cell}: {said}")
     finally:
         for proxy in proxies.values():
             proxy.stop()
@@ -172,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--revs", nargs="+", required=True, help="git revisions, oldest first")
     p.add_argument("--workers", nargs="+", default=["1", "auto"])
-    p.add_argument("--loads", nargs="+", default=["get", "miss"], choices=["get", "miss"])
+    p.add_argument("--loads", nargs="+", default=["get", "miss"], choices=["get", "bypass", "miss"])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (get)")
     p.add_argument("--miss-count", type=int, default=1000, help="searches per miss run")

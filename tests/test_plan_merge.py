@@ -14,7 +14,16 @@ from rerank_proxy.errors import ProxyError
 from rerank_proxy.scoring.final import combine
 from rerank_proxy.search.hit_text import hit_text, lookup
 from rerank_proxy.search.merge import merge, rerank_order
-from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, match_search_path, parse_client_body, plan_search
+from rerank_proxy.search.plan import (
+    Bypass,
+    EngineMustAnswer,
+    Plan,
+    ensure_rewritable,
+    match_search_path,
+    parse_client_body,
+    plan_search,
+    read_client_body,
+)
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
 MATCH = {"query": {"match": {"t": "jet engine"}}}
@@ -335,6 +344,17 @@ def test_bodies_the_engine_must_answer(raw, reason):
     with pytest.raises(EngineMustAnswer) as caught:
         parse_client_body(raw)
     assert caught.value.reason == reason
+
+
+def test_a_body_is_checked_for_rewriting_only_when_it_is_rewritten():
+    """Planning needs the parse alone; a search relayed as sent skips the second, slower look."""
+    raw = b'{"size":0,"size":0,"aggs":{}}'
+    body = read_client_body(raw)
+    assert body == {"size": 0, "aggs": {}}
+    assert isinstance(plan_search("docs", {}, body, {}, SETTINGS), Bypass)   # size 0: nothing to rerank
+    with pytest.raises(EngineMustAnswer) as caught:
+        ensure_rewritable(raw, body)
+    assert caught.value.reason == "duplicate_key"
 
 
 def test_bodies_the_proxy_rewrites():

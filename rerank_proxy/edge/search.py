@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from rerank_proxy.engine.headers import with_length
 from rerank_proxy.engine.relay import RelayExchange
 from rerank_proxy.errors import ProxyError, error_response, status_phrase
-from rerank_proxy.search.pipeline import Finished, Forward
+from rerank_proxy.search.pipeline import Decided, Finished, Forward, SearchPipeline
 from rerank_proxy.search.plan import parse_params
 
 if TYPE_CHECKING:
@@ -110,20 +110,35 @@ class SearchExchange:
             return
         self._running = True
         self.server.app.request_started()
-        self._task = self.client.loop.create_task(self._run())  # held: the loop keeps only a weak reference
-
-    async def _run(self) -> None:
         runtime = self.server.app.runtime
         assert runtime is not None  # the server starts after the app
         body = b"".join(self._body)
         self._body.clear()
-        method = self.method.decode("latin-1")
         _, _, query = self.url.partition(b"?")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.forwarded}
-        pipeline = runtime.pipeline
-        handler = pipeline.search if self.kind == "search" else pipeline.msearch
+        params = parse_params(query)
+        decided: Decided | None = None
+        if self.kind == "search":
+            try:
+                decision = runtime.pipeline.decide(self.targets, params, headers, body)
+            except Exception as exc:  # answered as the task would have answered it
+                self._failed(exc)
+                return
+            if isinstance(decision, Forward):  # relayed at once: no task for it
+                self._relay(decision, body)
+                return
+            decided = decision
+        # held: the loop keeps only a weak reference
+        self._task = self.client.loop.create_task(self._run(runtime.pipeline, decided, params, headers, body))
+
+    async def _run(self, pipeline: SearchPipeline, decided: Decided | None, params: dict[str, str],
+                   headers: dict[str, str], body: bytes) -> None:
+        method = self.method.decode("latin-1")
         try:
-            result = await handler(method, self.targets, parse_params(query), headers, self.forwarded, body)
+            if decided is not None:
+                result = await pipeline.rerank(decided, method, self.targets, params, headers, self.forwarded)
+            else:
+                result = await pipeline.msearch(method, self.targets, params, headers, self.forwarded, body)
             if isinstance(result, Forward):
                 self._relay(result, body)
                 return
@@ -132,14 +147,20 @@ class SearchExchange:
             outcome = "fallback" if "fallback" in result.outcome else \
                 result.outcome if result.outcome in _OUTCOMES else "reranked"
             self._answer(self._finished_bytes(result), result.status, outcome, extra)
-        except ProxyError as exc:
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """The proxy's own error in the engine's format; anything unforeseen is logged and a 500."""
+        if isinstance(exc, ProxyError):
             self._answer(error_response(exc.status, exc.error_type, exc.reason, close=not self.keep_alive),
                          exc.status, "error")
-        except Exception:
-            _log.exception("unexpected error", extra={"fields": {"path": self.path, "method": method}})
-            self._answer(error_response(500, "proxy_internal_exception",
-                                        "the proxy failed to handle this request; see its log",
-                                        close=not self.keep_alive), 500, "error")
+            return
+        _log.error("unexpected error", exc_info=exc,
+                   extra={"fields": {"path": self.path, "method": self.method.decode("latin-1")}})
+        self._answer(error_response(500, "proxy_internal_exception",
+                                    "the proxy failed to handle this request; see its log",
+                                    close=not self.keep_alive), 500, "error")
 
     def _finished_bytes(self, result: Finished) -> bytes:
         """The reranked answer, framed by the proxy (an engine's own framing is never repeated)."""

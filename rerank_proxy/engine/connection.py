@@ -26,7 +26,7 @@ class EngineExchange(Protocol):
     def response_head(self, status: int, upstream_keep_alive: bool) -> None: ...
     def response_body(self, chunk: bytes) -> None: ...
     def flush(self) -> None: ...
-    def response_done(self) -> None: ...
+    def response_done(self) -> None: ...   # the answer is complete; what is not yet flushed goes with it
     def upstream_lost(self) -> None: ...
     def upstream_broken(self, reason: str) -> None: ...
     def pause_source(self) -> None: ...
@@ -67,13 +67,14 @@ class EngineConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             exchange.upstream_broken("the engine sent a malformed response")
             return
-        exchange.flush()
-        if self._complete:
-            self._complete = False
-            if self._skip:
-                self._skip = False
-                self.parser = httptools.HttpResponseParser(self)
-            exchange.response_done()
+        if not self._complete:
+            exchange.flush()
+            return
+        self._complete = False
+        if self._skip:
+            self._skip = False
+            self.parser = httptools.HttpResponseParser(self)
+        exchange.response_done()  # sends what is left of the answer with its end, in one write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

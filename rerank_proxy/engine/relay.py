@@ -284,8 +284,8 @@ class RelayExchange:
         if self.finished:
             return
         if self.response_chunked:
-            self.sent_bytes += 5
-            self.client.write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
+        self.flush()  # the rest of the answer and its last chunk: one write, one packet
         conn = self.conn
         self._finish()
         if conn is not None:

@@ -30,7 +30,16 @@ from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
-from rerank_proxy.search.plan import Bypass, EngineMustAnswer, Plan, build_target, parse_client_body, plan_search
+from rerank_proxy.search.plan import (
+    Bypass,
+    EngineMustAnswer,
+    Plan,
+    build_target,
+    ensure_rewritable,
+    parse_client_body,
+    plan_search,
+    read_client_body,
+)
 from rerank_proxy.search.text_fields import TextFieldCache, mapped_fields
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
@@ -56,6 +65,15 @@ class Finished:
     rerank_ms: float = 0.0
     cache: str = ""
     provider_ms: float = 0.0       # within rerank_ms: waiting on the provider's HTTP answers
+
+
+@dataclass(slots=True)
+class Decided:
+    """A `_search` to rerank: its decoded body, that body parsed, and the plan."""
+
+    body: bytes
+    parsed: Any
+    plan: Plan
 
 
 @dataclass(slots=True)
@@ -131,14 +149,32 @@ class SearchPipeline:
     async def search(self, method: str, targets: str | None, params: dict[str, str],
                      headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
                      body: bytes) -> Finished | Forward:
+        decided = self.decide(targets, params, headers, body)
+        if isinstance(decided, Forward):
+            return decided
+        return await self.rerank(decided, method, targets, params, headers, raw_headers)
+
+    def decide(self, targets: str | None, params: dict[str, str], headers: dict[str, str],
+               body: bytes) -> Forward | Decided:
+        """The part of a `_search` that needs no I/O: relayed (`Forward`), or reranked (`Decided`).
+        The edge calls it first, so a search that is relayed never becomes a task."""
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
         try:
-            parsed = parse_client_body(decoded)
+            parsed = read_client_body(decoded)
+            decision = plan_search(targets, params, parsed, headers, self.settings)
+            if isinstance(decision, Bypass) and not decision.body_changed:
+                return Forward(decision.reason)  # relayed as sent: nothing is re-serialised
+            ensure_rewritable(decoded, parsed)
         except EngineMustAnswer as exc:
             return Forward(exc.reason)  # the client's own bytes, as sent
-        decision = plan_search(targets, params, parsed, headers, self.settings)
         if isinstance(decision, Bypass):
-            return Forward(decision.reason, orjson.dumps(decision.body) if decision.body_changed else None)
+            return Forward(decision.reason, orjson.dumps(decision.body))
+        return Decided(decoded, parsed, decision)
+
+    async def rerank(self, decided: Decided, method: str, targets: str | None, params: dict[str, str],
+                     headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]]) -> Finished | Forward:
+        """A decided `_search`: candidates from the engine, scores, the page."""
+        decoded, parsed, decision = decided.body, decided.parsed, decided.plan
         upstream_headers = _rewrite_headers(raw_headers)
         started = time.perf_counter()
         try:

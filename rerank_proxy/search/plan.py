@@ -181,17 +181,30 @@ def parse_client_body(raw: bytes) -> Any:
     Elasticsearch and a 200 on OpenSearch. orjson refuses lone surrogates and keeps the last of
     duplicate keys, and cannot write more than 254 levels, so re-serialising any of these would
     answer something the engine would not."""
+    value = read_client_body(raw)
+    ensure_rewritable(raw, value)
+    return value
+
+
+def read_client_body(raw: bytes) -> Any:
+    """A client's search body as parsed (None when blank); EngineMustAnswer if it is not JSON.
+    Enough to plan a search that is then relayed as sent (`ensure_rewritable` before any rewrite)."""
     if not raw.strip():
         return None
     try:
-        value = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise EngineMustAnswer("invalid_json") from None
+
+
+def ensure_rewritable(raw: bytes, value: Any) -> None:
+    """EngineMustAnswer when `value` (parsed from `raw`) cannot be re-serialised as the engine would
+    read `raw`: too deep for orjson to write, or with a key given twice. Run only before a rewrite:
+    both take a second look at the whole body (the duplicate check a slower, pure-Python parse)."""
     if _depth(value, _MAX_REWRITE_DEPTH) > _MAX_REWRITE_DEPTH:
         raise EngineMustAnswer("too_deep")
     if isinstance(value, dict):
         json.loads(raw, object_pairs_hook=_reject_duplicates)
-    return value
 
 
 def _int_param(params: dict[str, str], name: str) -> int | None:
