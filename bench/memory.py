@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info(), "engine": f"elasticsearch {engine_version(engine)}",
                                "params": vars(args)}
     try:
+        extra = dict(setting.split("=", 1) for setting in args.setting)
         proxy = start_proxy(engine, provider=provider, workers=1, name="proxy-memory",
-                            CACHE_MAX_ENTRIES=args.cache_max_entries)
+                            CACHE_MAX_ENTRIES=args.cache_max_entries, **extra)
         try:
             pid = proxy.worker_pids()[0]
             spec = {"mode": "mix", "base_url": proxy.url, "duration_s": args.duration, "concurrency": args.concurrency,
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_elapsed_s": load["elapsed_s"],
     })
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
-    save_json("memory.json", results)
+    save_json(f"{args.name}.json", results)
     r = results["rss_mib"]
     log(f"RSS first {r['first']:.1f} MiB, at cache full {r['at_cache_full']} MiB, last {r['last']:.1f} MiB, "
         f"max {r['max']:.1f} MiB; slope over the second half {slope if slope is None else round(slope, 3)} MiB/min")
@@ -133,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--provider-delay-ms", type=float, default=10.0)
     p.add_argument("--engine-port", type=int, default=9400)
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a proxy setting that differs from the shipped defaults (repeatable)")
+    p.add_argument("--name", default="memory", help="results go to bench/results/NAME.json")
     return p
 
 

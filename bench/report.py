@@ -534,13 +534,14 @@ def revisions_tables(d: dict[str, Any]) -> str:
     medians = d["medians"]
     rows = []
     for load, workers in dict.fromkeys((cell.split("/")[0], cell.split("/")[1]) for cell in medians):
+        wrk = load != "miss"
         for figure, key, digits in (
                 ("req/s", "rps", 0), ("proxy CPU µs / request", "cpu_us_per_request", 1),
                 ("searches/s", "searches_per_s", 0), ("proxy CPU ms / search", "cpu_ms_per_search", 2),
                 ("own time p50 ms (test server's clock)", "own_by_test_server_clock_p50", 2),
                 ("own time p99 ms (test server's clock)", "own_by_test_server_clock_p99", 2)):
             values = [medians.get(f"{load}/{workers}/{rev}", {}).get(key) for rev in revs]
-            if all(v is None for v in values):
+            if all(v is None for v in values) or wrk != (key in ("rps", "cpu_us_per_request")):
                 continue
             first, last = values[0], values[-1]
             change = f"{last / first:.2f}x" if first and last is not None else ""
@@ -549,7 +550,8 @@ def revisions_tables(d: dict[str, Any]) -> str:
     commits = "\n".join(f"- {labels[rev]}: {d['commits'][rev].split(' ', 1)[1].split(';')[0][:160]}" for rev in revs)
     p = d["params"]
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {p['rounds']} rounds, the revisions interleaved "
-            f"in each; medians over rounds. `get`: wrk, concurrency 32, {p['duration']:.0f} s per run; `miss`: "
+            f"in each; medians over rounds. `get` (a document by id) and `bypass` (a search relayed, `size: 0`): "
+            f"wrk, concurrency 32, {p['duration']:.0f} s per run; `miss`: "
             f"{p['miss_count']} searches with distinct queries at concurrency 32, provider fixed "
             f"{p['provider_delay_ms']:.0f} ms. Workers: `1`, and `auto` (the shipped default: "
             f"2 here). Settings otherwise the shipped defaults.\n\n{table}\n\nRevisions, oldest first:\n{commits}")
@@ -648,6 +650,9 @@ def main() -> None:
     rv = load("revisions_issue18.json")
     if rv:
         blocks["revisions"] = lambda: revisions_tables(rv)
+    rr = load("revisions_relay.json")
+    if rr:
+        blocks["revisions_relay"] = lambda: revisions_tables(rr)
     pr = load("profile.json")
     if pr:
         blocks["profile"] = lambda: profile_tables(pr)
