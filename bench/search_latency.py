@@ -270,42 +270,20 @@ def _pin(pid: int, cpus: set[int]) -> None:
 
 
 @contextlib.contextmanager
-def engine_on_its_own_core(provider: Service) -> Iterator[None]:
-    """The engine on CPU 0; this process (so the proxy and the load generator it starts) and the
-    provider on CPU 1. WORKERS=auto then counts one usable CPU, as on a 1-CPU pod."""
+def placed(provider: Service, *, engine_cpu: int, rest_cpu: int) -> Iterator[None]:
+    """The engine's threads on `engine_cpu`; the test server and this process (so the load generator
+    and the proxy it starts) on `rest_cpu`. WORKERS=auto then counts one usable CPU, as on a 1-CPU pod.
+    Everything is free to run anywhere again afterwards."""
     from rerank_proxy.engines.runner import ensure_engine
 
     everything = set(range(os.cpu_count() or 1))
     if len(everything) < 2:
-        raise SystemExit(f"the {OWN_CORE} set-up needs 2 CPUs")
+        raise SystemExit("a set-up with its own core needs 2 CPUs")
     engine_pids = [p for p in ensure_engine("elasticsearch", port=DEFAULT_ENGINE_PORT).pids if p]
     for pid in engine_pids:
-        _pin(pid, {0})
-    _pin(provider.pid, {1})
-    os.sched_setaffinity(0, {1})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, everything)
-        _pin(provider.pid, everything)
-        for pid in engine_pids:
-            _pin(pid, everything)
-
-
-@contextlib.contextmanager
-def everything_else_on_one_core(provider: Service) -> Iterator[None]:
-    """The engine, the test server and this process (so the load generator it starts, and the proxy
-    until `_cache_miss_setup` moves it to CPU 1) on CPU 0. WORKERS=auto then counts one usable CPU."""
-    from rerank_proxy.engines.runner import ensure_engine
-
-    everything = set(range(os.cpu_count() or 1))
-    if len(everything) < 2:
-        raise SystemExit(f"the {PROXY_OWN_CORE} set-up needs 2 CPUs")
-    engine_pids = [p for p in ensure_engine("elasticsearch", port=DEFAULT_ENGINE_PORT).pids if p]
-    for pid in engine_pids:
-        _pin(pid, {0})
-    _pin(provider.pid, {0})
-    os.sched_setaffinity(0, {0})
+        _pin(pid, {engine_cpu})
+    _pin(provider.pid, {rest_cpu})
+    os.sched_setaffinity(0, {rest_cpu})
     try:
         yield
     finally:
@@ -316,10 +294,10 @@ def everything_else_on_one_core(provider: Service) -> Iterator[None]:
 
 
 def _placement(name: str, provider: Service) -> contextlib.AbstractContextManager[None]:
-    if name.endswith(OWN_CORE):
-        return engine_on_its_own_core(provider)
-    if name.endswith(PROXY_OWN_CORE):
-        return everything_else_on_one_core(provider)
+    if name.endswith(OWN_CORE):  # the engine alone on CPU 0
+        return placed(provider, engine_cpu=0, rest_cpu=1)
+    if name.endswith(PROXY_OWN_CORE):  # all on CPU 0, until `_cache_miss_setup` moves the proxy to CPU 1
+        return placed(provider, engine_cpu=0, rest_cpu=0)
     return contextlib.nullcontext()
 
 
