@@ -324,7 +324,9 @@ def search_miss_tables(d: dict[str, Any]) -> str:
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Set-ups: `default` = the shipped "
             f"defaults (WORKERS=auto: {default.get('workers', '?')} workers here); `1w` = 1 worker, otherwise the "
             f"defaults; `1w_conc16` = 1 worker, RERANK_MAX_CONCURRENCY=16{_own_core_note(d)}. Provider: the "
-            f"Cohere-protocol test server, fixed {d['params']['provider_delay_ms']:.0f} ms delay."
+            f"Cohere-protocol test server, fixed {d['params']['provider_delay_ms']:.0f} ms delay. "
+            f"{default.get('rounds', 1)} round(s), the set-ups interleaved in each; each set-up's rounds pooled "
+            f"(percentiles over every miss measured)."
             f"\n\n{table}\n\n{checks}")
 
 

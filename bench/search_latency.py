@@ -24,7 +24,8 @@ the load generator to CPU 1, so WORKERS=auto starts one worker), and the shipped
 proxy on a core of its own (`default_proxy_own_core`: the proxy on CPU 1; the engine, the test server
 and the load generator on CPU 0), as on a 1-CPU pod beside an engine on its own nodes. On two shared
 cores the closed loop of 32 keeps every core busy and the latency lands in whichever process waits
-for one. Two figures of the proxy's own time are reported: seen by the client (its total, which
+for one; so the set-ups are interleaved in rounds (`--miss-rounds`, each set-up's rounds pooled).
+Two figures of the proxy's own time are reported: seen by the client (its total, which
 also holds the load generator's and the kernel's queueing) and inside the proxy (`total;dur`, from
 the request head to the answer).
 
@@ -180,7 +181,8 @@ def cache_hit(engine: str, proxies: dict[str, Service], provider: Service, queri
 # --- cache miss ----------------------------------------------------------------------------------
 
 def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concurrency: int, count: int,
-                   warmup: int) -> dict[str, Any]:
+                   warmup: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    """One timed run: a row of timings per measured miss, and what the run used."""
     path = f"/{CRANFIELD_INDEX}/_search"
 
     def requests(n: int) -> list[dict[str, Any]]:
@@ -199,11 +201,10 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
     waited_before = slot_wait_seconds(proxy)
     out = run_loadgen({"mode": "list", "concurrency": concurrency, "requests": requests(count),
                        "capture_headers": ["server-timing", "x-rerank", "x-rerank-cache"], "progress_s": 5})
-    cpu_ms_per_search = (proxy_cpu(proxy) - cpu_before) * 1000 / count
-    others_ms = {name: (used - others_before[name]) * 1000 / count for name, used in other_cpu(provider).items()}
+    proxy_cpu_s = proxy_cpu(proxy) - cpu_before
+    others_s = {name: used - others_before[name] for name, used in other_cpu(provider).items()}
     waited_after = slot_wait_seconds(proxy)
-    slot_wait_ms = (None if waited_before is None or waited_after is None
-                    else (waited_after - waited_before) * 1000 / count)
+    slot_wait_s = None if waited_before is None or waited_after is None else waited_after - waited_before
     provider_ms = {row[0]: row[2] for row in counting_stats(provider, records=True)["records"]}
     rows = []
     outcomes: dict[str, int] = {}
@@ -223,12 +224,32 @@ def cache_miss_run(proxy: Service, provider: Service, queries: list[str], concur
                      "outside_engine_and_rerank": total - engine_ms - rerank_ms,
                      "added_in_proxy": timing.get("total", total) - engine_ms - waited,
                      "outside_proxy": total - timing.get("total", total)})
-    result = {"concurrency": concurrency, "workers": proxy.extra.get("workers", 1), "requests": count,
-              "measured_misses": len(rows), "outcomes": outcomes,
-              "elapsed_s": out["elapsed_s"], "throughput_rps": count / out["elapsed_s"], "loadavg": loadavg(),
-              "proxy_cpu_ms_per_search": cpu_ms_per_search, "slot_wait_ms_per_search": slot_wait_ms,
-              "other_cpu_ms_per_search": others_ms,
-              "proxy_cpu_share": cpu_ms_per_search * count / 1000 / out["elapsed_s"]}
+    return rows, {"requests": count, "elapsed_s": out["elapsed_s"], "proxy_cpu_s": proxy_cpu_s, "other_cpu_s": others_s,
+                  "slot_wait_s": slot_wait_s, "outcomes": outcomes, "loadavg": loadavg(),
+                  "workers": proxy.extra.get("workers", 1)}
+
+
+def miss_result(concurrency: int, runs: list[tuple[list[dict[str, float]], dict[str, Any]]]) -> dict[str, Any]:
+    """The runs of one set-up and concurrency (one per round), pooled: percentiles over every miss
+    measured, CPU per search over every search sent."""
+    rows = [row for part, _ in runs for row in part]
+    metas = [meta for _, meta in runs]
+    count = sum(m["requests"] for m in metas)
+    elapsed = sum(m["elapsed_s"] for m in metas)
+    cpu_s = sum(m["proxy_cpu_s"] for m in metas)
+    outcomes: dict[str, int] = {}
+    for meta in metas:
+        for key, n in meta["outcomes"].items():
+            outcomes[key] = outcomes.get(key, 0) + n
+    waits = [m["slot_wait_s"] for m in metas]
+    result = {"concurrency": concurrency, "workers": metas[0]["workers"], "rounds": len(runs), "requests": count,
+              "measured_misses": len(rows), "outcomes": outcomes, "elapsed_s": elapsed,
+              "throughput_rps": count / elapsed, "loadavg": metas[-1]["loadavg"],
+              "proxy_cpu_ms_per_search": cpu_s * 1000 / count,
+              "slot_wait_ms_per_search": None if None in waits else sum(waits) * 1000 / count,
+              "other_cpu_ms_per_search": {name: sum(m["other_cpu_s"][name] for m in metas) * 1000 / count
+                                          for name in metas[0]["other_cpu_s"]},
+              "proxy_cpu_share": cpu_s / elapsed}
     for field in ("total", "engine", "rerank", "provider", "provider_own_clock", "added", "added_provider_own_clock",
                   "rerank_minus_provider", "outside_engine_and_rerank", "added_in_proxy", "outside_proxy"):
         result[field] = summary([r[field] for r in rows])
@@ -306,33 +327,46 @@ PLACEMENTS = {OWN_CORE: "engine on CPU 0; proxy, provider and load generator on 
 
 
 def cache_miss(engine: str, provider: Service, queries: list[str], setups: list[tuple[str, int | str, dict[str, Any]]],
-               count_c1: int, count_c32: int) -> dict[str, Any]:
+               count_c1: int, count_c32: int, rounds: int) -> dict[str, Any]:
+    """Every set-up once per round, the set-ups interleaved, so a slow spell of the machine (or an
+    engine that has not warmed up yet) hits them alike; each set-up's rounds are pooled."""
+    runs: dict[str, list[tuple[list[dict[str, float]], dict[str, Any]]]] = {}
+    for round_no in range(1, rounds + 1):
+        for name, workers, settings in setups:
+            with _placement(name, provider):
+                for key, run in _cache_miss_setup(engine, provider, queries, name, workers, settings,
+                                                  count_c1, count_c32).items():
+                    runs.setdefault(key, []).append(run)
+                    _say(f"round {round_no}/{rounds} ", key, miss_result(int(key.rsplit("/c", 1)[1]), [run]))
     out: dict[str, Any] = {}
-    for name, workers, settings in setups:
-        with _placement(name, provider):
-            out.update(_cache_miss_setup(engine, provider, queries, name, workers, settings, count_c1, count_c32))
+    for key, parts in runs.items():
+        res = out[key] = miss_result(int(key.rsplit("/c", 1)[1]), parts)
+        res["placement"] = next((text for suffix, text in PLACEMENTS.items() if key.split("/")[0].endswith(suffix)),
+                                "no pinning")
+        _say(f"{rounds} rounds pooled, ", key, res)
     return out
 
 
+def _say(prefix: str, key: str, res: dict[str, Any]) -> None:
+    log(f"{prefix}cache miss {key}: proxy's own time p50 {res['added']['p50']:.2f} ms, "
+        f"p99 {res['added']['p99']:.2f} ms seen by the client, p50 {res['added_in_proxy']['p50']:.2f} ms, "
+        f"p99 {res['added_in_proxy']['p99']:.2f} ms inside the proxy "
+        f"(total p50 {res['total']['p50']:.1f} ms, engine p50 {res['engine']['p50']:.1f}, provider p50 "
+        f"{res['provider']['p50']:.1f}; {res['measured_misses']}/{res['requests']} misses; "
+        f"{res['throughput_rps']:.0f}/s; {res['workers']} worker(s))")
+
+
 def _cache_miss_setup(engine: str, provider: Service, queries: list[str], name: str, workers: int | str,
-                      settings: dict[str, Any], count_c1: int, count_c32: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+                      settings: dict[str, Any], count_c1: int,
+                      count_c32: int) -> dict[str, tuple[list[dict[str, float]], dict[str, Any]]]:
+    out = {}
     proxy = start_proxy(engine, provider=provider, workers=workers, name=f"proxy-miss-{name}", **settings)
     if name.endswith(PROXY_OWN_CORE):
         _pin(proxy.pid, {1})
     try:
         for conc, count in ((1, count_c1), (32, count_c32)):
-            res = cache_miss_run(proxy, provider, queries, conc, count, warmup=max(20, conc * 2))
-            res["placement"] = next((text for suffix, text in PLACEMENTS.items() if name.endswith(suffix)),
-                                    "no pinning")
-            out[f"{name}/c{conc}"] = res
-            log(f"cache miss {name} c={conc}: proxy's own time p50 {res['added']['p50']:.2f} ms, "
-                f"p99 {res['added']['p99']:.2f} ms seen by the client, p50 {res['added_in_proxy']['p50']:.2f} ms, "
-                f"p99 {res['added_in_proxy']['p99']:.2f} ms inside the proxy "
-                f"(total p50 {res['total']['p50']:.1f} ms, engine p50 "
-                f"{res['engine']['p50']:.1f}, provider p50 {res['provider']['p50']:.1f}; "
-                f"{res['measured_misses']}/{count} misses; {res['throughput_rps']:.0f}/s; "
-                f"{res['workers']} worker(s))")
+            # warm-up: the proxy's first searches, and an engine that may have idled since the last set-up
+            out[f"{name}/c{conc}"] = cache_miss_run(proxy, provider, queries, conc, count, warmup=max(20, conc * 8))
     finally:
         proxy.stop()
     return out
@@ -360,7 +394,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             setups: list[tuple[str, int | str, dict[str, Any]]] = [
                 ("default", "auto", {}), ("1w", 1, {}), ("1w_conc16", 1, {"RERANK_MAX_CONCURRENCY": 16}),
                 (f"default_{OWN_CORE}", "auto", {}), (f"default_{PROXY_OWN_CORE}", "auto", {})]
-            results["cache_miss"] = cache_miss(engine, provider, queries, setups, args.miss_count_c1, args.miss_count)
+            results["cache_miss"] = cache_miss(engine, provider, queries, setups, args.miss_count_c1, args.miss_count,
+                                               args.miss_rounds)
             checks = []
             for name, _, _ in setups:
                 for field, seen in (("added", "seen by the client: client's total"),
@@ -388,8 +423,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (cache hit)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--hit-queries", type=int, default=50)
-    p.add_argument("--miss-count", type=int, default=1500, help="searches at concurrency 32 per set-up")
-    p.add_argument("--miss-count-c1", type=int, default=200, help="searches at concurrency 1 per set-up")
+    p.add_argument("--miss-count", type=int, default=1500, help="searches at concurrency 32 per set-up and round")
+    p.add_argument("--miss-count-c1", type=int, default=200, help="searches at concurrency 1 per set-up and round")
+    p.add_argument("--miss-rounds", type=int, default=2, help="rounds of the cache-miss set-ups, interleaved")
     p.add_argument("--provider-delay-ms", type=float, default=50.0)
     p.add_argument("--engine-port", type=int, default=9400)
     return p
