@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rerank_proxy.errors import ProxyError
+from rerank_proxy.sqlite_busy import while_busy
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
@@ -41,23 +42,7 @@ _BUSY_TIMEOUT_S = 10.0             # how long a write waits for another worker's
 
 
 def _while_busy(step: Callable[[], object], timeout_s: float = _BUSY_TIMEOUT_S) -> None:
-    """Run `step` again while another connection holds the lock it needs, up to `timeout_s`.
-
-    SQLite does not call the busy handler for every lock (switching a new file to WAL while another
-    connection does the same answers "database is locked" at once), so the wait is done here.
-    """
-    deadline = time.monotonic() + timeout_s
-    delay = 0.005
-    while True:
-        try:
-            step()
-            return
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
-                    or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+    while_busy(step, timeout_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from cachetools import LRUCache
 
+from rerank_proxy.sqlite_busy import while_busy
+
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _CHUNK = 500  # keys per SELECT ... IN (...), well under SQLite's variable limit
 
@@ -81,9 +83,11 @@ class VectorStore:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            # workers starting together open one new file at the same moment (see sqlite_busy.py)
+            while_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), self.busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")  # a cache: losing the last commits on power loss is fine
-            conn.executescript(_SCHEMA)
+            # as a writer at once: two processes creating the tables together wait for each other
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('dim', ?), ('dtype', ?)", (str(self.dim), self.dtype))
