@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +39,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _WAL_KEEP_BYTES = 4 * 1024 * 1024  # the WAL file is cut back to this after a checkpoint
 _BUSY_TIMEOUT_S = 10.0             # how long a write waits for another worker's transaction
-
-
-def _while_busy(step: Callable[[], object], timeout_s: float = _BUSY_TIMEOUT_S) -> None:
-    while_busy(step, timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +73,7 @@ class ConsoleDB:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            _while_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            while_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), _BUSY_TIMEOUT_S)
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a crash loses no committed row
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
