@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
-import json
 import os
 import subprocess
 import tempfile
@@ -29,12 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
-    CRANFIELD_INDEX,
     REPO,
     SMALL_INDEX,
     Service,
-    counting_stats,
-    cpu_seconds,
     engine_version,
     index_cranfield,
     index_small,
@@ -42,18 +37,14 @@ from .common import (
     log,
     machine_info,
     median,
-    run_loadgen,
     run_wrk,
     save_json,
-    search_body,
     start_counting_server,
     start_engine,
     start_proxy,
     summary,
 )
-from .search_latency import server_timing
-
-_serial = itertools.count(1)
+from .search_latency import cache_miss_run, proxy_cpu
 
 
 @contextlib.contextmanager
@@ -71,10 +62,6 @@ def worktrees(revs: list[str]) -> Iterator[dict[str, Path]]:
     finally:
         for path in made.values():
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
-
-
-def proxy_cpu(proxy: Service) -> float:
-    return sum(cpu_seconds(p) for p in {proxy.pid, *proxy.child_pids()})
 
 
 WRK_LOADS = {
@@ -96,31 +83,12 @@ def wrk_load(proxy: Service, requests: list[tuple[str, str, bytes, dict[str, str
 
 
 def miss_load(proxy: Service, provider: Service, queries: list[str], count: int) -> dict[str, Any]:
-    def requests(n: int) -> list[dict[str, Any]]:
-        out = []
-        for _ in range(n):
-            serial = next(_serial)
-            q = f"{queries[serial % len(queries)]} {serial}"
-            out.append({"method": "POST", "url": f"{proxy.url}/{CRANFIELD_INDEX}/_search",
-                        "body": json.dumps(search_body(q)), "headers": {"content-type": "application/json"},
-                        "tag": " ".join(q.split())})
-        return out
-
-    run_loadgen({"mode": "list", "concurrency": 32, "requests": requests(64)})
-    counting_stats(provider, reset=True)
-    before = proxy_cpu(proxy)
-    out = run_loadgen({"mode": "list", "concurrency": 32, "requests": requests(count),
-                       "capture_headers": ["server-timing", "x-rerank-cache"]})
-    cpu_ms = (proxy_cpu(proxy) - before) * 1000 / count
-    provider_ms = {row[0]: row[2] for row in counting_stats(provider, records=True)["records"]}
-    totals, own = [], []
-    for _, query, _, total, status, headers in out["records"]:
-        if status != 200 or headers.get("x-rerank-cache") != "miss" or query not in provider_ms:
-            continue
-        totals.append(total)
-        own.append(total - server_timing(headers.get("server-timing", "")).get("engine", 0.0) - provider_ms[query])
-    return {"searches_per_s": count / out["elapsed_s"], "cpu_ms_per_search": cpu_ms, "measured": len(own),
-            "total": summary(totals), "own_by_test_server_clock": summary(own)}
+    """The cache-miss run of bench.search_latency at concurrency 32, reduced to what every revision
+    can be compared on (older ones do not time the provider themselves)."""
+    rows, meta = cache_miss_run(proxy, provider, queries, 32, count, warmup=64)
+    return {"searches_per_s": count / meta["elapsed_s"], "cpu_ms_per_search": meta["proxy_cpu_s"] * 1000 / count,
+            "measured": len(rows), "total": summary([r["total"] for r in rows]),
+            "own_by_test_server_clock": summary([r["added_provider_own_clock"] for r in rows])}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
