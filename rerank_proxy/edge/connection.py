@@ -123,6 +123,10 @@ class HttpConnection(asyncio.Protocol):
         self._read_paused: set[str] = set()
         self._write_paused = False
         self._paused_engine: Any = None   # the engine connection paused while this client caught up
+        self._upgrade_body: bytes | None = None   # an upgrade request's framing header, body unread
+        self._priming = False           # feeding a fresh parser the framing of a body already routed
+        self._last_message = False      # nothing after the message being parsed is read
+        self._draining: Exchange | None = None   # answered early; its body is read and dropped
         self._drained: asyncio.Future[None] | None = None
 
     # --- transport events --------------------------------------------------------------------
@@ -148,13 +152,18 @@ class HttpConnection(asyncio.Protocol):
         done_before = self._messages_done
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Engines speak no upgraded protocol: the request is answered as plain HTTP, then closed;
-            # whatever follows the head (the other protocol's bytes) is never parsed nor forwarded.
-            self._stopped = True
+        except httptools.HttpParserUpgrade as upgrade:
+            # Engines speak no upgraded protocol, so the upgrade is ignored (RFC 9110 7.8 allows it):
+            # the request is answered as plain HTTP, then the connection closes; what follows the
+            # request (the other protocol's bytes) is never parsed nor forwarded.
             last = self.pending[-1] if self.pending else self.active
             if last is not None:
                 last.keep_alive = False
+            if self._upgrade_body is None:
+                self._stopped = True
+                return
+            # llhttp ends an upgrade request at its head; its declared body is read as any other.
+            self._read_upgrade_body(data[upgrade.args[0]:] if upgrade.args else b"")
             return
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
@@ -173,6 +182,16 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(431, "too_long_http_header_exception", f"request headers are larger than {limit} bytes")
         elif self.parsing is not None:
             self._body_last = self.loop.time()
+
+    def _read_upgrade_body(self, rest: bytes) -> None:
+        """Parse the body an upgrade request declared with a fresh parser primed with its framing
+        alone: the head was routed already, so the primer's callbacks are ignored."""
+        primer, self._upgrade_body = self._upgrade_body, None
+        assert primer is not None
+        self.parser = httptools.HttpRequestParser(self)
+        self._priming = True
+        self._last_message = True
+        self.data_received(b"PUT / HTTP/1.1\r\n" + primer + b"\r\n" + rest)
 
     def eof_received(self) -> bool | None:
         return None  # half-closed clients are closed (an answer could not be read reliably)
@@ -194,6 +213,8 @@ class HttpConnection(asyncio.Protocol):
     # --- request parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._priming:
+            return
         if self._stopped:  # bytes after a refused request: never parsed, never forwarded
             raise _Stop
         self._url = b""
@@ -204,10 +225,14 @@ class HttpConnection(asyncio.Protocol):
         self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
+        if self._priming:
+            return
         self._url += url
         self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._priming:
+            return
         limit = self.server.settings.max_header_bytes
         self._header_bytes += len(name) + len(value) + 4
         if not self._in_head:
@@ -220,8 +245,13 @@ class HttpConnection(asyncio.Protocol):
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            self._priming = False
+            return
         self._in_head = False
         parser = self.parser
+        if parser.should_upgrade():
+            self._upgrade_body = _declared_framing(self._headers)
         self.http11 = parser.get_http_version() == "1.1"
         now = self.loop.time()
         self._body_started = self._body_last = now
@@ -237,10 +267,17 @@ class HttpConnection(asyncio.Protocol):
             self.parsing.request_body(body)
 
     def on_message_complete(self) -> None:
+        if self._upgrade_body is not None:  # llhttp's end of an upgrade head: the body is still to come
+            return
         self._messages_done += 1
         exchange, self.parsing = self.parsing, None
+        if self._last_message:
+            self._stopped = True
         if exchange is not None:
             exchange.request_done()
+        if exchange is not None and exchange is self._draining:
+            self._draining = None
+            self.exchange_done(exchange)
 
     # --- used by exchanges -------------------------------------------------------------------------
 
@@ -275,19 +312,32 @@ class HttpConnection(asyncio.Protocol):
         """The response is complete: close, or start the next pipelined request."""
         if exchange is not self.active:
             return
+        if not exchange.body_complete and exchange.keep_alive and not self.server.stopping \
+                and exchange is self.parsing and not self._stopped:
+            # Answered before its body ended (the engine answers some requests from the head):
+            # the rest is read and dropped, as the engine does, and the connection carries on.
+            self._draining = exchange
+            return
         self.active = None
         self.last_active = self.loop.time()
-        if self._stopped and not self.server.stopping:
+        if not exchange.body_complete:
+            # The client may still be sending: a close with its bytes unread would reset the
+            # connection and could destroy the answer before the client reads it.
             self._linger_close()
             return
-        if not exchange.keep_alive or not exchange.body_complete or self.server.stopping:
-            self.close()
+        if not exchange.keep_alive or self.server.stopping:
+            if self._stopped and not self.server.stopping:
+                self._linger_close()
+            else:
+                self.close()
             return
-        if self.pending:
+        if self.pending:  # requests parsed before a refusal are still answered, in their turn
             self.active = self.pending.popleft()
             if not self.pending:
                 self.resume_reading("pipeline")
             self.active.start()
+        elif self._stopped and not self.server.stopping:
+            self._linger_close()
 
     def hand_over(self, old: Exchange, new: Exchange) -> None:
         """`new` answers in `old`'s place (a bypassed search becomes a relay)."""
@@ -303,6 +353,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._eof_sent = True
+        self._stopped = True  # what still comes is dropped unparsed
         try:
             transport.write_eof()
         except (OSError, RuntimeError):
@@ -332,6 +383,11 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = False
         self.pause_reading("refused")
         broken, self.parsing = self.parsing, None
+        if broken is not None and broken is self._draining:  # its answer is out: only the close is left
+            self._draining = None
+            self.active = None
+            self._linger_close()
+            return
         if broken is not None:  # a body broke off mid-way: its exchange answers the error itself
             broken.reject_body(status, error_type, reason)
             return
@@ -379,6 +435,17 @@ class HttpConnection(asyncio.Protocol):
         elif elapsed > settings.client_body_timeout_s and self._body_bytes < settings.client_body_min_rate * elapsed:
             self._refuse(408, "request_timeout_exception",
                          "the request body arrived slower than CLIENT_BODY_MIN_RATE bytes per second")
+
+
+def _declared_framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The framing header of a request that declares a body (as the parser accepted it), else None."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return b"Transfer-Encoding: " + value + b"\r\n"
+        if lowered == b"content-length" and value.strip().lstrip(b"0"):
+            return b"Content-Length: " + value.strip() + b"\r\n"
+    return None
 
 
 class _Stop(Exception):

@@ -23,7 +23,7 @@ from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
 from rerank_proxy.edge.search import SearchExchange
 from rerank_proxy.engine.headers import forward_request_headers
 from rerank_proxy.engine.pool import EnginePool
-from rerank_proxy.engine.relay import BODY_HIGH_WATER, RelayExchange
+from rerank_proxy.engine.relay import BODY_HIGH_WATER, CopyBudget, RelayExchange
 from rerank_proxy.local.embedder import Warmer
 from rerank_proxy.local.warming import queue_written
 from rerank_proxy.local.write_docs import is_write
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from rerank_proxy.edge.connection import Exchange
 
 KEEP_ALIVE_TIMEOUT_S = 75.0
+# Bodies of writes kept for write warming, over all requests of a worker at once.
+BODY_COPIES_MAX_BYTES = 32 * 1024 * 1024
 _BUSY = (429, "rejected_execution_exception", "too many concurrent requests at the proxy; retry later")
 
 
@@ -49,6 +51,7 @@ class ProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._warmer: Warmer | None = None
         self._background: set[asyncio.Task[int]] = set()
+        self.body_copies = CopyBudget(BODY_COPIES_MAX_BYTES)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
         """Build the application (model load, clients), then listen."""
@@ -125,6 +128,7 @@ class ProxyServer:
             if self._warmer is not None and is_write(exchange.method.decode("latin-1"), path):
                 exchange.body_copy = []
                 exchange.body_copy_limit = self.settings.max_search_body_bytes
+                exchange.body_copy_budget = self.body_copies
             return exchange
         if search is not None:
             return SearchExchange(conn, self, method, url, path, headers, forwarded, keep_alive,
@@ -214,9 +218,13 @@ class ProxyServer:
             log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path,
                        Served(status, exchange.outcome, elapsed, exchange.sent_bytes, exchange.served_by, extra),
                        exchange.client.client_addr)
-        if exchange.body_copy and 200 <= status < 300 and self._warmer is not None:
+        if exchange.body_copy and 200 <= status < 300 and self._warmer is not None and exchange.body_complete:
+            body = b"".join(exchange.body_copy)
+            exchange.body_copy = None  # its bytes stay counted until the warming task has read them
             self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
-                            b"".join(exchange.body_copy), exchange.request_headers)
+                            body, exchange.request_headers)
+        else:
+            exchange.drop_body_copy()
         exchange.client.exchange_done(exchange)
 
     def _warm_from(self, warmer: Warmer, method: str, path: str, body: bytes,
@@ -226,7 +234,12 @@ class ProxyServer:
         fields = runtime.pipeline.text_fields if runtime is not None else None
         task = self.loop.create_task(queue_written(warmer, self.settings, method, path, body, fields, headers))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        size = len(body)
+
+        def finished(done: asyncio.Task[int]) -> None:
+            self._background.discard(done)
+            self.body_copies.give_back(size)
+        task.add_done_callback(finished)
 
     async def _tick(self) -> None:
         """Engine read timeouts of relayed requests, and keep-alive connections idle too long."""

@@ -21,6 +21,9 @@ HOP_BY_HOP = frozenset({
 # Dropped from requests besides the hop-by-hop ones: Host is the engine's; Expect is answered by the
 # proxy itself (it sends 100 Continue when it starts reading the body); the proxy's own key stays here.
 REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect", b"x-proxy-api-key"}
+# `Transfer-Encoding: gzip, chunked`: the engines (Netty) decode the first coding as a content coding
+# when no Content-Encoding is sent; the proxy re-chunks the body, so it says so in Content-Encoding.
+TRANSFER_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 # Named in `Connection`, these are still never dropped: framing is the proxy's, not the sender's.
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -45,11 +48,14 @@ def forwardable_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes,
 def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
     """Client headers to send on, the body framing they declare, and whether they ask 100-continue."""
     kept: list[tuple[bytes, bytes]] = []
-    chunked = has_length = seen_length = expect = names_hops = False
+    chunked = has_length = seen_length = expect = names_hops = has_coding = False
+    transfer_coding = b""
     for name, value in headers:
         lowered = name.lower()
         if lowered in REQUEST_DROP:
             if lowered == b"transfer-encoding":
+                if not chunked:
+                    transfer_coding = value.split(b",", 1)[0].strip().lower()
                 chunked = True
             elif lowered == b"expect":
                 expect = value.strip().lower() == b"100-continue"
@@ -65,9 +71,13 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tu
                 has_length = length.lstrip(b"0") != b""
                 kept.append((b"Content-Length", length))
             continue
+        if lowered == b"content-encoding":
+            has_coding = True
         kept.append((name, value))
     if chunked:  # re-chunked by the relay; a length next to it is never trusted
         kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
+        if transfer_coding in TRANSFER_CODINGS and not has_coding:
+            kept.append((b"Content-Encoding", transfer_coding))
     if names_hops and (named := connection_named(headers)):
         kept = [(k, v) for k, v in kept if k.lower() not in named]
     framing = b"chunked" if chunked else b"length" if has_length else None

@@ -4,6 +4,11 @@ UPSTREAM_MAX_CONNECTIONS bounds every open engine connection of a worker, idle o
 burst of clients can never open more sockets than the engine (or a kernel limit) allows. Past the
 cap a request waits for a connection to come free, up to UPSTREAM_CONNECT_TIMEOUT_S, then gets the
 engine-style 429 that a full thread pool answers.
+
+Uploads still being received hold at most a quarter of those connections (the upload slots): a
+body larger than the relay's buffer streams on a slot, and past them an upload waits for one, up
+to UPSTREAM_CONNECT_TIMEOUT_S, then gets the same 429. So slow uploads never take the connections
+that reads and searches need.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from rerank_proxy.errors import ProxyError
 
 POOL_FULL = (429, "rejected_execution_exception",
              "all engine connections are in use (UPSTREAM_MAX_CONNECTIONS); retry later")
+UPLOADS_FULL = (429, "rejected_execution_exception",
+                "all upload slots are in use (a quarter of UPSTREAM_MAX_CONNECTIONS); retry later")
 
 
 class EnginePool:
@@ -34,6 +41,9 @@ class EnginePool:
         self._live: set[EngineConnection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self.upload_slots = max(1, self.max_connections // 4)
+        self.uploads = 0
+        self._upload_waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def open_connections(self) -> int:
@@ -98,6 +108,33 @@ class EnginePool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    def take_upload_slot(self) -> bool:
+        if self.uploads >= self.upload_slots or self._upload_waiters:
+            return False
+        self.uploads += 1
+        return True
+
+    async def wait_upload_slot(self) -> None:
+        """An upload slot, in turn; raises the 429 `ProxyError` when none comes free in time."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._upload_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.settings.upstream_connect_timeout_s)
+        except TimeoutError:
+            raise ProxyError(*UPLOADS_FULL) from None
+        finally:
+            if waiter in self._upload_waiters:
+                self._upload_waiters.remove(waiter)
+
+    def give_upload_slot(self) -> None:
+        """An upload's body is all sent (or given up): its slot goes to the next waiting upload."""
+        while self._upload_waiters:
+            waiter = self._upload_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; the count stays
+                return
+        self.uploads = max(0, self.uploads - 1)
 
     def release(self, conn: EngineConnection) -> None:
         """An exchange is over: keep the connection for the next one (or close it for a waiter)."""

@@ -7,6 +7,13 @@ they came in, and the engine's answer is parsed only as far as framing needs and
 one write per read. No task, future or timer per request: read timeouts are checked by the edge's
 periodic tick. Bypassed searches come here too, with the body the edge already read.
 
+A body is received before an engine connection is taken, as nginx's `proxy_request_buffering`
+does, up to BODY_HIGH_WATER in memory: a slow client then costs a socket and a buffer, never an
+engine connection. A larger body streams to the engine, but only on one of the pool's upload slots
+(a quarter of UPSTREAM_MAX_CONNECTIONS), so uploads still arriving never hold more than that share.
+An engine that answers before the body ended (no handler, wrong method) is relayed at once; the
+rest of the body is then read and dropped as the engine does, or the connection closes.
+
 Retry rules: a request may go to the next engine only when no connection could be opened (nothing
 was sent), or when it is a read (an idempotent method, or a search read whole) whose pooled
 connection died before any answer byte; a write is never sent twice.
@@ -32,6 +39,9 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _NO_BODY_STATUS = frozenset({204, 304})
 # Request body buffered before an engine connection is ready; past this, reading the client pauses.
 BODY_HIGH_WATER = 256 * 1024
+# After an early answer, the rest of a body up to this size is read and dropped (the connection
+# stays); past it the answer says `Connection: close`.
+DRAIN_MAX_BYTES = 1024 * 1024
 
 
 class ClientSide(Protocol):
@@ -59,7 +69,7 @@ class RelayExchange:
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
                  "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected", "body_copy",
                  "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag",
-                 "_task")
+                 "_task", "_active", "_streaming", "_upload_slot", "_connecting", "body_copy_budget")
 
     def __init__(self, client: ClientSide, pool: EnginePool, method: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]], body_framing: bytes | None, keep_alive: bool,
@@ -97,6 +107,7 @@ class RelayExchange:
         # `body_copy_limit` (past it the copy is dropped, never the write).
         self.body_copy: list[bytes] | None = None
         self.body_copy_limit = 0
+        self.body_copy_budget: CopyBudget | None = None   # the worker's bound on all body copies
         self.conn: EngineConnection | None = None
         self.from_pool = False
         # response side
@@ -114,15 +125,30 @@ class RelayExchange:
         self._tried: list[Target] = []
         self.rejected: tuple[int, str, str] | None = None
         self._task: asyncio.Task[None] | None = None   # held: the loop keeps only a weak reference
+        self._active = False            # its turn on the client connection has come
+        self._streaming = False         # the body outgrew the buffer: it streams on an upload slot
+        self._upload_slot = False
+        self._connecting = False
 
     # --- start: pick a connection ----------------------------------------------------------------
 
     def start(self) -> None:
+        self._active = True
         if self.rejected is not None:
             self.fail(*self.rejected)
             return
-        if self.expect_continue:
+        if self.expect_continue and not self.body_complete:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.body_complete:
+            self._take_connection()
+        elif self._buffered() > BODY_HIGH_WATER:  # arrived while it waited for its turn
+            self._stream()
+
+    def _buffered(self) -> int:
+        return sum(map(len, self.body_queue))
+
+    def _take_connection(self) -> None:
+        self._connecting = True
         for target in self.pool.order():
             conn = self.pool.take_idle(target) if target.healthy else None
             if conn is not None:
@@ -131,6 +157,32 @@ class RelayExchange:
                 self._attach(conn)
                 return
         self._task = self.loop.create_task(self._connect())
+
+    def _stream(self) -> None:
+        """The body is larger than the buffer: send it as it comes, on one of the upload slots."""
+        self._streaming = True
+        if self.pool.take_upload_slot():
+            self._upload_slot = True
+            self._take_connection()
+        else:
+            self._task = self.loop.create_task(self._wait_for_upload_slot())
+
+    async def _wait_for_upload_slot(self) -> None:
+        try:
+            await self.pool.wait_upload_slot()
+        except ProxyError as exc:
+            self.fail(exc.status, exc.error_type, exc.reason)
+            return
+        if self.finished:
+            self.pool.give_upload_slot()
+            return
+        self._upload_slot = True
+        self._take_connection()
+
+    def _end_upload(self) -> None:
+        if self._upload_slot:
+            self._upload_slot = False
+            self.pool.give_upload_slot()
 
     async def _connect(self) -> None:
         for target in self.pool.order():
@@ -184,27 +236,43 @@ class RelayExchange:
             self._body_too_large()
             return
         if self.body_copy is not None:
-            if self.body_bytes <= self.body_copy_limit:
-                self.body_copy.append(chunk)
-            else:
-                self.body_copy = None
+            self._copy(chunk)
         if self.body_framing == b"chunked":
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
         if self.conn is None:
             self.body_queue.append(chunk)
-            if sum(map(len, self.body_queue)) > BODY_HIGH_WATER:
+            if self._buffered() > BODY_HIGH_WATER:
                 self.client.pause_reading("buffer")
+                if self._active and not self._streaming:
+                    self._stream()
             return
         self.body_started = True
         self.conn.send(chunk)
+
+    def _copy(self, chunk: bytes) -> None:
+        """Keep the body for write warming while this request and the worker's bound allow."""
+        assert self.body_copy is not None
+        budget = self.body_copy_budget
+        if self.body_bytes <= self.body_copy_limit and (budget is None or budget.take(len(chunk))):
+            self.body_copy.append(chunk)
+        else:
+            self.drop_body_copy()
+
+    def drop_body_copy(self) -> None:
+        if self.body_copy is not None and self.body_copy_budget is not None:
+            self.body_copy_budget.give_back(sum(map(len, self.body_copy)))
+        self.body_copy = None
 
     def request_done(self) -> None:
         self.body_complete = True
         if self.body_framing == b"chunked":
             self.request_body_raw(b"0\r\n\r\n")
+        self._end_upload()
         # UPSTREAM_TIMEOUT_S is the engine's time to answer: it runs from the last byte sent,
         # so an upload slower than it is not cut (the client's own timeouts bound the upload).
         self.last_read = self.loop.time()
+        if self._active and not self._connecting and not self.finished:
+            self._take_connection()
 
     def reject_body(self, status: int, error_type: str, reason: str) -> None:
         """The client's body broke off (bad framing, too slow): the engine's connection is dropped
@@ -227,6 +295,8 @@ class RelayExchange:
     def response_head(self, status: int, upstream_keep_alive: bool) -> None:
         self.status = status
         self.upstream_keep_alive = upstream_keep_alive
+        if not self.body_complete and not self._drainable():
+            self.keep_alive = False  # announced in the head; the rest of the body is not read
         head = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason or b"OK")]
         named: set[bytes] = set()
         length_at = -1
@@ -295,6 +365,13 @@ class RelayExchange:
             else:
                 conn.close()
         self.on_done(self)
+
+    def _drainable(self) -> bool:
+        """An early answer: is the rest of the body small enough to read and drop, as the engine does?"""
+        if self.body_framing != b"length" or self.expect_continue:
+            return False
+        declared = next((int(v) for k, v in self.request_headers if k.lower() == b"content-length"), 0)
+        return declared - self.body_bytes <= DRAIN_MAX_BYTES
 
     # --- failures --------------------------------------------------------------------------------
 
@@ -381,5 +458,29 @@ class RelayExchange:
 
     def _finish(self) -> None:
         self.finished = True
+        self._end_upload()
+        # What is left of the body is the connection's to drop: reading it must not stay paused.
+        self.client.resume_reading("buffer")
+        self.client.resume_reading("upstream")
+
+
+class CopyBudget:
+    """The bytes of request bodies a worker keeps for write warming, over all requests at once:
+    past it a copy is dropped (never the write), so concurrent bulks cannot grow memory without end."""
+
+    __slots__ = ("limit", "held")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held = max(0, self.held - size)
 
 

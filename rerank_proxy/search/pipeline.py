@@ -103,7 +103,8 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
         return raw
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise ProxyError(415, "illegal_argument_exception", f"unsupported Content-Encoding [{encoding}]")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
+    # "deflate" is zlib-wrapped by the standard, raw by some clients: the engines take both.
+    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS if _zlib_wrapped(raw) else -zlib.MAX_WBITS
     try:
         inflater = zlib.decompressobj(wbits)
         out = inflater.decompress(raw, limit + 1)
@@ -112,6 +113,11 @@ def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
     if len(out) > limit:
         raise ProxyError(413, "content_too_long_exception", f"decompressed request body is larger than {limit} bytes")
     return out
+
+
+def _zlib_wrapped(raw: bytes) -> bool:
+    """A zlib header (RFC 1950): deflate method, and the two bytes a multiple of 31."""
+    return len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0
 
 
 def parse_json(raw: bytes, what: str = "request body") -> Any:
