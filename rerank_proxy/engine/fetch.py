@@ -8,6 +8,7 @@ MAX_CANDIDATE_BYTES: past it the read is abandoned (`AnswerTooLarge`), never hel
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import TYPE_CHECKING
 
 from rerank_proxy.engine.headers import request_head, with_length
@@ -18,8 +19,15 @@ if TYPE_CHECKING:
     from rerank_proxy.engine.connection import EngineConnection
     from rerank_proxy.engine.pool import EnginePool
 
-_STALE = "ServerDisconnectedError"
-_TOO_LARGE = "too large"
+class Attempt(enum.Enum):
+    """How one try on one engine connection ended; the value is what an error answer says."""
+
+    OK = "answered"
+    CLOSED = "the engine closed the connection"
+    TOO_LARGE = "the answer is larger than MAX_CANDIDATE_BYTES"
+    MALFORMED = "the engine sent a malformed response"
+    TIMED_OUT = "the engine did not answer within UPSTREAM_TIMEOUT_S"
+    UNREACHABLE = "connection refused or timed out"
 
 
 class FetchExchange:
@@ -43,11 +51,11 @@ class FetchExchange:
         self.answered = False
         self.last_read = 0.0
         self.keep_alive = True
-        self.outcome: asyncio.Future[str] = self.loop.create_future()
+        self.outcome: asyncio.Future[Attempt] = self.loop.create_future()
         self.conn: EngineConnection | None = None
 
     async def run(self) -> EngineAnswer:
-        failure = "no upstream"
+        failure = Attempt.UNREACHABLE
         for target in self.pool.order():
             conn = self.pool.take_idle(target) if target.healthy else None
             pooled = conn is not None
@@ -55,21 +63,21 @@ class FetchExchange:
                 if conn is None:
                     conn = await self.pool.connect(target)
                     if conn is None:
-                        failure = "ClientConnectorError"
+                        failure = Attempt.UNREACHABLE
                         break
                 result = await self._ask(conn)
-                if result == "ok":
+                if result is Attempt.OK:
                     return EngineAnswer(self.status, self.response_headers, b"".join(self.chunks))
-                if result == _TOO_LARGE:  # asking another engine would give the same answer
+                if result is Attempt.TOO_LARGE:  # asking another engine would give the same answer
                     raise AnswerTooLarge(self.pool.settings.max_candidate_bytes)
                 failure = result
-                if pooled and result == _STALE and not self.answered:
+                if pooled and result is Attempt.CLOSED and not self.answered:
                     conn, pooled = None, False  # a stale pooled connection: once more on a new one
                     continue
                 break
-        raise ProxyError(502, "proxy_upstream_unavailable_exception", f"no engine could be reached ({failure})")
+        raise ProxyError(502, "proxy_upstream_unavailable_exception", f"no engine could be reached ({failure.value})")
 
-    async def _ask(self, conn: EngineConnection) -> str:
+    async def _ask(self, conn: EngineConnection) -> Attempt:
         self._reset()
         self.conn = conn
         conn.exchange = self
@@ -81,7 +89,7 @@ class FetchExchange:
             return await asyncio.wait_for(self.outcome, self.pool.settings.upstream_timeout_s)
         except TimeoutError:
             conn.close()
-            return "TimeoutError"
+            return Attempt.TIMED_OUT
         except asyncio.CancelledError:
             conn.close()
             raise
@@ -96,7 +104,7 @@ class FetchExchange:
         self.size += len(chunk)
         if self.size > self.pool.settings.max_candidate_bytes:
             self.chunks.clear()
-            self.upstream_broken(_TOO_LARGE)
+            self._give_up(Attempt.TOO_LARGE)
             return
         self.chunks.append(chunk)
 
@@ -111,19 +119,22 @@ class FetchExchange:
                 self.pool.release(conn)
             else:
                 conn.close()
-        self._settle("ok")
+        self._settle(Attempt.OK)
 
     def upstream_lost(self) -> None:
         self.conn = None
-        self._settle(_STALE)
+        self._settle(Attempt.CLOSED)
 
     def upstream_broken(self, reason: str) -> None:
+        self._give_up(Attempt.MALFORMED)
+
+    def _give_up(self, result: Attempt) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
-        self._settle(_TOO_LARGE if reason == _TOO_LARGE else "malformed response")
+        self._settle(result)
 
-    def _settle(self, result: str) -> None:
+    def _settle(self, result: Attempt) -> None:
         if not self.outcome.done():
             self.outcome.set_result(result)
 

@@ -202,7 +202,8 @@ class RelayExchange:
             self.from_pool = False
             self._attach(conn)
             return
-        self.fail(502, "proxy_upstream_unavailable_exception", "no engine could be reached (ClientConnectorError)")
+        self.fail(502, "proxy_upstream_unavailable_exception",
+                  "no engine could be reached (connection refused or timed out)")
 
     def _attach(self, conn: EngineConnection) -> None:
         self.conn = conn
@@ -392,7 +393,7 @@ class RelayExchange:
             self.abort_client()
             return
         self.fail(502, "proxy_upstream_unavailable_exception",
-                  "no engine could be reached (ServerDisconnectedError)")
+                  "no engine could be reached (the engine closed the connection)")
 
     def upstream_broken(self, reason: str) -> None:
         self._give_up(502, "proxy_upstream_unavailable_exception", reason)
