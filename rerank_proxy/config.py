@@ -71,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("LOCAL_COLD_WAIT_MS", "500", "How long a search waits for the background embedder to finish its cold documents; past it (or when they cannot finish in time) it answers in lexical order with reason vectors_cold.", "1000"),
     Setting("LOCAL_EMBED_THREADS", "2", "Threads of the background embedder (each runs at LOCAL_EMBED_NICE).", "1"),
     Setting("LOCAL_EMBED_NICE", "5", "How much lower the background embedder's CPU priority is than the proxy's (Linux niceness, 0-19): it gives way to searches and the engine on a shared host.", "10"),
-    Setting("LOCAL_EMBED_QUEUE_MAX", "100000", "Bound on documents waiting for the background embedder; past it new work is dropped and counted (searches' documents first).", "20000"),
+    Setting("LOCAL_EMBED_QUEUE_MAX", "100000", "Bound on documents waiting for the background embedder; past it new work is dropped and counted (searches' documents first). At most a tenth of it waits for write warming (10000 on the default: a few minutes of embedding); write documents past that are dropped and counted, and embedded when a search meets them.", "20000"),
     Setting("LOCAL_WARM_ON_START", "", "Comma-separated indices (or patterns) whose documents are read and queued for the background embedder at start-up, at the lowest priority (empty: off; traffic and writes warm the store).", "products,docs"),
     Setting("LOCAL_VECTOR_SHARED_TTL_S", "2592000", "With REDIS_URL set, document vectors are also kept in Redis for this long, so replicas and rolled pods share them (0: per-pod store only).", "604800"),
     Setting("RERANK_MAX_QUERY_CHARS", "2000", "Query text is truncated to this many characters before it is reranked (models read a few hundred tokens).", "4000"),

@@ -108,7 +108,7 @@ def test_a_full_queue_drops_work_and_searches_evict_lower_priority():
     try:
         embedder.submit([(k("busy"), "busy")], WRITE)
         assert model.started.wait(30)
-        queued = embedder.submit([(k("w1"), "w1"), (k("w2"), "w2"), (k("w3"), "w3")], WRITE)
+        queued = embedder.submit([(k("w1"), "w1"), (k("w2"), "w2"), (k("w3"), "w3")], STARTUP)
         assert set(queued) == {k("w1"), k("w2")} and embedder.stats.dropped == 1   # w3 refused
         taken = embedder.submit([(k("s1"), "s1")], SEARCH)
         assert k("s1") in taken and embedder.stats.dropped == 2                      # w2 evicted

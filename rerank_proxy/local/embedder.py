@@ -9,6 +9,11 @@ search, so the next search on the same documents is reranked.
   documents written through the proxy, then start-up warming. A key already queued or being embedded
   is not queued twice (a search promotes it). When the queue is full, a search's document evicts the
   newest document of a lower priority; otherwise the new document is dropped. Drops are counted.
+* Within a priority, owners take turns (`fair_queue.py`): a chunk from each request in turn, so one
+  `_msearch` that queued thousands of documents delays another search's few by a few chunks.
+* Write warming is a bounded amount of work: at most a tenth of the queue (10,000 documents on the
+  defaults, a few minutes of the embedder's time) waits for writes; more write documents are dropped
+  and counted, and the documents stay searchable, they are embedded when a search first meets them.
 * CPU is bounded: `threads` worker threads (LOCAL_EMBED_THREADS), each at a raised niceness
   (LOCAL_EMBED_NICE, default +5; Linux niceness is per thread), each running the model on itself
   (no hand-off to the model's normal-priority pool). They give way to the event loop and the
@@ -25,13 +30,14 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from rerank_proxy.local.fair_queue import FairQueue
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,8 @@ class BackgroundEmbedder:
         self._on_store_error = on_store_error
         self.stats = EmbedderStats()
         self._cond = threading.Condition()
-        self._queues: list[OrderedDict[bytes, str]] = [OrderedDict() for _ in PRIORITY_NAMES]
+        self.write_max = max(1, max_queue // 10)      # write warming's share of the queue
+        self._queues: list[FairQueue] = [FairQueue() for _ in PRIORITY_NAMES]
         self._priority: dict[bytes, int] = {}          # queued key -> its queue
         self._futures: dict[bytes, Future[np.ndarray]] = {}  # queued or in-flight key -> result
         self._workers: list[threading.Thread] = []
@@ -90,12 +97,15 @@ class BackgroundEmbedder:
 
     # --- submitting ------------------------------------------------------------------------------
 
-    def submit(self, items: Iterable[tuple[bytes, str]], priority: int = SEARCH) -> dict[bytes, Future[np.ndarray]]:
+    def submit(self, items: Iterable[tuple[bytes, str]], priority: int = SEARCH,
+               owner: Hashable | None = None) -> dict[bytes, Future[np.ndarray]]:
         """Queue (key, text) pairs; returns a future (resolving to the stored vector) per key taken.
 
-        Never blocks on the model or the store: safe to call from the event loop.
+        `owner` is whose turn the items take (None: this call's own). Never blocks on the model or
+        the store: safe to call from the event loop.
         """
         taken: dict[bytes, Future[np.ndarray]] = {}
+        owner = owner if owner is not None else object()
         with self._cond:
             if self._closed:
                 return taken
@@ -104,16 +114,19 @@ class BackgroundEmbedder:
                 if future is not None:
                     queued_at = self._priority.get(key)
                     if queued_at is not None and queued_at > priority:  # promote to the earlier queue
-                        self._queues[priority][key] = self._queues[queued_at].pop(key)
+                        self._queues[priority].put(key, self._queues[queued_at].pop(key), owner)
                         self._priority[key] = priority
                     taken[key] = future
+                    continue
+                if priority == WRITE and len(self._queues[WRITE]) >= self.write_max:
+                    self.stats.dropped += 1
                     continue
                 if self.queue_depth() >= self.max_queue and not self._evict_below(priority):
                     self.stats.dropped += 1
                     continue
                 future = Future()
                 self._futures[key] = future
-                self._queues[priority][key] = text
+                self._queues[priority].put(key, text, owner)
                 self._priority[key] = priority
                 self.stats.queued += 1
                 taken[key] = future
@@ -122,11 +135,11 @@ class BackgroundEmbedder:
                 self._cond.notify_all()
         return taken
 
-    def estimate_seconds(self, documents: int) -> float:
-        """Time until `documents` more search documents would be embedded, behind the queued ones."""
+    def estimate_seconds(self, owner: Hashable) -> float:
+        """Time until `owner`'s queued search documents are embedded, taking turns with the others."""
         with self._cond:
-            ahead = len(self._queues[SEARCH])
-        return (ahead + documents) * self._seconds_per_doc / self.threads
+            ahead = self._queues[SEARCH].ahead_of(owner)
+        return ahead * self._seconds_per_doc / self.threads
 
     def queue_depth(self) -> int:
         return sum(len(q) for q in self._queues)
@@ -136,13 +149,15 @@ class BackgroundEmbedder:
         with self._cond:
             depth = {name: len(q) for name, q in zip(PRIORITY_NAMES, self._queues, strict=True)}
             in_flight = len(self._futures) - sum(depth.values())
+            owners = self._queues[SEARCH].owners()
         busy = self.stats.busy_seconds
         try:
             stored: int | None = self.store.count()
         except Exception:  # a broken store is reported, never raised from a status call
             stored = None
         return {"queue_depth": sum(depth.values()), "queue_by_priority": depth, "in_flight": in_flight,
-                "queue_max": self.max_queue, "threads": self.threads,
+                "queue_max": self.max_queue, "write_queue_max": self.write_max, "threads": self.threads,
+                "search_owners": owners,
                 "embedded": self.stats.embedded, "already_stored": self.stats.already_stored,
                 "dropped": self.stats.dropped, "failed": self.stats.failed, "queued": self.stats.queued,
                 "docs_per_second_busy": round(self.stats.embedded / busy, 2) if busy else None,
@@ -202,15 +217,14 @@ class BackgroundEmbedder:
 
     def _take(self, n: int) -> list[tuple[bytes, str]]:
         """Up to n queued items, highest priority first (caller holds the lock)."""
-        chunk: list[tuple[bytes, str]] = []
         for queue in self._queues:
-            while queue and len(chunk) < n:
-                key, text = queue.popitem(last=False)
-                del self._priority[key]
-                chunk.append((key, text))
+            # never mix priorities: a search chunk should not wait for write documents
+            chunk = queue.take(n)
             if chunk:
-                break  # never mix priorities: a search chunk should not wait for write documents
-        return chunk
+                for key, _ in chunk:
+                    del self._priority[key]
+                return chunk
+        return []
 
     def _process(self, chunk: list[tuple[bytes, str]]) -> None:
         keys = [k for k, _ in chunk]
@@ -260,7 +274,7 @@ class BackgroundEmbedder:
         for lower in range(len(self._queues) - 1, priority, -1):
             queue = self._queues[lower]
             if queue:
-                key, _ = queue.popitem(last=True)
+                key, _ = queue.pop_newest()
                 del self._priority[key]
                 self._resolve_failed(key, Dropped("embedder queue full"))
                 self.stats.dropped += 1

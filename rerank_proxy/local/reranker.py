@@ -32,6 +32,7 @@ from rerank_proxy.local.shared_vectors import TieredVectorStore, build_store
 from rerank_proxy.local.vector_store import VectorStore, vector_key
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import RerankVectorsCold
+from rerank_proxy.scoring.work_owner import current_owner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class LocalReranker:
 
     name = "local"
     pointwise = True
+    in_process = True     # its time is this proxy's CPU and queues: running out of it is not a failure
 
     def __init__(self, settings: Settings, *, store: VectorStore | TieredVectorStore | None = None,
                  load_model: Callable[[], MiniLM] | None = None, query_cache_entries: int = 10_000) -> None:
@@ -109,10 +111,11 @@ class LocalReranker:
     async def _wait_for_cold(self, new_keys: list[bytes], text_of: dict[bytes, str],
                              total: int) -> dict[bytes, np.ndarray]:
         """The vectors of `new_keys` if the embedder has them within the cold wait, else raise."""
-        futures = self.embedder.submit(((k, text_of[k]) for k in new_keys), SEARCH)
+        owner = current_owner()
+        futures = self.embedder.submit(((k, text_of[k]) for k in new_keys), SEARCH, owner)
         waited = [futures[k] for k in new_keys if k in futures]
         ready = (len(waited) == len(new_keys)
-                 and self.embedder.estimate_seconds(0) <= self.cold_wait_s
+                 and self.embedder.estimate_seconds(owner) <= self.cold_wait_s
                  and await wait_all(waited, self.cold_wait_s))
         if ready:
             errors = [f.exception() for f in waited]

@@ -26,6 +26,7 @@ from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weigh
 from rerank_proxy.scoring.providers.base import RerankError
 from rerank_proxy.scoring.providers.errors import reason_of
 from rerank_proxy.scoring.providers.waits import provider_waits
+from rerank_proxy.scoring.work_owner import owned_by
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
 from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
@@ -339,7 +340,7 @@ class SearchPipeline:
             raise ProxyError(502, "proxy_upstream_response_exception",
                              "the engine's _msearch reply has the wrong shape")
         started = time.perf_counter()
-        scored = await asyncio.gather(*(self._rerank_sub(p, r, upstream_headers) for p, r in zip(plans, responses)))
+        scored = await self._rerank_subs(plans, responses, upstream_headers, params.get("max_concurrent_searches"))
         rerank_ms = (time.perf_counter() - started) * 1000
         outcomes = [s for s in scored if s]
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
@@ -348,12 +349,44 @@ class SearchPipeline:
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
 
+    async def _rerank_subs(self, plans: list[Plan | None], responses: list[Any],
+                           headers: Sequence[tuple[bytes, bytes]], asked_concurrency: str | None) -> list[str]:
+        """Each sub-search's outcome, reranked a few at a time and as one owner of queued work.
+
+        One `_msearch` may carry a thousand sub-searches: run at once they would take every provider
+        slot and fill the model's queues ahead of every other client, and then miss their own
+        deadlines waiting for each other. So at most `sub_search_concurrency` run at once (a quarter
+        of RERANK_MAX_CONCURRENCY, or fewer if the client's `max_concurrent_searches` says so), and
+        the background embedder takes their documents in one turn, shared with other requests.
+        """
+        outcomes = ["bypass"] * len(plans)
+        pending = iter(range(len(plans)))
+
+        async def run_in_turn() -> None:
+            for n in pending:
+                outcomes[n] = await self._rerank_sub(plans[n], responses[n], headers)
+
+        limit = sub_search_concurrency(self.settings.rerank_max_concurrency, asked_concurrency)
+        with owned_by(object()):
+            await asyncio.gather(*(run_in_turn() for _ in range(min(limit, len(plans)))))
+        return outcomes
+
     async def _rerank_sub(self, plan: Plan | None, response: Any, headers: Sequence[tuple[bytes, bytes]]) -> str:
         if plan is None or not isinstance(response, dict) or "error" in response:
             return "bypass"  # not planned, or the engine refused this sub-search
         scored = await self._rerank(plan, response, headers)
         merge(response, plan, scored.scores, scored.last)
         return scored.outcome
+
+
+def sub_search_concurrency(provider_slots: int, asked: str | None) -> int:
+    """How many of one `_msearch`'s sub-searches are reranked at once: a quarter of the provider's
+    slots (so one request leaves three quarters to everyone else), or the client's own
+    `max_concurrent_searches` when that is lower."""
+    limit = max(1, provider_slots // 4)
+    if asked is not None and asked.isdigit() and int(asked) >= 1:
+        limit = min(limit, int(asked))
+    return limit
 
 
 def parse_ndjson(raw: bytes, max_searches: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -46,6 +46,8 @@ class Reranker(Protocol):
     # True when a document's score depends only on (query, document), so scores may be cached
     # per document; False for listwise models, which are cached per whole request.
     pointwise: bool
+    # Optional (absent means False): True for a provider that runs in this process, whose running
+    # out of time says the proxy is busy rather than that the provider failed (see resilience.py).
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult: ...
 

@@ -74,6 +74,14 @@ class RerankSaturated(RerankDeadlineExceeded, RerankCapacity):
     reason = "saturated"
 
 
+class RerankBusy(RerankDeadlineExceeded, RerankCapacity):
+    """An in-process provider (the built-in model) ran out of time waiting for this proxy's own CPU
+    or queues: the proxy is busy, the provider has not failed."""
+
+    kind = "busy"
+    reason = "busy"
+
+
 def error_kind(exc: RerankError) -> str:
     """A short label for counters: `http_429`, `timeout`, `connection`, `bad_response`, ..."""
     if exc.status is not None:

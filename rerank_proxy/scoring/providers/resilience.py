@@ -16,6 +16,10 @@ deadline (RERANK_DEADLINE_MS) that covers waiting for a concurrency slot, each a
   busy, and an open breaker would only stop the work that ends the state. So neither a cold index
   nor one client's slow searches can switch reranking off for everyone; only a failing provider
   does. One breaker per wrapped provider. While open, calls fail fast with `RerankUnavailable`.
+- A provider that runs in this process (`in_process = True`: the built-in model) spends its time
+  on the proxy's own CPU and queues, so its deadline misses are capacity too (`RerankBusy`): one
+  client's burst of work makes the proxy busy, it does not make the model broken. Its errors
+  (a model that raises) still count.
 - Query text is cut to RERANK_MAX_QUERY_CHARS first, like document text to RERANK_MAX_CHARS: the
   models read a few hundred tokens at most, and a multi-megabyte query would only cost CPU.
 - `clock` drives only the breaker's cooldown (tests pass a fake one). Deadlines are enforced by
@@ -36,6 +40,7 @@ from typing import Any
 from rerank_proxy.config import Settings
 from rerank_proxy.scoring.providers.base import Preloadable, Reranker, RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import (
+    RerankBusy,
     RerankDeadlineExceeded,
     RerankSaturated,
     RerankTimeout,
@@ -175,6 +180,7 @@ class ResilientReranker:
         self.name = inner.name
         self.model = inner.model
         self.pointwise = inner.pointwise
+        self.in_process: bool = getattr(inner, "in_process", False)
         self.deadline_s = settings.rerank_deadline_ms / 1000
         self.attempt_timeout_s = settings.rerank_attempt_timeout_ms / 1000
         self.max_retries = settings.rerank_max_retries
@@ -270,6 +276,10 @@ class ResilientReranker:
                 finally:
                     self._slots.release()
         except TimeoutError:
+            if self.in_process:
+                raise RerankBusy(
+                    f"{self.name}: this proxy's CPU and queues were too busy to rerank within "
+                    f"{self.deadline_s * 1000:.0f} ms") from None
             if overall.expired() and not slot_taken:
                 raise RerankSaturated(
                     f"{self.name}: every one of the concurrency slots stayed busy until the rerank "
