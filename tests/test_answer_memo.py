@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import orjson
 
+from rerank_proxy.engine.headers import credentials_of
 from rerank_proxy.search.answer_memo import MAX_ENGINE_ANSWER_BYTES, AnswerMemo, request_key
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
@@ -66,8 +67,9 @@ def test_another_engine_answer_or_another_request_is_not_reused():
             request_key("POST", "idx", {"filter_path": "hits"}, {}, b"{}"),
             request_key("POST", "idx", {}, {"x-rerank": "off"}, b"{}"),
             request_key("POST", "idx2", {}, {}, b"{}"),
-            request_key("GET", "idx", {}, {}, b"{}")}
-    assert len(keys) == 6
+            request_key("GET", "idx", {}, {}, b"{}"),
+            request_key("POST", "idx", {}, {}, b"{}", credentials_of([(b"Authorization", b"Basic Ym9iOmI=")]))}
+    assert len(keys) == 7   # ... and the credentials, which chose the fields of the texts
     # headers that do not shape the answer (tracing ids) do not split the key
     assert request_key("POST", "idx", {}, {"traceparent": "00-1"}, b"{}") == request
 

@@ -180,3 +180,16 @@ async def test_aclose_stops_reads_in_flight():
     await cache.resolve({"products"})
     await cache.aclose()
     assert len(cache) == 0
+
+
+async def test_entries_are_kept_per_credentials():
+    engine = MappingEngine(books=mapping(title="text"))
+    cache = TextFieldCache(engine)
+    alice = [(b"Authorization", b"Basic YWxpY2U6YQ==")]
+    bob = [(b"authorization", b"Basic Ym9iOmI="), (b"x-opaque-id", b"1")]
+    await cache.resolve(["books"], alice)
+    await cache.resolve(["books"], [(b"AUTHORIZATION", b"Basic YWxpY2U6YQ=="), (b"traceparent", b"00-1")])
+    assert engine.targets == ["/books/_mapping"]          # the same credentials share one read
+    await cache.resolve(["books"], bob)
+    await cache.resolve(["books"])                          # anonymous: a key of its own
+    assert len(engine.targets) == 3 and len(cache) == 3

@@ -26,6 +26,7 @@ from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.search.pipeline import Finished, SearchPipeline
 from rerank_proxy.search.text_fields import TextFieldCache
 from tests.fixtures.proxy import proxy_settings, run_proxy
+from tests.support_loopback import Captured, FaultServer, response_bytes, send_json
 from tests.support_rerankers import RecordingReranker
 from tests.support_wait import async_wait_until, wait_until
 
@@ -239,3 +240,47 @@ async def test_the_warm_command_embeds_the_texts_searches_send(es_engine, index_
         assert result.meta["stored"] == len(TEXT_ONLY) and result.meta["embedded"] == 0
     finally:
         await reranker.aclose()
+
+
+
+ALICE, BOB = "Basic YWxpY2U6YQ==", "Basic Ym9iOmI="
+
+
+def refusing_bob(engine_url: str) -> FaultServer:
+    """A loopback server in front of the engine that answers Bob's `_mapping` reads with the
+    engine's 403 and relays everything else (the engine's security is off: this is its role)."""
+    async def handler(request: Captured, writer: asyncio.StreamWriter) -> None:
+        if "/_mapping" in request.path and request.headers.get("authorization") == BOB:
+            await send_json(writer, 403, {"error": {"type": "security_exception", "reason": "action "
+                            "[indices:admin/mappings/get] is unauthorized for user [bob]"}, "status": 403})
+            return
+        async with httpx.AsyncClient(base_url=engine_url, timeout=30) as engine:
+            answer = await engine.request(request.method, request.path, content=request.body or None,
+                                          headers={"content-type": request.headers.get("content-type",
+                                                                                       "application/json")})
+        writer.write(response_bytes(answer.status_code, answer.content))
+        await writer.drain()
+
+    return FaultServer(handler)
+
+
+@pytest.mark.parametrize("first", [BOB, ALICE], ids=["refused-first", "allowed-first"])
+async def test_one_users_mapping_read_never_chooses_anothers_fields(es_engine, index_name: str, first: str):
+    """Bob may not read the mapping, Alice may: each gets the texts of their own read, whoever came first."""
+    load_products(es_engine.url, index_name)
+    expected = {ALICE: TEXT_ONLY, BOB: ALL_STRINGS}
+    async with refusing_bob(es_engine.url) as gate:
+        reranker = RecordingReranker()
+        with run_proxy(proxy_settings(gate.url), reranker=reranker) as proxy:
+            async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as client:
+                for step, user in enumerate((first, ALICE if first == BOB else BOB, first)):
+                    # A query of its own each time, so the texts reach the reranker (no cached score).
+                    query = {"query": {"multi_match": {"query": f"trail running step{step}",
+                                                       "fields": ["title", "specs.material"]}}}
+                    response = await client.post(f"/{index_name}/_search", json=query,
+                                                 headers={"authorization": user})
+                    assert response.status_code == 200, response.text
+                    assert response.headers["x-rerank"] == "reranked", response.headers
+                    assert set(reranker.sent[-1]) == expected[user], user
+    mapping_reads = [r.headers.get("authorization") for r in gate.requests if "/_mapping" in r.path]
+    assert sorted(mapping_reads) == sorted([ALICE, BOB])   # one read per user, kept for that user

@@ -7,6 +7,7 @@ the body the proxy parsed, and nothing more.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,11 @@ REQUEST_DROP = HOP_BY_HOP | {b"host", b"expect", b"x-proxy-api-key"}
 # `Transfer-Encoding: gzip, chunked`: the engines (Netty) decode the first coding as a content coding
 # when no Content-Encoding is sent; the proxy re-chunks the body, so it says so in Content-Encoding.
 TRANSFER_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
+# What the engines authorise a request by, as headers: Basic/Bearer/ApiKey credentials, session
+# cookies, run-as (Elasticsearch) and tenants (OpenSearch security). Whatever the proxy keeps for
+# one request and reuses for another (text fields read from a mapping) is kept per these values.
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"cookie", b"es-security-runas-user", b"securitytenant",
+                                b"security_tenant"})
 # Named in `Connection`, these are still never dropped: framing is the proxy's, not the sender's.
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
@@ -110,3 +116,15 @@ def request_head(target: Target, method: bytes, path: bytes, headers: list[tuple
         head.append(b"Transfer-Encoding: chunked\r\n")
     head.append(b"\r\n")
     return head
+
+
+def credentials_of(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A digest of the request's credential headers: equal for requests the engine authorises alike
+    (b"" when there are none, so anonymous requests share one key)."""
+    found = sorted((k.lower(), v) for k, v in headers if k.lower() in CREDENTIAL_HEADERS)
+    if not found:
+        return b""
+    digest = hashlib.sha256()
+    for name, value in found:
+        digest.update(len(name).to_bytes(4, "big") + name + len(value).to_bytes(4, "big") + value)
+    return digest.digest()[:16]

@@ -49,6 +49,7 @@ class _Entry:
     expires: float
     generation: tuple[int, ...]
     mapped: tuple[str, ...]   # indices whose mappings gave the hit texts
+    credentials: bytes        # ... as read with these credentials (engine.headers.credentials_of)
 
     @property
     def size(self) -> int:
@@ -64,9 +65,10 @@ class Remembered:
 
 
 def request_key(method: str, targets: str | None, params: Mapping[str, str], headers: Mapping[str, str],
-                body: bytes) -> bytes:
-    """What the pipeline's answer depends on besides the engine's answer and the scores."""
-    digest = hashlib.sha256()
+                body: bytes, credentials: bytes = b"") -> bytes:
+    """What the pipeline's answer depends on besides the engine's answer and the scores: the
+    credentials too, since the fields its texts are made of were read with them."""
+    digest = hashlib.sha256(len(credentials).to_bytes(2, "big") + credentials)
     rerank_headers = sorted((k, v) for k, v in headers.items() if k.startswith("x-rerank"))
     for part in (method, targets or "", repr(sorted(params.items())), repr(rerank_headers)):
         encoded = part.encode("utf-8", "surrogatepass")
@@ -80,7 +82,7 @@ class AnswerMemo:
 
     def __init__(self, max_bytes: int, ttl_s: float, generation: Callable[[], tuple[int, ...]],
                  clock: Callable[[], float] = time.monotonic,
-                 fresh: Callable[[tuple[str, ...]], bool] | None = None) -> None:
+                 fresh: Callable[[tuple[str, ...], bytes], bool] | None = None) -> None:
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
         self._generation = generation
@@ -121,7 +123,7 @@ class AnswerMemo:
         if self._clock() >= entry.expires or entry.generation != self._generation():
             self._drop(request)
             return None
-        if entry.mapped and self._fresh is not None and not self._fresh(entry.mapped):
+        if entry.mapped and self._fresh is not None and not self._fresh(entry.mapped, entry.credentials):
             return None  # the full search runs, and reads the mapping again
         self._entries.move_to_end(request)
         self.hits += 1
@@ -134,11 +136,11 @@ class AnswerMemo:
         return Remembered(body, entry.outcome, entry.cache, entry.window)
 
     def put(self, request: bytes, answer: bytes, body: bytes, outcome: str, cache: str, window: int,
-            mapped: tuple[str, ...] = ()) -> None:
+            mapped: tuple[str, ...] = (), credentials: bytes = b"") -> None:
         took = _OUTPUT_TOOK.match(body)
         head, tail = (body, None) if took is None else (body[:took.start(1)], body[took.end(1):])
         entry = _Entry(answer, head, tail, outcome, cache, window, self._clock() + self.ttl_s,
-                       self._generation(), mapped)
+                       self._generation(), mapped, credentials)
         if entry.size > self.max_bytes:
             return
         self._drop(request)

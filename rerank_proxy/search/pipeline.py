@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from rerank_proxy.config import Settings
-from rerank_proxy.engine.headers import forwardable_headers
+from rerank_proxy.engine.headers import credentials_of, forwardable_headers
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
@@ -94,6 +94,7 @@ class _MemoSlot:
     """A search the memo may keep: its request key, and the engine answer's digest once computed."""
 
     request: bytes
+    credentials: bytes       # credentials_of the request: the texts' fields were chosen with them
     answer: bytes | None = None
 
 
@@ -199,7 +200,8 @@ class SearchPipeline:
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
             return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
         opensearch = _is_opensearch(answer.headers)
-        recall = self._recall(method, targets, params, headers, decoded, answer.body, opensearch)
+        recall = self._recall(method, targets, params, headers, credentials_of(raw_headers), decoded,
+                              answer.body, opensearch)
         if isinstance(recall, Remembered):
             return Finished(200, _response_headers(out_headers), recall.body, recall.outcome, "",
                             engine_ms, 0.0, recall.cache)
@@ -216,13 +218,14 @@ class SearchPipeline:
                         engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms)
 
     def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
-                body: bytes, engine_body: bytes, opensearch: bool) -> Remembered | _MemoSlot | None:
+                credentials: bytes, body: bytes, engine_body: bytes,
+                opensearch: bool) -> Remembered | _MemoSlot | None:
         """The remembered answer to this request and engine answer; else where to remember the new
         one (None: no memo)."""
         memo = self.memo
         if memo is None:
             return None
-        slot = _MemoSlot(request_key(method, targets, params, headers, body))
+        slot = _MemoSlot(request_key(method, targets, params, headers, body, credentials), credentials)
         if memo.expects(slot.request):
             slot.answer = memo.answer_digest(engine_body, opensearch=opensearch)
             found = memo.get(slot.request, slot.answer, engine_body) if slot.answer is not None else None
@@ -239,7 +242,8 @@ class SearchPipeline:
             return  # only reranked answers: a fallback is computed again, so reranking comes back
         answer = slot.answer or memo.answer_digest(engine_body, opensearch=opensearch)
         if answer is not None:  # kept as what it is next time: an answer that needs no provider work
-            memo.put(slot.request, answer, body_out, "cached", "hit", len(scored.scores), scored.mapped)
+            memo.put(slot.request, answer, body_out, "cached", "hit", len(scored.scores), scored.mapped,
+                     slot.credentials)
 
     def _fail_closed(self, scored: _Scored, engine_ms: float) -> Finished:
         error = ProxyError(503, "rerank_unavailable_exception",

@@ -13,9 +13,11 @@ while one small read per index per minute per worker is no load on any cluster. 
 long enough that a cluster refusing every read is asked once in a while, short enough that an engine
 back from a restart is read again almost at once.
 
-Entries are keyed by the name read: searches use each hit's concrete `_index`, so aliases and
-patterns resolve to the indices behind them; writes may name an alias, whose entry is the union of
-the indices it points to.
+Entries are keyed by the name read and by the credentials it was read with (`credentials_of`: the
+Authorization, cookie, run-as and tenant headers): what one user's read found, or was refused, never
+chooses the fields of another user's texts. Searches use each hit's concrete `_index`, so aliases
+and patterns resolve to the indices behind them; writes may name an alias, whose entry is the union
+of the indices it points to.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from urllib.parse import quote
 import orjson
 
 from rerank_proxy.config import IndexRule
+from rerank_proxy.engine.headers import credentials_of
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.search.hit_text import MappedFields, RuleFor, hit_texts, mapped_indices
 from rerank_proxy.search.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
@@ -44,6 +47,7 @@ Headers = Sequence[tuple[bytes, bytes]]
 _NOT_FOR_THE_READ = frozenset({b"content-type", b"content-length", b"content-encoding", b"accept",
                                b"accept-encoding", b"transfer-encoding"})
 _ACCEPT_JSON = (b"accept", b"application/json")
+Key = tuple[bytes, str]  # (credentials_of the read's headers, index name)
 
 
 @dataclass(slots=True)
@@ -65,47 +69,50 @@ class TextFieldCache:
         self._wait_s = wait_s
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._reads: dict[str, asyncio.Task[TextPaths | None]] = {}
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._reads: dict[Key, asyncio.Task[TextPaths | None]] = {}
         self.reads = 0  # mapping reads started, for tests and the curious
         self.generation = 0  # bumped when an index's text paths change (search.answer_memo)
 
     async def resolve(self, indices: Collection[str], headers: Headers = ()) -> dict[str, TextPaths | None]:
         """The text paths of each index; None where a hit's text is every string of its `_source`."""
         now = self._clock()
+        credentials = credentials_of(headers)
         out: dict[str, TextPaths | None] = {}
         cold: list[str] = []
         for index in indices:
-            entry = self._entries.get(index)
+            key = (credentials, index)
+            entry = self._entries.get(key)
             if entry is None:
                 cold.append(index)
                 continue
-            self._entries.move_to_end(index)
+            self._entries.move_to_end(key)
             out[index] = entry.paths
             if now >= entry.expires:
-                self._read(index, headers)  # served stale this once; the next search gets the new one
+                self._read(key, headers)  # served stale this once; the next search gets the new one
         if cold:
-            reads = [self._read(index, headers) for index in cold]
+            reads = [self._read((credentials, index), headers) for index in cold]
             done, _ = await asyncio.wait(reads, timeout=self._wait_s)  # a slow read goes on behind
             for index, read in zip(cold, reads):
                 out[index] = read.result() if read in done and not read.cancelled() else None
         return out
 
-    def _read(self, index: str, headers: Headers) -> asyncio.Task[TextPaths | None]:
-        """The read in flight for `index`, or a new one: one read per index at a time."""
-        task = self._reads.get(index)
+    def _read(self, key: Key, headers: Headers) -> asyncio.Task[TextPaths | None]:
+        """The read in flight for `key`, or a new one: one read per index and credentials at a time."""
+        task = self._reads.get(key)
         if task is None:
             self.reads += 1
-            task = asyncio.get_running_loop().create_task(self._fetch(index, headers))
-            self._reads[index] = task
-            task.add_done_callback(lambda done: self._read_over(index, done))
+            task = asyncio.get_running_loop().create_task(self._fetch(key, headers))
+            self._reads[key] = task
+            task.add_done_callback(lambda done: self._read_over(key, done))
         return task
 
-    def _read_over(self, index: str, task: asyncio.Task[TextPaths | None]) -> None:
-        if self._reads.get(index) is task:
-            del self._reads[index]
+    def _read_over(self, key: Key, task: asyncio.Task[TextPaths | None]) -> None:
+        if self._reads.get(key) is task:
+            del self._reads[key]
 
-    async def _fetch(self, index: str, headers: Headers) -> TextPaths | None:
+    async def _fetch(self, key: Key, headers: Headers) -> TextPaths | None:
+        index = key[1]
         read_headers = [(k, v) for k, v in headers if k.lower() not in _NOT_FOR_THE_READ]
         read_headers.append(_ACCEPT_JSON)
         try:
@@ -114,40 +121,40 @@ class TextFieldCache:
                 raise LookupError(f"the engine answered {answer.status}: {answer.body[:200]!r}")
             found = answer_paths(orjson.loads(answer.body), RERANK_TEXT_TYPES)
         except Exception as exc:  # whatever went wrong, the search goes on with every string
-            return self._failed(index, exc)
+            return self._failed(key, exc)
         # An index without a text field (all keywords and numbers) keeps the every-string text:
         # an empty text would rank all its hits last.
         paths = TextPaths(found) if found else None
-        self._store(index, _Entry(paths, self._clock() + self._ttl_s))
+        self._store(key, _Entry(paths, self._clock() + self._ttl_s))
         return paths
 
-    def _failed(self, index: str, exc: Exception) -> TextPaths | None:
-        previous = self._entries.get(index)
+    def _failed(self, key: Key, exc: Exception) -> TextPaths | None:
+        previous = self._entries.get(key)
         if previous is None or not previous.failed:
-            log.warning("cannot read the mapping of %s (%s); its hits' text is every string of _source, "
-                        "retried in %.0f s", index, exc, self._retry_s)
+            log.warning("cannot read the mapping of %s (%s); its hits' text is every string of _source "
+                        "for the credentials that read it, retried in %.0f s", key[1], exc, self._retry_s)
         paths = previous.paths if previous is not None else None  # a failed refresh keeps what it had
-        self._store(index, _Entry(paths, self._clock() + self._retry_s, failed=True))
+        self._store(key, _Entry(paths, self._clock() + self._retry_s, failed=True))
         return paths
 
-    def _store(self, index: str, entry: _Entry) -> None:
-        previous = self._entries.get(index)
+    def _store(self, key: Key, entry: _Entry) -> None:
+        previous = self._entries.get(key)
         if previous is None or _path_names(previous.paths) != _path_names(entry.paths):
             self.generation += 1
-        self._entries[index] = entry
-        self._entries.move_to_end(index)
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def fresh(self, indices: Iterable[str]) -> bool:
+    def fresh(self, indices: Iterable[str], credentials: bytes = b"") -> bool:
         """Whether every one of these indices has a mapping read still within its time (a search
         that skips `resolve`, search.answer_memo, must not skip the refresh `resolve` would start)."""
         now = self._clock()
         for index in indices:
-            entry = self._entries.get(index)
+            entry = self._entries.get((credentials, index))
             if entry is None or now >= entry.expires:
                 return False
         return True
