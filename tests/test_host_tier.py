@@ -15,7 +15,7 @@ import pytest
 
 from rerank_proxy.config import ConfigError, load_settings
 from rerank_proxy.cpus import cgroup_quota, usable_cpus
-from rerank_proxy.scoring.cache.host_share import HostShare
+from rerank_proxy.scoring.cache.host_share import FILE_CHECK_S, HostShare
 from rerank_proxy.scoring.cache.host_signals import HostSignals
 from rerank_proxy.scoring.cache.host_tier import HostTier
 from rerank_proxy.scoring.cache.scores import ScoreCache
@@ -217,6 +217,41 @@ def host_share(directory: Path, lease_s: float = 30.0, recheck_s: float = 0.25) 
     signals = HostSignals(directory)
     signals.start()
     return HostShare(tier, signals, lease_s=lease_s, recheck_s=recheck_s)
+
+
+# --- files deleted under the workers -------------------------------------------------------------
+
+
+async def test_files_deleted_under_the_workers_are_detected_and_the_tier_rejoined(tmp_path, caplog):
+    """A /tmp cleaner deletes the tier's files; a replacement worker creates new ones. This worker,
+    which kept the unlinked file open, notices on its next use after FILE_CHECK_S, says so, and from
+    then on shares the replacement's tier both ways (and its wake-up socket is bound again)."""
+    clock = Clock()
+    tier = HostTier(tmp_path, max_entries=1000, ttl_s=3600)
+    signals = HostSignals(tmp_path)
+    signals.start()
+    share = HostShare(tier, signals, lease_s=30.0, timer=clock)
+    replacement = None
+    try:
+        share.store([(key(9), 0.9)])
+        for leftover in tmp_path.iterdir():      # the cleaner
+            leftover.unlink()
+        replacement = OtherWorker(tmp_path)      # a worker restarted meanwhile opens new files
+        assert replacement.ask(f"store {key(1).hex()}=0.5") == "stored"
+        assert share.get_many([key(1)]) == [None]          # split, until the next check
+        clock.now += FILE_CHECK_S
+        with caplog.at_level("WARNING"):
+            assert share.get_many([key(1)]) == [0.5]
+        assert share.stats.rejoined == 1 and "deleted or replaced" in caplog.text
+        share.store([(key(2), 0.25)])
+        assert replacement.ask(f"claim 30 {key(2).hex()}") == "mine 0 theirs 0 found 1"
+        assert os.path.exists(signals.path)
+        clock.now += FILE_CHECK_S
+        assert not share.rejoin_if_replaced()              # nothing changed since: no second reopen
+    finally:
+        if replacement is not None:
+            replacement.stop()
+        share.close()
 
 
 # --- a broken tier is a miss ---------------------------------------------------------------------

@@ -76,6 +76,8 @@ def _cache_metrics(runtime: Runtime) -> Iterable[Metric]:
                       "lease for another worker.", host.stats.gave_up)
         yield counter("rerank_proxy_cache_host_errors", "Failed per-host tier operations (served as misses).",
                       host.stats.errors)
+        yield counter("rerank_proxy_cache_host_rejoined", "Times this worker found the per-host tier's files "
+                      "deleted or replaced and opened the ones there now.", host.stats.rejoined)
         entries = host.entries()
         if entries is not None:
             yield gauge("rerank_proxy_cache_host_entries", "Scores held in the per-host tier (one figure for all "

@@ -9,10 +9,18 @@ worker calls the provider itself. So a dead or stuck worker delays a search, nev
 
 Every failure of the tier is a miss: it is counted in `stats.errors` and the worker computes the
 scores itself, as it would with one worker.
+
+Files deleted under the running workers (a `/tmp` cleaner) would split the tier: each worker keeps
+the file it has open while a replacement worker creates a new one. So at most every FILE_CHECK_S,
+on use, a worker checks that its files are still the ones at the path; if not it logs it, opens
+what is there now (creating it if no one has yet) and binds its wake-up socket again: within a
+second of the deletion every worker shares one tier again, the scores in the old file lost.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +32,11 @@ from rerank_proxy.scoring.cache.host_tier import Claim, HostTier
 # a claimer that died mid-call ends a wait this way; the usual wake-up comes within a millisecond
 # of the scores being stored (bench/host_tier.py).
 RECHECK_S = 0.25
+# How often a worker checks that the tier's files are still the ones it has open: a stat of two
+# files, once a second at most, on use.
+FILE_CHECK_S = 1.0
+
+log = logging.getLogger(__name__)
 
 # positions (into the keys given to `resolve`) -> their scores, from the provider; it also stores them.
 Compute = Callable[[list[int]], Awaitable[list[float]]]
@@ -33,6 +46,7 @@ Compute = Callable[[list[int]], Awaitable[list[float]]]
 class HostStats:
     gave_up: int = 0     # scores computed here after waiting `lease_s` for another worker
     errors: int = 0      # failed host-tier operations (served as misses)
+    rejoined: int = 0    # times the tier's files were found replaced and opened again
 
 
 @dataclass(slots=True)
@@ -56,8 +70,30 @@ class HostShare:
         self.recheck_s = recheck_s
         self.timer = timer
         self.stats = HostStats()
+        self._next_file_check = timer() + FILE_CHECK_S
+
+    def rejoin_if_replaced(self) -> bool:
+        """Open the tier's files again if they were deleted or replaced; True when it did."""
+        now = self.timer()
+        if now < self._next_file_check:
+            return False
+        self._next_file_check = now + FILE_CHECK_S
+        try:
+            if not self.tier.replaced():
+                return False
+            log.warning("the per-host score tier's files in %s were deleted or replaced under this worker; "
+                        "opening the files there now so the workers share one tier again (its scores are "
+                        "computed again)", self.tier.directory, extra={"fields": {"pid": os.getpid()}})
+            self.tier.reopen()
+            self.signals.restart()
+        except Exception:
+            self.stats.errors += 1
+            return False
+        self.stats.rejoined += 1
+        return True
 
     def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
+        self.rejoin_if_replaced()
         try:
             found = self.tier.get_many(keys)
         except Exception:

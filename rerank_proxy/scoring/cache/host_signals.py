@@ -51,6 +51,12 @@ class HostSignals:
         self._loop.add_reader(sock.fileno(), self._readable)
         self._sock = sock
 
+    def restart(self) -> None:
+        """Bind again (the socket file was deleted with the host tier's files): wake-ups reach this
+        worker again instead of being lost until it restarts."""
+        self.close()
+        self.start()
+
     def close(self) -> None:
         if self._sender is not None:
             self._sender.close()

@@ -27,6 +27,10 @@ each write is kept to a few calls into LMDB, whatever the number of keys:
   (host_signals.py); a claim whose lease ran out, or whose worker is gone, is taken over.
 * Expiry uses CLOCK_MONOTONIC, which is one clock for every process of the host.
 * Every method may raise (a full map, a broken file): `HostShare` turns that into a miss.
+* The files can be deleted under running workers (a `/tmp` cleaner): the workers would keep the
+  unlinked file while a replacement worker opens a new one, and the tier would split in two.
+  `replaced()` compares the file the environment has open with the one at its path, and `reopen()`
+  joins whatever is there now (creating it if no one has yet).
 """
 
 from __future__ import annotations
@@ -73,10 +77,17 @@ class HostTier:
         self.ttl_s = ttl_s
         self.timer = timer
         self.pid = os.getpid()
+        self.directory = os.fspath(directory)
+        self._max_readers = max_readers
         self._tokens = itertools.count(1)
+        self._open()
+
+    def _open(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        max_entries, max_readers = self.max_entries, self._max_readers
         # writemap: a commit changes the mapped pages in place instead of copying each dirty page out
         # with pwrite (a write of 100 scores: 1.7 -> 1.1 ms here); a cache need not survive a host crash.
-        self.env = lmdb.open(os.fspath(directory), map_size=max(_MIN_MAP_BYTES, max_entries * _BYTES_PER_ENTRY),
+        self.env = lmdb.open(self.directory, map_size=max(_MIN_MAP_BYTES, max_entries * _BYTES_PER_ENTRY),
                              max_dbs=4, max_readers=max_readers, sync=False, metasync=False, readahead=False,
                              meminit=False, writemap=True)
         # A worker killed inside a read transaction leaves its reader slot behind, which would keep
@@ -84,6 +95,21 @@ class HostTier:
         self.env.reader_check()
         self._tables = tuple(self.env.open_db(name) for name in _GENERATIONS)
         self._meta = self.env.open_db(b"meta")
+        self._identity = self._files()
+
+    def _files(self) -> tuple[tuple[int, int] | None, ...]:
+        """Which data and lock files are at the path now (LMDB's two files: both must be shared)."""
+        return tuple(_identity(os.path.join(self.directory, name)) for name in ("data.mdb", "lock.mdb"))
+
+    def replaced(self) -> bool:
+        """True when the files this environment has open are no longer the ones at its path
+        (deleted, or deleted and created again by another worker)."""
+        return self._files() != self._identity
+
+    def reopen(self) -> None:
+        """Close this environment and open the files now at the path (the other workers' too)."""
+        self.env.close()
+        self._open()
 
     def __len__(self) -> int:
         """Rows held (scores, expired ones not yet dropped, and claims), both generations."""
@@ -225,6 +251,14 @@ class HostTier:
             for table in self._tables:
                 txn.drop(table, delete=False)
         return count
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _live_score(row: bytes | None, now: float) -> float | None:
