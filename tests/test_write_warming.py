@@ -148,3 +148,44 @@ def test_a_write_through_the_proxy_warms_the_store(es_engine, index_name: str, t
         wait_until(lambda: stored() >= 12, "the written documents were never embedded", timeout_s=180)
         response = client.post(f"/{index_name}/_search", json={"query": {"match": {"body": "supersonic"}}})
         assert response.status_code == 200 and response.headers["x-rerank"] == "reranked", response.headers
+
+
+def test_concurrent_bulks_queue_a_bounded_amount_of_warming(es_engine, index_name: str, tmp_path: Path):
+    """Defaults: 8 concurrent bulks of 5,000 new documents each (40,000 texts) through the proxy.
+    Every write succeeds, and write warming queues at most its share of the embedder's queue (a
+    tenth: 10,000 documents, minutes of work, not hours); the rest is dropped and counted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.fixtures.proxy import run_proxy
+    from tests.support_wait import wait_until
+
+    settings = load_settings({"UPSTREAM_URLS": es_engine.url,
+                              "LOCAL_VECTOR_STORE": str(tmp_path / "vectors.sqlite")})
+    per_bulk, bulks = 5000, 8
+
+    def bulk(n: int) -> int:
+        lines = [line for i in range(per_bulk) for line in (
+            {"index": {"_id": f"{n}-{i}"}}, {"title": f"report {n}-{i}", "body": f"wind tunnel run {n * per_bulk + i}"})]
+        with httpx.Client(base_url=proxy.url, timeout=120) as client:
+            answer = client.post(f"/{index_name}/_bulk", content=ndjson(*lines),
+                                 headers={"content-type": "application/x-ndjson"})
+        assert answer.status_code == 200 and not answer.json()["errors"], answer.text[:300]
+        return per_bulk
+
+    with run_proxy(settings) as proxy, httpx.Client(base_url=proxy.url, timeout=60) as client:
+        with ThreadPoolExecutor(bulks) as pool:
+            assert sum(pool.map(bulk, range(bulks))) == per_bulk * bulks
+
+        def vectors() -> dict:
+            return client.get("/_rerank/ready").json()["reranker"]["vectors"]
+
+        # Every written text was either queued or dropped once the warming tasks have read the bodies.
+        wait_until(lambda: vectors()["queued"] + vectors()["dropped"] >= per_bulk * bulks,
+                   "the written bodies were never read for warming", timeout_s=120)
+        status = vectors()
+        assert status["write_queue_max"] == 10_000
+        assert status["queue_by_priority"]["write"] <= status["write_queue_max"], status
+        assert status["queued"] <= status["write_queue_max"] + status["embedded"] + status["in_flight"], status
+        assert status["dropped"] >= per_bulk * bulks - status["queued"] > 0, status
