@@ -36,6 +36,8 @@ class EnginePool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.targets = [Target(url, settings) for url in settings.upstream_urls]
+        # Kept-alive connections ready for the next exchange, per engine (most recent last).
+        self._idle: dict[Target, list[EngineConnection]] = {target: [] for target in self.targets}
         self.max_connections = settings.upstream_max_connections
         self._turn = 0
         self._live: set[EngineConnection] = set()
@@ -51,7 +53,7 @@ class EnginePool:
 
     @property
     def idle_connections(self) -> int:
-        return sum(len(target.idle) for target in self.targets)
+        return sum(map(len, self._idle.values()))
 
     def order(self) -> list[Target]:
         """Engines to try for one request: round robin start, healthy ones first."""
@@ -63,8 +65,9 @@ class EnginePool:
         return [t for t in rotated if t.healthy] + [t for t in rotated if not t.healthy]
 
     def take_idle(self, target: Target) -> EngineConnection | None:
-        while target.idle:
-            conn = target.idle.pop()
+        idle = self._idle[target]
+        while idle:
+            conn = idle.pop()
             if not conn.closed:
                 return conn
         return None
@@ -95,9 +98,9 @@ class EnginePool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.upstream_connect_timeout_s
         while self.open_connections >= self.max_connections:
-            idle = next((target.idle for target in self.targets if target.idle), None)
-            if idle:  # an idle connection (to any engine) gives its place
-                idle.pop(0).close()
+            spare = next((idle for idle in self._idle.values() if idle), None)
+            if spare:  # an idle connection (to any engine) gives its place
+                spare.pop(0).close()
                 continue
             waiter = loop.create_future()
             self._waiters.append(waiter)
@@ -144,7 +147,7 @@ class EnginePool:
         # The last bytes of an answer can complete it while the client's buffer is full: a pooled
         # connection must be reading again, or the next request on it would never see its answer.
         conn.resume_reading()
-        conn.target.idle.append(conn)
+        self._idle[conn.target].append(conn)
 
     def discard(self, conn: EngineConnection) -> None:
         """The connection is closed: forget it, and give its place to a waiting request."""
@@ -152,7 +155,7 @@ class EnginePool:
             return
         self._live.discard(conn)
         try:
-            conn.target.idle.remove(conn)
+            self._idle[conn.target].remove(conn)
         except ValueError:
             pass
         while self._waiters:

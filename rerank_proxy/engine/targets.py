@@ -5,13 +5,9 @@ from __future__ import annotations
 import base64
 import ssl
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rerank_proxy.config import Settings
-
-if TYPE_CHECKING:
-    from rerank_proxy.engine.connection import EngineConnection
 
 # An engine that refused a connection is tried last for this long (passive health check).
 DOWN_FOR_S = 2.0
@@ -37,7 +33,6 @@ class Target:
             self.authorization = f"Basic {token}".encode("ascii")
         self.ssl: ssl.SSLContext | None = tls_context(settings) if self.tls else None
         self.down_until = 0.0
-        self.idle: list[EngineConnection] = []
 
     @property
     def healthy(self) -> bool:
