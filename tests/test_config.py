@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from rerank_proxy.config import SETTING_NAMES, SETTINGS, TOOL_SETTING_NAMES, ConfigError, load_settings
+from rerank_proxy.config_values import ExistingFile
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -91,3 +92,20 @@ def test_the_mapping_gives_the_text_only_where_nothing_else_was_chosen():
     assert not off.rule_for("x").text_from_mapping and not off.rule_for("a1").text_from_mapping
     with pytest.raises(ConfigError, match="RERANK_TEXT_FROM_MAPPING"):
         load_settings({"RERANK_TEXT_FROM_MAPPING": "sometimes"})
+
+
+def test_settings_built_in_code_are_the_shipped_defaults():
+    """One source: the dataclass's defaults are the table's, so tests that build `Settings(...)`
+    run on what ships (RERANK_MAX_CONCURRENCY 64, WORKERS auto, ...)."""
+    from rerank_proxy.config import Settings, field_names
+
+    assert Settings() == load_settings({})
+    assert set(field_names()) == {s.field for s in SETTINGS}
+    assert Settings().rerank_max_concurrency == 64
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if not isinstance(s.parse, ExistingFile)],
+                         ids=lambda s: s.name)
+def test_each_example_is_accepted_by_its_parser(setting):
+    """The example the docs show is a value the proxy starts with (file paths excepted: they must exist)."""
+    setting.parse(setting.example)
