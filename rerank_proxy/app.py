@@ -19,7 +19,7 @@ from rerank_proxy.admin import logs
 from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
 from rerank_proxy.engine.pool import EnginePool
-from rerank_proxy.local.embedder import Warmer
+from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.scoring.cache.scores import ScoreCache, SharedTier
 from rerank_proxy.scoring.providers.base import Preloadable, Reranker
 from rerank_proxy.scoring.providers.resilience import ResilientReranker

@@ -24,7 +24,7 @@ from rerank_proxy.edge.search import SearchExchange
 from rerank_proxy.engine.headers import forward_request_headers
 from rerank_proxy.engine.pool import EnginePool
 from rerank_proxy.engine.relay import BODY_HIGH_WATER, CopyBudget, RelayExchange
-from rerank_proxy.local.embedder import Warmer
+from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.local.warming import queue_written
 from rerank_proxy.local.write_docs import is_write
 from rerank_proxy.search.plan import match_search_path

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -347,15 +347,3 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except OSError as exc:
         log.info("background embedder: cannot lower thread priority (%s)", exc)
-
-
-@runtime_checkable
-class Warmer(Protocol):
-    """A reranker that embeds documents in the background (the built-in model): what the write
-    relay, start-up warming, metrics and readiness need of it."""
-
-    embedder: BackgroundEmbedder
-
-    def submit_texts(self, texts: Iterable[str], *, startup: bool = False) -> int: ...
-
-    def status(self) -> dict[str, Any]: ...
