@@ -167,7 +167,8 @@ def test_concurrent_bulks_queue_a_bounded_amount_of_warming(es_engine, index_nam
 
     def bulk(n: int) -> int:
         lines = [line for i in range(per_bulk) for line in (
-            {"index": {"_id": f"{n}-{i}"}}, {"title": f"report {n}-{i}", "body": f"wind tunnel run {n * per_bulk + i}"})]
+            {"index": {"_id": f"{n}-{i}"}},
+            {"title": f"report {n}-{i}", "body": f"wind tunnel run {n * per_bulk + i}"})]
         with httpx.Client(base_url=proxy.url, timeout=120) as client:
             answer = client.post(f"/{index_name}/_bulk", content=ndjson(*lines),
                                  headers={"content-type": "application/x-ndjson"})
