@@ -21,7 +21,6 @@ Use: `receive_data(data, now)`, then `next_event()` until it returns None. A `Re
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from types import SimpleNamespace
@@ -378,7 +377,7 @@ class H1Core(Generic[T]):
         self.stop()  # a request after the close would be relayed and never answered
         return after
 
-    def abandon(self) -> Iterator[T]:
+    def abandon(self) -> list[T]:
         """The client is gone: every exchange it still has, once each; none of the queued ones starts."""
         seen: list[T] = []
         for turn in (self._active, self._parsing, *self._pending):
@@ -386,7 +385,7 @@ class H1Core(Generic[T]):
                 seen.append(turn.exchange)
         self._pending.clear()
         self.stop()
-        return iter(seen)
+        return seen
 
     # --- parser callbacks ----------------------------------------------------------------------
 
