@@ -37,8 +37,8 @@ from typing import Any
 
 import orjson
 
-from rerank_proxy.app import Runtime, build_runtime
 from rerank_proxy.config import load_settings
+from rerank_proxy.runtime import Runtime, build_runtime
 from rerank_proxy.search.pipeline import Finished
 
 from .common import (

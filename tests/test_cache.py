@@ -283,7 +283,7 @@ def test_proxy_cached_response_equals_uncached_and_admin_flush(engine, index_nam
     settings = proxy_settings(engine.url, ADMIN_TOKEN="admin-secret-1", REDIS_URL=redis_server.url,
                               REDIS_TIMEOUT_MS="500")
     reranker = OverlapReranker()
-    from rerank_proxy.wiring import build_shared_cache
+    from rerank_proxy.runtime import build_shared_cache
 
     with run_proxy(settings, reranker=reranker, shared_cache=build_shared_cache(settings)) as running:
         body = {"query": {"match": {"body": "jet engine noise"}}, "size": 5}

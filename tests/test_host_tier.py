@@ -360,7 +360,7 @@ def test_the_start_up_log_says_why_this_many_workers():
 
 
 async def test_a_host_tier_that_cannot_open_leaves_the_worker_on_its_own_tier(tmp_path, caplog):
-    from rerank_proxy.wiring import build_host_share
+    from rerank_proxy.runtime import build_host_share
 
     settings = load_settings({"RERANK_PROVIDER": "tei", "RERANK_BASE_URL": "http://127.0.0.1:1"})
     not_a_directory = tmp_path / "file"

@@ -17,6 +17,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from rerank_proxy.config import Settings
+from rerank_proxy.runtime import build_provider, build_reranker, is_pointwise
 from rerank_proxy.scoring.providers.cohere import CohereReranker, CohereV1Reranker, CompatibleReranker
 from rerank_proxy.scoring.providers.errors import (
     RerankConnectionError,
@@ -28,7 +29,6 @@ from rerank_proxy.scoring.providers.http_client import _checked_scores, error_me
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from rerank_proxy.scoring.providers.tei import TEIReranker
 from rerank_proxy.scoring.providers.voyage import VoyageReranker
-from rerank_proxy.wiring import build_provider, build_reranker, is_pointwise
 from tests.support_loopback import FaultServer, response_bytes, send_json
 
 KEY = "co-test-key-0123456789abcdef"

@@ -10,14 +10,11 @@ workers or replicas, counters can.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from rerank_proxy.admin.metrics import counter, gauge
-
-if TYPE_CHECKING:  # the runtime imports this module to register its collectors
-    from rerank_proxy.app import Runtime
+from rerank_proxy.runtime import Runtime
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
-from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,9 +23,7 @@ from starlette.routing import Route
 from rerank_proxy.admin.metrics import CONTENT_TYPE
 from rerank_proxy.console.routes import console_routes
 from rerank_proxy.errors import error_body
-
-if TYPE_CHECKING:  # the runtime builds this app
-    from rerank_proxy.app import Runtime
+from rerank_proxy.runtime import Runtime
 
 ENGINE_PROBE_TIMEOUT_S = 2.0
 

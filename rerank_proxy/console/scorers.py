@@ -40,7 +40,7 @@ class Scorer:
 
 def _factory_providers() -> frozenset[str]:
     """Providers the factory can build (read defensively: the factory is shared code)."""
-    from rerank_proxy import wiring as factory
+    from rerank_proxy import runtime as factory
 
     return frozenset(getattr(factory, "PROVIDER_CLASSES", {}) or ())
 
@@ -136,7 +136,7 @@ class Scorers:
 
     def _build(self, provider: str, model: str) -> ScoreCache:
         """A reranker for (provider, model) from the configured settings, behind its own cache."""
-        from rerank_proxy.wiring import build_reranker
+        from rerank_proxy.runtime import build_reranker
 
         settings = self._settings.with_overrides(rerank_provider=provider, rerank_model=model)
         try:
