@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
+from rerank_proxy.engine.retry_policy import Failure
+
 if TYPE_CHECKING:
     from rerank_proxy.engine.pool import EnginePool
     from rerank_proxy.engine.targets import Target
@@ -28,7 +30,7 @@ class EngineExchange(Protocol):
     def flush(self) -> None: ...
     def response_done(self) -> None: ...   # the answer is complete; what is not yet flushed goes with it
     def upstream_lost(self) -> None: ...
-    def upstream_broken(self, reason: str) -> None: ...
+    def upstream_broken(self, failure: Failure) -> None: ...
     def pause_source(self) -> None: ...
     def resume_source(self) -> None: ...
 
@@ -65,7 +67,7 @@ class EngineConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            exchange.upstream_broken("the engine sent a malformed response")
+            exchange.upstream_broken(Failure.MALFORMED)
             return
         if not self._complete:
             exchange.flush()

@@ -1,6 +1,7 @@
 """A read the proxy makes on its own behalf (a search's candidates, a probe); answered whole.
 
-Only reads come here, so any failure may be asked again: a dead pooled connection on a new
+Only reads come here, and nothing reaches the client before the answer is whole, so any failure may
+be asked again (`Resend.ANY_FAILURE` in `retry_policy.py`): a dead pooled connection on a new
 connection to the same engine, anything else on the next engine. The answer is bounded by
 MAX_CANDIDATE_BYTES: past it the read is abandoned (`AnswerTooLarge`), never held.
 """
@@ -8,26 +9,15 @@ MAX_CANDIDATE_BYTES: past it the read is abandoned (`AnswerTooLarge`), never hel
 from __future__ import annotations
 
 import asyncio
-import enum
 from typing import TYPE_CHECKING
 
 from rerank_proxy.engine.headers import request_head, with_length
+from rerank_proxy.engine.retry_policy import Failure, Next, Resend, give_up, next_step
 from rerank_proxy.engine.transport import EngineAnswer
-from rerank_proxy.errors import AnswerTooLarge, ProxyError
 
 if TYPE_CHECKING:
     from rerank_proxy.engine.connection import EngineConnection
     from rerank_proxy.engine.pool import EnginePool
-
-class Attempt(enum.Enum):
-    """How one try on one engine connection ended; the value is what an error answer says."""
-
-    OK = "answered"
-    CLOSED = "the engine closed the connection"
-    TOO_LARGE = "the answer is larger than MAX_CANDIDATE_BYTES"
-    MALFORMED = "the engine sent a malformed response"
-    TIMED_OUT = "the engine did not answer within UPSTREAM_TIMEOUT_S"
-    UNREACHABLE = "connection refused or timed out"
 
 
 class FetchExchange:
@@ -51,33 +41,29 @@ class FetchExchange:
         self.answered = False
         self.last_read = 0.0
         self.keep_alive = True
-        self.outcome: asyncio.Future[Attempt] = self.loop.create_future()
+        # None: answered; else how the try failed.
+        self.outcome: asyncio.Future[Failure | None] = self.loop.create_future()
         self.conn: EngineConnection | None = None
 
     async def run(self) -> EngineAnswer:
-        failure = Attempt.UNREACHABLE
+        last = Failure.UNREACHABLE
         for target in self.pool.order():
             conn = self.pool.take_idle(target) if target.healthy else None
             pooled = conn is not None
-            while True:
+            step = Next.NEW_CONNECTION
+            while step is Next.NEW_CONNECTION:
                 if conn is None:
                     conn = await self.pool.connect(target)
-                    if conn is None:
-                        failure = Attempt.UNREACHABLE
-                        break
-                result = await self._ask(conn)
-                if result is Attempt.OK:
+                failure = Failure.UNREACHABLE if conn is None else await self._ask(conn)
+                if failure is None:
                     return EngineAnswer(self.status, self.response_headers, b"".join(self.chunks))
-                if result is Attempt.TOO_LARGE:  # asking another engine would give the same answer
-                    raise AnswerTooLarge(self.pool.settings.max_candidate_bytes)
-                failure = result
-                if pooled and result is Attempt.CLOSED and not self.answered:
-                    conn, pooled = None, False  # a stale pooled connection: once more on a new one
-                    continue
-                break
-        raise ProxyError(502, "proxy_upstream_unavailable_exception", f"no engine could be reached ({failure.value})")
+                step = next_step(failure, Resend.ANY_FAILURE, pooled=pooled, answered=self.answered)
+                if step is Next.GIVE_UP:
+                    raise give_up(failure, every_engine=False, answer_limit=self.pool.settings.max_candidate_bytes)
+                conn, pooled, last = None, False, failure
+        raise give_up(last, every_engine=True)
 
-    async def _ask(self, conn: EngineConnection) -> Attempt:
+    async def _ask(self, conn: EngineConnection) -> Failure | None:
         self._reset()
         self.conn = conn
         conn.exchange = self
@@ -89,7 +75,7 @@ class FetchExchange:
             return await asyncio.wait_for(self.outcome, self.pool.settings.upstream_timeout_s)
         except TimeoutError:
             conn.close()
-            return Attempt.TIMED_OUT
+            return Failure.TIMED_OUT
         except asyncio.CancelledError:
             conn.close()
             raise
@@ -104,7 +90,7 @@ class FetchExchange:
         self.size += len(chunk)
         if self.size > self.pool.settings.max_candidate_bytes:
             self.chunks.clear()
-            self._give_up(Attempt.TOO_LARGE)
+            self._give_up(Failure.TOO_LARGE)
             return
         self.chunks.append(chunk)
 
@@ -119,22 +105,22 @@ class FetchExchange:
                 self.pool.release(conn)
             else:
                 conn.close()
-        self._settle(Attempt.OK)
+        self._settle(None)
 
     def upstream_lost(self) -> None:
         self.conn = None
-        self._settle(Attempt.CLOSED)
+        self._settle(Failure.CLOSED)
 
-    def upstream_broken(self, reason: str) -> None:
-        self._give_up(Attempt.MALFORMED)
+    def upstream_broken(self, failure: Failure) -> None:
+        self._give_up(failure)
 
-    def _give_up(self, result: Attempt) -> None:
+    def _give_up(self, result: Failure) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()
         self._settle(result)
 
-    def _settle(self, result: Attempt) -> None:
+    def _settle(self, result: Failure | None) -> None:
         if not self.outcome.done():
             self.outcome.set_result(result)
 

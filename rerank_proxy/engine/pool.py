@@ -20,14 +20,9 @@ from collections import deque
 from rerank_proxy.config import Settings
 from rerank_proxy.engine.connection import EngineConnection
 from rerank_proxy.engine.fetch import FetchExchange
+from rerank_proxy.engine.retry_policy import pool_full, uploads_full
 from rerank_proxy.engine.targets import Target
 from rerank_proxy.engine.transport import EngineAnswer
-from rerank_proxy.errors import ProxyError
-
-POOL_FULL = (429, "rejected_execution_exception",
-             "all engine connections are in use (UPSTREAM_MAX_CONNECTIONS); retry later")
-UPLOADS_FULL = (429, "rejected_execution_exception",
-                "all upload slots are in use (a quarter of UPSTREAM_MAX_CONNECTIONS); retry later")
 
 
 class EnginePool:
@@ -107,7 +102,7 @@ class EnginePool:
             try:
                 await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise ProxyError(*POOL_FULL) from None
+                raise pool_full() from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -125,7 +120,7 @@ class EnginePool:
         try:
             await asyncio.wait_for(waiter, self.settings.upstream_connect_timeout_s)
         except TimeoutError:
-            raise ProxyError(*UPLOADS_FULL) from None
+            raise uploads_full() from None
         finally:
             if waiter in self._upload_waiters:
                 self._upload_waiters.remove(waiter)

@@ -14,9 +14,9 @@ engine connection. A larger body streams to the engine, but only on one of the p
 An engine that answers before the body ended (no handler, wrong method) is relayed at once; the
 rest of the body is then read and dropped as the engine does, or the connection closes.
 
-Retry rules: a request may go to the next engine only when no connection could be opened (nothing
-was sent), or when it is a read (an idempotent method, or a search read whole) whose pooled
-connection died before any answer byte; a write is never sent twice.
+Retry rules are `retry_policy.py`'s: a request may go to the next engine only when no connection
+could be opened (nothing was sent), or when it is a read (an idempotent method, or a search read
+whole) whose pooled connection died before any answer byte; a write is never sent twice.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rerank_proxy.engine.headers import FRAMING, HOP_BY_HOP, request_head
+from rerank_proxy.engine.retry_policy import Failure, Next, give_up, next_step, relay_resend
 from rerank_proxy.errors import ProxyError, error_response
 
 if TYPE_CHECKING:
@@ -33,9 +34,7 @@ if TYPE_CHECKING:
 
     from rerank_proxy.engine.connection import EngineConnection
     from rerank_proxy.engine.pool import EnginePool
-    from rerank_proxy.engine.targets import Target
 
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _NO_BODY_STATUS = frozenset({204, 304})
 # Request body buffered before an engine connection is ready; past this, reading the client pauses.
 BODY_HIGH_WATER = 256 * 1024
@@ -67,7 +66,7 @@ class RelayExchange:
                  "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
                  "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
                  "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
-                 "last_read", "_tried", "started_at", "log_path", "log_headers", "rejected", "body_copy",
+                 "last_read", "started_at", "log_path", "log_headers", "rejected", "body_copy",
                  "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag",
                  "_task", "_active", "_streaming", "_upload_slot", "_connecting", "body_copy_budget")
 
@@ -122,8 +121,7 @@ class RelayExchange:
         self.out: list[bytes] = []
         self.finished = False
         self.last_read = 0.0            # loop time of the last byte from the engine (read timeout)
-        self._tried: list[Target] = []
-        self.rejected: tuple[int, str, str] | None = None
+        self.rejected: ProxyError | None = None
         self._task: asyncio.Task[None] | None = None   # held: the loop keeps only a weak reference
         self._active = False            # its turn on the client connection has come
         self._streaming = False         # the body outgrew the buffer: it streams on an upload slot
@@ -135,7 +133,7 @@ class RelayExchange:
     def start(self) -> None:
         self._active = True
         if self.rejected is not None:
-            self.fail(*self.rejected)
+            self.fail(self.rejected)
             return
         if self.expect_continue and not self.body_complete:
             self.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -152,7 +150,6 @@ class RelayExchange:
         for target in self.pool.order():
             conn = self.pool.take_idle(target) if target.healthy else None
             if conn is not None:
-                self._tried.append(target)
                 self.from_pool = True
                 self._attach(conn)
                 return
@@ -171,7 +168,7 @@ class RelayExchange:
         try:
             await self.pool.wait_upload_slot()
         except ProxyError as exc:
-            self.fail(exc.status, exc.error_type, exc.reason)
+            self.fail(exc)
             return
         if self.finished:
             self.pool.give_upload_slot()
@@ -185,25 +182,22 @@ class RelayExchange:
             self.pool.give_upload_slot()
 
     async def _connect(self) -> None:
+        """A new connection, to the engines in turn: nothing is sent until one is open."""
         for target in self.pool.order():
-            if target in self._tried and self.answered:
-                continue
             try:
                 conn = await self.pool.connect(target)
             except ProxyError as exc:  # no connection came free (UPSTREAM_MAX_CONNECTIONS)
-                self.fail(exc.status, exc.error_type, exc.reason)
+                self.fail(exc)
                 return
             if conn is None:
-                continue
+                continue  # Failure.UNREACHABLE: the next engine, whatever the request
             if self.finished:  # the client went away while connecting
                 conn.close()
                 return
-            self._tried.append(target)
             self.from_pool = False
             self._attach(conn)
             return
-        self.fail(502, "proxy_upstream_unavailable_exception",
-                  "no engine could be reached (connection refused or timed out)")
+        self.fail(give_up(Failure.UNREACHABLE, every_engine=True))
 
     def _attach(self, conn: EngineConnection) -> None:
         self.conn = conn
@@ -278,10 +272,11 @@ class RelayExchange:
     def reject_body(self, status: int, error_type: str, reason: str) -> None:
         """The client's body broke off (bad framing, too slow): the engine's connection is dropped
         before the request is complete, so the engine never acts on it; the client gets the error."""
+        error = ProxyError(status, error_type, reason)
         if self.client.active is not self:  # still queued behind another request: answer in turn
-            self.rejected = (status, error_type, reason)
+            self.rejected = error
             return
-        self._give_up(status, error_type, reason)
+        self._give_up(error)
 
     def request_body_raw(self, data: bytes) -> None:
         if self.finished:
@@ -385,24 +380,28 @@ class RelayExchange:
             self.flush()
             self.response_done()
             return
-        replayable = self.preloaded is not None or (self.method in _IDEMPOTENT and not self.body_started)
-        if not self.answered and self.from_pool and replayable:
-            self._task = self.loop.create_task(self._connect())  # a stale pooled connection: safe to ask again
+        if self._next_after(Failure.CLOSED) is Next.NEW_CONNECTION:
+            self._task = self.loop.create_task(self._connect())  # a stale pooled connection: the engine never saw it
             return
         if self.response_started:
             self.abort_client()
             return
-        self.fail(502, "proxy_upstream_unavailable_exception",
-                  "no engine could be reached (the engine closed the connection)")
+        self.fail(give_up(Failure.CLOSED, every_engine=False))
 
-    def upstream_broken(self, reason: str) -> None:
-        self._give_up(502, "proxy_upstream_unavailable_exception", reason)
+    def upstream_broken(self, failure: Failure) -> None:
+        """A malformed answer: the engine got the request, so (`next_step`) it is not sent again."""
+        self._give_up(give_up(failure, every_engine=False))
+
+    def _next_after(self, failure: Failure) -> Next:
+        resend = relay_resend(self.method, whole_body=self.preloaded is not None, body_started=self.body_started)
+        return next_step(failure, resend, pooled=self.from_pool, answered=self.answered)
 
     def _body_too_large(self) -> None:
         """A streamed body passed MAX_BODY_BYTES: the engine's connection is dropped mid-body, so
         it never sees a complete request, and the client gets 413 (or a cut connection)."""
         limit = self.pool.settings.max_body_bytes
-        self._give_up(413, "content_too_long_exception", f"request body is larger than the limit of {limit} bytes")
+        self._give_up(ProxyError(413, "content_too_long_exception",
+                                 f"request body is larger than the limit of {limit} bytes"))
 
     def check_timeout(self, now: float) -> None:
         """Called by the server's periodic tick: no timer is armed per request. While the client is
@@ -411,16 +410,16 @@ class RelayExchange:
             return
         if not self.body_complete and not self.answered and not self.conn.writing_paused:
             return
-        self._give_up(504, "proxy_upstream_timeout_exception", "the engine did not answer within UPSTREAM_TIMEOUT_S")
+        self._give_up(give_up(Failure.TIMED_OUT, every_engine=False))
 
-    def _give_up(self, status: int, error_type: str, reason: str) -> None:
+    def _give_up(self, error: ProxyError) -> None:
         """Drop the engine connection; the client gets the error, or a cut connection if its
         answer had already started."""
         self._drop_engine_connection()
         if self.response_started:
             self.abort_client()
         else:
-            self.fail(status, error_type, reason)
+            self.fail(error)
 
     def _drop_engine_connection(self) -> None:
         conn, self.conn = self.conn, None
@@ -428,12 +427,13 @@ class RelayExchange:
             conn.exchange = None
             conn.close()
 
-    def fail(self, status: int, error_type: str, reason: str) -> None:
+    def fail(self, error: ProxyError) -> None:
         """Answer the client with an engine-style error (nothing was relayed yet)."""
         if self.finished:
             return
-        self.status = status
-        answer = error_response(status, error_type, reason, close=not (self.keep_alive and self.body_complete))
+        self.status = error.status
+        answer = error_response(error.status, error.error_type, error.reason,
+                                close=not (self.keep_alive and self.body_complete))
         self.sent_bytes += len(answer)
         self.client.write(answer)
         if not self.body_complete:
