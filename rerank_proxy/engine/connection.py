@@ -1,17 +1,30 @@
-"""One keep-alive connection to an engine, parsing its answers for one exchange at a time."""
+"""One keep-alive connection to an engine: the asyncio side of `ResponseCore`.
+
+What the engine's bytes mean is the core's (`response_core.py`); this protocol feeds it, hands its
+events to the exchange using the connection (a relay or a fetch), and moves the transport: write,
+pause and resume reading, close.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Protocol
 
-import httptools
-
+from rerank_proxy.engine.response_core import (
+    BodyData,
+    Event,
+    Refusal,
+    Refused,
+    ResponseCore,
+    ResponseEnd,
+    ResponseHead,
+)
 from rerank_proxy.engine.retry_policy import Failure
 
 if TYPE_CHECKING:
-    from rerank_proxy.engine.pool import EnginePool
     from rerank_proxy.engine.targets import Target
+
+_FAILURE_OF = {Refusal.MALFORMED: Failure.MALFORMED, Refusal.TOO_LARGE: Failure.TOO_LARGE}
 
 
 class EngineExchange(Protocol):
@@ -20,12 +33,8 @@ class EngineExchange(Protocol):
     loop: asyncio.AbstractEventLoop
     last_read: float
     answered: bool
-    head_only: bool
-    status: int
-    reason: bytes
-    response_headers: list[tuple[bytes, bytes]]
 
-    def response_head(self, status: int, upstream_keep_alive: bool) -> None: ...
+    def response_head(self, head: ResponseHead) -> None: ...
     def response_body(self, chunk: bytes) -> None: ...
     def flush(self) -> None: ...
     def response_done(self) -> None: ...   # the answer is complete; what is not yet flushed goes with it
@@ -35,18 +44,27 @@ class EngineExchange(Protocol):
     def resume_source(self) -> None: ...
 
 
+class ConnectionOwner(Protocol):
+    """Who counts the open connections (the pool): told once a connection is closed."""
+
+    def discard(self, conn: EngineConnection) -> None: ...
+
+
 class EngineConnection(asyncio.Protocol):
-    def __init__(self, pool: EnginePool, target: Target) -> None:
-        self.pool = pool
+    def __init__(self, owner: ConnectionOwner, target: Target) -> None:
+        self.owner = owner
         self.target = target
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.core = ResponseCore()
         self.exchange: EngineExchange | None = None
         self.closed = False
-        self._skip = False          # rest of a HEAD response: its body never comes
-        self._complete = False
         self.reading_paused = False
         self.writing_paused = False
+
+    def attach(self, exchange: EngineExchange, *, head_only: bool, max_body: int | None = None) -> None:
+        """`exchange` sends its request next and reads the answer (a body up to `max_body` bytes)."""
+        self.exchange = exchange
+        self.core.expect(head_only=head_only, max_body=max_body)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -58,32 +76,45 @@ class EngineConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # asyncio hands a BaseTransport; a TCP client's is always a Transport
 
     def data_received(self, data: bytes) -> None:
+        events = self.core.feed(data)
         exchange = self.exchange
         if exchange is None:  # nothing was asked: the connection is out of step, drop it
             self.close()
             return
         exchange.last_read = exchange.loop.time()
         exchange.answered = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            exchange.upstream_broken(Failure.MALFORMED)
-            return
-        if not self._complete:
+        if not self._deliver(exchange, events):
             exchange.flush()
-            return
-        self._complete = False
-        if self._skip:
-            self._skip = False
-            self.parser = httptools.HttpResponseParser(self)
-        exchange.response_done()  # sends what is left of the answer with its end, in one write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.discard(self)
+        self.owner.discard(self)
         exchange, self.exchange = self.exchange, None
+        events = self.core.eof()
         if exchange is not None:
-            exchange.upstream_lost()
+            self._deliver(exchange, events)
+
+    def _deliver(self, exchange: EngineExchange, events: list[Event]) -> bool:
+        """Hand the core's events on, in order; True once the exchange is over."""
+        for event in events:
+            if type(event) is BodyData:
+                exchange.response_body(event.data)
+            elif type(event) is ResponseHead:
+                exchange.response_head(event)
+            elif type(event) is ResponseEnd:
+                if not event.reusable and not self.closed:
+                    self.close()
+                exchange.response_done()  # sends what is left of the answer with its end, in one write
+                return True
+            elif type(event) is Refused:
+                if event.refusal is Refusal.CLOSED:
+                    exchange.upstream_lost()
+                elif event.refusal is Refusal.UNSOLICITED:
+                    self.close()
+                else:
+                    exchange.upstream_broken(_FAILURE_OF[event.refusal])
+                return True
+        return False
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -99,7 +130,7 @@ class EngineConnection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self.exchange = None
-        self.pool.discard(self)
+        self.owner.discard(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -113,36 +144,3 @@ class EngineConnection(asyncio.Protocol):
         if self.reading_paused and not self.closed and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
-
-    # --- response parser callbacks -------------------------------------------------------------
-    # Called only while an exchange is attached: the parser runs inside data_received.
-
-    def on_status(self, status: bytes) -> None:
-        if not self._skip and self.exchange is not None:
-            self.exchange.reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._skip and self.exchange is not None:
-            self.exchange.response_headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        exchange = self.exchange
-        if self._skip or exchange is None:
-            return
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:  # an interim answer: the real one follows
-            exchange.reason = b""
-            exchange.response_headers = []
-            return
-        exchange.response_head(status, self.parser.should_keep_alive())
-        if exchange.head_only:
-            self._skip = True
-            self._complete = True
-
-    def on_body(self, body: bytes) -> None:
-        if not self._skip and self.exchange is not None:
-            self.exchange.response_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.exchange is not None and self.exchange.status >= 200:
-            self._complete = True

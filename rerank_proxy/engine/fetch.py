@@ -18,6 +18,7 @@ from rerank_proxy.engine.transport import EngineAnswer
 if TYPE_CHECKING:
     from rerank_proxy.engine.connection import EngineConnection
     from rerank_proxy.engine.pool import EnginePool
+    from rerank_proxy.engine.response_core import ResponseHead
 
 
 class FetchExchange:
@@ -34,10 +35,8 @@ class FetchExchange:
 
     def _reset(self) -> None:
         self.status = 0
-        self.reason = b""
         self.response_headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
-        self.size = 0
         self.answered = False
         self.last_read = 0.0
         self.keep_alive = True
@@ -66,7 +65,7 @@ class FetchExchange:
     async def _ask(self, conn: EngineConnection) -> Failure | None:
         self._reset()
         self.conn = conn
-        conn.exchange = self
+        conn.attach(self, head_only=self.head_only, max_body=self.pool.settings.max_candidate_bytes)
         head = request_head(conn.target, self.method, self.path, self.headers, None)
         head.append(self.body)
         self.last_read = self.loop.time()
@@ -82,17 +81,13 @@ class FetchExchange:
 
     # --- called by EngineConnection --------------------------------------------------------------
 
-    def response_head(self, status: int, upstream_keep_alive: bool) -> None:
-        self.status = status
-        self.keep_alive = upstream_keep_alive
+    def response_head(self, head: ResponseHead) -> None:
+        self.status = head.status
+        self.response_headers = head.headers
+        self.keep_alive = head.keep_alive
 
     def response_body(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.pool.settings.max_candidate_bytes:
-            self.chunks.clear()
-            self._give_up(Failure.TOO_LARGE)
-            return
-        self.chunks.append(chunk)
+        self.chunks.append(chunk)  # the core refuses a body past MAX_CANDIDATE_BYTES before it gets here
 
     def flush(self) -> None:
         pass
@@ -115,6 +110,7 @@ class FetchExchange:
         self._give_up(failure)
 
     def _give_up(self, result: Failure) -> None:
+        self.chunks.clear()
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.close()

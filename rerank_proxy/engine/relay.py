@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rerank_proxy.engine.headers import FRAMING, HOP_BY_HOP, request_head
+from rerank_proxy.engine.response_core import Framing
 from rerank_proxy.engine.retry_policy import Failure, Next, give_up, next_step, relay_resend
 from rerank_proxy.errors import ProxyError, error_response
 
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
 
     from rerank_proxy.engine.connection import EngineConnection
     from rerank_proxy.engine.pool import EnginePool
+    from rerank_proxy.engine.response_core import ResponseHead
 
-_NO_BODY_STATUS = frozenset({204, 304})
 # Request body buffered before an engine connection is ready; past this, reading the client pauses.
 BODY_HIGH_WATER = 256 * 1024
 # After an early answer, the rest of a body up to this size is read and dropped (the connection
@@ -64,8 +65,8 @@ class RelayExchange:
 
     __slots__ = ("client", "loop", "pool", "method", "path", "request_headers", "body_framing", "keep_alive",
                  "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
-                 "body_bytes", "conn", "from_pool", "status", "reason", "response_headers", "response_started",
-                 "response_chunked", "until_close", "upstream_keep_alive", "answered", "out", "finished",
+                 "body_bytes", "conn", "from_pool", "status", "response_started",
+                 "response_chunked", "upstream_keep_alive", "answered", "out", "finished",
                  "last_read", "started_at", "log_path", "log_headers", "rejected", "body_copy",
                  "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag",
                  "_task", "_active", "_streaming", "_upload_slot", "_connecting", "body_copy_budget")
@@ -111,11 +112,8 @@ class RelayExchange:
         self.from_pool = False
         # response side
         self.status = 0
-        self.reason = b""
-        self.response_headers: list[tuple[bytes, bytes]] = []
         self.response_started = False
         self.response_chunked = False
-        self.until_close = False
         self.upstream_keep_alive = True
         self.answered = False
         self.out: list[bytes] = []
@@ -201,7 +199,7 @@ class RelayExchange:
 
     def _attach(self, conn: EngineConnection) -> None:
         self.conn = conn
-        conn.exchange = self
+        conn.attach(self, head_only=self.head_only)
         self.served_by = conn.target.name
         head = request_head(conn.target, self.method, self.path, self.request_headers, self.body_framing)
         self.last_read = self.loop.time()
@@ -288,16 +286,16 @@ class RelayExchange:
 
     # --- response from the engine ---------------------------------------------------------------
 
-    def response_head(self, status: int, upstream_keep_alive: bool) -> None:
-        self.status = status
-        self.upstream_keep_alive = upstream_keep_alive
+    def response_head(self, answer: ResponseHead) -> None:
+        status = self.status = answer.status
+        self.upstream_keep_alive = answer.keep_alive
         if not self.body_complete and not self._drainable():
             self.keep_alive = False  # announced in the head; the rest of the body is not read
-        head = [b"HTTP/1.1 %d %b\r\n" % (status, self.reason or b"OK")]
+        head = [b"HTTP/1.1 %d %b\r\n" % (status, answer.reason or b"OK")]
         named: set[bytes] = set()
         length_at = -1
         chunked = False
-        for name, value in self.response_headers:
+        for name, value in answer.headers:
             lowered = name.lower()
             if lowered in HOP_BY_HOP:
                 if lowered == b"transfer-encoding":
@@ -317,9 +315,7 @@ class RelayExchange:
         if named:
             head = head[:1] + [part for i in range(1, len(head), 4) if head[i].lower() not in named
                                for part in head[i:i + 4]]
-        bodiless = self.head_only or status in _NO_BODY_STATUS
-        if not bodiless and length_at < 0:
-            self.until_close = not chunked  # the engine's body ends when its connection does
+        if answer.framing is not Framing.NONE and length_at < 0:  # chunked, or until the engine closes
             if self.client.http11:
                 self.response_chunked = True
                 head.append(b"Transfer-Encoding: chunked\r\n")
@@ -376,10 +372,6 @@ class RelayExchange:
         if self.finished:
             return
         self.conn = None
-        if self.until_close and self.response_started:
-            self.flush()
-            self.response_done()
-            return
         if self._next_after(Failure.CLOSED) is Next.NEW_CONNECTION:
             self._task = self.loop.create_task(self._connect())  # a stale pooled connection: the engine never saw it
             return
