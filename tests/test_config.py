@@ -8,7 +8,7 @@ import pytest
 from rerank_proxy.config import SETTING_NAMES, SETTINGS, TOOL_SETTING_NAMES, ConfigError, load_settings
 from rerank_proxy.config_values import ExistingFile
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 
 
 def test_defaults_load():
@@ -57,12 +57,12 @@ def test_redacted_config_hides_upstream_credentials():
     assert "pw123456" not in str(settings.redacted())
 
 
-def test_readme_documents_exactly_the_settings():
-    text = README.read_text()
+def test_settings_doc_documents_exactly_the_settings():
+    text = SETTINGS_DOC.read_text()
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", text, flags=re.M))
     expected = set(SETTING_NAMES) | set(TOOL_SETTING_NAMES)
     assert documented == expected, (
-        f"missing from README: {sorted(expected - documented)}; "
+        f"missing from docs/settings.md: {sorted(expected - documented)}; "
         f"not a setting: {sorted(documented - expected)}")
 
 
