@@ -1,5 +1,6 @@
-"""How engine answers are framed, in memory: `ResponseCore` fed bytes, and its asyncio adapter fed
-by a fake transport. No socket, no engine; the whole file runs in milliseconds."""
+"""The engine side in memory: how answers are framed (`ResponseCore` fed bytes), its asyncio adapter
+fed by a fake transport, and the observers a relay tells. No socket, no engine, no loop; the whole
+file runs in milliseconds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import asyncio
 
 import pytest
 
+from rerank_proxy.config import load_settings
 from rerank_proxy.engine.connection import EngineConnection
+from rerank_proxy.engine.observers import Observers, RelayObserver, RelayRecord
+from rerank_proxy.engine.relay import RelayExchange
+from rerank_proxy.engine.relay_observers import CopyBudget, WriteWarming
 from rerank_proxy.engine.response_core import (
     BodyData,
     Event,
@@ -371,3 +376,87 @@ def test_the_adapter_passes_flow_control_on():
     assert conn.reading_paused and conn.transport is not None and conn.transport.paused  # type: ignore[attr-defined]
     conn.resume_reading()
     assert not conn.reading_paused
+
+
+# --- observers of relays, in memory --------------------------------------------------------------
+
+
+class FakeRelay:
+    def __init__(self, method: bytes = b"POST", path: str = "/books/_bulk", status: int = 200) -> None:
+        self.method = method
+        self.record = RelayRecord(path, [], 0.0)
+        self.status = status
+        self.body_complete = True
+        self.request_headers: list[tuple[bytes, bytes]] = []
+
+    @property
+    def final_status(self) -> int:
+        return self.status or 499
+
+
+class Told(RelayObserver):
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log = log
+        self.name = name
+
+    def response_done(self, relay: RelayExchange) -> None:
+        self.log.append(self.name)
+
+
+class Warming(WriteWarming):
+    """Write warming with the queueing written down instead of run."""
+
+    def __init__(self, limit: int, budget: CopyBudget) -> None:
+        super().__init__(None, load_settings({"UPSTREAM_URLS": "http://x:9200"}), None, budget)  # type: ignore[arg-type]
+        self.limit = limit  # smaller than any MAX_SEARCH_BODY_BYTES allowed
+        self.warmed: list[bytes] = []
+
+    def _warm(self, relay: RelayExchange, body: bytes) -> None:
+        self.warmed.append(body)
+
+
+def test_observers_are_told_in_their_declared_order_and_only_the_hooks_they_have():
+    log: list[str] = []
+    observers = Observers([Told(log, "first"), Told(log, "second")])
+    assert observers.request_body == () and len(observers.response_done) == 2
+    for hook in observers.response_done:
+        hook(FakeRelay())  # type: ignore[arg-type]
+    assert log == ["first", "second"]
+
+
+def test_write_warming_copies_a_successful_writes_body_and_gives_its_budget_back_later():
+    budget = CopyBudget(100)
+    warming = Warming(limit=50, budget=budget)
+    relay = FakeRelay()
+    for chunk in (b"abc", b"def"):
+        warming.request_body(relay, chunk)  # type: ignore[arg-type]
+    assert budget.held == 6
+    warming.response_done(relay)  # type: ignore[arg-type]
+    assert warming.warmed == [b"abcdef"] and budget.held == 6   # held until the warming task read it
+
+
+@pytest.mark.parametrize(("relay", "chunks"), [
+    (FakeRelay(status=500), [b"abc"]),                    # the write failed
+    (FakeRelay(status=0), [b"abc"]),                      # the client went away
+    (FakeRelay(), [b"x" * 30, b"y" * 30]),                # past the per-request limit
+    (FakeRelay(method=b"GET", path="/books/_doc/1"), [b"abc"]),   # not a write
+])
+def test_write_warming_drops_copies_it_will_not_use_and_gives_their_budget_back(relay: FakeRelay,
+                                                                                chunks: list[bytes]):
+    budget = CopyBudget(100)
+    warming = Warming(limit=50, budget=budget)
+    for chunk in chunks:
+        warming.request_body(relay, chunk)  # type: ignore[arg-type]
+    warming.response_done(relay)  # type: ignore[arg-type]
+    assert warming.warmed == [] and budget.held == 0
+
+
+def test_write_warming_stops_copying_when_the_workers_budget_is_spent():
+    budget = CopyBudget(10)
+    warming = Warming(limit=50, budget=budget)
+    first, second = FakeRelay(), FakeRelay()
+    warming.request_body(first, b"x" * 8)  # type: ignore[arg-type]
+    warming.request_body(second, b"y" * 8)  # type: ignore[arg-type]
+    for relay in (first, second):
+        warming.response_done(relay)  # type: ignore[arg-type]
+    assert warming.warmed == [b"x" * 8]

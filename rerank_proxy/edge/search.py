@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rerank_proxy.engine.headers import with_length
+from rerank_proxy.engine.observers import RelayRecord
 from rerank_proxy.engine.relay import RelayExchange
 from rerank_proxy.errors import ProxyError, error_response, status_phrase
 from rerank_proxy.search.pipeline import Decided, Finished, Forward, SearchPipeline
@@ -202,13 +203,10 @@ class SearchExchange:
         assert self.server.engine is not None  # set when the server started
         relay = RelayExchange(self.client, self.server.engine, self.method, self.url,
                               with_length(self.forwarded, self.method, replay, drop), b"length" if replay else None,
-                              self.keep_alive, False, self.server.relay_done, preloaded=replay)
-        relay.extra_headers = [(b"X-Rerank", b"bypass"), (b"X-Rerank-Reason", forward.reason.encode())]
-        relay.started_at = self.started_at
-        relay.log_path = self.path
-        relay.log_headers = self.headers
-        relay.outcome = "bypass"
-        relay.reason_tag = forward.reason
+                              self.keep_alive, False, self.server.observers,
+                              RelayRecord(self.path, self.headers, self.started_at, "bypass", forward.reason),
+                              preloaded=replay,
+                              extra_headers=[(b"X-Rerank", b"bypass"), (b"X-Rerank-Reason", forward.reason.encode())])
         self.finished = True
         if self._gone:
             self.server.app.request_finished()

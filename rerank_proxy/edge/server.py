@@ -16,17 +16,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
-from rerank_proxy.admin.access_log import Served, access_logged, log_access
+from rerank_proxy.admin.access_log import Served, log_access
 from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp
 from rerank_proxy.edge.asgi import AsgiExchange
 from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
 from rerank_proxy.edge.search import SearchExchange
 from rerank_proxy.engine.headers import forward_request_headers
+from rerank_proxy.engine.observers import Observers, RelayObserver, RelayRecord
 from rerank_proxy.engine.pool import EnginePool
-from rerank_proxy.engine.relay import BODY_HIGH_WATER, CopyBudget, RelayExchange
-from rerank_proxy.local.warmer import Warmer
-from rerank_proxy.local.warming import queue_written
-from rerank_proxy.local.write_docs import is_write
+from rerank_proxy.engine.relay import BODY_HIGH_WATER, RelayExchange
+from rerank_proxy.engine.relay_observers import AccessLog, CopyBudget, InFlight, RelayMetrics, WriteWarming
 from rerank_proxy.search.plan import match_search_path
 
 if TYPE_CHECKING:
@@ -49,9 +48,7 @@ class ProxyServer:
         self.started = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._warmer: Warmer | None = None
-        self._background: set[asyncio.Task[int]] = set()
-        self.body_copies = CopyBudget(BODY_COPIES_MAX_BYTES)
+        self.observers = Observers()   # of every relay; declared in start(), once the runtime is built
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
         """Build the application (model load, clients), then listen."""
@@ -60,7 +57,11 @@ class ProxyServer:
         runtime = self.app.runtime
         assert runtime is not None  # startup() built it
         self.engine = runtime.engine
-        self._warmer = runtime.warmer
+        observers: list[RelayObserver] = [InFlight(self.app), RelayMetrics(runtime.metrics), AccessLog()]
+        if runtime.warmer is not None:
+            observers.append(WriteWarming(runtime.warmer, self.settings, runtime.pipeline.text_fields,
+                                          CopyBudget(BODY_COPIES_MAX_BYTES)))
+        self.observers = Observers(observers)
         if sock is not None:
             self._server = await self.loop.create_server(lambda: HttpConnection(self), sock=sock, backlog=2048)
         else:
@@ -120,16 +121,8 @@ class ProxyServer:
                 return self._busy(conn, method, path, headers, keep_alive, framing)
             self.app.request_started()
             assert self.engine is not None  # set by start()
-            exchange = RelayExchange(conn, self.engine, method, url, forwarded, framing, keep_alive, expect,
-                                     self.relay_done)
-            exchange.started_at = time.perf_counter()
-            exchange.log_path = path
-            exchange.log_headers = headers
-            if self._warmer is not None and is_write(exchange.method.decode("latin-1"), path):
-                exchange.body_copy = []
-                exchange.body_copy_limit = self.settings.max_search_body_bytes
-                exchange.body_copy_budget = self.body_copies
-            return exchange
+            return RelayExchange(conn, self.engine, method, url, forwarded, framing, keep_alive, expect,
+                                 self.observers, RelayRecord(path, headers, time.perf_counter()))
         if search is not None:
             return SearchExchange(conn, self, method, url, path, headers, forwarded, keep_alive,
                                   framing is not None, expect, search)
@@ -204,42 +197,6 @@ class ProxyServer:
                                     extra.get("rerank_ms", 0.0), extra.get("reason", ""))
         log_access(exchange.headers, exchange.method.decode("latin-1"), exchange.path,
                    Served(status, outcome, elapsed, exchange.sent_bytes, "", extra), exchange.client.client_addr)
-
-    def relay_done(self, exchange: RelayExchange) -> None:
-        """A relayed request is over: a pass-through, or a bypassed search."""
-        self.app.request_finished()
-        elapsed = time.perf_counter() - exchange.started_at
-        status = exchange.status or 499
-        runtime = self.app.runtime
-        if runtime is not None:
-            runtime.metrics.observe(exchange.outcome, status, elapsed, reason=exchange.reason_tag)
-        if access_logged():
-            extra = {"reason": exchange.reason_tag} if exchange.reason_tag else {}
-            log_access(exchange.log_headers, exchange.method.decode("latin-1"), exchange.log_path,
-                       Served(status, exchange.outcome, elapsed, exchange.sent_bytes, exchange.served_by, extra),
-                       exchange.client.client_addr)
-        if exchange.body_copy and 200 <= status < 300 and self._warmer is not None and exchange.body_complete:
-            body = b"".join(exchange.body_copy)
-            exchange.body_copy = None  # its bytes stay counted until the warming task has read them
-            self._warm_from(self._warmer, exchange.method.decode("latin-1"), exchange.log_path,
-                            body, exchange.request_headers)
-        else:
-            exchange.drop_body_copy()
-        exchange.client.exchange_done(exchange)
-
-    def _warm_from(self, warmer: Warmer, method: str, path: str, body: bytes,
-                   headers: list[tuple[bytes, bytes]]) -> None:
-        """Queue a successful write's documents for embedding; the answer has already gone out."""
-        runtime = self.app.runtime
-        fields = runtime.pipeline.text_fields if runtime is not None else None
-        task = self.loop.create_task(queue_written(warmer, self.settings, method, path, body, fields, headers))
-        self._background.add(task)
-        size = len(body)
-
-        def finished(done: asyncio.Task[int]) -> None:
-            self._background.discard(done)
-            self.body_copies.give_back(size)
-        task.add_done_callback(finished)
 
     async def _tick(self) -> None:
         """Engine read timeouts of relayed requests, and keep-alive connections idle too long."""

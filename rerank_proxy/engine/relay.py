@@ -22,7 +22,7 @@ whole) whose pooled connection died before any answer byte; a write is never sen
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rerank_proxy.engine.headers import FRAMING, HOP_BY_HOP, request_head
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from rerank_proxy.engine.connection import EngineConnection
+    from rerank_proxy.engine.observers import Observers, RelayRecord
     from rerank_proxy.engine.pool import EnginePool
     from rerank_proxy.engine.response_core import ResponseHead
 
@@ -64,17 +65,16 @@ class RelayExchange:
     """One pass-through request: client -> engine, response -> client."""
 
     __slots__ = ("client", "loop", "pool", "method", "path", "request_headers", "body_framing", "keep_alive",
-                 "expect_continue", "head_only", "on_done", "body_queue", "body_complete", "body_started",
-                 "body_bytes", "conn", "from_pool", "status", "response_started",
+                 "expect_continue", "head_only", "observers", "record", "body_queue", "body_complete",
+                 "body_started", "body_bytes", "conn", "from_pool", "status", "response_started",
                  "response_chunked", "upstream_keep_alive", "answered", "out", "finished",
-                 "last_read", "started_at", "log_path", "log_headers", "rejected", "body_copy",
-                 "body_copy_limit", "preloaded", "extra_headers", "sent_bytes", "served_by", "outcome", "reason_tag",
-                 "_task", "_active", "_streaming", "_upload_slot", "_connecting", "body_copy_budget")
+                 "last_read", "rejected", "preloaded", "extra_headers", "sent_bytes", "served_by",
+                 "_task", "_active", "_streaming", "_upload_slot", "_connecting")
 
     def __init__(self, client: ClientSide, pool: EnginePool, method: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]], body_framing: bytes | None, keep_alive: bool,
-                 expect_continue: bool, on_done: Callable[[RelayExchange], None], *,
-                 preloaded: bytes | None = None) -> None:
+                 expect_continue: bool, observers: Observers, record: RelayRecord, *,
+                 preloaded: bytes | None = None, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         self.client = client
         self.loop = client.loop
         self.pool = pool
@@ -85,7 +85,8 @@ class RelayExchange:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.head_only = method == b"HEAD"
-        self.on_done = on_done
+        self.observers = observers      # told of the body and of the end (metrics, access log, warming)
+        self.record = record            # how they name this relay
         # request side
         self.body_queue: deque[bytes] = deque()
         # A body the edge read whole (a bypassed search): sent with the head, and replayable.
@@ -93,21 +94,10 @@ class RelayExchange:
         self.body_complete = body_framing is None or preloaded is not None
         self.body_started = False
         self.body_bytes = len(preloaded or b"")
-        # Set by the edge for its access log and metrics.
-        self.started_at = 0.0
-        self.log_path = ""
-        self.log_headers: list[tuple[bytes, bytes]] = []
-        self.outcome = "passthrough"
-        self.reason_tag = ""
         # Added to the engine's answer (a bypassed search's X-Rerank flags).
-        self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.extra_headers = extra_headers
         self.sent_bytes = 0
         self.served_by = ""
-        # Set by the edge for writes the built-in model can warm from: the body, kept up to
-        # `body_copy_limit` (past it the copy is dropped, never the write).
-        self.body_copy: list[bytes] | None = None
-        self.body_copy_limit = 0
-        self.body_copy_budget: CopyBudget | None = None   # the worker's bound on all body copies
         self.conn: EngineConnection | None = None
         self.from_pool = False
         # response side
@@ -228,8 +218,8 @@ class RelayExchange:
         if self.body_bytes > self.pool.settings.max_body_bytes:
             self._body_too_large()
             return
-        if self.body_copy is not None:
-            self._copy(chunk)
+        for hook in self.observers.request_body:
+            hook(self, chunk)
         if self.body_framing == b"chunked":
             chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
         if self.conn is None:
@@ -241,20 +231,6 @@ class RelayExchange:
             return
         self.body_started = True
         self.conn.send(chunk)
-
-    def _copy(self, chunk: bytes) -> None:
-        """Keep the body for write warming while this request and the worker's bound allow."""
-        assert self.body_copy is not None
-        budget = self.body_copy_budget
-        if self.body_bytes <= self.body_copy_limit and (budget is None or budget.take(len(chunk))):
-            self.body_copy.append(chunk)
-        else:
-            self.drop_body_copy()
-
-    def drop_body_copy(self) -> None:
-        if self.body_copy is not None and self.body_copy_budget is not None:
-            self.body_copy_budget.give_back(sum(map(len, self.body_copy)))
-        self.body_copy = None
 
     def request_done(self) -> None:
         self.body_complete = True
@@ -356,7 +332,7 @@ class RelayExchange:
                 self.pool.release(conn)
             else:
                 conn.close()
-        self.on_done(self)
+        self._done()
 
     def _drainable(self) -> bool:
         """An early answer: is the rest of the body small enough to read and drop, as the engine does?"""
@@ -431,7 +407,7 @@ class RelayExchange:
         if not self.body_complete:
             self.keep_alive = False
         self._finish()
-        self.on_done(self)
+        self._done()
 
     def abort_client(self) -> None:
         """The response was cut mid-way: the client must see a broken connection, not a short body."""
@@ -439,7 +415,7 @@ class RelayExchange:
         self.keep_alive = False
         self._finish()
         self.client.abort()
-        self.on_done(self)
+        self._done()
 
     def client_gone(self) -> None:
         """The client disconnected: drop the engine connection unless the exchange is over."""
@@ -447,7 +423,18 @@ class RelayExchange:
             return
         self._drop_engine_connection()
         self._finish()
-        self.on_done(self)
+        self._done()
+
+    @property
+    def final_status(self) -> int:
+        """The status the client got; 499 when it went away before any (as nginx logs it)."""
+        return self.status or 499
+
+    def _done(self) -> None:
+        """Over: the observers are told, in their order, then the client connection goes on."""
+        for hook in self.observers.response_done:
+            hook(self)
+        self.client.exchange_done(self)
 
     def _finish(self) -> None:
         self.finished = True
@@ -455,25 +442,3 @@ class RelayExchange:
         # What is left of the body is the connection's to drop: reading it must not stay paused.
         self.client.resume_reading("buffer")
         self.client.resume_reading("upstream")
-
-
-class CopyBudget:
-    """The bytes of request bodies a worker keeps for write warming, over all requests at once:
-    past it a copy is dropped (never the write), so concurrent bulks cannot grow memory without end."""
-
-    __slots__ = ("limit", "held")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-
-    def take(self, size: int) -> bool:
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
-
-    def give_back(self, size: int) -> None:
-        self.held = max(0, self.held - size)
-
-
