@@ -235,7 +235,7 @@ def wait_http(service: Service, path: str, timeout_s: float = 60.0, ok=lambda r:
 
 def start_engine(kind: str = "elasticsearch", port: int = DEFAULT_ENGINE_PORT) -> str:
     """A real engine on `port` (reused when already running); returns its URL."""
-    from rerank_proxy.engines.runner import ensure_engine
+    from rerank_proxy.local_engines.runner import ensure_engine
 
     info = ensure_engine(kind, port=port, say=lambda m: log(f"engine: {m}"))
     return info.url

@@ -29,7 +29,7 @@ from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.local.minilm import shared_model
 from rerank_proxy.local.reranker import LocalReranker
 from rerank_proxy.local.vector_store import VectorStore
-from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.text.hit_text import hit_text
 
 RULE = IndexRule(pattern="*")  # all string fields: title, then text
 

@@ -33,8 +33,8 @@ import numpy as np
 from rerank_proxy.config import IndexRule
 from rerank_proxy.local.minilm import MiniLM
 from rerank_proxy.scoring.final import combine as final_scores
-from rerank_proxy.search.hit_text import hit_text
 from rerank_proxy.search.merge import rerank_order
+from rerank_proxy.search.text.hit_text import hit_text
 
 RULE = IndexRule(pattern="*")
 WINDOW = 100

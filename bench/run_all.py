@@ -57,7 +57,7 @@ def main() -> None:
     save_json("run_all.json", {"steps": steps, "quick": quick})
     report.main()
     if args.stop_engine:
-        from rerank_proxy.engines.runner import stop_engine
+        from rerank_proxy.local_engines.runner import stop_engine
         stop_engine("elasticsearch", args.engine_port)
 
 

@@ -82,7 +82,7 @@ def proxy_cpu(proxy: Service) -> float:
 def other_cpu(provider: Service) -> dict[str, float]:
     """CPU seconds used so far by the rest of a cache-miss run: the engine (every node process),
     the test server, and the load generators this process has waited for."""
-    from rerank_proxy.engines.runner import ensure_engine
+    from rerank_proxy.local_engines.runner import ensure_engine
 
     engine = ensure_engine("elasticsearch", port=DEFAULT_ENGINE_PORT)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -295,7 +295,7 @@ def placed(provider: Service, *, engine_cpu: int, rest_cpu: int) -> Iterator[Non
     """The engine's threads on `engine_cpu`; the test server and this process (so the load generator
     and the proxy it starts) on `rest_cpu`. WORKERS=auto then counts one usable CPU, as on a 1-CPU pod.
     Everything is free to run anywhere again afterwards."""
-    from rerank_proxy.engines.runner import ensure_engine
+    from rerank_proxy.local_engines.runner import ensure_engine
 
     everything = set(range(os.cpu_count() or 1))
     if len(everything) < 2:

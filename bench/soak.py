@@ -35,8 +35,8 @@ import uvicorn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rerank_proxy.engines.runner import ensure_engine  # noqa: E402
 from rerank_proxy.local.rerank_server import build_app  # noqa: E402
+from rerank_proxy.local_engines.runner import ensure_engine  # noqa: E402
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult  # noqa: E402
 
 WORDS = ("jet engine noise wing flutter boundary layer shock wave heat transfer supersonic subsonic "

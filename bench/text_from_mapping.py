@@ -49,8 +49,8 @@ from bench.common import (
 from bench.relevance_offline import load, ndcg_at
 from rerank_proxy.config import load_settings
 from rerank_proxy.engine import EnginePool
-from rerank_proxy.search.hit_text import hit_texts
-from rerank_proxy.search.text_fields import TextFieldCache, mapped_hit_texts
+from rerank_proxy.search.text.hit_text import hit_texts
+from rerank_proxy.search.text.text_fields import TextFieldCache, mapped_hit_texts
 
 DATASET = Path("/work/shared/datasets/cranfield")
 RESULTS = REPO / "bench" / "results" / "text_from_mapping.json"

@@ -15,7 +15,7 @@ from rerank_proxy import __version__
 # name -> (module, one-line help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rerank_proxy.serve", "run the proxy (HTTP server)"),
-    "engine": ("rerank_proxy.engines.cli", "start/stop/inspect local Elasticsearch/OpenSearch engines"),
+    "engine": ("rerank_proxy.local_engines.cli", "start/stop/inspect local Elasticsearch/OpenSearch engines"),
     "serve-reranker": ("rerank_proxy.local.rerank_server",
                        "run a Cohere v2-compatible rerank server on the local model"),
     "warm": ("rerank_proxy.warm", "embed every document of an index into the local vector store"),

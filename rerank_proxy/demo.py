@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rerank_proxy.engines.runner import EngineError, ensure_engine
+    from rerank_proxy.local_engines.runner import EngineError, ensure_engine
 
     collection = None if args.no_eval else _eval_collection(args)
     steps = 5 if collection is None else 6

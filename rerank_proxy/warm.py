@@ -25,8 +25,8 @@ import time
 from rerank_proxy.config import ConfigError, IndexRule, Settings, load_settings
 from rerank_proxy.engine.pool import EnginePool
 from rerank_proxy.engine.scroll import Scroll, ScrollError
-from rerank_proxy.search.hit_text import RuleMemo, needed_source_fields
-from rerank_proxy.search.text_fields import TextFieldCache, mapped_hit_texts
+from rerank_proxy.search.text.hit_text import RuleMemo, needed_source_fields
+from rerank_proxy.search.text.text_fields import TextFieldCache, mapped_hit_texts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

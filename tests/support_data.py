@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from rerank_proxy.config import IndexRule
-from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.search.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
+from rerank_proxy.search.text.hit_text import hit_text
+from rerank_proxy.search.text.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
 from tests.support_rerankers import overlap_score
 
 _TOPICS = [

@@ -33,7 +33,7 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from rerank_proxy.config import load_settings
-from rerank_proxy.engines.runner import EngineInfo
+from rerank_proxy.local_engines.runner import EngineInfo
 from tests.client_yaml.cohere_server import CohereServer
 from tests.client_yaml.loader import YamlFile
 from tests.client_yaml.runner import Cleaner, Outcome, YamlRunner

@@ -24,7 +24,7 @@ from rerank_proxy.console.beir import parse_qrels_tsv
 from rerank_proxy.console.judgments import query_id
 from rerank_proxy.console.ndcg import ndcg_at_k
 from rerank_proxy.console.store import ConsoleDB
-from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.text.hit_text import hit_text
 from tests.fixtures.engines import delete_indices
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import DEFAULT_RULE, TEXT_PATHS, default_text, load_corpus

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from rerank_proxy.config import IndexRule
-from rerank_proxy.search.hit_text import hit_text
+from rerank_proxy.search.text.hit_text import hit_text
 from tests.fixtures.engines import delete_indices
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker, overlap_score

@@ -9,10 +9,10 @@ import asyncio
 import pytest
 
 from rerank_proxy.config import load_settings
+from rerank_proxy.edge.observers import Observers, RelayObserver, RelayRecord
+from rerank_proxy.edge.relay import RelayExchange
+from rerank_proxy.edge.relay_observers import CopyBudget, WriteWarming
 from rerank_proxy.engine.connection import EngineConnection
-from rerank_proxy.engine.observers import Observers, RelayObserver, RelayRecord
-from rerank_proxy.engine.relay import RelayExchange
-from rerank_proxy.engine.relay_observers import CopyBudget, WriteWarming
 from rerank_proxy.engine.response_core import (
     BodyData,
     Event,

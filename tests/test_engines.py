@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from rerank_proxy.engines.distributions import SECOND_LINE_VERSIONS
-from rerank_proxy.engines.runner import (
+from rerank_proxy.local_engines.distributions import SECOND_LINE_VERSIONS
+from rerank_proxy.local_engines.runner import (
     ELASTICSEARCH,
     OPENSEARCH,
     EngineInfo,

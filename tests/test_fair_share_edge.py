@@ -21,7 +21,7 @@ import httpx
 import orjson
 import pytest
 
-from rerank_proxy.engine.relay_observers import CopyBudget
+from rerank_proxy.edge.relay_observers import CopyBudget
 from tests.fixtures.proxy import RunningProxy, proxy_settings, run_proxy
 from tests.support_loopback import RecordingUpstream
 from tests.support_rerankers import OverlapReranker

@@ -19,7 +19,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from rerank_proxy.engines.runner import ensure_engine, start_node, stop_engine, stop_node
+from rerank_proxy.local_engines.runner import ensure_engine, start_node, stop_engine, stop_node
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker
 

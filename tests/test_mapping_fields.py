@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rerank_proxy.config import IndexRule
 from rerank_proxy.console.engine import TEXT_TYPES as PICKER_TYPES
-from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.search.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths, field_paths
+from rerank_proxy.search.text.hit_text import hit_text
+from rerank_proxy.search.text.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths, field_paths
 
 PRODUCT_MAPPING = {"properties": {
     "title": {"type": "text", "fields": {"raw": {"type": "keyword"}}},

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from rerank_proxy.config import IndexRule, load_settings
 from rerank_proxy.errors import ProxyError
 from rerank_proxy.scoring.final import combine
-from rerank_proxy.search.hit_text import hit_text, lookup
 from rerank_proxy.search.merge import merge, rerank_order
 from rerank_proxy.search.plan import (
     Bypass,
@@ -24,6 +23,7 @@ from rerank_proxy.search.plan import (
     plan_search,
     read_client_body,
 )
+from rerank_proxy.search.text.hit_text import hit_text, lookup
 
 SETTINGS = load_settings({"RERANK_WINDOW": "20", "RERANK_PROVIDER": "local"})
 MATCH = {"query": {"match": {"t": "jet engine"}}}

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rerank_proxy.search.query_text import clean_query_string, extract_query_text
+from rerank_proxy.search.text.query_text import clean_query_string, extract_query_text
 
 
 def q(query):

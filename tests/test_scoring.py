@@ -22,8 +22,8 @@ from rerank_proxy.scoring.final import (
     resolve_weight,
     with_blanks,
 )
-from rerank_proxy.search.hit_text import RuleMemo, hit_texts
 from rerank_proxy.search.merge import rerank_order
+from rerank_proxy.search.text.hit_text import RuleMemo, hit_texts
 from tests.support_rerankers import OverlapReranker, RecordingReranker, overlap_score
 
 QUERY = "jet engine noise"

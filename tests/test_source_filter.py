@@ -4,7 +4,7 @@ test_proxy_search.py)."""
 import pytest
 
 from rerank_proxy.errors import ProxyError
-from rerank_proxy.search import source_filter as sf
+from rerank_proxy.search.text import source_filter as sf
 
 DOC = {"title": "T", "meta": {"author": "A", "year": 1960, "tags": ["x", "y"]},
        "sections": [{"name": "n1", "text": "t1"}, {"name": "n2", "text": "t2"}], "body": "B"}

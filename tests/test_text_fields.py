@@ -12,7 +12,7 @@ import orjson
 
 from rerank_proxy.engine.transport import EngineAnswer
 from rerank_proxy.errors import ProxyError
-from rerank_proxy.search.text_fields import TextFieldCache
+from rerank_proxy.search.text.text_fields import TextFieldCache
 from tests.support_wait import async_wait_until
 
 

@@ -24,7 +24,7 @@ from rerank_proxy.config import load_settings
 from rerank_proxy.engine import EnginePool
 from rerank_proxy.scoring.cache.scores import ScoreCache
 from rerank_proxy.search.pipeline import Finished, SearchPipeline
-from rerank_proxy.search.text_fields import TextFieldCache
+from rerank_proxy.search.text.text_fields import TextFieldCache
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_loopback import Captured, FaultServer, response_bytes, send_json
 from tests.support_rerankers import RecordingReranker

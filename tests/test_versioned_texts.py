@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from rerank_proxy.config import IndexRule
-from rerank_proxy.search.hit_text import VersionedTexts, hit_texts
+from rerank_proxy.search.text.hit_text import VersionedTexts, hit_texts
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker

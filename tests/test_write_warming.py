@@ -12,8 +12,8 @@ from rerank_proxy.config import IndexRule, Settings, load_settings
 from rerank_proxy.engine import EnginePool
 from rerank_proxy.local.warming import queue_written, warm_on_start, written_texts
 from rerank_proxy.local.write_docs import WrittenDoc, written_docs
-from rerank_proxy.search.hit_text import hit_text
-from rerank_proxy.search.text_fields import TextFieldCache
+from rerank_proxy.search.text.hit_text import hit_text
+from rerank_proxy.search.text.text_fields import TextFieldCache
 from tests.support_data import CORPUS, default_text, load_corpus
 
 

@@ -22,10 +22,10 @@ from rerank_proxy.console.scorers import Scorer, Scorers
 from rerank_proxy.errors import ProxyError, bad_request, parse_error
 from rerank_proxy.scoring.final import ScoreMode, final_scores, lexical_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.search.hit_text import RuleFor, needed_source_fields
 from rerank_proxy.search.merge import rerank_order
-from rerank_proxy.search.query_text import extract_query_text
-from rerank_proxy.search.text_fields import mapped_hit_texts
+from rerank_proxy.search.text.hit_text import RuleFor, needed_source_fields
+from rerank_proxy.search.text.query_text import extract_query_text
+from rerank_proxy.search.text.text_fields import mapped_hit_texts
 
 LABEL_FIELDS = ("title", "name", "headline", "subject")
 _JSON = [(b"content-type", b"application/json")]

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import orjson
 
 from rerank_proxy.errors import ProxyError
-from rerank_proxy.search.mapping_fields import answer_paths
+from rerank_proxy.search.text.mapping_fields import answer_paths
 
 # Wider than what the reranker is sent by default (`RERANK_TEXT_TYPES`): a picker offers every
 # string-valued field, keywords included, for the user to choose from.

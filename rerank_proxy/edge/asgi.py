@@ -13,7 +13,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from rerank_proxy.engine.relay import BODY_HIGH_WATER
+from rerank_proxy.edge.relay import BODY_HIGH_WATER
 from rerank_proxy.errors import error_body, error_response, status_phrase
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ is decided by the sans-I/O core `H1Core` (`h1.py`); this protocol feeds it, acts
 moves the transport: pause and resume reading, write, close, linger.
 
 Each request becomes an exchange, chosen once by the server's `route`: pass-through requests become
-`RelayExchange`s (`rerank_proxy/engine/relay.py`), searches `SearchExchange`s (`search.py`), the
+`RelayExchange`s (`rerank_proxy/edge/relay.py`), searches `SearchExchange`s (`search.py`), the
 proxy's own endpoints `AsgiExchange`s, and refusals `ErrorExchange`s. Exchanges on one connection
 answer strictly in order: while one is active the next waits, and reading from the client pauses.
 The server's tick checks the client timeouts (408) through the core, so idle sockets cannot pile up

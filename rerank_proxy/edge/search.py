@@ -13,9 +13,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from rerank_proxy.edge.observers import RelayRecord
+from rerank_proxy.edge.relay import RelayExchange
 from rerank_proxy.engine.headers import with_length
-from rerank_proxy.engine.observers import RelayRecord
-from rerank_proxy.engine.relay import RelayExchange
 from rerank_proxy.errors import ProxyError, error_response, status_phrase
 from rerank_proxy.search.pipeline import Decided, Finished, Forward, SearchPipeline
 from rerank_proxy.search.plan import parse_params

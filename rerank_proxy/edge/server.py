@@ -20,12 +20,12 @@ from rerank_proxy.admin.access_log import Served, log_access
 from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp
 from rerank_proxy.edge.asgi import AsgiExchange
 from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
+from rerank_proxy.edge.observers import Observers, RelayObserver, RelayRecord
+from rerank_proxy.edge.relay import BODY_HIGH_WATER, RelayExchange
+from rerank_proxy.edge.relay_observers import AccessLog, CopyBudget, InFlight, RelayMetrics, WriteWarming
 from rerank_proxy.edge.search import SearchExchange
 from rerank_proxy.engine.headers import forward_request_headers
-from rerank_proxy.engine.observers import Observers, RelayObserver, RelayRecord
 from rerank_proxy.engine.pool import EnginePool
-from rerank_proxy.engine.relay import BODY_HIGH_WATER, RelayExchange
-from rerank_proxy.engine.relay_observers import AccessLog, CopyBudget, InFlight, RelayMetrics, WriteWarming
 from rerank_proxy.search.plan import match_search_path
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from rerank_proxy.engine.scroll import Scroll, ScrollError
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.local.write_docs import written_docs
-from rerank_proxy.search.hit_text import MappedFields, RuleMemo, hit_text, needed_source_fields
-from rerank_proxy.search.text_fields import Headers, TextFieldCache, mapped_hit_texts
+from rerank_proxy.search.text.hit_text import MappedFields, RuleMemo, hit_text, needed_source_fields
+from rerank_proxy.search.text.text_fields import Headers, TextFieldCache, mapped_hit_texts
 
 log = logging.getLogger("rerank_proxy.warm")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from rerank_proxy.search import source_filter
 from rerank_proxy.search.plan import Plan
+from rerank_proxy.search.text import source_filter
 
 
 def rerank_order(scores: Sequence[float], last: Collection[int] = ()) -> list[int]:

@@ -29,7 +29,6 @@ from rerank_proxy.scoring.providers.waits import provider_waits
 from rerank_proxy.scoring.work_owner import owned_by
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
-from rerank_proxy.search.hit_text import RuleMemo, VersionedTexts
 from rerank_proxy.search.merge import merge
 from rerank_proxy.search.plan import (
     Bypass,
@@ -41,7 +40,8 @@ from rerank_proxy.search.plan import (
     plan_search,
     read_client_body,
 )
-from rerank_proxy.search.text_fields import TextFieldCache, mapped_fields
+from rerank_proxy.search.text.hit_text import RuleMemo, VersionedTexts
+from rerank_proxy.search.text.text_fields import TextFieldCache, mapped_fields
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})

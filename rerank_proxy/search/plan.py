@@ -24,8 +24,8 @@ import orjson
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
 from rerank_proxy.search import filter_path as filter_paths
-from rerank_proxy.search import source_filter
-from rerank_proxy.search.query_text import extract_query_text, retriever_kinds
+from rerank_proxy.search.text import source_filter
+from rerank_proxy.search.text.query_text import extract_query_text, retriever_kinds
 
 OPTIONS_KEY = "rerank"
 OPTION_TYPES: dict[str, tuple[type, ...]] = {

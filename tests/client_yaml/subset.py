@@ -2,7 +2,7 @@
 
 The subset: every file whose `requires` says `stack: true` and names no `feature_flag`, minus the API
 folders below. The local engine is Elasticsearch's integ-test build: of x-pack it has only x-pack-core
-and x-pack-security (security switched off, see rerank_proxy/engines/runner.py), and it lacks most
+and x-pack-security (security switched off, see rerank_proxy/local_engines/runner.py), and it lacks most
 other modules. Each folder left out is an x-pack plugin that build does not ship, so every file in it
 fails at once with "no handler found" (or, for security, needs users and roles that do not exist with
 security off); running them would only repeat that. All other files run, including those that fail

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import httpx
 
-from rerank_proxy.engines import processes
-from rerank_proxy.engines.distributions import (
+from rerank_proxy.local_engines import processes
+from rerank_proxy.local_engines.distributions import (
     DEFAULT_VERSIONS,
     ELASTICSEARCH,
     KINDS,
@@ -53,7 +53,7 @@ from rerank_proxy.engines.distributions import (
     file_lock,
     unpack,
 )
-from rerank_proxy.engines.java import find_java_home
+from rerank_proxy.local_engines.java import find_java_home
 
 DEFAULT_PORTS: dict[str, int] = {ELASTICSEARCH: 9200, OPENSEARCH: 9201}
 TRANSPORT_PORT_OFFSET = 1000

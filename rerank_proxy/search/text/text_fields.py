@@ -36,8 +36,8 @@ import orjson
 from rerank_proxy.config import IndexRule
 from rerank_proxy.engine.headers import credentials_of
 from rerank_proxy.engine.transport import EngineTransport
-from rerank_proxy.search.hit_text import MappedFields, RuleFor, hit_texts, mapped_indices
-from rerank_proxy.search.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
+from rerank_proxy.search.text.hit_text import MappedFields, RuleFor, hit_texts, mapped_indices
+from rerank_proxy.search.text.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
 
 log = logging.getLogger("rerank_proxy.text_fields")
 

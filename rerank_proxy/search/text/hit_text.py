@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from rerank_proxy.config import IndexRule
-from rerank_proxy.search.mapping_fields import TextPaths
+from rerank_proxy.search.text.mapping_fields import TextPaths
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 

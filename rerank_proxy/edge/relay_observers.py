@@ -10,16 +10,16 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from rerank_proxy.admin.access_log import Served, access_logged, log_access
-from rerank_proxy.engine.observers import RelayObserver
+from rerank_proxy.edge.observers import RelayObserver
 from rerank_proxy.local.warming import queue_written
 from rerank_proxy.local.write_docs import is_write
 
 if TYPE_CHECKING:
     from rerank_proxy.admin.metrics import Metrics
     from rerank_proxy.config import Settings
-    from rerank_proxy.engine.relay import RelayExchange
+    from rerank_proxy.edge.relay import RelayExchange
     from rerank_proxy.local.warmer import Warmer
-    from rerank_proxy.search.text_fields import TextFieldCache
+    from rerank_proxy.search.text.text_fields import TextFieldCache
 
 
 class InFlightCount(Protocol):

@@ -7,7 +7,7 @@
     rerank-proxy engine down --engine elasticsearch          # or --port P, or --all
     rerank-proxy engine fetch                                # pre-download both default builds
 
-See `rerank_proxy/engines/runner.py` for ports, cache layout and environment variables.
+See `rerank_proxy/local_engines/runner.py` for ports, cache layout and environment variables.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rerank_proxy.engines.distributions import DEFAULT_VERSIONS, KINDS
-from rerank_proxy.engines.runner import (
+from rerank_proxy.local_engines.distributions import DEFAULT_VERSIONS, KINDS
+from rerank_proxy.local_engines.runner import (
     DEFAULT_HEAP,
     DEFAULT_PORTS,
     DEFAULT_TIMEOUT_S,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from rerank_proxy.engine.relay import RelayExchange
+    from rerank_proxy.edge.relay import RelayExchange
 
 
 @dataclass(slots=True)

@@ -33,8 +33,8 @@ from rerank_proxy.errors import ProxyError, error_response
 if TYPE_CHECKING:
     import asyncio
 
+    from rerank_proxy.edge.observers import Observers, RelayRecord
     from rerank_proxy.engine.connection import EngineConnection
-    from rerank_proxy.engine.observers import Observers, RelayRecord
     from rerank_proxy.engine.pool import EnginePool
     from rerank_proxy.engine.response_core import ResponseHead
 
