@@ -7,9 +7,6 @@ the proxy's own endpoints. What a worker runs on is built in `runtime.py`.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,77 +23,41 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OPS_PREFIX = "/_rerank/"
-PROXY_KEY_HEADER = b"x-proxy-api-key"
-_log = logging.getLogger("rerank_proxy")
 
 
 class ProxyApp:
+    """The proxy's own endpoints as an ASGI app, over the worker's Runtime (built in `startup`)."""
+
     def __init__(self, settings: Settings, reranker: Reranker | None = None,
                  shared_cache: SharedTier | None = None, host_dir: str | None = None) -> None:
         self.settings = settings
         self.runtime: Runtime | None = None
         self._injected = (reranker, shared_cache, host_dir)
-        self._in_flight = 0
-        self._idle = asyncio.Event()
         self._ops: Any = None
         logs.register_secrets([settings.rerank_api_key, settings.admin_token, settings.redis_url,
                                *settings.proxy_api_keys, *_url_passwords(settings.upstream_urls)])
 
-    # --- ASGI entry ------------------------------------------------------------------------------
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The proxy's own endpoints; the edge routes nothing else here, after `startup`."""
-        if scope["type"] != "http":
-            return
-        self.request_started()
-        try:
+        if scope["type"] == "http":
             await self._ops(scope, receive, send)
-        finally:
-            self.request_finished()
-
-    # --- in-flight accounting (also used by the server's pass-through fast path) -----------------
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
-    def request_started(self) -> None:
-        self._in_flight += 1
-        if self._in_flight == 1:
-            self._idle.clear()
-
-    def request_finished(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
 
     async def startup(self) -> None:
         self.runtime = await build_runtime(self.settings, *self._injected)
         register_collectors(self.runtime)
         self._ops = build_ops_app(self.runtime)
-        self.runtime.metrics.track_in_flight(lambda: self._in_flight)
 
     async def shutdown(self) -> None:
-        """Let in-flight requests finish (within the grace period), then close clients."""
-        if self._in_flight:
-            try:
-                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace_s)
-            except TimeoutError:
-                _log.warning("shutdown grace period over", extra={"fields": {"in_flight": self._in_flight}})
-        if self.runtime is not None:
-            for close in self.runtime.closers:
-                await close()
-            self.runtime.engine.close()
-            if self.runtime.reranker is not None:
-                await self.runtime.reranker.aclose()
-            if self.runtime.shared_cache is not None:
-                await self.runtime.shared_cache.aclose()
-
-    def api_key_ok(self, sent: bytes) -> bool:
-        ok = False
-        for key in self.settings.proxy_api_keys:  # compare with every key: timing tells nothing
-            ok |= hmac.compare_digest(sent, key.encode())
-        return ok
+        """Close the clients (engine, provider, shared cache); the edge has let requests finish."""
+        if self.runtime is None:
+            return
+        for close in self.runtime.closers:
+            await close()
+        self.runtime.engine.close()
+        if self.runtime.reranker is not None:
+            await self.runtime.reranker.aclose()
+        if self.runtime.shared_cache is not None:
+            await self.runtime.shared_cache.aclose()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def test_the_store_is_bounded_and_says_so(es_engine, tmp_path, monkeypatch):
         refused = client.put(f"{API}/querysets/second", json={"queries": big_set("b", 600, 1000)})
         assert refused.status_code == 507, refused.text
         error = refused.json()
-        assert error["status"] == 507 and error["error"]["type"] == "console_store_full_exception"
+        assert error["status"] == 507
+        assert error["error"]["type"] == "console_store_full_exception"
         assert error["error"]["root_cause"][0]["reason"] == error["error"]["reason"]
         for words in ("is full", "1 MiB", "CONSOLE_STORE_MAX_MB", "Delete saved query sets"):
             assert words in error["error"]["reason"]
@@ -111,7 +112,7 @@ def test_a_judgment_waiting_for_the_store_does_not_hold_up_the_event_loop(es_eng
         try:
             with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as second:
                 pending = pool.submit(judge, second, "d2")
-                wait_until(lambda: running.app.in_flight >= 1, "the judgment to reach the proxy")
+                wait_until(lambda: running.in_flight >= 1, "the judgment to reach the proxy")
                 health = httpx.get(f"{running.url}/_rerank/health", timeout=30)
                 assert health.status_code == 200
                 assert client.get(f"{API}/options").status_code == 200

@@ -85,7 +85,8 @@ def _assert_engine_error(data: bytes, status: int) -> None:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d" % status), data[:200]
     error = orjson.loads(body)
-    assert error["status"] == status and error["error"]["root_cause"][0]["type"] == error["error"]["type"]
+    assert error["status"] == status
+    assert error["error"]["root_cause"][0]["type"] == error["error"]["type"]
 
 
 # --- 1. Connection: Content-Length ----------------------------------------------------------------
@@ -103,8 +104,10 @@ def test_connection_header_cannot_remove_framing(counted, connection):
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nX-Proxy-Api-Key: {KEY}\r\nConnection: {connection}\r\n"
                      f"Content-Length: {len(SMUGGLED)}\r\n\r\n".encode() + SMUGGLED)
         head, body = _one_response(sock)
-    assert head.startswith(b"HTTP/1.1 200") and orjson.loads(body)["path"] == path
-    assert upstream.requests[before:] and upstream.requests[before][1] == path
+    assert head.startswith(b"HTTP/1.1 200")
+    assert orjson.loads(body)["path"] == path
+    assert upstream.requests[before:]
+    assert upstream.requests[before][1] == path
     assert upstream.requests[before][3] == SMUGGLED  # the body arrived as a body
     _second_client_gets_its_own(proxy, upstream)
     assert "/smuggled" not in upstream.paths()
@@ -179,7 +182,8 @@ def test_upgrades_are_answered_as_plain_http_and_nothing_after_is_forwarded(coun
     with _connect(proxy) as sock:
         sock.sendall(f"GET /up HTTP/1.1\r\n{H}{upgrade}\r\n".encode() + b"PRI * HTTP/2.0\r\n\r\n" + SMUGGLED)
         data = _read_all(sock)
-    assert data.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1 ") == 1
+    assert data.startswith(b"HTTP/1.1 200")
+    assert data.count(b"HTTP/1.1 ") == 1
     new = upstream.requests[before:]
     assert [path for _, path, _, _ in new] == ["/up"]
     names = {name.lower() for name, _ in new[0][2]}
@@ -304,7 +308,8 @@ def test_smuggled_write_never_lands_in_a_real_engine(es_engine, es_proxy, index_
     assert answer.startswith(b"HTTP/1.1 400")  # the engine read the bytes as a (bad) JSON body
     for _ in range(3):  # later clients get their own answers
         health = httpx.get(f"{es_proxy.url}/_cluster/health", timeout=30)
-        assert health.status_code == 200 and "cluster_name" in health.json()
+        assert health.status_code == 200
+        assert "cluster_name" in health.json()
     httpx.post(f"{es_engine.url}/{index_name}/_refresh")
     assert httpx.get(f"{es_engine.url}/{index_name}/_doc/evil").status_code == 404
 
@@ -373,7 +378,7 @@ def test_searches_keep_answering_under_a_thousand_slow_uploads(es_engine, index_
                                         headers={"Content-Type": "application/json"}).status_code
                             for _ in range(20)]
             assert statuses == [200] * 20
-            assert proxy.app.in_flight == 0  # none of the 1,000 holds a slot
+            assert proxy.in_flight == 0  # none of the 1,000 holds a slot
         finally:
             for sock in slow:
                 sock.close()
@@ -413,7 +418,8 @@ def test_an_msearch_past_the_cap_is_refused_with_bounded_memory(es_proxy):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert response.status_code == 400 and response.json()["error"]["type"] == "illegal_argument_exception"
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "illegal_argument_exception"
     assert "MAX_MSEARCH_SEARCHES" in response.json()["error"]["reason"]
     print(f"msearch of 5000 sub-searches ({len(body)} bytes): traced peak {peak} bytes")
     assert peak < 16 * len(body) + 8_000_000, f"peak {peak} bytes"  # body copies, never a parsed tree
@@ -437,7 +443,8 @@ def test_candidates_past_the_byte_bound_are_never_held(es_engine, index_name):
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert response.status_code == 200 and len(response.json()["hits"]["hits"]) == 5
+    assert response.status_code == 200
+    assert len(response.json()["hits"]["hits"]) == 5
     assert response.headers["x-rerank"] == "bypass"
     assert response.headers["x-rerank-reason"] == "candidates_too_large"
     print(f"window of 400 x 40 KB documents, MAX_CANDIDATE_BYTES=1 MiB: traced peak {peak} bytes")
@@ -447,5 +454,6 @@ def test_candidates_past_the_byte_bound_are_never_held(es_engine, index_name):
     with run_proxy(proxy_settings(es_engine.url, MAX_CANDIDATE_BYTES="1048576"), reranker=OverlapReranker()) as proxy:
         asked = httpx.post(f"{proxy.url}/{index_name}/_search", json={"query": {"match": {"t": "word"}}, "size": 5,
                                                                       "rerank": {"window": 400}}, timeout=60)
-    assert asked.status_code == 200 and len(asked.json()["hits"]["hits"]) == 5
+    assert asked.status_code == 200
+    assert len(asked.json()["hits"]["hits"]) == 5
     assert asked.headers["x-rerank-reason"] == "candidates_too_large"

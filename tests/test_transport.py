@@ -55,9 +55,11 @@ async def test_open_engine_connections_are_capped_and_the_excess_gets_429():
             responses = await asyncio.gather(*calls)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 200, 429, 429, 429]
-    assert upstream.most_held == 2 and len(server.requests) == 2
+    assert upstream.most_held == 2
+    assert len(server.requests) == 2
     busy = next(r for r in responses if r.status_code == 429).json()
-    assert busy["error"]["type"] == "rejected_execution_exception" and busy["status"] == 429
+    assert busy["error"]["type"] == "rejected_execution_exception"
+    assert busy["status"] == 429
 
 
 async def test_requests_past_the_cap_wait_for_a_free_connection():
@@ -66,7 +68,7 @@ async def test_requests_past_the_cap_wait_for_a_free_connection():
         settings = proxy_settings(server.url, UPSTREAM_MAX_CONNECTIONS="1", UPSTREAM_CONNECT_TIMEOUT_S="30")
         with run_proxy(settings, reranker=OverlapReranker()) as running:
             calls = [asyncio.ensure_future(client.get(f"{running.url}/doc/_doc/{n}")) for n in range(3)]
-            await async_wait_until(lambda: running.app.in_flight == 3 and upstream.held == 1,
+            await async_wait_until(lambda: running.in_flight == 3 and upstream.held == 1,
                                    "three requests at the proxy, one at the engine")
             upstream.gate.set()
             responses = await asyncio.gather(*calls)
@@ -89,9 +91,12 @@ async def test_a_bypassed_search_is_relayed_with_the_clients_body_and_flagged():
             response = await client.post(f"{running.url}/papers/_search?pretty=false", content=body,
                                          headers={"Content-Type": "application/json", "X-Opaque-Id": "r-1"})
     assert response.status_code == 200
-    assert response.headers["x-rerank"] == "bypass" and response.headers["x-rerank-reason"] == "sort"
+    assert response.headers["x-rerank"] == "bypass"
+    assert response.headers["x-rerank-reason"] == "sort"
     assert response.headers["x-elastic-product"] == "Elasticsearch"
     [seen] = server.requests   # one request reached the engine: the client's own, byte for byte
-    assert seen.method == "POST" and seen.path == "/papers/_search?pretty=false"
-    assert seen.body == body and seen.headers["x-opaque-id"] == "r-1"
+    assert seen.method == "POST"
+    assert seen.path == "/papers/_search?pretty=false"
+    assert seen.body == body
+    assert seen.headers["x-opaque-id"] == "r-1"
     assert response.json()["seen"] == orjson.loads(body)

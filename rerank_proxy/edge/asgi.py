@@ -106,6 +106,8 @@ class AsgiExchange:
     # --- the app ---------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        admission = self.client.server.admission
+        admission.enter()
         try:
             await self.client.server.app(self.scope, self._receive, self._send)
         except Exception:
@@ -121,6 +123,7 @@ class AsgiExchange:
                 self.keep_alive = False
                 if self._started:
                     self.client.abort()  # a half-sent response must not look complete
+            admission.leave()
             self.finished = True
             self.client.exchange_done(self)
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class InFlightCount(Protocol):
-    def request_finished(self) -> None: ...
+    def leave(self) -> None: ...
 
 
 class InFlight(RelayObserver):
@@ -33,7 +33,7 @@ class InFlight(RelayObserver):
         self.count = count
 
     def response_done(self, relay: RelayExchange) -> None:
-        self.count.request_finished()
+        self.count.leave()
 
 
 class RelayMetrics(RelayObserver):

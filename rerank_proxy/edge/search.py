@@ -110,7 +110,7 @@ class SearchExchange:
             self._answer(error_response(*refusal, close=not self.keep_alive), refusal[0], "error")
             return
         self._running = True
-        self.server.app.request_started()
+        self.server.admission.enter()
         runtime = self.server.app.runtime
         assert runtime is not None  # the server starts after the app
         body = b"".join(self._body)
@@ -209,6 +209,6 @@ class SearchExchange:
                               extra_headers=[(b"X-Rerank", b"bypass"), (b"X-Rerank-Reason", forward.reason.encode())])
         self.finished = True
         if self._gone:
-            self.server.app.request_finished()
+            self.server.admission.leave()
             return
         self.client.hand_over(self, relay)

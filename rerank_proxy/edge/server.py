@@ -10,6 +10,7 @@ application `ProxyApp`, exactly as under any ASGI server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from rerank_proxy.admin.access_log import Served, log_access
-from rerank_proxy.app import OPS_PREFIX, PROXY_KEY_HEADER, ProxyApp
+from rerank_proxy.app import OPS_PREFIX, ProxyApp
+from rerank_proxy.edge.admission import BUSY, Admission
 from rerank_proxy.edge.asgi import AsgiExchange
 from rerank_proxy.edge.connection import ErrorExchange, HttpConnection
 from rerank_proxy.edge.observers import Observers, RelayObserver, RelayRecord
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 KEEP_ALIVE_TIMEOUT_S = 75.0
 # Bodies of writes kept for write warming, over all requests of a worker at once.
 BODY_COPIES_MAX_BYTES = 32 * 1024 * 1024
-_BUSY = (429, "rejected_execution_exception", "too many concurrent requests at the proxy; retry later")
+_log = logging.getLogger("rerank_proxy")
 
 
 class ProxyServer:
@@ -49,6 +51,7 @@ class ProxyServer:
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.observers = Observers()   # of every relay; declared in start(), once the runtime is built
+        self.admission = Admission(self.settings.max_concurrent_requests, self.settings.proxy_api_keys)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
         """Build the application (model load, clients), then listen."""
@@ -57,7 +60,8 @@ class ProxyServer:
         runtime = self.app.runtime
         assert runtime is not None  # startup() built it
         self.engine = runtime.engine
-        observers: list[RelayObserver] = [InFlight(self.app), RelayMetrics(runtime.metrics), AccessLog()]
+        runtime.metrics.track_in_flight(lambda: self.admission.in_flight)
+        observers: list[RelayObserver] = [InFlight(self.admission), RelayMetrics(runtime.metrics), AccessLog()]
         if runtime.warmer is not None:
             observers.append(WriteWarming(runtime.warmer, self.settings, runtime.pipeline.text_fields,
                                           CopyBudget(BODY_COPIES_MAX_BYTES)))
@@ -87,6 +91,8 @@ class ProxyServer:
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()
+        if self.admission.in_flight and not await self.admission.until_idle(self.settings.shutdown_grace_s):
+            _log.warning("shutdown grace period over", extra={"fields": {"in_flight": self.admission.in_flight}})
         await self.app.shutdown()
         for conn in list(self.connections):
             conn.close()
@@ -117,9 +123,9 @@ class ProxyServer:
                                  drain_body=status != 413 and _declared_length(headers) <= BODY_HIGH_WATER,
                                  on_done=self._refusal_done(method, path, headers))
         if not own and search is None:
-            if self.app.in_flight >= self.settings.max_concurrent_requests:
+            if self.admission.full:
                 return self._busy(conn, method, path, headers, keep_alive, framing)
-            self.app.request_started()
+            self.admission.enter()
             assert self.engine is not None  # set by start()
             return RelayExchange(conn, self.engine, method, url, forwarded, framing, keep_alive, expect,
                                  self.observers, RelayRecord(path, headers, time.perf_counter()))
@@ -152,9 +158,8 @@ class ProxyServer:
                     return 400, "illegal_argument_exception", "Transfer-Encoding must end with chunked"
         if own:
             return None  # the proxy's endpoints have their own token (ADMIN_TOKEN)
-        if settings.proxy_api_keys and not self.app.api_key_ok(
-                next((v for k, v in headers if k.lower() == PROXY_KEY_HEADER), b"")):
-            return 401, "security_exception", "missing or invalid X-Proxy-Api-Key"
+        if (bad_key := self.admission.key_refusal(headers)) is not None:
+            return bad_key
         declared = _declared_length(headers) if framing == b"length" else 0
         limit = settings.max_search_body_bytes if searching else settings.max_body_bytes
         if declared > limit:
@@ -164,13 +169,13 @@ class ProxyServer:
 
     def _busy(self, conn: HttpConnection, method: bytes, path: str, headers: list[tuple[bytes, bytes]],
               keep_alive: bool, framing: bytes | None) -> ErrorExchange:
-        return ErrorExchange(conn, *_BUSY, keep_alive=keep_alive, body_expected=framing is not None,
+        return ErrorExchange(conn, *BUSY, keep_alive=keep_alive, body_expected=framing is not None,
                              drain_body=_declared_length(headers) <= BODY_HIGH_WATER,
                              on_done=self._refusal_done(method, path, headers))
 
     def admit(self) -> tuple[int, str, str] | None:
         """Checked when a search's body is complete: None (go), or the 429 to answer instead."""
-        return None if self.app.in_flight < self.settings.max_concurrent_requests else _BUSY
+        return BUSY if self.admission.full else None
 
     def _refusal_done(self, method: bytes, path: str,
                       headers: list[tuple[bytes, bytes]]) -> Callable[[ErrorExchange], None]:
@@ -189,7 +194,7 @@ class ProxyServer:
                     *, counted: bool) -> None:
         """A search answered by the proxy itself (reranked, or an error); `counted` if admitted."""
         if counted:
-            self.app.request_finished()
+            self.admission.leave()
         elapsed = time.perf_counter() - exchange.started_at
         runtime = self.app.runtime
         if runtime is not None:
