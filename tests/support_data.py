@@ -56,7 +56,8 @@ def load_corpus(url: str, index: str) -> None:
             lines.append(httpx.Response(200, json=doc).text)
         bulk = client.post(f"/{index}/_bulk?refresh=true", content="\n".join(lines) + "\n",
                            headers={"content-type": "application/x-ndjson"})
-        assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+        assert bulk.status_code == 200, bulk.text
+        assert not bulk.json()["errors"], bulk.text
 
 
 def expected_order(query: str, engine_ids: list[str]) -> list[str]:

@@ -39,11 +39,13 @@ def test_a_remembered_answer_comes_back_with_the_new_took():
     request = request_key("POST", "idx", {}, {}, b'{"query":{}}')
     first = engine_answer(7, ["a", "b"])
     digest = m.answer_digest(first, opensearch=False)
-    assert digest is not None and not m.expects(request)
+    assert digest is not None
+    assert not m.expects(request)
     m.put(request, digest, b'{"took":7,"hits":{"hits":["b","a"]}}', "cached", "hit", 2)
     again = engine_answer(12345, ["a", "b"])
     same = m.answer_digest(again, opensearch=False)
-    assert same == digest and m.expects(request)
+    assert same == digest
+    assert m.expects(request)
     found = m.get(request, same, again)
     assert found is not None
     assert found.body == b'{"took":12345,"hits":{"hits":["b","a"]}}'
@@ -58,7 +60,8 @@ def test_another_engine_answer_or_another_request_is_not_reused():
     m.put(request, digest, b'{"took":1}', "cached", "hit", 2)
     changed = engine_answer(1, ["b", "a"])
     other = m.answer_digest(changed, opensearch=False)
-    assert other is not None and other != digest
+    assert other is not None
+    assert other != digest
     assert m.get(request, other, changed) is None
     assert m.answer_digest(engine_answer(1, ["a", "b"]), opensearch=True) != digest
     # every part of the request is in its key: page, parameters, rerank headers, targets, method
@@ -83,7 +86,8 @@ def test_expiry_and_generation_retire_entries():
     m.put(b"r1", digest, b'{"took":1}', "cached", "hit", 1)
     m.put(b"r2", digest, b'{"took":1}', "cached", "hit", 1)
     generation[0] += 1  # a flush, or a changed mapping
-    assert m.get(b"r1", digest, body) is None and len(m) == 1
+    assert m.get(b"r1", digest, body) is None
+    assert len(m) == 1
     m.put(b"r1", digest, b'{"took":1}', "cached", "hit", 1)
     clock.now += 61
     assert m.get(b"r1", digest, body) is None
@@ -112,7 +116,8 @@ def test_a_pretty_answer_gets_its_took_in_place():
     assert digest is not None
     m.put(b"r", digest, b'{\n  "took": 7,\n  "hits": {}\n}', "cached", "hit", 1)
     found = m.get(b"r", digest, engine_answer(1234, ["a"]))
-    assert found is not None and found.body == b'{\n  "took": 1234,\n  "hits": {}\n}'
+    assert found is not None
+    assert found.body == b'{\n  "took": 1234,\n  "hits": {}\n}'
 
 
 def test_answers_it_cannot_splice_are_not_kept():
@@ -126,7 +131,8 @@ def test_answers_it_cannot_splice_are_not_kept():
     assert digest is not None
     m.put(b"r", digest, b'{"hits":{"hits":[]}}', "cached", "hit", 0)
     found = m.get(b"r", digest, body)
-    assert found is not None and found.body == b'{"hits":{"hits":[]}}'
+    assert found is not None
+    assert found.body == b'{"hits":{"hits":[]}}'
 
 
 # --- through the proxy, against the real engine ----------------------------------------------------
@@ -151,9 +157,12 @@ def test_a_repeated_search_is_answered_from_the_memo_until_a_document_changes(en
         first = _search(running.url, index_name, body)
         calls = reranker.calls
         second = _search(running.url, index_name, body)
-        assert first.headers["x-rerank"] == "reranked" and second.headers["x-rerank"] == "cached"
-        assert _without_took(first) == _without_took(second) and reranker.calls == calls
-        assert '"took":' in second.text and second.json()["took"] >= 0
+        assert first.headers["x-rerank"] == "reranked"
+        assert second.headers["x-rerank"] == "cached"
+        assert _without_took(first) == _without_took(second)
+        assert reranker.calls == calls
+        assert '"took":' in second.text
+        assert second.json()["took"] >= 0
         samples = metric_samples(running.url)
         assert samples[("rerank_proxy_answer_memo_hits_total", ())] == 1
 
@@ -161,7 +170,8 @@ def test_a_repeated_search_is_answered_from_the_memo_until_a_document_changes(en
         page2 = _search(running.url, index_name, dict(body, **{"from": 3}))
         ids_1 = [h["_id"] for h in first.json()["hits"]["hits"]]
         ids_2 = [h["_id"] for h in page2.json()["hits"]["hits"]]
-        assert ids_2 and not set(ids_1) & set(ids_2)
+        assert ids_2
+        assert not set(ids_1) & set(ids_2)
         filtered = _search(running.url, index_name, body, filter_path="hits.hits._id")
         assert filtered.json() == {"hits": {"hits": [{"_id": i} for i in ids_1]}}
 
@@ -172,7 +182,8 @@ def test_a_repeated_search_is_answered_from_the_memo_until_a_document_changes(en
         assert updated.status_code == 200, updated.text
         documents = reranker.documents
         third = _search(running.url, index_name, body)
-        assert third.headers["x-rerank-cache"] == "partial" and reranker.documents == documents + 1
+        assert third.headers["x-rerank-cache"] == "partial"
+        assert reranker.documents == documents + 1
         assert metric_samples(running.url)[("rerank_proxy_answer_memo_hits_total", ())] == 1
 
 
@@ -183,5 +194,6 @@ def test_the_memo_can_be_turned_off(engine, index_name):
     with run_proxy(proxy_settings(engine.url, CACHE_ANSWERS_MAX_MB="0"), reranker=reranker) as running:
         _search(running.url, index_name, body)
         second = _search(running.url, index_name, body)
-        assert second.headers["x-rerank"] == "cached" and second.headers["x-rerank-cache"] == "hit"
+        assert second.headers["x-rerank"] == "cached"
+        assert second.headers["x-rerank-cache"] == "hit"
         assert not any(name == "rerank_proxy_answer_memo_hits_total" for name, _ in metric_samples(running.url))

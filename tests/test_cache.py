@@ -88,7 +88,8 @@ async def test_changed_text_is_a_miss():
     cache = ScoreCache(reranker, max_entries=1000, ttl_s=60)
     await cache.scores("jet", ["jet engine"])
     outcome = await cache.scores("jet", ["jet engine (revised)"])
-    assert outcome.status == "miss" and reranker.calls == 2
+    assert outcome.status == "miss"
+    assert reranker.calls == 2
 
 
 async def test_ttl_expiry():
@@ -121,7 +122,8 @@ async def test_concurrent_identical_work_makes_one_call():
     a, b, c, _ = await asyncio.gather(first, second, third, sentinel)
     assert reranker.queries == ["jet engine", SENTINEL]     # one provider call for the three requests
     assert reranker.documents == len(DOCS) + 1
-    assert a.scores == b.scores and c.scores == a.scores[:2]
+    assert a.scores == b.scores
+    assert c.scores == a.scores[:2]
     assert (a.status, b.coalesced, c.coalesced) == ("miss", len(DOCS), 2)
 
 
@@ -157,14 +159,18 @@ def test_local_tier_keeps_ttlcache_rules():
     tier.set_many([(b"a", 1.0), (b"b", 2.0), (b"c", 3.0)])
     assert tier.get_many([b"a", b"x"]) == [1.0, None]         # a is now the most recently used
     tier[b"d"] = 4.0                                            # full: b (least recently used) goes
-    assert tier.get_many([b"a", b"b", b"c", b"d"]) == [1.0, None, 3.0, 4.0] and len(tier) == 3
+    assert tier.get_many([b"a", b"b", b"c", b"d"]) == [1.0, None, 3.0, 4.0]
+    assert len(tier) == 3
     clock.now += 5
     tier[b"c"] = 30.0                                           # rewritten: lives 10 s from now
     clock.now += 5                                              # a and d expire, reads did not extend them
     assert tier.get_many([b"a", b"c", b"d"]) == [None, 30.0, None]
-    assert len(tier) == 1 and b"c" in tier and b"a" not in tier
+    assert len(tier) == 1
+    assert b"c" in tier
+    assert b"a" not in tier
     clock.now += 10
-    assert len(tier) == 0 and tier.get(b"c") is None
+    assert len(tier) == 0
+    assert tier.get(b"c") is None
     tier[b"e"] = 5.0
     tier.clear()
     assert len(tier) == 0
@@ -203,14 +209,17 @@ def test_document_keys_are_stable():
     assert cache.doc_keys("jet", ["ignored"], [text_digest]) == [expected]   # digests known: texts unread
     # one query's keys share their head (side by side in the host tier), another query's do not
     keys = cache.doc_keys("jet", ["a", "b"]) + cache.doc_keys("wing", ["a"])
-    assert keys[0][:6] == keys[1][:6] != keys[2][:6] and len(set(keys)) == 3
+    assert keys[0][:6] == keys[1][:6] != keys[2][:6]
+    assert len(set(keys)) == 3
 
 
 async def test_repeated_documents_in_one_request_make_one_score():
     reranker = OverlapReranker()
     cache = ScoreCache(reranker, max_entries=0, ttl_s=60)
     outcome = await cache.scores("jet", ["jet engine", "wing", "jet engine"])
-    assert reranker.documents == 2 and outcome.scores[0] == outcome.scores[2] and outcome.coalesced == 1
+    assert reranker.documents == 2
+    assert outcome.scores[0] == outcome.scores[2]
+    assert outcome.coalesced == 1
 
 
 async def test_waiters_on_several_calls_get_their_own_scores():
@@ -225,8 +234,10 @@ async def test_waiters_on_several_calls_get_their_own_scores():
     await reranker.until_entered(3)
     reranker.gate.set()
     a, b, c = await asyncio.gather(first, second, third)
-    assert reranker.calls == 3 and reranker.documents == len(DOCS) + 1
-    assert c.scores[:4] == list(reversed(a.scores + b.scores)) and c.coalesced == len(DOCS)
+    assert reranker.calls == 3
+    assert reranker.documents == len(DOCS) + 1
+    assert c.scores[:4] == list(reversed(a.scores + b.scores))
+    assert c.coalesced == len(DOCS)
 
 
 async def test_a_cancelled_waiter_does_not_cancel_the_shared_call():
@@ -243,7 +254,8 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_call():
     with pytest.raises(asyncio.CancelledError):
         await second
     kept = await third                                    # the other waiter still gets the scores
-    assert kept.coalesced == len(DOCS) and kept.scores == (await first).scores
+    assert kept.coalesced == len(DOCS)
+    assert kept.scores == (await first).scores
     await sentinel
     assert reranker.queries == ["q", SENTINEL]
 
@@ -255,7 +267,9 @@ async def test_replicas_share_scores_through_redis(redis_server):
     replica_b = ScoreCache(reranker_b, max_entries=1000, ttl_s=60, shared=shared_b, shared_timeout_s=0.5)
     a = await replica_a.scores("jet engine", DOCS)
     b = await replica_b.scores("jet engine", DOCS)
-    assert reranker_b.calls == 0 and b.status == "hit" and b.scores == a.scores
+    assert reranker_b.calls == 0
+    assert b.status == "hit"
+    assert b.scores == a.scores
     assert replica_b.stats.shared_hits == len(DOCS)
     assert await shared_a.flush() == len(DOCS)
     await shared_a.aclose()
@@ -269,11 +283,13 @@ async def test_redis_down_is_a_miss_not_an_error(redis_server):
     await cache.scores("q", DOCS)
     redis_server.stop()
     outcome = await cache.scores("q", DOCS)           # Redis gone: computed again, no exception
-    assert outcome.status == "miss" and cache.stats.shared_errors >= 1
+    assert outcome.status == "miss"
+    assert cache.stats.shared_errors >= 1
     redis_server.start()                               # same port: the client reconnects by itself
     await cache.scores("q2", DOCS)
     again = await cache.scores("q2", DOCS)
-    assert again.status == "hit" and cache.stats.shared_hits == len(DOCS)
+    assert again.status == "hit"
+    assert cache.stats.shared_hits == len(DOCS)
     await shared.aclose()
 
 
@@ -289,13 +305,17 @@ def test_proxy_cached_response_equals_uncached_and_admin_flush(engine, index_nam
         body = {"query": {"match": {"body": "jet engine noise"}}, "size": 5}
         first = httpx.post(f"{running.url}/{index_name}/_search", json=body)
         second = httpx.post(f"{running.url}/{index_name}/_search", json=body)
-        assert first.headers["x-rerank-cache"] == "miss" and second.headers["x-rerank-cache"] == "hit"
+        assert first.headers["x-rerank-cache"] == "miss"
+        assert second.headers["x-rerank-cache"] == "hit"
         a, b = first.json(), second.json()
         a.pop("took"), b.pop("took")
-        assert a == b and reranker.calls == 1
+        assert a == b
+        assert reranker.calls == 1
         auth = {"Authorization": "Bearer admin-secret-1"}
         assert httpx.post(f"{running.url}/_rerank/admin/cache/flush").status_code == 401
         flushed = httpx.post(f"{running.url}/_rerank/admin/cache/flush", headers=auth).json()["flushed"]
-        assert flushed["local"] > 0 and flushed["shared"] > 0
+        assert flushed["local"] > 0
+        assert flushed["shared"] > 0
         third = httpx.post(f"{running.url}/{index_name}/_search", json=body)
-        assert third.headers["x-rerank-cache"] == "miss" and reranker.calls == 2
+        assert third.headers["x-rerank-cache"] == "miss"
+        assert reranker.calls == 2

@@ -98,7 +98,8 @@ def test_search_documents_go_first_and_duplicates_are_embedded_once():
         embedder.close()
     order = [texts[0] for texts in model.calls]
     assert order == ["w0", "s1", "w2", "w1", "w0-dup-key"]   # search, then write, then start-up
-    assert embedder.stats.embedded == 5 and embedder.store.count() == 5
+    assert embedder.stats.embedded == 5
+    assert embedder.store.count() == 5
     assert all(n >= 5 for n in model.niceness)                # worker threads run at nice +5
 
 
@@ -109,13 +110,16 @@ def test_a_full_queue_drops_work_and_searches_evict_lower_priority():
         embedder.submit([(k("busy"), "busy")], WRITE)
         assert model.started.wait(30)
         queued = embedder.submit([(k("w1"), "w1"), (k("w2"), "w2"), (k("w3"), "w3")], STARTUP)
-        assert set(queued) == {k("w1"), k("w2")} and embedder.stats.dropped == 1   # w3 refused
+        assert set(queued) == {k("w1"), k("w2")}
+        assert embedder.stats.dropped == 1
         taken = embedder.submit([(k("s1"), "s1")], SEARCH)
-        assert k("s1") in taken and embedder.stats.dropped == 2                      # w2 evicted
+        assert k("s1") in taken
+        assert embedder.stats.dropped == 2
         with pytest.raises(Dropped):
             queued[k("w2")].result(timeout=30)
         status = embedder.status()
-        assert status["queue_depth"] == 2 and status["dropped"] == 2
+        assert status["queue_depth"] == 2
+        assert status["dropped"] == 2
         model.gate.set()
         assert taken[k("s1")].result(timeout=30).shape == (DIM,)
     finally:
@@ -133,7 +137,8 @@ def test_documents_already_stored_are_not_embedded_again():
         wait(futures.values(), timeout=30)
     finally:
         embedder.close()
-    assert model.calls == [["b"]] and embedder.stats.already_stored == 1
+    assert model.calls == [["b"]]
+    assert embedder.stats.already_stored == 1
 
 
 # --- the breaker sees provider failures only --------------------------------------------------
@@ -170,7 +175,8 @@ async def test_cold_vectors_never_open_the_breaker_but_a_failing_provider_does()
     for _ in range(20):
         with pytest.raises(RerankVectorsCold) as info:
             await cold.rerank("q", ["a"])
-    assert cold.breaker.state == "closed" and cold.stats.capacity == 20
+    assert cold.breaker.state == "closed"
+    assert cold.stats.capacity == 20
     assert cold.stats.attempts == 20                           # never retried either
     assert reason_of(info.value) == "vectors_cold"
     broken = ResilientReranker(ScriptedProvider(RerankConnectionError("refused")),
@@ -191,7 +197,8 @@ async def test_searches_queued_behind_busy_slots_are_capacity_not_failures():
     gate.set()
     assert type(results[0]) is RerankDeadlineExceeded          # the provider itself was slow: counts
     assert isinstance(results[1], RerankSaturated)             # only waited for a slot: does not
-    assert reranker.breaker.consecutive_failures == 1 and reranker.breaker.state == "closed"
+    assert reranker.breaker.consecutive_failures == 1
+    assert reranker.breaker.state == "closed"
 
 
 async def test_query_text_is_cut_to_rerank_max_query_chars():
@@ -199,7 +206,8 @@ async def test_query_text_is_cut_to_rerank_max_query_chars():
     reranker = ResilientReranker(provider, resilience_settings(rerank_max_query_chars=50))
     await reranker.rerank("x" * 2_000_000, ["a"])
     await reranker.rerank("short", ["a"])
-    assert provider.queries == ["x" * 50, "short"] and reranker.stats.queries_truncated == 1
+    assert provider.queries == ["x" * 50, "short"]
+    assert reranker.stats.queries_truncated == 1
 
 
 # --- the user's first minute -----------------------------------------------------------------
@@ -224,7 +232,8 @@ def bulk_load(url: str, index: str, docs: list[dict[str, str]]) -> None:
         assert created.status_code == 200, created.text
         bulk = client.post("/_bulk?refresh=true", content="\n".join(lines) + "\n",
                            headers={"content-type": "application/x-ndjson"})
-        assert bulk.status_code == 200 and not bulk.json()["errors"]
+        assert bulk.status_code == 200
+        assert not bulk.json()["errors"]
 
 
 def search(client: httpx.Client, index: str, text: str, rerank: dict | None = None) -> httpx.Response:

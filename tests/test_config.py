@@ -14,7 +14,8 @@ SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 def test_defaults_load():
     settings = load_settings({})
     assert settings.upstream_urls == ("http://127.0.0.1:9200",)
-    assert settings.rerank_provider == "local" and settings.rerank_window == 100
+    assert settings.rerank_provider == "local"
+    assert settings.rerank_window == 100
 
 
 @pytest.mark.parametrize("env,needle", [
@@ -34,7 +35,8 @@ def test_errors_are_one_clear_line(env, needle):
     with pytest.raises(ConfigError) as err:
         load_settings(env)
     message = str(err.value)
-    assert needle in message and "\n" not in message
+    assert needle in message
+    assert "\n" not in message
 
 
 def test_secret_values_are_not_echoed():
@@ -89,7 +91,8 @@ def test_the_mapping_gives_the_text_only_where_nothing_else_was_chosen():
     assert not load_settings({"RERANK_FIELDS": "title"}).default_rule().text_from_mapping
     assert not load_settings({"RERANK_TEMPLATE": "{title}"}).rule_for("x").text_from_mapping
     off = load_settings({"RERANK_TEXT_FROM_MAPPING": "false", "RERANK_RULES": rules})
-    assert not off.rule_for("x").text_from_mapping and not off.rule_for("a1").text_from_mapping
+    assert not off.rule_for("x").text_from_mapping
+    assert not off.rule_for("a1").text_from_mapping
     with pytest.raises(ConfigError, match="RERANK_TEXT_FROM_MAPPING"):
         load_settings({"RERANK_TEXT_FROM_MAPPING": "sometimes"})
 

@@ -77,7 +77,8 @@ def load_console_corpus(url: str, index: str) -> None:
         lines += [json.dumps({"index": {"_id": doc_id}}), json.dumps(doc)]
     response = httpx.post(f"{url}/{index}/_bulk?refresh=true", content="\n".join(lines) + "\n",
                           headers={"content-type": "application/x-ndjson"}, timeout=30)
-    assert response.status_code == 200 and not response.json()["errors"], response.text
+    assert response.status_code == 200, response.text
+    assert not response.json()["errors"], response.text
 
 
 def engine_hits(url: str, index: str, query: str, window: int) -> list[dict[str, Any]]:
@@ -145,11 +146,15 @@ def test_page_and_api_need_the_admin_token(console):
     assert httpx.get(f"{base}{API}/options", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(f"{base}{API}/options?token={TOKEN}").status_code == 401, "?token= is for the page only"
     plain = httpx.get(f"{base}/_rerank/console")
-    assert plain.status_code == 401 and plain.json()["error"]["type"] == "security_exception"
+    assert plain.status_code == 401
+    assert plain.json()["error"]["type"] == "security_exception"
     login = httpx.get(f"{base}/_rerank/console", headers={"accept": "text/html"})
-    assert login.status_code == 401 and 'name="token"' in login.text and "lexical" not in login.text
+    assert login.status_code == 401
+    assert 'name="token"' in login.text
+    assert "lexical" not in login.text
     rejected = httpx.get(f"{base}/_rerank/console?token=nope", headers={"accept": "text/html"})
-    assert rejected.status_code == 401 and "not accepted" in rejected.text
+    assert rejected.status_code == 401
+    assert "not accepted" in rejected.text
 
 
 def test_page_cookie_opens_the_page_only(console):
@@ -158,12 +163,15 @@ def test_page_cookie_opens_the_page_only(console):
         first = browser.get(f"/_rerank/console?token={TOKEN}")
         assert first.status_code == 200
         cookie = first.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/_rerank/console" in cookie
+        assert "httponly" in cookie
+        assert "samesite=strict" in cookie
+        assert "path=/_rerank/console" in cookie
         assert TOKEN.lower() not in cookie, "the cookie is derived from the token, not the token"
         assert browser.get("/_rerank/console").status_code == 200, "a reload works"
         assert browser.get(f"{API}/options").status_code == 401, "the API needs the bearer token"
         signin = browser.get("/_rerank/console?signin", headers={"accept": "text/html"})
-        assert signin.status_code == 401 and 'name="token"' in signin.text
+        assert signin.status_code == 401
+        assert 'name="token"' in signin.text
         assert browser.get("/_rerank/console").status_code == 401, "signing out clears the cookie"
     forged = httpx.get(f"{base}/_rerank/console", cookies={"rerank_console_page": "0" * 64})
     assert forged.status_code == 401
@@ -175,15 +183,19 @@ def test_page_is_self_contained(console):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/html")
         html = response.text
-        assert 'id="lexical-list"' in html and 'id="reranked-list"' in html
-        assert "{{NONCE}}" not in html and "{{CONSOLE_" not in html, "every placeholder of the page is filled"
+        assert 'id="lexical-list"' in html
+        assert 'id="reranked-list"' in html
+        assert "{{NONCE}}" not in html, "every placeholder of the page is filled"
+        assert "{{CONSOLE_" not in html, "every placeholder of the page is filled"
         policy = response.headers["content-security-policy"]
-        assert "default-src 'none'" in policy and "connect-src 'self'" in policy
+        assert "default-src 'none'" in policy
+        assert "connect-src 'self'" in policy
         nonce = policy.split("'nonce-")[1].split("'")[0]
         assert html.count(f'nonce="{nonce}"') == 2, "the inline style and script carry the nonce"
-        assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html, \
-            "nothing is loaded from elsewhere"
-        assert "<script src" not in html and "<link" not in html
+        assert "http://" not in html.replace("http://www.w3.org/2000/svg", ""), "nothing is loaded from elsewhere"
+        assert "https://" not in html, "nothing is loaded from elsewhere"
+        assert "<script src" not in html
+        assert "<link" not in html
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert TOKEN not in html
@@ -246,8 +258,10 @@ def test_options_list_the_scorers(console):
                                    "model": "overlap-v1", "models_switchable": False, "score_mode": "rerank",
                                    "reason": ""}
     assert by_id["lexical"]["available"] is True
-    assert "local" in by_id and (by_id["local"]["available"] or by_id["local"]["reason"])
-    assert options["k"] == 10 and options["defaults"]["window"] == 100
+    assert "local" in by_id
+    assert (by_id["local"]["available"] or by_id["local"]["reason"])
+    assert options["k"] == 10
+    assert options["defaults"]["window"] == 100
 
 
 def test_indices_hide_dot_indices(console, engine, console_index):
@@ -261,7 +275,8 @@ def test_indices_hide_dot_indices(console, engine, console_index):
         if created.status_code == 200:
             assert hidden not in names
         row = next(i for i in listed if i["name"] == console_index)
-        assert row["docs"] == 12 + len(EXTRA_DOCS) and row["reranked"] is True
+        assert row["docs"] == 12 + len(EXTRA_DOCS)
+        assert row["reranked"] is True
         assert row["rule"]["window"] == 100
     finally:
         httpx.delete(f"{engine.url}/{hidden}", timeout=30)
@@ -279,14 +294,16 @@ def test_compare_shows_both_rankings_with_rank_changes(console, engine, console_
     result = compare(console, index=console_index, query=QUERY, window=WINDOW)
     assert [h["id"] for h in result["lexical"]] == lexical[:10]
     assert [h["id"] for h in result["reranked"]] == reranked[:10]
-    assert result["candidates"] == len(lexical) and result["window"] == WINDOW
+    assert result["candidates"] == len(lexical)
+    assert result["window"] == WINDOW
     assert result["provider"] == {"choice": "configured", "name": "overlap", "model": "overlap-v1"}
     assert result["score_mode"] == "rerank"
 
     kinds = set()
     for rank, hit in enumerate(result["reranked"]):
         before = lexical.index(hit["id"])
-        assert hit["rank"] == rank + 1 and hit["lexical_rank"] == before + 1
+        assert hit["rank"] == rank + 1
+        assert hit["lexical_rank"] == before + 1
         want = "new" if before >= 10 else "up" if rank < before else "down" if rank > before else "same"
         assert hit["change"]["kind"] == want
         assert hit["change"]["by"] == abs(before - rank) or want == "new"
@@ -306,7 +323,9 @@ def test_compare_shows_both_rankings_with_rank_changes(console, engine, console_
     first = result["reranked"][0]
     assert first["text"] == default_text(EXTRA_DOCS.get(first["id"]) or _corpus_doc(first["id"]))
     timings = result["timings"]
-    assert timings["engine_ms"] > 0 and timings["rerank_ms"] >= 0 and timings["engine_took_ms"] is not None
+    assert timings["engine_ms"] > 0
+    assert timings["rerank_ms"] >= 0
+    assert timings["engine_took_ms"] is not None
     assert timings["cache"]["sent"] + timings["cache"]["cached"] + timings["cache"]["coalesced"] == len(lexical)
     again = compare(console, index=console_index, query=QUERY, window=WINDOW)
     assert again["timings"]["cache"]["status"] == "hit"
@@ -331,7 +350,8 @@ def test_compare_matches_what_clients_of_the_proxy_get(console, console_index):
 
 def test_window_and_fields_change_the_comparison(console, engine, console_index):
     small = compare(console, index=console_index, query=QUERY, window=5)
-    assert small["candidates"] == 5 and small["window"] == 5
+    assert small["candidates"] == 5
+    assert small["window"] == 5
     lexical5 = [h["id"] for h in small["lexical"]]
     assert sorted(lexical5) == sorted(h["id"] for h in small["reranked"]), "only the window is reranked"
     assert all(h["change"]["kind"] != "new" for h in small["reranked"])
@@ -354,7 +374,8 @@ def test_lexical_scorer_and_score_modes(console, console_index):
     lexical = compare(console, index=console_index, query=QUERY, window=WINDOW, provider="lexical")
     assert [h["id"] for h in lexical["reranked"]] == [h["id"] for h in lexical["lexical"]]
     assert all(h["change"]["kind"] == "same" and h["rerank_score"] is None for h in lexical["reranked"])
-    assert lexical["score_mode"] == "lexical" and lexical["timings"]["cache"] == {}
+    assert lexical["score_mode"] == "lexical"
+    assert lexical["timings"]["cache"] == {}
 
     blend = compare(console, index=console_index, query=QUERY, window=WINDOW, score_mode="blend", blend_weight=0.5)
     assert blend["score_mode"] == "blend"
@@ -372,7 +393,8 @@ def test_local_scorer_is_offered_or_explained(console, console_index):
         assert response.status_code == 200, response.text
         assert response.json()["provider"]["name"] == "local"
     else:
-        assert response.status_code == 400 and local["reason"] in response.text
+        assert response.status_code == 400
+        assert local["reason"] in response.text
 
 
 @pytest.fixture
@@ -419,7 +441,8 @@ def test_another_model_of_the_configured_provider(engine, console_index, compati
     settings = with_judgments_file(settings, tmp_path / "j.sqlite3", monkeypatch)
     with run_proxy(settings) as running, httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
         configured = client.get(f"{API}/options").json()["providers"][0]
-        assert configured["provider"] == "compatible" and configured["model"] == "keep"
+        assert configured["provider"] == "compatible"
+        assert configured["model"] == "keep"
         assert configured["models_switchable"] is True
         kept = compare(client, index=console_index, query=QUERY, window=WINDOW)
         assert [h["id"] for h in kept["reranked"]] == [h["id"] for h in kept["lexical"]]
@@ -428,7 +451,8 @@ def test_another_model_of_the_configured_provider(engine, console_index, compati
         assert flipped["provider"] == {"choice": "configured", "name": "compatible", "model": "flip"}
         ids = [h["_id"] for h in engine_hits(engine.url, console_index, QUERY, WINDOW)]
         assert [h["id"] for h in flipped["reranked"]] == ids[::-1][:10]
-        assert seen.count("flip") == 1 and "keep" in seen
+        assert seen.count("flip") == 1
+        assert "keep" in seen
         again = compare(client, index=console_index, query=QUERY, window=WINDOW, model="flip")
         assert again["timings"]["cache"]["status"] == "hit", "the extra reranker and its cache are kept"
         assert seen.count("flip") == 1
@@ -519,8 +543,10 @@ def test_judgments_persist_export_and_drive_ndcg(console, console_index, judgmen
     row = next(r for r in metrics["rows"] if r["id"] == qid)
     assert row["lexical"] == pytest.approx(again["ndcg"]["lexical"])
     assert row["reranked"] == pytest.approx(again["ndcg"]["reranked"])
-    assert row["relevant"] == 1 and row["judged"] == 2
-    assert metrics["evaluated"] >= 1 and metrics["k"] == 10
+    assert row["relevant"] == 1
+    assert row["judged"] == 2
+    assert metrics["evaluated"] >= 1
+    assert metrics["k"] == 10
 
     listed = console.get(f"{API}/judgments", params={"index": console_index}).json()["queries"]
     assert {"id": qid, "query": query, "judged": 2, "relevant": 1} in listed
@@ -528,7 +554,8 @@ def test_judgments_persist_export_and_drive_ndcg(console, console_index, judgmen
     tsv = console.get(f"{API}/judgments/qrels.tsv", params={"index": console_index})
     assert tsv.headers["content-type"].startswith("text/tab-separated-values")
     assert tsv.text.splitlines()[0] == "query-id\tcorpus-id\tscore"
-    assert f"{qid}\t{lifted}\t1" in tsv.text.splitlines() and f"{qid}\t{dropped}\t0" in tsv.text.splitlines()
+    assert f"{qid}\t{lifted}\t1" in tsv.text.splitlines()
+    assert f"{qid}\t{dropped}\t0" in tsv.text.splitlines()
     assert parse_qrels_tsv(tsv.text)[qid] == qrels
     queries = [json.loads(line) for line in console.get(f"{API}/judgments/queries.jsonl",
                                                         params={"index": console_index}).text.splitlines()]
@@ -567,7 +594,9 @@ def test_graded_judgments_drive_graded_ndcg(console, console_index, judgments_fi
 
     metrics = console.post(f"{API}/metrics", json={"index": console_index, "window": WINDOW}).json()
     row = next(r for r in metrics["rows"] if r["id"] == qid)
-    assert row["reranked"] == pytest.approx(again["ndcg"]["reranked"]) and row["relevant"] == 3 and row["judged"] == 4
+    assert row["reranked"] == pytest.approx(again["ndcg"]["reranked"])
+    assert row["relevant"] == 3
+    assert row["judged"] == 4
     tsv = console.get(f"{API}/judgments/qrels.tsv", params={"index": console_index}).text
     assert parse_qrels_tsv(tsv)[qid] == grades
     for doc in grades:
@@ -612,16 +641,23 @@ def test_batch_with_inline_qrels_streams_progress_and_sorts_wins_and_losses(cons
     events = batch_events(console, {"index": console_index, "window": WINDOW,
                                     "queries": [{"id": q, "text": t} for q, t in queries.items()], "qrels": tsv})
     progress = [e for e in events if e["type"] == "progress"]
-    assert [e["done"] for e in progress] == [0, 1, 2, 3] and all(e["total"] == 3 for e in progress)
+    assert [e["done"] for e in progress] == [0, 1, 2, 3]
+    assert all(e["total"] == 3 for e in progress)
     result = events[-1]
-    assert result["type"] == "result" and result["queries"] == 3 and result["evaluated"] == 2
+    assert result["type"] == "result"
+    assert result["queries"] == 3
+    assert result["evaluated"] == 2
     rows = result["rows"]
-    assert rows[-1]["id"] == "q-none" and rows[-1]["delta"] is None, "queries that cannot be evaluated come last"
+    assert rows[-1]["id"] == "q-none", "queries that cannot be evaluated come last"
+    assert rows[-1]["delta"] is None, "queries that cannot be evaluated come last"
     deltas = [r["delta"] for r in rows[:2]]
     assert sorted(map(abs, deltas), reverse=True) == [abs(d) for d in deltas], "biggest change first"
     by_id = {r["id"]: r for r in rows}
-    assert by_id["q-win"]["delta"] > 0 and by_id["q-loss"]["delta"] < 0
-    assert result["wins"] == 1 and result["losses"] == 1 and result["ties"] == 0
+    assert by_id["q-win"]["delta"] > 0
+    assert by_id["q-loss"]["delta"] < 0
+    assert result["wins"] == 1
+    assert result["losses"] == 1
+    assert result["ties"] == 0
     assert result["mean"]["delta"] == pytest.approx((by_id["q-win"]["delta"] + by_id["q-loss"]["delta"]) / 2)
     assert result["mean"]["lexical"] == pytest.approx((by_id["q-win"]["lexical"] + by_id["q-loss"]["lexical"]) / 2)
 
@@ -638,7 +674,8 @@ def test_batch_from_a_beir_folder(console, console_index, tmp_path):
     result = batch_events(console, {"index": console_index, "window": WINDOW, "beir_path": str(tmp_path)})[-1]
     # BEIR runs only the queries that have qrels lines; q-none has none.
     assert [r["id"] for r in result["rows"]] in (["q-win", "q-loss"], ["q-loss", "q-win"])
-    assert result["wins"] == 1 and result["losses"] == 1
+    assert result["wins"] == 1
+    assert result["losses"] == 1
     limited = batch_events(console, {"index": console_index, "window": WINDOW, "beir_path": str(tmp_path), "limit": 1})
     assert limited[-1]["queries"] == 1
     missing = console.post(f"{API}/batch", json={"index": console_index, "beir_path": str(tmp_path / "nope")})
@@ -656,7 +693,8 @@ def test_batch_from_a_beir_folder_reads_graded_qrels(console, console_index, tmp
     (tmp_path / "qrels" / "test.tsv").write_text(  # TREC's 4-column form, grades as TREC writes them
         "".join(f"g1 0 {doc} {grade}\n" for doc, grade in grades.items()))
     [row] = batch_events(console, {"index": console_index, "window": WINDOW, "beir_path": str(tmp_path)})[-1]["rows"]
-    assert row["judged"] == 4 and row["relevant"] == 3
+    assert row["judged"] == 4
+    assert row["relevant"] == 3
     assert row["lexical"] == pytest.approx(linear_ndcg(lexical, grades))
     assert row["reranked"] == pytest.approx(linear_ndcg(reranked, grades))
     assert row["reranked"] != pytest.approx(linear_ndcg(reranked, {d: min(g, 1) for d, g in grades.items()}))
@@ -668,7 +706,8 @@ def test_batch_uses_stored_judgments_and_query_sets(console, console_index):
     put = {"index": console_index, "query": query, "doc_id": hits[0]["id"], "grade": 1}
     assert console.put(f"{API}/judgments", json=put).status_code == 200
     saved = console.put(f"{API}/querysets/smoke set", json={"queries": [query, " engine  inlet ", "panel flutter"]})
-    assert saved.status_code == 200 and saved.json()["queries"] == [query, "panel flutter"]
+    assert saved.status_code == 200
+    assert saved.json()["queries"] == [query, "panel flutter"]
     listed = {s["name"]: s for s in console.get(f"{API}/querysets").json()["sets"]}
     assert listed["smoke set"]["queries"] == 2, "the listing gives sizes, not every query of every set"
     assert console.get(f"{API}/querysets/smoke set").json() == {"name": "smoke set",
@@ -677,12 +716,14 @@ def test_batch_uses_stored_judgments_and_query_sets(console, console_index):
         result = batch_events(console, {"index": console_index, "window": WINDOW, **body})[-1]
         assert sorted(r["query"] for r in result["rows"]) == ["engine inlet", "panel flutter"]
         row = next(r for r in result["rows"] if r["query"] == query)
-        assert row["id"] == query_id(console_index, query) and row["reranked"] == pytest.approx(1.0)
+        assert row["id"] == query_id(console_index, query)
+        assert row["reranked"] == pytest.approx(1.0)
     assert console.delete(f"{API}/querysets/smoke set").json() == {"deleted": True}
     assert "smoke set" not in [s["name"] for s in console.get(f"{API}/querysets").json()["sets"]]
     assert console.get(f"{API}/querysets/smoke set").status_code == 404
     gone = console.post(f"{API}/batch", json={"index": console_index, "query_set": "smoke set"})
-    assert gone.status_code == 404 and "smoke set" in gone.json()["error"]["reason"]
+    assert gone.status_code == 404
+    assert "smoke set" in gone.json()["error"]["reason"]
     assert console.put(f"{API}/querysets/bad*name", json={"queries": ["x"]}).status_code == 400
     put["grade"] = None
     console.put(f"{API}/judgments", json=put)

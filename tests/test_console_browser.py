@@ -53,7 +53,8 @@ def _tooling() -> tuple[str, str]:
         missing.append("playwright-core (tests/browser/node_modules)")
     if missing:
         pytest.fail(f"missing {', '.join(missing)}; {INSTALL_HINT}", pytrace=False)
-    assert node is not None and chromium is not None
+    assert node is not None
+    assert chromium is not None
     return node, chromium
 
 
@@ -79,8 +80,9 @@ def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypat
     node, chromium = _tooling()
     load_console_corpus(es_engine.url, index_name)
     lexical, reranked = expected_columns(es_engine.url, index_name, QUERY, WINDOW)
-    assert len(lexical) > 10 and any(lexical.index(d) >= 10 for d in reranked[:10]), \
-        "the corpus must move a hit from beyond the lexical top 10 into the reranked top 10"
+    moved = "the corpus must move a hit from beyond the lexical top 10 into the reranked top 10"
+    assert len(lexical) > 10, moved
+    assert any(lexical.index(d) >= 10 for d in reranked[:10]), moved
 
     judgments = tmp_path / "judgments.sqlite3"
     settings = with_judgments_file(proxy_settings(es_engine.url, ADMIN_TOKEN=TOKEN), judgments, monkeypatch)
@@ -105,7 +107,9 @@ def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypat
 
     db = stored(judgments)
     [entry] = db.queries()
-    assert entry.id == query_id(index_name, QUERY) and entry.index == index_name and entry.text == QUERY
+    assert entry.id == query_id(index_name, QUERY)
+    assert entry.index == index_name
+    assert entry.text == QUERY
     assert sorted(entry.docs.values()) == [0, 2, 3], "the grades given on the page were kept"
     assert db.query_set("browser-smoke") == case["batch"]
     assert screenshot.stat().st_size > 10_000

@@ -98,8 +98,10 @@ def test_template_is_the_search_of_both_columns(console, engine, index, template
         result = compare(console, index=index, query=QUERY, window=WINDOW, query_template=sent)
         assert [h["id"] for h in result["lexical"]] == lexical[:10]
         assert [h["id"] for h in result["reranked"]] == reranked[:10]
-        assert result["candidates"] == len(lexical) and result["query"] == QUERY
-        assert result["search"]["size"] == WINDOW and "from" not in result["search"]
+        assert result["candidates"] == len(lexical)
+        assert result["query"] == QUERY
+        assert result["search"]["size"] == WINDOW
+        assert "from" not in result["search"]
 
 
 def test_query_is_json_escaped_into_the_template(console, engine, index):
@@ -130,7 +132,8 @@ def test_bad_templates_are_400s_in_the_engine_error_shape(console, index, body, 
     response = console.post(f"{API}/compare", json={"index": index, "query": QUERY, **body})
     assert response.status_code == status, response.text
     error = response.json()
-    assert error["status"] == status and set(error) == {"error", "status"}
+    assert error["status"] == status
+    assert set(error) == {"error", "status"}
     assert error["error"]["root_cause"][0]["reason"] == error["error"]["reason"]
     assert error["error"]["type"] in ("x_content_parse_exception", "illegal_argument_exception")
     assert reason in error["error"]["reason"]
@@ -138,9 +141,11 @@ def test_bad_templates_are_400s_in_the_engine_error_shape(console, index, body, 
 
 def test_a_template_needs_a_query_and_a_batch_refuses_a_fixed_clause(console, index):
     alone = console.post(f"{API}/compare", json={"index": index, "query_template": CLAUSE})
-    assert alone.status_code == 400 and "{{query}}" in alone.json()["error"]["reason"]
+    assert alone.status_code == 400
+    assert "{{query}}" in alone.json()["error"]["reason"]
     fixed = console.post(f"{API}/batch", json={"index": index, "queries": [QUERY], "dsl": {"match_all": {}}})
-    assert fixed.status_code == 400 and "[query_template]" in fixed.json()["error"]["reason"]
+    assert fixed.status_code == 400
+    assert "[query_template]" in fixed.json()["error"]["reason"]
 
 
 def _qrels(engine_url: str, index: str, queries: dict[str, str]) -> dict[str, dict[str, int]]:

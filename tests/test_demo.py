@@ -22,9 +22,12 @@ pytestmark = pytest.mark.skipif(not CRANFIELD.is_dir(), reason=f"no Cranfield da
 def test_a_slice_keeps_only_queries_judged_within_it():
     collection = load_collection(CRANFIELD, max_docs=100, max_queries=10)
     kept = {d["_id"] for d in collection.docs}
-    assert len(collection.docs) == 100 and len(collection.queries) == 10
+    assert len(collection.docs) == 100
+    assert len(collection.queries) == 10
     for item in collection.queries:
-        assert item.qrels and set(item.qrels) <= kept and max(item.qrels.values()) > 0
+        assert item.qrels
+        assert set(item.qrels) <= kept
+        assert max(item.qrels.values()) > 0
     full = load_collection(CRANFIELD)
     assert (len(full.docs), len(full.queries)) == (1400, 225)
 
@@ -55,18 +58,28 @@ def test_the_evaluation_warms_from_writes_then_reranks_nearly_every_search(es_en
         assert [h["_id"] for h in via_proxy.json()["hits"]["hits"]] == [h["_id"] for h in direct.json()["hits"]["hits"]]
 
     distinct_texts = len({(d["title"], d["text"]) for d in collection.docs})
-    assert result.caught_up and result.expected == distinct_texts and result.handled >= distinct_texts
-    assert result.queries == 10 and result.lexical.outcomes == {"lexical": 10}
+    assert result.caught_up
+    assert result.expected == distinct_texts
+    assert result.handled >= distinct_texts
+    assert result.queries == 10
+    assert result.lexical.outcomes == {"lexical": 10}
     assert result.reranked.reranked_share >= 0.95, (result.reranked.outcomes, result.reranked.reasons)
-    assert result.lexical.ndcg is not None and result.reranked.ndcg is not None
-    assert 0.0 < result.lexical.ndcg <= 1.0 and 0.0 < result.reranked.ndcg <= 1.0
+    assert result.lexical.ndcg is not None
+    assert result.reranked.ndcg is not None
+    assert 0.0 < result.lexical.ndcg <= 1.0
+    assert 0.0 < result.reranked.ndcg <= 1.0
 
     lines = table(result).splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     row = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert header == list(HEADER) and set(lines[1]) <= {"|", "-", " "}
-    assert row[0] == "10" and row[1] == f"{result.lexical.ndcg:.4f}" and row[2] == f"{result.reranked.ndcg:.4f}"
-    assert row[3] == f"{result.reranked.ndcg - result.lexical.ndcg:+.4f}" and row[4].endswith("%")
+    assert header == list(HEADER)
+    assert set(lines[1]) <= {"|", "-", " "}
+    assert row[0] == "10"
+    assert row[1] == f"{result.lexical.ndcg:.4f}"
+    assert row[2] == f"{result.reranked.ndcg:.4f}"
+    assert row[3] == f"{result.reranked.ndcg - result.lexical.ndcg:+.4f}"
+    assert row[4].endswith("%")
     assert row[5].endswith(" s")
-    assert lines[3].startswith("time: writing 100 documents") and "caught up" in lines[3]
+    assert lines[3].startswith("time: writing 100 documents")
+    assert "caught up" in lines[3]
     assert lines[-1].startswith("X-Rerank, lexical pass: 10 lexical; reranked pass: ")

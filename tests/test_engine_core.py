@@ -58,17 +58,20 @@ def test_a_content_length_body_ends_at_its_length_and_keeps_the_connection():
     head = head_of(events)
     assert (head.status, head.reason, head.framing, head.keep_alive) == (200, b"OK", Framing.LENGTH, True)
     assert head.headers == [(b"Content-Type", b"application/json"), (b"Content-Length", b"11")]
-    assert not any(isinstance(e, ResponseEnd) for e in events) and core.phase is Phase.BODY
+    assert not any(isinstance(e, ResponseEnd) for e in events)
+    assert core.phase is Phase.BODY
     rest = core.feed(b"true}")
     assert body_of(events + rest) == b'{"ok":true}'
-    assert rest[-1] == ResponseEnd(reusable=True) and core.phase is Phase.IDLE
+    assert rest[-1] == ResponseEnd(reusable=True)
+    assert core.phase is Phase.IDLE
 
 
 def test_a_chunked_body_is_given_decoded_and_ends_at_the_last_chunk():
     core = answer()
     events = core.feed(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n")
     assert head_of(events).framing is Framing.CHUNKED
-    assert body_of(events) == b'{"a":1}' and events[-1] == ResponseEnd(reusable=True)
+    assert body_of(events) == b'{"a":1}'
+    assert events[-1] == ResponseEnd(reusable=True)
 
 
 def test_any_transfer_encoding_frames_as_chunks_even_beside_a_length():
@@ -79,19 +82,24 @@ def test_a_body_without_a_length_ends_when_the_engine_closes():
     core = answer()
     events = core.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome ") + core.feed(b"bytes")
     head = head_of(events)
-    assert head.framing is Framing.UNTIL_CLOSE and head.keep_alive is False
-    assert body_of(events) == b"some bytes" and core.phase is Phase.BODY
-    assert core.eof() == [ResponseEnd(reusable=False)] and core.phase is Phase.BROKEN
+    assert head.framing is Framing.UNTIL_CLOSE
+    assert head.keep_alive is False
+    assert body_of(events) == b"some bytes"
+    assert core.phase is Phase.BODY
+    assert core.eof() == [ResponseEnd(reusable=False)]
+    assert core.phase is Phase.BROKEN
 
 
 def test_an_http10_answer_is_not_kept_alive():
     events = answer().feed(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    assert head_of(events).keep_alive is False and events[-1] == ResponseEnd(reusable=False)
+    assert head_of(events).keep_alive is False
+    assert events[-1] == ResponseEnd(reusable=False)
 
 
 def test_connection_close_with_a_length_ends_at_the_length_but_is_not_reused():
     events = answer().feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-    assert body_of(events) == b"ok" and events[-1] == ResponseEnd(reusable=False)
+    assert body_of(events) == b"ok"
+    assert events[-1] == ResponseEnd(reusable=False)
 
 
 def test_interim_answers_are_dropped_and_the_final_one_is_read():
@@ -101,42 +109,49 @@ def test_interim_answers_are_dropped_and_the_final_one_is_read():
                        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
     head = head_of(events)
     assert (head.status, head.reason, head.headers) == (201, b"Created", [(b"Content-Length", b"2")])
-    assert body_of(events) == b"ok" and events[-1] == ResponseEnd(reusable=True)
+    assert body_of(events) == b"ok"
+    assert events[-1] == ResponseEnd(reusable=True)
 
 
 def test_an_interim_answer_alone_waits_for_the_final_one():
     core = answer()
-    assert core.feed(b"HTTP/1.1 100 Continue\r\n\r\n") == [] and core.phase is Phase.HEAD
+    assert core.feed(b"HTTP/1.1 100 Continue\r\n\r\n") == []
+    assert core.phase is Phase.HEAD
     assert head_of(core.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")).status == 200
 
 
 def test_a_head_answer_ends_at_its_head_whatever_length_it_announces():
     core = answer(head_only=True)
     events = core.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
-    assert head_of(events).framing is Framing.NONE and events[-1] == ResponseEnd(reusable=True)
+    assert head_of(events).framing is Framing.NONE
+    assert events[-1] == ResponseEnd(reusable=True)
     assert (b"Content-Length", b"1234") in head_of(events).headers
     # the next exchange on the connection parses afresh: no body of 1234 bytes is waited for
     core.expect(head_only=False)
     events = core.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    assert body_of(events) == b"ok" and events[-1] == ResponseEnd(reusable=True)
+    assert body_of(events) == b"ok"
+    assert events[-1] == ResponseEnd(reusable=True)
 
 
 def test_a_head_answer_without_a_length_ends_at_its_head_but_is_not_reused():
     # llhttp reads a length-less head as a body until the close, so it says "not kept alive"
     events = answer(head_only=True).feed(b"HTTP/1.1 200 OK\r\n\r\n")
-    assert head_of(events).framing is Framing.NONE and events[-1] == ResponseEnd(reusable=False)
+    assert head_of(events).framing is Framing.NONE
+    assert events[-1] == ResponseEnd(reusable=False)
 
 
 def test_a_head_answer_with_a_body_after_it_is_not_reused():
     events = answer(head_only=True).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    assert body_of(events) == b"" and events[-1] == ResponseEnd(reusable=False)
+    assert body_of(events) == b""
+    assert events[-1] == ResponseEnd(reusable=False)
 
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_204_and_304_have_no_body_whatever_length_they_announce(status: int):
     core = answer()
     events = core.feed(b"HTTP/1.1 %d Whatever\r\nContent-Length: 5\r\n\r\n" % status)
-    assert head_of(events).framing is Framing.NONE and events[-1] == ResponseEnd(reusable=True)
+    assert head_of(events).framing is Framing.NONE
+    assert events[-1] == ResponseEnd(reusable=True)
     assert core.phase is Phase.IDLE
 
 
@@ -144,7 +159,8 @@ def test_answers_in_turn_on_one_kept_alive_connection():
     core = answer()
     for n in range(3):
         events = core.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
-        assert body_of(events) == b"%d" % n and events[-1] == ResponseEnd(reusable=True)
+        assert body_of(events) == b"%d" % n
+        assert events[-1] == ResponseEnd(reusable=True)
         core.expect(head_only=False)
 
 
@@ -154,7 +170,8 @@ def test_bytes_split_anywhere_give_the_same_answer():
     events = fed_bytewise(answer(), data)
     head = head_of(events)
     assert (head.status, head.reason, head.headers[0]) == (200, b"Fine Thanks", (b"X-A", b"b"))
-    assert body_of(events) == b"hello!" and events[-1] == ResponseEnd(reusable=True)
+    assert body_of(events) == b"hello!"
+    assert events[-1] == ResponseEnd(reusable=True)
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -169,13 +186,16 @@ def test_bytes_split_anywhere_give_the_same_answer():
 def test_malformed_answers_are_refused(garbage: bytes):
     core = answer()
     events = core.feed(garbage)
-    assert events[-1] == Refused(Refusal.MALFORMED) and core.phase is Phase.BROKEN
-    assert core.feed(b"more") == [] and core.eof() == []
+    assert events[-1] == Refused(Refusal.MALFORMED)
+    assert core.phase is Phase.BROKEN
+    assert core.feed(b"more") == []
+    assert core.eof() == []
 
 
 def test_what_came_before_a_malformed_byte_is_still_given():
     events = answer().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n")
-    assert head_of(events).status == 200 and body_of(events) == b"ok"
+    assert head_of(events).status == 200
+    assert body_of(events) == b"ok"
     assert events[-1] == Refused(Refusal.MALFORMED)
 
 
@@ -187,19 +207,23 @@ def test_an_upgrade_answer_is_malformed_engines_speak_no_other_protocol():
 def test_a_body_past_the_limit_is_refused_as_it_passes_it():
     core = answer(max_body=10)
     events = core.feed(OK_HEAD + b"Content-Length: 20\r\n\r\n0123456789")
-    assert body_of(events) == b"0123456789" and not isinstance(events[-1], Refused)
+    assert body_of(events) == b"0123456789"
+    assert not isinstance(events[-1], Refused)
     events = core.feed(b"A")
-    assert events == [Refused(Refusal.TOO_LARGE)] and core.phase is Phase.BROKEN
+    assert events == [Refused(Refusal.TOO_LARGE)]
+    assert core.phase is Phase.BROKEN
 
 
 def test_a_chunked_body_past_the_limit_is_refused_too():
     events = answer(max_body=3).feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n")
-    assert body_of(events) == b"ab" and events[-1] == Refused(Refusal.TOO_LARGE)
+    assert body_of(events) == b"ab"
+    assert events[-1] == Refused(Refusal.TOO_LARGE)
 
 
 def test_a_body_at_the_limit_is_whole():
     events = answer(max_body=4).feed(OK_HEAD + b"Content-Length: 4\r\n\r\nabcd")
-    assert body_of(events) == b"abcd" and events[-1] == ResponseEnd(reusable=True)
+    assert body_of(events) == b"abcd"
+    assert events[-1] == ResponseEnd(reusable=True)
 
 
 @pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\nContent-Le", OK_HEAD + b"Content-Length: 9\r\n\r\nabc",
@@ -212,7 +236,8 @@ def test_a_close_before_the_answer_ended_is_refused(sent: bytes):
 
 def test_a_close_of_an_idle_connection_says_nothing():
     core = ResponseCore()
-    assert core.eof() == [] and core.phase is Phase.BROKEN
+    assert core.eof() == []
+    assert core.phase is Phase.BROKEN
 
 
 def test_bytes_nobody_asked_for_are_refused():
@@ -224,13 +249,15 @@ def test_bytes_nobody_asked_for_are_refused():
 def test_a_second_answer_in_the_same_bytes_makes_the_first_the_last():
     one = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n"
     events = answer().feed(one + b"a" + one + b"b")
-    assert len([e for e in events if isinstance(e, ResponseHead)]) == 1 and body_of(events) == b"a"
+    assert len([e for e in events if isinstance(e, ResponseHead)]) == 1
+    assert body_of(events) == b"a"
     assert events[-1] == ResponseEnd(reusable=False)
 
 
 def test_garbage_after_a_complete_answer_leaves_the_answer_standing():
     events = answer().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na\x00\x01")
-    assert body_of(events) == b"a" and events[-1] == ResponseEnd(reusable=False)
+    assert body_of(events) == b"a"
+    assert events[-1] == ResponseEnd(reusable=False)
 
 
 def test_expecting_an_answer_while_one_is_being_read_is_a_bug():
@@ -325,7 +352,8 @@ def test_the_adapter_hands_events_on_and_flushes_between_reads():
     conn, exchange, _ = connected()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
     assert exchange.calls == [("head", 200), ("body", b"ab"), ("flush", None)]
-    assert exchange.answered and exchange.last_read == 42.0
+    assert exchange.answered
+    assert exchange.last_read == 42.0
     conn.data_received(b"cd")
     assert exchange.calls[3:] == [("body", b"cd"), ("done", None)]
     assert not conn.closed  # reusable: the exchange gives it back to the pool
@@ -334,21 +362,25 @@ def test_the_adapter_hands_events_on_and_flushes_between_reads():
 def test_the_adapter_closes_a_connection_that_cannot_be_reused_before_the_end_is_told():
     conn, exchange, owner = connected()
     conn.data_received(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-    assert exchange.calls[-1] == ("done", None) and conn.closed and owner.discarded == [conn]
+    assert exchange.calls[-1] == ("done", None)
+    assert conn.closed
+    assert owner.discarded == [conn]
 
 
 def test_the_adapter_ends_a_close_delimited_body_at_the_close():
     conn, exchange, owner = connected()
     conn.data_received(b"HTTP/1.1 200 OK\r\n\r\npartial")
     conn.connection_lost(None)
-    assert exchange.calls[-2:] == [("flush", None), ("done", None)] and owner.discarded == [conn]
+    assert exchange.calls[-2:] == [("flush", None), ("done", None)]
+    assert owner.discarded == [conn]
 
 
 def test_the_adapter_reports_a_close_mid_answer_as_lost():
     conn, exchange, _ = connected()
     conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc")
     conn.connection_lost(None)
-    assert exchange.calls[-1] == ("lost", None) and conn.exchange is None
+    assert exchange.calls[-1] == ("lost", None)
+    assert conn.exchange is None
 
 
 @pytest.mark.parametrize(("data", "failure"), [(b"nonsense\r\n\r\n", Failure.MALFORMED),
@@ -364,16 +396,20 @@ def test_the_adapter_drops_a_connection_that_speaks_unasked():
     conn = EngineConnection(owner, None)  # type: ignore[arg-type]
     conn.connection_made(FakeTransport())
     conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
-    assert conn.closed and owner.discarded == [conn]
+    assert conn.closed
+    assert owner.discarded == [conn]
 
 
 def test_the_adapter_passes_flow_control_on():
     conn, exchange, _ = connected()
     conn.pause_writing()
     conn.resume_writing()
-    assert exchange.calls == [("pause", None), ("resume", None)] and not conn.writing_paused
+    assert exchange.calls == [("pause", None), ("resume", None)]
+    assert not conn.writing_paused
     conn.pause_reading()
-    assert conn.reading_paused and conn.transport is not None and conn.transport.paused  # type: ignore[attr-defined]
+    assert conn.reading_paused
+    assert conn.transport is not None
+    assert conn.transport.paused
     conn.resume_reading()
     assert not conn.reading_paused
 
@@ -418,7 +454,8 @@ class Warming(WriteWarming):
 def test_observers_are_told_in_their_declared_order_and_only_the_hooks_they_have():
     log: list[str] = []
     observers = Observers([Told(log, "first"), Told(log, "second")])
-    assert observers.request_body == () and len(observers.response_done) == 2
+    assert observers.request_body == ()
+    assert len(observers.response_done) == 2
     for hook in observers.response_done:
         hook(FakeRelay())  # type: ignore[arg-type]
     assert log == ["first", "second"]
@@ -432,7 +469,8 @@ def test_write_warming_copies_a_successful_writes_body_and_gives_its_budget_back
         warming.request_body(relay, chunk)  # type: ignore[arg-type]
     assert budget.held == 6
     warming.response_done(relay)  # type: ignore[arg-type]
-    assert warming.warmed == [b"abcdef"] and budget.held == 6   # held until the warming task read it
+    assert warming.warmed == [b"abcdef"]
+    assert budget.held == 6
 
 
 @pytest.mark.parametrize(("relay", "chunks"), [
@@ -448,7 +486,8 @@ def test_write_warming_drops_copies_it_will_not_use_and_gives_their_budget_back(
     for chunk in chunks:
         warming.request_body(relay, chunk)  # type: ignore[arg-type]
     warming.response_done(relay)  # type: ignore[arg-type]
-    assert warming.warmed == [] and budget.held == 0
+    assert warming.warmed == []
+    assert budget.held == 0
 
 
 def test_write_warming_stops_copying_when_the_workers_budget_is_spent():

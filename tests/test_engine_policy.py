@@ -91,8 +91,10 @@ def test_a_failover_that_ran_out_is_a_502_naming_the_last_failure(failure: Failu
 def test_an_answer_too_large_says_the_limit():
     for every_engine in (False, True):
         error = give_up(Failure.TOO_LARGE, every_engine=every_engine, answer_limit=65536)
-        assert isinstance(error, AnswerTooLarge) and error.status == 502
-        assert "65536" in error.reason and error.error_type == "proxy_upstream_response_exception"
+        assert isinstance(error, AnswerTooLarge)
+        assert error.status == 502
+        assert "65536" in error.reason
+        assert error.error_type == "proxy_upstream_response_exception"
 
 
 def test_no_free_connection_or_upload_slot_is_the_engines_429():

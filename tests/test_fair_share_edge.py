@@ -129,7 +129,8 @@ def test_an_upgrade_request_body_is_read_and_relayed_whole(counted):
     client.send(f"PUT /u0 HTTP/1.1\r\n{H}{UPGRADE}Content-Length: 7\r\n\r\n".encode() + b'{"a":1}'
                 + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
     answer = client.response()
-    assert answer.status == 200 and answer.json()["body_bytes"] == 7
+    assert answer.status == 200
+    assert answer.json()["body_bytes"] == 7
     assert client.closed_by_proxy()  # the upgrade is ignored, the connection ends after its answer
     new = upstream.requests[before:]
     assert [(method, path, body) for method, path, _, body in new] == [("PUT", "/u0", b'{"a":1}')]
@@ -163,7 +164,8 @@ def test_an_upgrade_write_and_search_reach_a_real_engine_with_their_bodies(es_en
     answer = client.response()
     assert answer.status == 200
     hits = answer.json()["hits"]["hits"]
-    assert len(hits) == 2 and all(hit["_id"] != "u0" for hit in hits)  # its own query, not a match_all
+    assert len(hits) == 2
+    assert all(hit["_id"] != "u0" for hit in hits)
 
 
 def test_held_upgrade_requests_take_no_engine_connection_and_time_out(es_engine, index_name):
@@ -255,7 +257,8 @@ def test_an_early_answer_with_much_body_left_announces_the_close(es_proxy):
     client.send(f"PUT /_cluster/no_such_handler HTTP/1.1\r\n{H}Content-Type: application/json\r\n"
                 f"Content-Length: {5_000_000}\r\n\r\n".encode() + b"x" * 400_000)
     answer = client.response()
-    assert answer.status == 400 and answer.headers[b"connection"].lower() == b"close"
+    assert answer.status == 400
+    assert answer.headers[b"connection"].lower() == b"close"
     assert client.closed_by_proxy()
 
 
@@ -302,7 +305,8 @@ def test_an_oversized_search_body_gets_a_readable_413(counted, framing):
     sender.join()
     assert send_errors == []
     answer = client.response()
-    assert answer.status == 413 and answer.json()["error"]["type"] == "content_too_long_exception"
+    assert answer.status == 413
+    assert answer.json()["error"]["type"] == "content_too_long_exception"
 
 
 def _direct_and_proxied_ids(engine_url: str, proxy_url: str, index: str, head: bytes, body: bytes) -> tuple:
@@ -351,6 +355,10 @@ def test_transfer_and_content_codings_are_read_as_the_engine_reads_them(engine, 
 
 def test_the_body_copy_budget_is_shared_by_every_request():
     budget = CopyBudget(100)
-    assert budget.take(60) and not budget.take(50) and budget.take(40)
+    assert budget.take(60)
+    assert not budget.take(50)
+    assert budget.take(40)
     budget.give_back(60)
-    assert budget.held == 40 and budget.take(60) and not budget.take(1)
+    assert budget.held == 40
+    assert budget.take(60)
+    assert not budget.take(1)

@@ -53,7 +53,8 @@ def test_one_msearch_of_fresh_sub_searches_starves_no_one(es_engine, index_name:
     bulk_load(es_engine.url, cold_index, fresh_corpus(6000, seed=31))
     settings = load_settings({"UPSTREAM_URLS": es_engine.url, "UPSTREAM_MAX_CONNECTIONS": "16", "WORKERS": "1",
                               "LOCAL_VECTOR_STORE": str(tmp_path / "vectors.sqlite")})
-    assert settings.rerank_provider == "local" and settings.workers == 1
+    assert settings.rerank_provider == "local"
+    assert settings.workers == 1
     rng = random.Random(5)
     with run_proxy(settings) as proxy, httpx.Client(base_url=proxy.url, timeout=120) as other:
         # The other client's documents are warm: its searches are reranked before the flood.
@@ -89,12 +90,14 @@ def test_one_msearch_of_fresh_sub_searches_starves_no_one(es_engine, index_name:
             started = time.monotonic()
             found = other.post(f"/{warm_index}/_search", json=search_body(f"{' '.join(rng.sample(WORDS, 2))} {probe}"))
             waits.append(("search", time.monotonic() - started, found.headers.get("x-rerank-reason", "")))
-            assert health.status_code == 200 and found.status_code == 200, (health.text, found.text)
+            assert health.status_code == 200, (health.text, found.text)
+            assert found.status_code == 200, (health.text, found.text)
         flooding.join()
         answer = msearch_answer["r"]
         assert answer.status_code == 200, answer.text[:500]
         responses = answer.json()["responses"]
-        assert len(responses) == SUB_SEARCHES and all(r.get("status") == 200 for r in responses)
+        assert len(responses) == SUB_SEARCHES
+        assert all(r.get("status") == 200 for r in responses)
         slowest = max(waits, key=lambda w: w[1])
         print(f"{len(waits)} probes while the _msearch ran; slowest {slowest[0]} {slowest[1]:.2f} s; "
               f"_msearch X-Rerank {answer.headers.get('x-rerank')}")
@@ -104,7 +107,9 @@ def test_one_msearch_of_fresh_sub_searches_starves_no_one(es_engine, index_name:
         reranker = proxy.runtime.reranker
         errors = reranker.stats.errors
         assert reranker.breaker.state == "closed", reranker.stats.snapshot()
-        assert not errors.get("deadline") and not errors.get("timeout") and not errors.get("unavailable"), errors
+        assert not errors.get("deadline"), errors
+        assert not errors.get("timeout"), errors
+        assert not errors.get("unavailable"), errors
         failed_probes = [w for w in waits if w[0] == "search" and w[2].startswith("Rerank")]
         assert not failed_probes, failed_probes
         after = [other.post(f"/{warm_index}/_search", json=search_body(f"{' '.join(rng.sample(WORDS, 2))} after"))
@@ -122,12 +127,15 @@ def test_owners_take_turns_in_the_fair_queue():
         queue.put(f"big{n}".encode(), "t", owner="flood")
     queue.put(b"small0", "t", owner="other")
     queue.put(b"small1", "t", owner="other")
-    assert len(queue) == 7 and queue.owners() == 2
+    assert len(queue) == 7
+    assert queue.owners() == 2
     assert queue.ahead_of("other") == 4          # two of the flood's, then its own two
     assert queue.ahead_of("nobody") == 0
     taken = [key for _ in range(3) for key, _ in queue.take(2)]
     assert taken == [b"big0", b"big1", b"small0", b"small1", b"big2", b"big3"]
-    assert queue.pop_newest() == (b"big4", "t") and not len(queue) and not queue.owners()
+    assert queue.pop_newest() == (b"big4", "t")
+    assert not len(queue)
+    assert not queue.owners()
 
 
 def test_a_flood_of_search_documents_delays_another_search_by_one_turn_only():
@@ -154,7 +162,8 @@ def test_write_warming_is_a_bounded_share_of_the_queue():
         embedder.submit([(k("busy"), "busy")], WRITE)
         assert model.started.wait(30)
         taken = embedder.submit([(k(f"w{n}"), f"w{n}") for n in range(50)], WRITE)
-        assert len(taken) == embedder.write_max == 10 and embedder.stats.dropped == 40
+        assert len(taken) == embedder.write_max == 10
+        assert embedder.stats.dropped == 40
         searched = embedder.submit([(k(f"s{n}"), f"s{n}") for n in range(50)], SEARCH)
         assert len(searched) == 50                 # searches still have the rest of the queue
         assert embedder.status()["write_queue_max"] == 10
@@ -189,7 +198,8 @@ async def test_an_in_process_provider_out_of_time_is_busy_not_failing():
     for _ in range(5):
         with pytest.raises(RerankBusy) as info:
             await reranker.rerank("q", ["a"])
-    assert reranker.breaker.state == "closed" and reranker.stats.capacity == 5
+    assert reranker.breaker.state == "closed"
+    assert reranker.stats.capacity == 5
     assert reason_of(info.value) == "busy"
     provider.error = RerankError("the model raised")            # a model that fails still counts
     with pytest.raises(RerankError):

@@ -55,12 +55,16 @@ def test_both_engines(fp, expected):
 
 
 def test_whole_response_for_no_filter():
-    assert run("") is DOC and run(",") is DOC and run("**") == DOC
+    assert run("") is DOC
+    assert run(",") is DOC
+    assert run("**") == DOC
 
 
 def test_exclusions_only_keep_the_rest():
     out = run("-hits.hits._source,-_shards")
-    assert "_shards" not in out and "_source" not in out["hits"]["hits"][0] and out["took"] == 3
+    assert "_shards" not in out
+    assert "_source" not in out["hits"]["hits"][0]
+    assert out["took"] == 3
 
 
 def test_exclusion_that_empties_a_container_drops_it():
@@ -72,8 +76,13 @@ def test_exclusion_that_empties_a_container_drops_it():
 def test_originally_empty_containers_on_an_exclusion_path():
     es = run("-**.x")["hits"]["hits"][0]["_source"]
     os_ = run("-**.x", opensearch=True)["hits"]["hits"][0]["_source"]
-    assert es["meta"] == {} and es["arr"] == [] and es["objs"] == [{"y": 3}] and es["nums"] == [1, 2]
-    assert "meta" not in os_ and "arr" not in os_ and os_["objs"] == [{"y": 3}]
+    assert es["meta"] == {}
+    assert es["arr"] == []
+    assert es["objs"] == [{"y": 3}]
+    assert es["nums"] == [1, 2]
+    assert "meta" not in os_
+    assert "arr" not in os_
+    assert os_["objs"] == [{"y": 3}]
     empty = {"took": 1, "hits": {"hits": []}}
     assert run("-hits.hits._source", empty) == empty
     assert run("-hits.hits._source", empty, opensearch=True) == {"took": 1}  # hits emptied too
@@ -107,7 +116,8 @@ _json = st.recursive(st.none() | st.integers() | st.text(max_size=3),
 def test_inclusion_and_its_exclusion_partition_the_leaves(doc, path):
     """Every key kept by `path` is dropped by `-path` and the other way round, at the top level."""
     kept, dropped = run(path, doc), run("-" + path, doc)
-    assert set(kept) <= set(doc) and set(dropped) <= set(doc)
+    assert set(kept) <= set(doc)
+    assert set(dropped) <= set(doc)
     for key in doc:
         if key in kept and key in dropped:
             assert isinstance(doc[key], (dict, list))   # split inside the container

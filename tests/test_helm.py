@@ -106,7 +106,8 @@ def test_every_setting_is_a_value_and_the_rendered_settings_load(tmp_path: Path)
         local.write_text("s3cret-" + name)
         files[name] = str(local)
     settings = load_settings({**data, **files})
-    assert settings.host == "0.0.0.0" and settings.rerank_api_key == "s3cret-RERANK_API_KEY_FILE"
+    assert settings.host == "0.0.0.0"
+    assert settings.rerank_api_key == "s3cret-RERANK_API_KEY_FILE"
     assert settings.redis_url == "redis://rp-rerank-proxy-redis:6379/0"
 
 
@@ -122,7 +123,8 @@ def test_secrets_are_files_from_an_existing_secret() -> None:
     for entry in container(docs)["env"]:
         assert entry["value"] == f"{mount['mountPath']}/{entry['name'].removesuffix('_FILE')}"
     refused = helm("template", "rp", str(CHART), "--set", "secrets.keys.ADMIN_TOKEN=x")
-    assert refused.returncode != 0 and "existingSecret" in refused.stderr
+    assert refused.returncode != 0
+    assert "existingSecret" in refused.stderr
     defaults = render()
     assert "env" not in container(defaults)
     assert "secrets" not in {v["name"] for v in proxy_pod(defaults)["spec"]["volumes"]}
@@ -137,17 +139,21 @@ def test_probes_security_context_resources_and_drain() -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/_rerank/ready", "port": "http"}
     strict = container(render("--set", "readiness.requireEngine=true"))
     assert strict["readinessProbe"]["httpGet"]["path"] == "/_rerank/ready?engine=required"
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"])
+    assert {"cpu", "memory"} <= set(c["resources"]["limits"])
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/var/lib/rerank-proxy", "/tmp"}
-    assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False
+    assert pod["automountServiceAccountToken"] is False
     sleep_s = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
     data = docs[("ConfigMap", "rp-rerank-proxy")]["data"]
     assert pod["terminationGracePeriodSeconds"] > sleep_s + float(data["SHUTDOWN_GRACE_S"])
     too_short = helm("template", "rp", str(CHART), "--set", "terminationGracePeriodSeconds=25")
-    assert too_short.returncode != 0 and "terminationGracePeriodSeconds" in too_short.stderr
+    assert too_short.returncode != 0
+    assert "terminationGracePeriodSeconds" in too_short.stderr
     zones = {t["topologyKey"] for t in pod["topologySpreadConstraints"]}
     assert zones == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
     for spread in pod["topologySpreadConstraints"]:
@@ -166,14 +172,16 @@ def test_service_hpa_pdb_redis_and_service_monitor_point_at_the_right_pods() -> 
     pod_labels = proxy_pod(docs)["metadata"]["labels"]
     redis_labels = docs[("Deployment", "rp-rerank-proxy-redis")]["spec"]["template"]["metadata"]["labels"]
     service = docs[("Service", "rp-rerank-proxy")]
-    assert selects(service["spec"]["selector"], pod_labels) and not selects(service["spec"]["selector"], redis_labels)
+    assert selects(service["spec"]["selector"], pod_labels)
+    assert not selects(service["spec"]["selector"], redis_labels)
     hpa = docs[("HorizontalPodAutoscaler", "rp-rerank-proxy")]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "rp-rerank-proxy"}
     assert "replicas" not in docs[("Deployment", "rp-rerank-proxy")]["spec"], "the HPA owns the replica count"
     assert docs[("Deployment", "rp-rerank-proxy")]["spec"].get("replicas") is None
     assert render("--set", "autoscaling.enabled=false")[("Deployment", "rp-rerank-proxy")]["spec"]["replicas"] == 2
     pdb = docs[("PodDisruptionBudget", "rp-rerank-proxy")]["spec"]["selector"]["matchLabels"]
-    assert selects(pdb, pod_labels) and not selects(pdb, redis_labels)
+    assert selects(pdb, pod_labels)
+    assert not selects(pdb, redis_labels)
     policy = docs[("NetworkPolicy", "rp-rerank-proxy-redis")]["spec"]
     assert selects(policy["podSelector"]["matchLabels"], redis_labels)
     assert selects(policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"], pod_labels)
@@ -211,22 +219,30 @@ def dashboard_exprs() -> list[str]:
 
 def test_dashboard_is_a_well_formed_grafana_dashboard() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["uid"] and dashboard["title"] and isinstance(dashboard["schemaVersion"], int)
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    assert isinstance(dashboard["schemaVersion"], int)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     cells: set[tuple[int, int]] = set()
     for panel in panels:
-        assert panel["type"] in ("timeseries", "stat") and panel["title"]
+        assert panel["type"] in ("timeseries", "stat")
+        assert panel["title"]
         assert panel["datasource"]["uid"] == "${datasource}"
         grid = panel["gridPos"]
-        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0
+        assert grid["x"] >= 0
+        assert grid["w"] > 0
+        assert grid["x"] + grid["w"] <= 24
+        assert grid["h"] > 0
         mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
                 for y in range(grid["y"], grid["y"] + grid["h"])}
         assert not mine & cells, f"panel {panel['title']!r} overlaps another"
         cells |= mine
-        assert panel["targets"] and len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        assert panel["targets"]
+        assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
         for target in panel["targets"]:
             assert 'job=~"$job"' in target["expr"], f"{panel['title']}: not filtered by $job"
     # the signals the alerts watch each have a panel

@@ -93,7 +93,8 @@ def test_scores_live_for_the_ttl_and_leave_with_their_generation(tmp_path):
     assert tier.claim([key(0)], 5.0).mine == [key(0)]          # and free to be computed again
     tier.set_many([(key(i), 1.0) for i in range(100, 120)])    # the next generation
     tier.set_many([(key(i), 1.0) for i in range(120, 121)])    # the one after: the first is dropped
-    assert len(tier) == 21 and tier.get_many([key(100), key(120)]) == [1.0, 1.0]
+    assert len(tier) == 21
+    assert tier.get_many([key(100), key(120)]) == [1.0, 1.0]
 
 
 def test_the_oldest_writes_are_evicted_a_generation_at_a_time(tmp_path):
@@ -110,17 +111,21 @@ def test_the_oldest_writes_are_evicted_a_generation_at_a_time(tmp_path):
     tier.set_many([(key(i), float(i)) for i in range(50, 65)])  # the second table goes, 20-39 with it
     found = tier.get_many([key(i) for i in range(65)])
     assert [i for i, v in enumerate(found) if v is not None] == [25, *range(40, 65)]
-    assert found[25] == 25.5 and len(tier) <= 50
+    assert found[25] == 25.5
+    assert len(tier) <= 50
 
 
 def test_a_claim_is_replaced_by_its_score(tmp_path):
     tier = HostTier(tmp_path, max_entries=50, ttl_s=3600)
     claim = tier.claim([key(1), key(2)], 5.0)
-    assert claim.mine == [key(1), key(2)] and tier.get_many([key(1)]) == [None]
+    assert claim.mine == [key(1), key(2)]
+    assert tier.get_many([key(1)]) == [None]
     tier.set_many([(key(1), 0.5)])
-    assert tier.claimed_by(key(1)) is None and tier.claimed_by(key(2)) == (os.getpid(), [])
+    assert tier.claimed_by(key(1)) is None
+    assert tier.claimed_by(key(2)) == (os.getpid(), [])
     assert tier.get_many([key(1), key(2)]) == [0.5, None]
-    assert tier.release([key(2)], claim.token) == {} and tier.claimed_by(key(2)) is None
+    assert tier.release([key(2)], claim.token) == {}
+    assert tier.claimed_by(key(2)) is None
 
 
 def test_clear_drops_scores_and_claims(tmp_path):
@@ -128,7 +133,8 @@ def test_clear_drops_scores_and_claims(tmp_path):
     tier.set_many([(key(1), 0.5)])
     tier.claim([key(2)], 5.0)
     assert tier.clear() == 2
-    assert tier.get_many([key(1)]) == [None] and tier.claimed_by(key(2)) is None
+    assert tier.get_many([key(1)]) == [None]
+    assert tier.claimed_by(key(2)) is None
 
 
 # --- claims between real processes ---------------------------------------------------------------
@@ -137,13 +143,16 @@ def test_a_key_claimed_by_a_live_worker_is_theirs_and_the_waiter_is_recorded(tmp
     assert other.ask(f"claim 30 {hexes(1, 2, 3)}") == "mine 3 theirs 0 found 0"
     tier = HostTier(tmp_path, max_entries=100, ttl_s=3600)
     claim = tier.claim([key(1), key(2), key(3), key(4)], 30)
-    assert sorted(claim.theirs) == [key(1), key(2), key(3)] and claim.mine == [key(4)]
+    assert sorted(claim.theirs) == [key(1), key(2), key(3)]
+    assert claim.mine == [key(4)]
     assert other.ask(f"waiters {key(1).hex()}") == str(os.getpid())
     assert tier.claimed_by(key(4)) == (os.getpid(), [])
     # the claimer stores: its scores are there, the claims are gone
     assert other.ask(f"store {key(1).hex()}=0.25 {key(2).hex()}=0.5 {key(3).hex()}=0.75") == "stored"
     again = tier.claim([key(1), key(2), key(3)], 30)
-    assert again.found == {key(1): 0.25, key(2): 0.5, key(3): 0.75} and not again.mine and not again.theirs
+    assert again.found == {key(1): 0.25, key(2): 0.5, key(3): 0.75}
+    assert not again.mine
+    assert not again.theirs
 
 
 def test_a_released_or_expired_or_orphaned_claim_is_taken_over(tmp_path, other):
@@ -157,7 +166,8 @@ def test_a_released_or_expired_or_orphaned_claim_is_taken_over(tmp_path, other):
     assert other.ask(f"claim 30 {hexes(3)}") == "mine 1 theirs 0 found 0"
     other.stop()  # the claimer dies mid-call
     taken = tier.claim([key(3)], 30)
-    assert taken.mine == [key(3)] and tier.claimed_by(key(3)) == (os.getpid(), [])
+    assert taken.mine == [key(3)]
+    assert tier.claimed_by(key(3)) == (os.getpid(), [])
 
 
 async def test_a_waiting_worker_is_woken_by_the_store_and_never_calls_the_provider(tmp_path, other):
@@ -177,7 +187,9 @@ async def test_a_waiting_worker_is_woken_by_the_store_and_never_calls_the_provid
         resolved = await asyncio.wait_for(task, 10)
     finally:
         share.close()
-    assert resolved.scores == [0.125, 0.375] and resolved.waited == 2 and computed == []
+    assert resolved.scores == [0.125, 0.375]
+    assert resolved.waited == 2
+    assert computed == []
 
 
 async def test_a_released_claim_wakes_the_waiter_which_then_computes(tmp_path, other):
@@ -195,7 +207,8 @@ async def test_a_released_claim_wakes_the_waiter_which_then_computes(tmp_path, o
         resolved = await asyncio.wait_for(task, 10)
     finally:
         share.close()
-    assert resolved.scores == [0.5, 0.5, 0.5] and resolved.waited == 0
+    assert resolved.scores == [0.5, 0.5, 0.5]
+    assert resolved.waited == 0
 
 
 async def test_waiting_is_bounded_by_the_lease(tmp_path, other):
@@ -209,7 +222,8 @@ async def test_waiting_is_bounded_by_the_lease(tmp_path, other):
         resolved = await asyncio.wait_for(share.resolve([key(1)], compute), 10)
     finally:
         share.close()
-    assert resolved.scores == [0.75] and share.stats.gave_up == 1
+    assert resolved.scores == [0.75]
+    assert share.stats.gave_up == 1
 
 
 def host_share(directory: Path, lease_s: float = 30.0, recheck_s: float = 0.25) -> HostShare:
@@ -242,7 +256,8 @@ async def test_files_deleted_under_the_workers_are_detected_and_the_tier_rejoine
         clock.now += FILE_CHECK_S
         with caplog.at_level("WARNING"):
             assert share.get_many([key(1)]) == [0.5]
-        assert share.stats.rejoined == 1 and "deleted or replaced" in caplog.text
+        assert share.stats.rejoined == 1
+        assert "deleted or replaced" in caplog.text
         share.store([(key(2), 0.25)])
         assert replacement.ask(f"claim 30 {key(2).hex()}") == "mine 0 theirs 0 found 1"
         assert os.path.exists(signals.path)
@@ -263,13 +278,16 @@ async def test_a_failing_host_tier_is_a_miss_never_an_error(tmp_path):
     cache = ScoreCache(reranker, max_entries=100, ttl_s=3600, host=share)
     try:
         first = await cache.scores("jet noise", ["jet engine noise", "wing flutter"])
-        assert first.sent == 2 and reranker.documents == 2
+        assert first.sent == 2
+        assert reranker.documents == 2
         second = await cache.scores("jet noise", ["jet engine noise", "wing flutter"])
-        assert second.scores == first.scores and second.status == "hit"  # the in-process tier still works
+        assert second.scores == first.scores
+        assert second.status == "hit"
     finally:
         share.signals.close()
     assert share.stats.errors >= 2  # the claim (which is also the lookup, without Redis) and the store
-    assert share.get_many([key(1)]) == [None] and share.entries() is None
+    assert share.get_many([key(1)]) == [None]
+    assert share.entries() is None
 
 
 async def test_scores_from_another_worker_are_reused_by_the_cache(tmp_path, other):
@@ -283,7 +301,9 @@ async def test_scores_from_another_worker_are_reused_by_the_cache(tmp_path, othe
         outcome = await cache.scores("jet noise", texts)
     finally:
         share.close()
-    assert outcome.scores == [0.1, 0.2] and outcome.status == "hit" and reranker.calls == 0
+    assert outcome.scores == [0.1, 0.2]
+    assert outcome.status == "hit"
+    assert reranker.calls == 0
     assert cache.stats.host_hits == 2
 
 
@@ -300,12 +320,16 @@ async def test_the_host_tier_is_read_before_redis_and_keeps_what_redis_found(tmp
     cache = ScoreCache(reranker, max_entries=100, ttl_s=3600, shared=shared, shared_timeout_s=0.5, host=share)
     try:
         first = await cache.scores("jet noise", texts)
-        assert first.scores == expected and cache.stats.shared_hits == 2 and reranker.calls == 0
+        assert first.scores == expected
+        assert cache.stats.shared_hits == 2
+        assert reranker.calls == 0
         assert share.get_many(cache.doc_keys("jet noise", texts)) == expected  # for this host's other workers
         await shared.flush()
         cache.flush()  # this worker's in-process tier only
         second = await cache.scores("jet noise", texts)
-        assert second.scores == expected and cache.stats.host_hits == 2 and cache.stats.shared_hits == 2
+        assert second.scores == expected
+        assert cache.stats.host_hits == 2
+        assert cache.stats.shared_hits == 2
     finally:
         share.close()
         await shared.aclose()
@@ -339,7 +363,8 @@ def test_auto_workers_follow_the_cgroup_quota(tmp_path):
     (root / "kubepods" / "pod1" / "cpu.max").write_text("50000 100000\n")
     assert cgroup_quota(root, proc_cgroup) == 0.5
     count, why = usable_cpus(root, proc_cgroup)
-    assert count == 1 and "cgroup CPU quota 0.5" in why  # rounded down, at least one
+    assert count == 1
+    assert "cgroup CPU quota 0.5" in why
     (root / "kubepods" / "cpu.max").write_text("25000 100000\n")  # a parent's quota is tighter
     assert cgroup_quota(root, proc_cgroup) == 0.25
 
@@ -368,5 +393,6 @@ async def test_a_host_tier_that_cannot_open_leaves_the_worker_on_its_own_tier(tm
     assert build_host_share(settings, str(not_a_directory)) is None
     assert "per-host score tier unavailable" in caplog.text
     share = build_host_share(settings, str(tmp_path))
-    assert share is not None and share.lease_s == settings.rerank_deadline_ms / 1000 + 1.0
+    assert share is not None
+    assert share.lease_s == settings.rerank_deadline_ms / 1000 + 1.0
     share.close()

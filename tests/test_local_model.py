@@ -55,7 +55,8 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 def test_matches_sentence_transformers_reference(model: MiniLM):
     assert model.token_ids(REFERENCE_SENTENCES) == REFERENCE_IDS
     vectors = model.embed(REFERENCE_SENTENCES)
-    assert vectors.shape == (4, 384) and vectors.dtype == np.float32
+    assert vectors.shape == (4, 384)
+    assert vectors.dtype == np.float32
     assert np.abs(vectors[:, :6] - REFERENCE_PREFIX).max() < 1e-6
 
 
@@ -165,8 +166,10 @@ async def test_rerank_scores_cosine_in_input_order(tmp_path: Path, model: MiniLM
     expected = model.embed(docs) @ model.embed(["where did the cat sit"])[0]
     np.testing.assert_allclose(result.scores, expected, atol=1e-4)  # documents kept as float16
     assert result.scores[1] == result.scores[3] > result.scores[2] > result.scores[0]
-    assert result.meta["embedded"] == 3 and result.meta["stored"] == 0   # duplicates embedded once
-    assert reranker.name == "local" and reranker.pointwise is True
+    assert result.meta["embedded"] == 3
+    assert result.meta["stored"] == 0
+    assert reranker.name == "local"
+    assert reranker.pointwise is True
     assert reranker.model == "all-MiniLM-L6-v2"
 
 
@@ -183,7 +186,8 @@ async def test_second_call_uses_stored_vectors_and_cached_query(tmp_path: Path):
     first = await reranker.rerank("topic 3", docs)
     second = await reranker.rerank("topic 3", docs[::-1])
     await reranker.aclose()
-    assert calls.count(1) == 1 and sum(calls) == 21        # query once, documents once
+    assert calls.count(1) == 1
+    assert sum(calls) == 21
     assert second.meta == {**second.meta, "stored": 20, "embedded": 0, "query_cached": True}
     assert second.provider_calls == 0
     np.testing.assert_allclose(second.scores[::-1], first.scores, atol=1e-6)
@@ -193,7 +197,8 @@ async def test_second_call_uses_stored_vectors_and_cached_query(tmp_path: Path):
     again = LocalReranker(settings_for(tmp_path), load_model=CountingModel)
     third = await again.rerank("another query", docs)
     await again.aclose()
-    assert calls == [1] and third.meta["stored"] == 20
+    assert calls == [1]
+    assert third.meta["stored"] == 20
 
 
 async def test_cold_and_stored_scores_are_identical(tmp_path: Path):
@@ -204,7 +209,8 @@ async def test_cold_and_stored_scores_are_identical(tmp_path: Path):
     warm = LocalReranker(settings_for(tmp_path))          # reads the float16 vectors from disk
     second = await warm.rerank("supersonic flow", docs)
     await warm.aclose()
-    assert first.meta["embedded"] == 5 and second.meta["stored"] == 5
+    assert first.meta["embedded"] == 5
+    assert second.meta["stored"] == 5
     assert first.scores == second.scores
 
 
@@ -230,7 +236,8 @@ async def test_empty_documents(tmp_path: Path):
     reranker = LocalReranker(settings_for(tmp_path))
     result = await reranker.rerank("anything", [])
     await reranker.aclose()
-    assert result.scores == [] and result.provider_calls == 0
+    assert result.scores == []
+    assert result.provider_calls == 0
 
 
 def test_rejects_other_models(tmp_path: Path):
@@ -250,7 +257,8 @@ async def test_broken_store_degrades_to_embedding(tmp_path: Path):
     reranker = LocalReranker(settings_for(tmp_path), store=BrokenStore(tmp_path / "x.sqlite"))
     result = await reranker.rerank("cat", ["The cat sat on the mat.", "Stock markets fell."])
     await reranker.aclose()
-    assert result.scores[0] > result.scores[1] and result.meta["embedded"] == 2
+    assert result.scores[0] > result.scores[1]
+    assert result.meta["embedded"] == 2
 
 
 async def test_model_failure_is_a_rerank_error(tmp_path: Path):

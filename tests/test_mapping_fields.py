@@ -33,13 +33,16 @@ def test_only_prose_types_are_text_objects_and_nested_walked_into():
 def test_a_keyword_with_a_text_multi_field_counts_under_its_own_path():
     # Multi-fields index the parent's value and are no _source path: `brand.text` is read as `brand`.
     paths = set(field_paths(PRODUCT_MAPPING["properties"], RERANK_TEXT_TYPES))
-    assert "brand" in paths and "brand.text" not in paths and "title.raw" not in paths
+    assert "brand" in paths
+    assert "brand.text" not in paths
+    assert "title.raw" not in paths
 
 
 def test_the_console_pickers_walk_the_same_mapping_with_keywords_included():
     paths = set(field_paths(PRODUCT_MAPPING["properties"], PICKER_TYPES))
     assert {"sku", "seller.id", "category.code", "log", "title", "brand"} <= paths
-    assert "price" not in paths and "attrs" not in paths
+    assert "price" not in paths
+    assert "attrs" not in paths
 
 
 def test_a_mapping_answer_is_the_union_of_its_indices():
@@ -84,4 +87,5 @@ def test_hit_text_with_paths_joins_and_cuts_like_the_default():
     assert hit_text(source, IndexRule(pattern="*", fields=("sku",)), TextPaths(["title"])) == "TS-0042"
     assert hit_text(source, IndexRule(pattern="*", template="{brand}"), TextPaths(["title"])) == "Acme"
     assert hit_text("not an object", rule, TextPaths(["title"])) == ""
-    assert not TextPaths([]) and TextPaths(["a", "a"]).paths == ("a",)
+    assert not TextPaths([])
+    assert TextPaths(["a", "a"]).paths == ("a",)

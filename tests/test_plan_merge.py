@@ -46,14 +46,17 @@ def test_search_paths():
 def test_candidate_window_and_page():
     p = plan({**MATCH, "from": 5, "size": 5})
     assert isinstance(p, Plan)
-    assert p.body["from"] == 0 and p.body["size"] == 20
+    assert p.body["from"] == 0
+    assert p.body["size"] == 20
     assert (p.page_from, p.page_size, p.query_text) == (5, 5, "jet engine")
 
 
 def test_url_from_size_win_and_are_removed_from_the_url():
     p = plan({**MATCH, "size": 3}, {"size": "4", "from": "2", "typed_keys": "true"})
     assert (p.page_from, p.page_size) == (2, 4)
-    assert "size=" not in p.target and "from=" not in p.target and "typed_keys=true" in p.target
+    assert "size=" not in p.target
+    assert "from=" not in p.target
+    assert "typed_keys=true" in p.target
 
 
 def test_straddling_page_fetches_past_the_window():
@@ -74,7 +77,8 @@ def test_straddling_page_fetches_past_the_window():
 ])
 def test_bypass_reasons(body, params, reason):
     decision = plan(body, params)
-    assert isinstance(decision, Bypass) and decision.reason == reason
+    assert isinstance(decision, Bypass)
+    assert decision.reason == reason
 
 
 STD = {"standard": {"query": {"match": {"t": "jet engine"}}}}
@@ -82,11 +86,17 @@ STD = {"standard": {"query": {"match": {"t": "jet engine"}}}}
 
 def test_retrievers_are_reranked_and_kept():
     p = plan({"retriever": STD, "size": 5})
-    assert isinstance(p, Plan) and p.query_text == "jet engine"
-    assert p.body["retriever"] == STD and p.body["size"] == 20 and p.body["from"] == 0
+    assert isinstance(p, Plan)
+    assert p.query_text == "jet engine"
+    assert p.body["retriever"] == STD
+    assert p.body["size"] == 20
+    assert p.body["from"] == 0
     rrf = {"rrf": {"retrievers": [STD, STD], "rank_window_size": 8}}
     p = plan({"retriever": rrf, "size": 5})
-    assert isinstance(p, Plan) and p.window == 8 and p.body["size"] == 8 and p.body["retriever"] == rrf
+    assert isinstance(p, Plan)
+    assert p.window == 8
+    assert p.body["size"] == 8
+    assert p.body["retriever"] == rrf
     assert plan({"retriever": rrf, "from": 8}).reason == "past_window"
 
 
@@ -102,7 +112,9 @@ def test_retriever_bypasses(retriever, reason):
 
 def test_filter_path_is_planned_not_bypassed():
     p = plan(MATCH, {"filter_path": "hits.hits._id"})
-    assert isinstance(p, Plan) and p.filter_path is not None and "filter_path" not in p.target
+    assert isinstance(p, Plan)
+    assert p.filter_path is not None
+    assert "filter_path" not in p.target
     assert plan(MATCH, {"filter_path": "-"}).reason == "filter_path"
 
 
@@ -115,9 +127,11 @@ def test_filter_path_is_planned_not_bypassed():
 ])
 def test_stored_fields_fetch_the_source_and_return_what_was_asked(body, params, source):
     p = plan(body, params)
-    assert isinstance(p, Plan) and p.body["_source"] is True
+    assert isinstance(p, Plan)
+    assert p.body["_source"] is True
     assert (p.source.fetch, p.source.includes) == source
-    assert p.body.get("stored_fields") == body.get("stored_fields") and "_source" not in p.target
+    assert p.body.get("stored_fields") == body.get("stored_fields")
+    assert "_source" not in p.target
 
 
 @pytest.mark.parametrize("body,params", [({**MATCH, "stored_fields": "_none_"}, {}),
@@ -129,8 +143,11 @@ def test_stored_fields_none_is_the_engines(body, params):
 
 def test_fields_only_searches_are_reranked():
     p = plan({**MATCH, "_source": False, "fields": ["title"], "docvalue_fields": ["year"]})
-    assert isinstance(p, Plan) and "_source" not in p.body and p.source.fetch is False
-    assert p.body["fields"] == ["title"] and p.body["docvalue_fields"] == ["year"]
+    assert isinstance(p, Plan)
+    assert "_source" not in p.body
+    assert p.source.fetch is False
+    assert p.body["fields"] == ["title"]
+    assert p.body["docvalue_fields"] == ["year"]
 
 
 def test_score_sort_is_still_reranked():
@@ -145,10 +162,12 @@ def test_header_switches_off_and_overrides_query():
 
 def test_body_extension_is_stripped_and_validated():
     decision = plan({**MATCH, "rerank": {"query": "override", "explain": True}})
-    assert decision.query_text == "override" and "rerank" not in decision.body
+    assert decision.query_text == "override"
+    assert "rerank" not in decision.body
     with pytest.raises(ProxyError) as err:
         plan({**MATCH, "rerank": {"bogus": 1}})
-    assert err.value.status == 400 and "bogus" in err.value.reason
+    assert err.value.status == 400
+    assert "bogus" in err.value.reason
     with pytest.raises(ProxyError):
         plan({**MATCH, "rerank": {"window": "ten"}})
 
@@ -172,9 +191,11 @@ def test_index_rules():
 
 def test_source_filter_moves_to_the_proxy():
     p = plan({**MATCH, "_source": ["title"]})
-    assert "_source" not in p.body and p.source.includes == ("title",)
+    assert "_source" not in p.body
+    assert p.source.includes == ("title",)
     p = plan(MATCH, {"_source": "false"})
-    assert p.source.fetch is False and "_source" not in p.target
+    assert p.source.fetch is False
+    assert "_source" not in p.target
 
 
 def test_final_scores_modes():
@@ -365,7 +386,8 @@ def test_bodies_the_proxy_rewrites():
 @pytest.mark.parametrize("size,expected", [(1e3, 1000), (3.0, 3), (3.5, 3), ("3.0", 3), ("7", 7)])
 def test_from_size_as_the_engines_read_them(size, expected):
     p = plan({**MATCH, "size": size, "from": 1e0})
-    assert isinstance(p, Plan) and (p.page_from, p.page_size) == (1, expected)
+    assert isinstance(p, Plan)
+    assert (p.page_from, p.page_size) == (1, expected)
 
 
 @pytest.mark.parametrize("size", [1e30, "many", True, [1], float("inf")])

@@ -129,7 +129,9 @@ def test_every_family_once_and_promtool_accepts_it(metered_proxy, engine, index_
     assert not [n for n in names if n.endswith(("documents_sent_total", "_billed_units_total"))
                 and n != "rerank_proxy_provider_billed_units_total"]
     checked = promtool_check_metrics(text)
-    assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), checked
+    assert checked.returncode == 0, checked
+    assert not checked.stdout.strip(), checked
+    assert not checked.stderr.strip(), checked
 
 
 def test_promtool_rejects_a_duplicate_family():
@@ -157,16 +159,19 @@ def test_a_real_prometheus_scrapes_and_answers_promql(metered_proxy, engine, ind
         wait_for_value(prometheus, 'sum(rerank_proxy_cache_lookups_total{result="hit"})', misses)
         # one scrape carries every series, so increase()'s extrapolation cancels out in the ratio
         ratio = query(prometheus, HIT_RATIO)
-        assert ratio and abs(float(ratio[0]["value"][1]) - 0.5) < 1e-9, ratio
+        assert ratio, ratio
+        assert abs(float(ratio[0]["value"][1]) - 0.5) < 1e-9, ratio
         rate = query(prometheus, RERANKED_RATE)
-        assert rate and float(rate[0]["value"][1]) > 0, rate
+        assert rate, rate
+        assert float(rate[0]["value"][1]) > 0, rate
         engine_up = query(prometheus, "max(rerank_proxy_engine_up)")
         assert float(engine_up[0]["value"][1]) == 1
         # the dashboard's and the alerts' queries run, on metrics the proxy really exports
         exported = set(families(httpx.get(f"{metered_proxy.url}/_rerank/metrics").text))
         for expr in dashboard_and_alert_exprs():
             response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-            assert response.status_code == 200 and response.json()["status"] == "success", (expr, response.text)
+            assert response.status_code == 200, (expr, response.text)
+            assert response.json()["status"] == "success", (expr, response.text)
             for name in re.findall(r"(?<![:\w])(?:rerank_proxy|process)_[a-z_]+", expr):
                 assert re.sub(r"_(bucket|count|sum)$", "", name) in exported, (name, expr)
 
@@ -243,7 +248,9 @@ def test_merged_exposition_sums_counters_and_keeps_gauge_rules():
            "process_start_time_seconds 100.0\n")
     groups = [snapshot(text_string_to_metric_families(text)) for text in (one, two)]
     text = render(merge(groups)).decode()
-    assert 'r_total{o="a"} 5.0' in text and 'r_total{o="b"} 1.0' in text
-    assert "\nb 5.0" in text and "process_start_time_seconds 100.0" in text
+    assert 'r_total{o="a"} 5.0' in text
+    assert 'r_total{o="b"} 1.0' in text
+    assert "\nb 5.0" in text
+    assert "process_start_time_seconds 100.0" in text
     assert "rerank_proxy_breaker_state 2.0" in text  # the worst worker's breaker
     assert promtool_check_metrics(text).returncode == 0

@@ -231,7 +231,8 @@ async def test_one_failed_batch_fails_the_rerank():
         async with aclosing(CohereReranker(base_url=server.url, api_key=KEY, batch_size=2)) as reranker:
             with pytest.raises(RerankStatusError, match="boom") as caught:
                 await reranker.rerank("q", [f"d{i}" for i in range(6)])
-    assert caught.value.status == 500 and caught.value.retryable
+    assert caught.value.status == 500
+    assert caught.value.retryable
 
 
 async def test_empty_documents_are_not_sent_and_score_lowest():
@@ -243,7 +244,8 @@ async def test_empty_documents_are_not_sent_and_score_lowest():
     assert [r.json()["documents"] for r in server.requests] == [["alpha", "delta"]]
     lowest = min(score_of("alpha"), score_of("delta"))
     assert result.scores == [score_of("alpha"), lowest, lowest, score_of("delta")]
-    assert nothing.scores == [0.0, 0.0] and nothing.provider_calls == 0
+    assert nothing.scores == [0.0, 0.0]
+    assert nothing.provider_calls == 0
 
 
 # --- unusable replies ---------------------------------------------------------------------------------
@@ -397,14 +399,17 @@ async def test_factory_builds_the_configured_provider_behind_resilience(provider
     assert isinstance(reranker, ResilientReranker)
     assert type(reranker.inner) is cls
     assert reranker.inner.path == path
-    assert reranker.name == provider and reranker.pointwise is True
+    assert reranker.name == provider
+    assert reranker.pointwise is True
     await reranker.aclose()
 
 
 def test_factory_none_and_listwise_models():
     assert build_reranker(Settings(rerank_provider="none")) is None
-    assert is_pointwise("rerank-v3.5") and is_pointwise("jina-reranker-v2-base-multilingual")
-    assert not is_pointwise("jina-reranker-v3") and not is_pointwise("jinaai/jina-reranker-v3")
+    assert is_pointwise("rerank-v3.5")
+    assert is_pointwise("jina-reranker-v2-base-multilingual")
+    assert not is_pointwise("jina-reranker-v3")
+    assert not is_pointwise("jinaai/jina-reranker-v3")
     reranker = build_provider(Settings(rerank_provider="compatible", rerank_base_url="http://127.0.0.1:1",
                                        rerank_model="jina-reranker-v3"))
     assert reranker.pointwise is False

@@ -41,7 +41,8 @@ def test_bulk_and_scan_helpers(engine, proxy, index_name):
     client = official_client(engine.kind, proxy.url)
     actions = ({"_index": index_name, "_id": str(i), "_source": {"n": i, "text": f"doc {i}"}} for i in range(2500))
     ok, errors = helpers.bulk(client, actions, chunk_size=500, refresh=True)
-    assert ok == 2500 and not errors
+    assert ok == 2500
+    assert not errors
     seen = {hit["_id"] for hit in helpers.scan(client, index=index_name,
                                                query={"query": {"match": {"text": "doc"}}}, size=300)}
     assert seen == {str(i) for i in range(2500)}
@@ -73,7 +74,8 @@ def test_compressed_bodies(engine, proxy, index_name):
     raw = httpx.post(f"{proxy.url}/{index_name}/_search", content=gzip.compress(b'{"query":{"match":{"body":"jet"}}}'),
                      headers={"content-type": "application/json", "content-encoding": "gzip",
                               "accept-encoding": "gzip"})
-    assert raw.status_code == 200 and raw.json()["hits"]["hits"][0]["_id"] == "z"
+    assert raw.status_code == 200
+    assert raw.json()["hits"]["hits"][0]["_id"] == "z"
     client.close()
 
 
@@ -87,7 +89,8 @@ def test_large_bulk_is_streamed(engine, proxy, index_name):
 
     response = httpx.post(f"{proxy.url}/{index_name}/_bulk?refresh=true", content=chunks(),
                           headers={"content-type": "application/x-ndjson"}, timeout=120)
-    assert response.status_code == 200 and response.json()["errors"] is False
+    assert response.status_code == 200
+    assert response.json()["errors"] is False
     assert httpx.get(f"{engine.url}/{index_name}/_count").json()["count"] == 5000
 
 

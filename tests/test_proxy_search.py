@@ -94,7 +94,8 @@ def test_pages_come_from_the_reranked_window(engine, proxy, corpus_index, direct
         ids += [h["_id"] for h in response.json()["hits"]["hits"]]
     engine_hits = search(direct, corpus_index, {"query": {"match": {"body": "engine"}}, "size": 100})
     engine_ids = [h["_id"] for h in _hits(engine_hits)]
-    assert sorted(ids) == sorted(engine_ids) and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(engine_ids)
+    assert len(ids) == len(set(ids))
     assert ids[:settings_window] == expected_order("engine", engine_ids[:settings_window])
     assert ids[settings_window:] == engine_ids[settings_window:]
 
@@ -110,7 +111,8 @@ def test_source_filtering_matches_the_engine(corpus_index, via_proxy, direct, sp
 
 def test_url_q_parameter_and_params(engine, fresh_proxy, corpus_index, direct):
     response = httpx.get(f"{fresh_proxy.url}/{corpus_index}/_search", params={"q": "body:engine", "size": "3"})
-    assert response.status_code == 200 and response.headers["x-rerank"] == "reranked"
+    assert response.status_code == 200
+    assert response.headers["x-rerank"] == "reranked"
     theirs = httpx.get(f"{engine.url}/{corpus_index}/_search", params={"q": "body:engine", "size": "100"}).json()
     assert [h["_id"] for h in response.json()["hits"]["hits"]] == \
         expected_order("engine", [h["_id"] for h in _hits(theirs)])[:3]
@@ -158,13 +160,15 @@ def test_hits_with_no_text_come_last_in_lexical_order(engine, fresh_proxy, index
         lines += [f'{{"index": {{"_id": "{i}"}}}}', httpx.Response(200, json=doc).text]
     bulk = httpx.post(f"{engine.url}/{index_name}/_bulk?refresh=true", content="\n".join(lines) + "\n",
                       headers={"content-type": "application/x-ndjson"})
-    assert bulk.status_code == 200 and not bulk.json()["errors"]
+    assert bulk.status_code == 200
+    assert not bulk.json()["errors"]
     direct_order = httpx.post(f"{engine.url}/{index_name}/_search", json={"query": {"match_all": {}}}).json()
     blanks = [h["_id"] for h in direct_order["hits"]["hits"] if h["_id"] in ("0", "2", "4")]
     body = {"query": {"match_all": {}}, "rerank": {"score_mode": mode}}
     response = httpx.post(f"{fresh_proxy.url}/{index_name}/_search", json=body,
                           headers={"X-Rerank-Query": "jet engine"})
-    assert response.status_code == 200 and response.headers["x-rerank"] == "reranked"
+    assert response.status_code == 200
+    assert response.headers["x-rerank"] == "reranked"
     hits = response.json()["hits"]["hits"]
     assert [h["_id"] for h in hits] == ["1", "3", *blanks]
     assert [h["_score"] for h in hits[2:]] == [hits[1]["_score"]] * 3
@@ -196,11 +200,14 @@ def test_bad_input_gets_an_engine_style_error(engine, proxy, corpus_index, paylo
                           headers={"content-type": "application/json"})
     assert response.status_code == status
     error = response.json()
-    assert error["status"] == status and error["error"]["type"] and error["error"]["reason"]
+    assert error["status"] == status
+    assert error["error"]["type"]
+    assert error["error"]["reason"]
     assert "Traceback" not in response.text
 
 
 def test_broken_msearch_ndjson(engine, proxy, corpus_index):
     response = httpx.post(f"{proxy.url}/_msearch", content=b'{"index":"a"}\n{"query":\n',
                           headers={"content-type": "application/x-ndjson"})
-    assert response.status_code == 400 and response.json()["error"]["type"]
+    assert response.status_code == 400
+    assert response.json()["error"]["type"]

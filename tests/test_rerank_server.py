@@ -62,7 +62,8 @@ async def test_batched_client_requests_merge_to_the_same_scores(server_url):
     async with aclosing(CohereReranker(base_url=server_url, batch_size=100)) as client:
         result = await client.rerank("capital document", docs)
     assert result.scores == [overlap_score("capital document", d) for d in docs]
-    assert result.billed_units == 3 and result.provider_calls == 3
+    assert result.billed_units == 3
+    assert result.provider_calls == 3
 
 
 async def test_the_client_with_the_right_key_passes_and_a_wrong_one_is_refused(keyed_url):
@@ -71,7 +72,8 @@ async def test_the_client_with_the_right_key_passes_and_a_wrong_one_is_refused(k
     async with aclosing(CohereReranker(base_url=keyed_url, api_key="wrong")) as client:
         with pytest.raises(RerankStatusError, match="invalid api token") as caught:
             await client.rerank(QUERY, DOCS)
-    assert caught.value.status == 401 and not caught.value.retryable
+    assert caught.value.status == 401
+    assert not caught.value.retryable
 
 
 # --- the response -------------------------------------------------------------------------------------
@@ -86,7 +88,8 @@ async def test_v2_response_is_sorted_with_cohere_meta(server_url):
     assert all(set(r) == {"index", "relevance_score"} for r in body["results"])
     assert body["results"][0]["relevance_score"] == overlap_score(QUERY, DOCS[1])
     assert body["meta"] == {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
-    assert isinstance(body["id"], str) and body["id"]
+    assert isinstance(body["id"], str)
+    assert body["id"]
 
 
 async def test_top_n_truncates_without_changing_scores(server_url):
@@ -121,7 +124,8 @@ async def test_v1_accepts_text_objects_and_echoes_documents(server_url):
 
 async def test_bare_rerank_path_does_not_require_a_model(server_url):
     response = await post(server_url, "/rerank", {"query": QUERY, "documents": DOCS})
-    assert response.status_code == 200 and len(response.json()["results"]) == 4
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == 4
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -173,8 +177,10 @@ async def test_unknown_paths_and_methods_answer_json(server_url):
     missing = await _client.post(server_url + "/v3/rerank", json={})
     wrong_method = await _client.get(server_url + "/v2/rerank")
     health = await _client.get(server_url + "/health")
-    assert missing.status_code == 404 and "message" in missing.json()
-    assert wrong_method.status_code == 405 and "message" in wrong_method.json()
+    assert missing.status_code == 404
+    assert "message" in missing.json()
+    assert wrong_method.status_code == 405
+    assert "message" in wrong_method.json()
     assert wrong_method.headers["allow"] == "POST"
     assert health.json() == {"status": "ok"}
 
@@ -229,7 +235,8 @@ async def test_the_reranker_is_closed_at_shutdown_only_when_owned():
         pass
     async with serve_app(build_app(borrowed)):
         pass
-    assert owned.closed and not borrowed.closed
+    assert owned.closed
+    assert not borrowed.closed
 
 
 def test_cli_arguments():

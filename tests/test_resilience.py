@@ -116,8 +116,10 @@ async def test_an_attempt_slower_than_the_attempt_timeout_is_retried():
     # the first attempt was cut by the attempt timeout (not the 10 s deadline), then one back-off,
     # taken after that first request and before the second
     assert reranker.stats.errors == {"timeout": 1}
-    assert reranker.stats.timeouts == 1 and reranker.stats.retries == 1
-    assert backoffs.waits == [0.0] and backoffs.requests_before == [1]
+    assert reranker.stats.timeouts == 1
+    assert reranker.stats.retries == 1
+    assert backoffs.waits == [0.0]
+    assert backoffs.requests_before == [1]
     assert elapsed < HANG_S / 2  # generous: the hanging attempt alone would take 5 s
 
 
@@ -129,7 +131,8 @@ async def test_429_is_retried_after_the_hinted_delay():
             result = await reranker.rerank("q", ["a", "b"])
     assert result.scores == [0.75, 0.25]
     # one wait, of the hinted 150 ms (not the jittered back-off, 0 here), between the two requests
-    assert backoffs.waits == [pytest.approx(0.15)] and backoffs.requests_before == [1]
+    assert backoffs.waits == [pytest.approx(0.15)]
+    assert backoffs.requests_before == [1]
     assert len(server.requests) == 2
     assert reranker.stats.errors == {"http_429": 1}
 
@@ -149,7 +152,8 @@ async def test_retry_after_seconds_and_dates_set_the_wait(form):
         async with aclosing(ResilientReranker(CohereReranker.from_settings(config), config,
                                               sleep=record)) as reranker:
             await reranker.rerank("q", ["a", "b"])
-    assert len(waits) == 1 and 1.0 <= waits[0] <= 3.0
+    assert len(waits) == 1
+    assert 1.0 <= waits[0] <= 3.0
 
 
 async def test_a_hint_past_the_deadline_gives_up_at_once():
@@ -162,7 +166,8 @@ async def test_a_hint_past_the_deadline_gives_up_at_once():
     assert caught.value.status == 429     # the provider's own answer, not a deadline error
     assert len(server.requests) == 1
     assert backoffs.waits == []           # it never started the 5 s wait
-    assert reranker.stats.retries == 0 and reranker.stats.errors == {"http_429": 1}
+    assert reranker.stats.retries == 0
+    assert reranker.stats.errors == {"http_429": 1}
 
 
 async def test_server_errors_are_retried_then_succeed():
@@ -184,7 +189,8 @@ async def test_retries_stop_at_max_retries():
             with pytest.raises(RerankStatusError):
                 await reranker.rerank("q", ["a", "b"])
     assert len(server.requests) == 3
-    assert reranker.stats.failures == 1 and reranker.stats.attempts == 3
+    assert reranker.stats.failures == 1
+    assert reranker.stats.attempts == 3
 
 
 async def test_backoff_uses_full_jitter_over_a_doubling_cap():
@@ -251,7 +257,8 @@ async def test_a_slow_drip_is_cut_at_the_deadline():
     # the first attempt was cut by the attempt timeout and retried; the retry by the deadline
     # (with max_retries=2, a deadline not honoured would end in a third attempt timing out)
     assert len(server.requests) == 2
-    assert reranker.stats.timeouts == 2 and reranker.stats.attempts == 2
+    assert reranker.stats.timeouts == 2
+    assert reranker.stats.attempts == 2
     assert reranker.stats.errors == {"timeout": 1, "deadline": 1}
     assert elapsed < 3.0  # generous: the drip would take 1000 s to finish its 100 kB
 
@@ -296,9 +303,11 @@ async def test_concurrency_is_limited_to_max_concurrency():
     assert inner.calls == 2
     inner.gate.set()
     await asyncio.gather(*tasks)
-    assert inner.calls == 5 and inner.max_in_flight == 2
+    assert inner.calls == 5
+    assert inner.max_in_flight == 2
     # three of the five found both slots taken; their wait is counted for /metrics
-    assert reranker.stats.slot_waits == 3 and reranker.stats.slot_wait_seconds > 0
+    assert reranker.stats.slot_waits == 3
+    assert reranker.stats.slot_wait_seconds > 0
 
 
 async def test_waiting_for_a_slot_counts_against_the_deadline():
@@ -312,7 +321,8 @@ async def test_waiting_for_a_slot_counts_against_the_deadline():
     # the second waited for the slot and its deadline passed there: had the wait not counted, it
     # would have taken the slot the first released and called the provider too
     assert inner.calls == 1
-    assert reranker.stats.slot_waits == 1 and reranker.stats.attempts == 1
+    assert reranker.stats.slot_waits == 1
+    assert reranker.stats.attempts == 1
 
 
 async def test_a_provider_bug_still_ends_as_a_rerank_error():
@@ -367,7 +377,8 @@ async def test_breaker_opens_fails_fast_and_a_half_open_probe_closes_it():
             assert reranker.breaker.state == "closed"
             await reranker.rerank("q", ["a", "b"])
     assert reranker.stats.errors["unavailable"] == 2
-    assert reranker.stats.failures == 5 and reranker.stats.calls == 7
+    assert reranker.stats.failures == 5
+    assert reranker.stats.calls == 7
 
 
 async def test_a_failed_probe_reopens_the_breaker():

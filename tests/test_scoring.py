@@ -104,7 +104,9 @@ def test_blend_with_equal_values():
 
 
 def test_blank_predicate_and_spread():
-    assert is_blank("") and is_blank(" \n\t") and not is_blank(" a ")
+    assert is_blank("")
+    assert is_blank(" \n\t")
+    assert not is_blank(" a ")
     assert with_blanks(4, [0, 3], [0.5, 0.2]) == [0.5, 0.2, 0.2, 0.2]
     assert with_blanks(2, [], []) == [0.0, 0.0]
     assert with_blanks(2, [0, 1], [0.3, 0.1]) == [0.3, 0.1]
@@ -118,12 +120,16 @@ async def test_every_text_scored():
     scored = await final_scores(cache_for(reranker), QUERY, texts, [3.0, 2.0, 1.0], "rerank", 0.5)
     expected = [overlap_score(QUERY, t) for t in texts]
     assert scored.mode == "rerank"
-    assert scored.final == expected and scored.raw == expected
-    assert scored.scored == [0, 1, 2] and scored.blanks == []
-    assert scored.outcome is not None and scored.outcome.status == "miss"
+    assert scored.final == expected
+    assert scored.raw == expected
+    assert scored.scored == [0, 1, 2]
+    assert scored.blanks == []
+    assert scored.outcome is not None
+    assert scored.outcome.status == "miss"
     assert reranker.sent == [texts]
     again = await final_scores(cache_for(reranker), QUERY, texts, [3.0, 2.0, 1.0], "rerank", 0.5)
-    assert again.final == expected and len(reranker.sent) == 2  # a new cache: sent again
+    assert again.final == expected
+    assert len(reranker.sent) == 2
 
 
 async def test_cache_outcome_is_reported():
@@ -132,7 +138,8 @@ async def test_cache_outcome_is_reported():
     texts = ["jet engine", "wing"]
     await final_scores(cache, QUERY, texts, [2.0, 1.0], "blend", 0.5)
     scored = await final_scores(cache, QUERY, texts, [2.0, 1.0], "blend", 0.5)
-    assert scored.outcome is not None and scored.outcome.status == "hit"
+    assert scored.outcome is not None
+    assert scored.outcome.status == "hit"
     assert len(reranker.sent) == 1
 
 
@@ -144,7 +151,8 @@ async def test_blank_texts_are_never_sent_and_rank_last_in_lexical_order(mode):
     lexical = [9.0, 5.0, 8.0, 4.0, 7.0, 1.0]
     scored = await final_scores(cache_for(reranker), QUERY, texts, lexical, mode, 0.5)
     assert reranker.sent == [["jet engine noise", "unrelated words here", "engine"]]
-    assert scored.scored == [1, 3, 5] and scored.blanks == [0, 2, 4]
+    assert scored.scored == [1, 3, 5]
+    assert scored.blanks == [0, 2, 4]
     assert [scored.raw[i] for i in (0, 2, 4)] == [None, None, None]
     lowest = min(scored.final[i] for i in scored.scored)
     assert [scored.final[i] for i in scored.blanks] == [lowest] * 3  # the lowest score of the others
@@ -168,7 +176,9 @@ async def test_all_blank_window_keeps_lexical_order_and_sends_nothing(mode):
     reranker = RecordingReranker()
     lexical = [3.0, 2.0, 1.0]
     scored = await final_scores(cache_for(reranker), QUERY, ["", " ", "\t"], lexical, mode, 0.5)
-    assert reranker.calls == 0 and scored.outcome is None and scored.scored == []
+    assert reranker.calls == 0
+    assert scored.outcome is None
+    assert scored.scored == []
     assert scored.raw == [None, None, None]
     assert rerank_order(scored.final, scored.blanks) == [0, 1, 2]
 
@@ -177,9 +187,13 @@ async def test_lexical_mode_and_no_cache_send_nothing():
     reranker = RecordingReranker()
     lexical = [1.0, None, 3.0]
     scored = await final_scores(cache_for(reranker), QUERY, ["a", "b", "c"], lexical, "lexical", 0.5)
-    assert scored.mode == "lexical" and scored.final == [1.0, 0.0, 3.0] and reranker.calls == 0
+    assert scored.mode == "lexical"
+    assert scored.final == [1.0, 0.0, 3.0]
+    assert reranker.calls == 0
     scored = await final_scores(None, QUERY, ["a", "b", "c"], lexical, "blend", 0.5)
-    assert scored.mode == "lexical" and scored.final == [1.0, 0.0, 3.0] and scored.outcome is None
+    assert scored.mode == "lexical"
+    assert scored.final == [1.0, 0.0, 3.0]
+    assert scored.outcome is None
 
 
 async def test_blend_weight_changes_the_order():

@@ -21,7 +21,8 @@ def test_tiered_store_reads_through_and_copies_into_the_pod_file(redis_server, t
     vector = np.linspace(-1, 1, 384, dtype=np.float32)
     one.put_many([(b"k" * 32, vector)])
     found = other.get_many([b"k" * 32, b"x" * 32])
-    assert list(found) == [b"k" * 32] and other.shared_hits == 1
+    assert list(found) == [b"k" * 32]
+    assert other.shared_hits == 1
     np.testing.assert_array_equal(found[b"k" * 32], one.get_many([b"k" * 32])[b"k" * 32])  # same float16
     assert other.local.count() == 1                               # copied into the pod's own file
     one.close()
@@ -33,7 +34,8 @@ def test_a_dead_redis_is_a_miss_and_the_pod_file_keeps_working(tmp_path: Path):
     store = TieredVectorStore(VectorStore(tmp_path / "a.sqlite"), dead)
     store.put_many([(b"k" * 32, np.ones(384, dtype=np.float32))])
     assert list(store.get_many([b"k" * 32])) == [b"k" * 32]
-    assert store.missing([b"m" * 32]) == [b"m" * 32] and store.shared_errors >= 2
+    assert store.missing([b"m" * 32]) == [b"m" * 32]
+    assert store.shared_errors >= 2
     store.close()
 
 

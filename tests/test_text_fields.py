@@ -65,7 +65,8 @@ async def test_concurrent_searches_on_a_cold_index_share_one_read():
     await async_wait_until(lambda: engine.targets, "the mapping read to start")
     engine.gate.set()
     answers = await asyncio.gather(*searches)
-    assert engine.targets == ["/products/_mapping"] and cache.reads == 1
+    assert engine.targets == ["/products/_mapping"]
+    assert cache.reads == 1
     assert all(paths_of(a, "products") == ("title",) for a in answers)
 
 
@@ -140,7 +141,8 @@ async def test_a_slow_read_does_not_hold_the_search_past_wait_s():
     assert await cache.resolve({"products"}) == {"products": None}  # every string, this once
     engine.gate.set()
     await async_wait_until(lambda: len(cache) == 1, "the slow read to land in the cache")
-    assert paths_of(await cache.resolve({"products"}), "products") == ("title",) and cache.reads == 1
+    assert paths_of(await cache.resolve({"products"}), "products") == ("title",)
+    assert cache.reads == 1
 
 
 async def test_bounded_least_recently_used_out_first():
@@ -192,4 +194,5 @@ async def test_entries_are_kept_per_credentials():
     assert engine.targets == ["/books/_mapping"]          # the same credentials share one read
     await cache.resolve(["books"], bob)
     await cache.resolve(["books"])                          # anonymous: a key of its own
-    assert len(engine.targets) == 3 and len(cache) == 3
+    assert len(engine.targets) == 3
+    assert len(cache) == 3

@@ -64,7 +64,8 @@ def load_products(url: str, index: str, docs: list[dict[str, Any]] = DOCS) -> No
                  for line in ({"index": {"_id": str(i)}}, doc)]
         bulk = client.post(f"/{index}/_bulk?refresh=true", content="\n".join(lines) + "\n",
                            headers={"content-type": "application/x-ndjson"})
-        assert bulk.status_code == 200 and not bulk.json()["errors"], bulk.text
+        assert bulk.status_code == 200, bulk.text
+        assert not bulk.json()["errors"], bulk.text
 
 
 @contextmanager
@@ -85,7 +86,8 @@ def search_texts(url: str, index: str, reranker: RecordingReranker, **env: str) 
     """The texts a fresh proxy (with `env`) sends the reranker for one search on `index`."""
     with run_proxy(proxy_settings(url, **env), reranker=reranker) as proxy:
         response = httpx.post(f"{proxy.url}/{index}/_search", json=QUERY, timeout=30)
-    assert response.status_code == 200 and response.headers["x-rerank"] == "reranked", response.headers
+    assert response.status_code == 200, response.headers
+    assert response.headers["x-rerank"] == "reranked", response.headers
     assert len(reranker.sent) == 1
     return set(reranker.sent[0])
 
@@ -140,7 +142,8 @@ async def run_search(pipeline: SearchPipeline, index: str) -> Finished:
     body = orjson.dumps(QUERY)
     headers = {"content-type": "application/json"}
     result = await pipeline.search("POST", index, {}, headers, [(b"content-type", b"application/json")], body)
-    assert isinstance(result, Finished) and result.status == 200, result
+    assert isinstance(result, Finished), result
+    assert result.status == 200, result
     return result
 
 
@@ -182,7 +185,8 @@ async def test_a_failed_read_is_retried_after_the_back_off(engine, index_name: s
         with metadata_blocked(engine.url, index_name):
             await run_search(pipeline, index_name)
             await run_search(pipeline, index_name)
-            assert reranker.texts() == ALL_STRINGS and pipeline.text_fields.reads == 1  # not on every search
+            assert reranker.texts() == ALL_STRINGS
+            assert pipeline.text_fields.reads == 1
 
         async def text_only_sent() -> bool:
             await run_search(pipeline, index_name)
@@ -196,7 +200,8 @@ async def test_concurrent_searches_on_a_cold_index_read_the_mapping_once(engine,
     load_products(engine.url, index_name)
     with own_pipeline(engine.url) as (pipeline, reranker, _):
         await asyncio.gather(*(run_search(pipeline, index_name) for _ in range(8)))
-        assert pipeline.text_fields.reads == 1 and reranker.texts() == TEXT_ONLY
+        assert pipeline.text_fields.reads == 1
+        assert reranker.texts() == TEXT_ONLY
         await pipeline.text_fields.aclose()
 
 
@@ -214,7 +219,8 @@ def test_writes_through_the_proxy_warm_the_texts_searches_send(es_engine, index_
     with run_proxy(settings) as proxy, httpx.Client(base_url=proxy.url, timeout=60) as client:
         written = client.post(f"/{index_name}/_bulk?refresh=true", content=body,
                               headers={"content-type": "application/x-ndjson"})
-        assert written.status_code == 200 and not written.json()["errors"], written.text
+        assert written.status_code == 200, written.text
+        assert not written.json()["errors"], written.text
 
         def stored() -> int:
             vectors = client.get("/_rerank/ready").json()["reranker"]["vectors"]
@@ -222,7 +228,8 @@ def test_writes_through_the_proxy_warm_the_texts_searches_send(es_engine, index_
 
         wait_until(lambda: stored() >= len(DOCS), "the written documents to be embedded", timeout_s=180)
         response = client.post(f"/{index_name}/_search", json=QUERY)
-        assert response.status_code == 200 and response.headers["x-rerank"] == "reranked", response.headers
+        assert response.status_code == 200, response.headers
+        assert response.headers["x-rerank"] == "reranked", response.headers
         assert stored() == len(DOCS)  # the search embedded nothing new: its texts were the written ones
 
 
@@ -237,7 +244,8 @@ async def test_the_warm_command_embeds_the_texts_searches_send(es_engine, index_
     reranker = LocalReranker(settings)
     try:
         result = await reranker.rerank("trail running", sorted(TEXT_ONLY))
-        assert result.meta["stored"] == len(TEXT_ONLY) and result.meta["embedded"] == 0
+        assert result.meta["stored"] == len(TEXT_ONLY)
+        assert result.meta["embedded"] == 0
     finally:
         await reranker.aclose()
 

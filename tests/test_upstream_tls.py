@@ -56,7 +56,8 @@ def test_verified_tls_with_client_certificate(tls_endpoint):
     settings = proxy_settings(url, UPSTREAM_CA_FILE=str(paths["ca"]), UPSTREAM_CLIENT_CERT_FILE=str(paths["client"]))
     with run_proxy(settings, reranker=OverlapReranker()) as running:
         response = httpx.get(f"{running.url}/_cluster/health")
-        assert response.status_code == 200 and response.json()["cluster_name"] == "tls-test"
+        assert response.status_code == 200
+        assert response.json()["cluster_name"] == "tls-test"
 
 
 def test_unknown_ca_is_refused(tls_endpoint):

@@ -110,7 +110,8 @@ def test_float16_is_the_default_and_reads_back_consistently(tmp_path: Path):
     half.close()
     reader = VectorStore(tmp_path / "v.sqlite", dtype="float32", memory_entries=0)  # the file decides
     from_disk = reader.get_many([key(0)])[key(0)]
-    assert reader.dtype == "float16" and from_disk.dtype == np.float32
+    assert reader.dtype == "float16"
+    assert from_disk.dtype == np.float32
     assert np.abs(from_disk - vec(0)).max() < 1e-3
     # Just computed, from the LRU, from disk: bit-identical, so scores never depend on the path.
     np.testing.assert_array_equal(from_memory, from_disk)
@@ -169,5 +170,6 @@ def test_connection_is_reopened_after_fork(tmp_path: Path):
     child = ctx.Process(target=_use_after_fork, args=(store, queue))
     child.start()
     child.join(60)
-    assert child.exitcode == 0 and queue.get(timeout=5) == 2
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 2
     assert len(store.get_many([key(1), key(42)])) == 2     # parent still works and sees the child's write

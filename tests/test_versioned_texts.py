@@ -31,16 +31,19 @@ def test_a_known_version_reuses_its_text_and_a_new_one_rebuilds_it():
     memo = VersionedTexts(_digest)
     first, _ = memo.texts([_hit("1", 4, "wing flutter")], rule)
     again, digests = memo.texts([{**_hit("1", 4, "ignored: same version"), "_source": {"title": "other"}}], rule)
-    assert again == first == ["wing flutter"] and digests == [_digest("wing flutter")]
+    assert again == first == ["wing flutter"]
+    assert digests == [_digest("wing flutter")]
     updated, digests = memo.texts([_hit("1", 5, "jet noise")], rule)
-    assert updated == ["jet noise"] and digests == [_digest("jet noise")]
+    assert updated == ["jet noise"]
+    assert digests == [_digest("jet noise")]
 
 
 def test_hits_without_versions_and_other_rules_are_built_afresh():
     memo = VersionedTexts(_digest)
     hits = [_hit("1", None, "wing"), _hit("2", None, "jet"), "not a hit"]
     texts, digests = memo.texts(hits, IndexRule("*"))
-    assert texts == hit_texts(hits, IndexRule("*")) and len(memo) == 0
+    assert texts == hit_texts(hits, IndexRule("*"))
+    assert len(memo) == 0
     assert digests == [_digest(t) for t in texts]
     versioned = [{**_hit("3", 1, "wing"), "_source": {"title": "wing", "body": "flutter"}}]
     memo.texts(versioned, IndexRule("*"))

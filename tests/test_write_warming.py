@@ -94,10 +94,12 @@ async def test_written_documents_are_warm_for_the_next_search(tmp_path: Path):
     try:
         assert await queue_written(reranker, settings, "POST", "/papers/_bulk", body) == 12
         assert await asyncio.to_thread(reranker.embedder.wait_idle, 120), reranker.status()
-        assert reranker.status()["embedded"] == 12 and reranker.status()["store_entries"] == 12
+        assert reranker.status()["embedded"] == 12
+        assert reranker.status()["store_entries"] == 12
         texts = [hit_text(d, settings.default_rule()) for d in docs]
         result = await reranker.rerank("panel flutter", texts)   # no wait allowed: all stored
-        assert result.meta["stored"] == 12 and result.meta["embedded"] == 0
+        assert result.meta["stored"] == 12
+        assert result.meta["embedded"] == 0
     finally:
         await reranker.aclose()
 
@@ -139,7 +141,8 @@ def test_a_write_through_the_proxy_warms_the_store(es_engine, index_name: str, t
     with run_proxy(settings) as proxy, httpx.Client(base_url=proxy.url, timeout=60) as client:
         written = client.post(f"/{index_name}/_bulk?refresh=true", content=body,
                               headers={"content-type": "application/x-ndjson"})
-        assert written.status_code == 200 and not written.json()["errors"]
+        assert written.status_code == 200
+        assert not written.json()["errors"]
 
         def stored() -> int:
             vectors = client.get("/_rerank/ready").json()["reranker"]["vectors"]
@@ -147,7 +150,8 @@ def test_a_write_through_the_proxy_warms_the_store(es_engine, index_name: str, t
 
         wait_until(lambda: stored() >= 12, "the written documents were never embedded", timeout_s=180)
         response = client.post(f"/{index_name}/_search", json={"query": {"match": {"body": "supersonic"}}})
-        assert response.status_code == 200 and response.headers["x-rerank"] == "reranked", response.headers
+        assert response.status_code == 200, response.headers
+        assert response.headers["x-rerank"] == "reranked", response.headers
 
 
 def test_concurrent_bulks_queue_a_bounded_amount_of_warming(es_engine, index_name: str, tmp_path: Path):
@@ -172,7 +176,8 @@ def test_concurrent_bulks_queue_a_bounded_amount_of_warming(es_engine, index_nam
         with httpx.Client(base_url=proxy.url, timeout=120) as client:
             answer = client.post(f"/{index_name}/_bulk", content=ndjson(*lines),
                                  headers={"content-type": "application/x-ndjson"})
-        assert answer.status_code == 200 and not answer.json()["errors"], answer.text[:300]
+        assert answer.status_code == 200, answer.text[:300]
+        assert not answer.json()["errors"], answer.text[:300]
         return per_bulk
 
     with run_proxy(settings) as proxy, httpx.Client(base_url=proxy.url, timeout=60) as client:
