@@ -156,6 +156,44 @@ def loop_share_during_threaded_writes(host: HostTier, writes: int = 300) -> floa
     return during / alone
 
 
+def round_keys(op: str, name: str, round_no: int, live: deque[list[bytes]]) -> list[bytes]:
+    """The 100 keys one operation of one round works on: a batch still stored (get_hit), a batch never
+    written (get_miss), or a new batch (set, claim); a set's batch joins what is stored."""
+    if op == "get_hit":
+        return live[(round_no * 7919) % len(live)]
+    if op == "get_miss":
+        return batch("absent", round_no * BATCH)
+    keys = batch(f"{op}-{name}", round_no * BATCH)
+    if op == "set":  # the oldest batch is evicted: look up only what is still stored
+        live.append(keys)
+        if live.maxlen is None:
+            live.popleft()
+    return keys
+
+
+async def timed_call_us(fn: Callable[[list[bytes]], Any], keys: list[bytes]) -> tuple[float, Any]:
+    """(microseconds, result) of one operation; one that runs off the loop is awaited within the time."""
+    started = time.perf_counter()
+    result = fn(keys)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return (time.perf_counter() - started) * 1e6, result
+
+
+async def interleaved_rounds(ops: dict[str, dict[str, Callable[[list[bytes]], Any]]],
+                             stored: dict[str, deque[list[bytes]]], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Each round runs every operation of every candidate once, so machine load hits them alike."""
+    times: dict[str, dict[str, list[float]]] = {name: {op: [] for op in table} for name, table in ops.items()}
+    for r in range(rounds):
+        for name, table in ops.items():
+            for op, fn in table.items():
+                elapsed, result = await timed_call_us(fn, round_keys(op, name, r, stored[name]))
+                if op == "get_hit":
+                    assert all(v is not None for v in result), name
+                times[name][op].append(elapsed)
+    return times
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info()
     root = Path(tempfile.mkdtemp(prefix="host-tier-bench-"))
@@ -188,30 +226,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                                      "get_miss": lambda ks: off_loop(sql.get_many, ks),
                                      "set": lambda ks: off_loop(sql.set_many, [(k, 0.25) for k in ks])},
     }
-    times: dict[str, dict[str, list[float]]] = {name: {op: [] for op in table} for name, table in ops.items()}
     log(f"timing {args.rounds} interleaved rounds")
-    for r in range(args.rounds):
-        for name, table in ops.items():
-            for op, fn in table.items():
-                live = stored[name]
-                if op == "get_hit":
-                    keys = live[(r * 7919) % len(live)]
-                elif op == "get_miss":
-                    keys = batch("absent", r * BATCH)
-                else:
-                    keys = batch(f"{op}-{name}", r * BATCH)
-                if op == "set":  # the oldest batch is evicted: look up only what is still stored
-                    live.append(keys)
-                    if live.maxlen is None:
-                        live.popleft()
-                started = time.perf_counter()
-                result = fn(keys)
-                if asyncio.iscoroutine(result):
-                    result = await result
-                elapsed = (time.perf_counter() - started) * 1e6
-                if op == "get_hit":
-                    assert all(v is not None for v in result), name
-                times[name][op].append(elapsed)
+    times = await interleaved_rounds(ops, stored, args.rounds)
     rows = {name: {op: summary(t) for op, t in ops_times.items()} for name, ops_times in times.items()}
     sizes = {"LMDB (HostTier)": (root / "lmdb" / "data.mdb").stat().st_blocks * 512,
              "SQLite WAL": sum(p.stat().st_blocks * 512 for p in (root / "sqlite").iterdir())}

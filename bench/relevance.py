@@ -91,7 +91,8 @@ def wait_until_stored(store: Path, expected: int, limit_s: float = 1800.0) -> fl
 def one_pass(client: httpx.Client, url: str, queries: dict[str, str], qrels: dict,
              seen: set[str] | None = None) -> dict[str, Any]:
     """nDCG@10 over all queries, the share the proxy reranked, and the rerank step's p50."""
-    ndcg, reranked, rerank_ms, reasons = [], 0, [], {}
+    ndcg, reranked, rerank_ms = [], 0, []
+    reasons: dict[str, int] = {}
     for qid, text in queries.items():
         ranked, response = search(client, url, text, None)
         if seen is not None:
@@ -149,6 +150,74 @@ def print_cold_start(result: dict) -> None:
           f"pass 2 fallback reasons {result['pass2']['fallback_reasons']}")
 
 
+def warm_store(engine_url: str, store: Path) -> float:
+    """`rerank-proxy warm` into a fresh store, as a user would; returns its seconds."""
+    started = time.perf_counter()
+    warm = spawn("warm", [str(REPO / ".venv/bin/rerank-proxy"), "warm", "--index", INDEX, "--url", engine_url],
+                 clean_env(LOCAL_VECTOR_STORE=str(store)))
+    if warm.proc.wait() != 0:
+        raise SystemExit(f"warm failed:\n{warm.log_tail()}")
+    warm_s = time.perf_counter() - started
+    log(f"warm: 1,400 documents embedded in {warm_s:.1f} s")
+    return warm_s
+
+
+def rank_variants(client: httpx.Client, engine_url: str, proxy_url: str, queries: dict[str, str],
+                  qrels: dict) -> tuple[dict[str, dict[str, float]], dict[str, int], list[float]]:
+    """Every judged query through each of VARIANTS: (metrics per variant, X-Rerank outcomes through the
+    proxy, the rerank step's ms of the shipped default)."""
+    rows: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, int] = {}
+    rerank_ms: list[float] = []
+    for name, options in VARIANTS.items():
+        ndcg, mrr, recall = [], [], []
+        for n, (qid, text) in enumerate(queries.items(), 1):
+            url = engine_url if options is None else proxy_url
+            ranked, response = search(client, url, text, options)
+            if options is not None:
+                outcome = response.headers.get("x-rerank", "?")
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                if options == {} and (m := _TIMING.search(response.headers.get("server-timing", ""))):
+                    rerank_ms.append(float(m.group(1)))
+            ndcg.append(ndcg_at(ranked, qrels[qid]))
+            mrr.append(mrr_at(ranked, qrels[qid]))
+            recall.append(recall_at(ranked, qrels[qid]))
+            if n % 75 == 0:
+                log(f"{name}: {n}/{len(queries)} queries")
+        rows[name] = {"ndcg@10": statistics.fmean(ndcg), "mrr@10": statistics.fmean(mrr),
+                      "recall@100": statistics.fmean(recall)}
+    return rows, outcomes, rerank_ms
+
+
+def cold_reranks(engine_url: str, folder: Path, queries: dict[str, str], runs: int) -> list[float]:
+    """The rerank step's ms for one search on a fresh store (deadline raised so it does not fall back)."""
+    cold_ms = []
+    for run in range(runs):
+        fresh = folder / f"cold-{run}.sqlite"
+        proxy = start_proxy(engine_url, fresh, RERANK_DEADLINE_MS="60000", RERANK_ATTEMPT_TIMEOUT_MS="60000")
+        with httpx.Client(timeout=120) as client:
+            _, response = search(client, proxy.url, list(queries.values())[run], {})
+        proxy.stop()
+        if m := _TIMING.search(response.headers.get("server-timing", "")):
+            cold_ms.append(float(m.group(1)))
+        log(f"cold run {run + 1}: rerank {cold_ms[-1]:.0f} ms")
+    return cold_ms
+
+
+def print_rankings(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    base = rows["engine alone"]["ndcg@10"]
+    print(f"\n| ranking (Cranfield, {result['queries']} queries) | nDCG@10 | vs engine | MRR@10 | Recall@100 |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - base:+.4f} | {row['mrr@10']:.4f} | "
+              f"{row['recall@100']:.4f} |")
+    print(f"\nX-Rerank outcomes through the proxy: {result['outcomes_through_proxy']}")
+    print(f"rerank step, stored vectors: p50 {result['rerank_ms_stored']['p50']:.1f} ms, "
+          f"p90 {result['rerank_ms_stored']['p90']:.1f} ms; cold (100 new documents): "
+          f"{result['rerank_ms_cold']['runs']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold-runs", type=int, default=3)
@@ -165,66 +234,21 @@ def main() -> None:
         print_cold_start(cold)
         return
 
-    started = time.perf_counter()
-    warm = spawn("warm", [str(REPO / ".venv/bin/rerank-proxy"), "warm", "--index", INDEX, "--url", engine_url],
-                 clean_env(LOCAL_VECTOR_STORE=str(store)))
-    if warm.proc.wait() != 0:
-        raise SystemExit(f"warm failed:\n{warm.log_tail()}")
-    warm_s = time.perf_counter() - started
-    log(f"warm: 1,400 documents embedded in {warm_s:.1f} s")
-
+    warm_s = warm_store(engine_url, store)
     proxy = start_proxy(engine_url, store)
-    rows: dict[str, dict[str, float]] = {}
-    outcomes: dict[str, int] = {}
-    rerank_ms: list[float] = []
     with httpx.Client(timeout=120) as client:
-        for name, options in VARIANTS.items():
-            ndcg, mrr, recall = [], [], []
-            for n, (qid, text) in enumerate(queries.items(), 1):
-                url = engine_url if options is None else proxy.url
-                ranked, response = search(client, url, text, options)
-                if options is not None:
-                    outcome = response.headers.get("x-rerank", "?")
-                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                    if options == {} and (m := _TIMING.search(response.headers.get("server-timing", ""))):
-                        rerank_ms.append(float(m.group(1)))
-                ndcg.append(ndcg_at(ranked, qrels[qid]))
-                mrr.append(mrr_at(ranked, qrels[qid]))
-                recall.append(recall_at(ranked, qrels[qid]))
-                if n % 75 == 0:
-                    log(f"{name}: {n}/{len(queries)} queries")
-            rows[name] = {"ndcg@10": statistics.fmean(ndcg), "mrr@10": statistics.fmean(mrr),
-                          "recall@100": statistics.fmean(recall)}
+        rows, outcomes, rerank_ms = rank_variants(client, engine_url, proxy.url, queries, qrels)
     proxy.stop()
+    cold_ms = cold_reranks(engine_url, folder, queries, args.cold_runs)
 
-    cold_ms = []
-    for run in range(args.cold_runs):
-        fresh = folder / f"cold-{run}.sqlite"
-        proxy = start_proxy(engine_url, fresh, RERANK_DEADLINE_MS="60000", RERANK_ATTEMPT_TIMEOUT_MS="60000")
-        with httpx.Client(timeout=120) as client:
-            _, response = search(client, proxy.url, list(queries.values())[run], {})
-        proxy.stop()
-        if m := _TIMING.search(response.headers.get("server-timing", "")):
-            cold_ms.append(float(m.group(1)))
-        log(f"cold run {run + 1}: rerank {cold_ms[-1]:.0f} ms")
-
-    result = {"machine": machine_info(), "queries": len(queries), "warm_s": warm_s, "rows": rows,
-              "outcomes_through_proxy": outcomes,
-              "rerank_ms_stored": {"p50": statistics.median(rerank_ms),
-                                   "p90": sorted(rerank_ms)[int(0.9 * len(rerank_ms))]},
-              "rerank_ms_cold": {"runs": cold_ms, "p50": statistics.median(cold_ms)}, "cold_start": cold}
+    result: dict[str, Any] = {
+        "machine": machine_info(), "queries": len(queries), "warm_s": warm_s, "rows": rows,
+        "outcomes_through_proxy": outcomes,
+        "rerank_ms_stored": {"p50": statistics.median(rerank_ms), "p90": sorted(rerank_ms)[int(0.9 * len(rerank_ms))]},
+        "rerank_ms_cold": {"runs": cold_ms, "p50": statistics.median(cold_ms)}, "cold_start": cold}
     RESULTS.write_text(json.dumps(result, indent=2))
-    base = rows["engine alone"]["ndcg@10"]
-    print(f"\n| ranking (Cranfield, {len(queries)} queries) | nDCG@10 | vs engine | MRR@10 | Recall@100 |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, row in rows.items():
-        print(f"| {name} | {row['ndcg@10']:.4f} | {row['ndcg@10'] - base:+.4f} | {row['mrr@10']:.4f} | "
-              f"{row['recall@100']:.4f} |")
-    print(f"\nX-Rerank outcomes through the proxy: {outcomes}")
-    print(f"rerank step, stored vectors: p50 {result['rerank_ms_stored']['p50']:.1f} ms, "
-          f"p90 {result['rerank_ms_stored']['p90']:.1f} ms; cold (100 new documents): {cold_ms}")
+    print_rankings(result)
     print_cold_start(cold)
-
 
 if __name__ == "__main__":
     main()

@@ -373,7 +373,7 @@ def scaling_tables(d: dict[str, Any]) -> str:
             f"MAX_CANDIDATE_BYTES={int(st['MAX_CANDIDATE_BYTES']) >> 20} MiB, "
             f"RERANK_MAX_CHARS={st['RERANK_MAX_CHARS']} "
             f"(each hit's text is cut to that before it is sent), RERANK_BATCH_SIZE={st['RERANK_BATCH_SIZE']}; nginx "
-            f"as in section 1 (bench/nginx.conf, proxy buffering on, so a large answer is spooled to a temp file). "
+            f"as in Pass-through (bench/nginx.conf, proxy buffering on, so a large answer is spooled to a temp file). "
             f"Provider requests while wrk ran: {calls} over all cells"
             f"{' (every timed proxy search was a cache hit, or lexical)' if calls == 0 else ''}. CPU: utime + stime of "
             f"the proxy's processes (or nginx's master and workers) over the run, per request; the engine's CPU is "
@@ -529,36 +529,6 @@ def profile_tables(d: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def revisions_tables(d: dict[str, Any]) -> str:
-    """One row per load and worker count, one column group per revision (oldest first)."""
-    revs = list(d["commits"])
-    labels = {rev: f"`{d['commits'][rev].split()[0]}`" for rev in revs}
-    medians = d["medians"]
-    rows = []
-    for load, workers in dict.fromkeys((cell.split("/")[0], cell.split("/")[1]) for cell in medians):
-        wrk = load != "miss"
-        for figure, key, digits in (
-                ("req/s", "rps", 0), ("proxy CPU µs / request", "cpu_us_per_request", 1),
-                ("searches/s", "searches_per_s", 0), ("proxy CPU ms / search", "cpu_ms_per_search", 2),
-                ("own time p50 ms (test server's clock)", "own_by_test_server_clock_p50", 2),
-                ("own time p99 ms (test server's clock)", "own_by_test_server_clock_p99", 2)):
-            values = [medians.get(f"{load}/{workers}/{rev}", {}).get(key) for rev in revs]
-            if all(v is None for v in values) or wrk != (key in ("rps", "cpu_us_per_request")):
-                continue
-            first, last = values[0], values[-1]
-            change = f"{last / first:.2f}x" if first and last is not None else ""
-            rows.append([load, workers, figure, *(ms(v, digits) for v in values), change])
-    table = md_table(["load", "workers", "figure", *(labels[r] for r in revs), "last / first"], rows)
-    commits = "\n".join(f"- {labels[rev]}: {d['commits'][rev].split(' ', 1)[1].split(';')[0][:160]}" for rev in revs)
-    p = d["params"]
-    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {p['rounds']} rounds, the revisions interleaved "
-            f"in each; medians over rounds. `get` (a document by id) and `bypass` (a search relayed, `size: 0`): "
-            f"wrk, concurrency 32, {p['duration']:.0f} s per run; `miss`: "
-            f"{p['miss_count']} searches with distinct queries at concurrency 32, provider fixed "
-            f"{p['provider_delay_ms']:.0f} ms. Workers: `1`, and `auto` (the shipped default: "
-            f"2 here). Settings otherwise the shipped defaults.\n\n{table}\n\nRevisions, oldest first:\n{commits}")
-
-
 def summary_table(pt, sl, co, me) -> str:
     rows = []
     if pt:
@@ -589,7 +559,7 @@ def summary_table(pt, sl, co, me) -> str:
         rows.append(["memory", f"RSS flat once the cache is full ({me['params']['duration'] / 60:.0f} min run)",
                      f"{ms(r['min_after_cache_full'], 1)}-{ms(r['max_after_cache_full'], 1)} MiB after the cache "
                      f"filled; slope {ms(me['rss_slope_second_half_mib_per_min'], 3)} MiB/min over the second half",
-                     "see section", _run("memory", me)])
+                     "see Memory", _run("memory", me)])
     commands = {module: _command(module, data) for module, data in
                 (("passthrough", pt), ("search_latency", sl), ("cost", co), ("memory", me)) if data}
     return (md_table(["benchmark", "target", "measured", "result", "run"], rows)
@@ -623,47 +593,63 @@ def fill(doc: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content.rstrip("\n") + "\n" + m.group(2), doc)
 
 
+def passthrough_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"passthrough": passthrough_tables(d) + "\n\n" + images(plot_passthrough(d))}
+
+
+def search_blocks(d: dict[str, Any]) -> dict[str, str]:
+    imgs = plot_search(d)
+    blocks = {}
+    if "cache_hit" in d:
+        blocks["search_hit"] = search_hit_tables(d) + "\n\n" + images(*[i for i in imgs if "hit" in i])
+    if "cache_miss" in d:
+        blocks["search_miss"] = search_miss_tables(d) + "\n\n" + images(*[i for i in imgs if "miss" in i])
+    return blocks
+
+
+def cost_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"cost": cost_tables(d) + "\n\n" + images(*plot_cost(d))}
+
+
+def memory_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"memory": memory_tables(d) + "\n\n" + images(plot_memory(d))}
+
+
+def scaling_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"scaling": scaling_tables(d) + "\n\n" + images(plot_scaling(d))}
+
+
+def profile_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"profile": profile_tables(d)}
+
+
+# Each results file of the standing benchmarks -> the BENCHMARKS.md blocks made from it (plots included).
+# The one-off experiments (bench/revisions.py, bench/host_tier.py, ...) are not here: their figures are on
+# their docs/decisions/ pages, and each script prints its own table.
+RESULT_BLOCKS: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
+    "passthrough.json": passthrough_block,
+    "search_latency.json": search_blocks,
+    "cost.json": cost_block,
+    "memory.json": memory_block,
+    "scaling.json": scaling_block,
+    "profile.json": profile_block,
+}
+
+
 def main() -> None:
     doc = DOC.read_text()
-    blocks: dict[str, Callable[[], str]] = {}
-    pt = load("passthrough.json")
-    if pt:
-        img = plot_passthrough(pt)
-        blocks["passthrough"] = lambda: passthrough_tables(pt) + "\n\n" + images(img)
-    sl = load("search_latency.json")
-    if sl:
-        imgs = plot_search(sl)
-        if "cache_hit" in sl:
-            blocks["search_hit"] = lambda: search_hit_tables(sl) + "\n\n" + images(*[i for i in imgs if "hit" in i])
-        if "cache_miss" in sl:
-            blocks["search_miss"] = lambda: search_miss_tables(sl) + "\n\n" + images(*[i for i in imgs if "miss" in i])
-    co = load("cost.json")
-    if co:
-        imgs_c = plot_cost(co)
-        blocks["cost"] = lambda: cost_tables(co) + "\n\n" + images(*imgs_c)
-    me = load("memory.json")
-    if me:
-        img_m = plot_memory(me)
-        blocks["memory"] = lambda: memory_tables(me) + "\n\n" + images(img_m)
-    sc = load("scaling.json")
-    if sc:
-        img_s = plot_scaling(sc)
-        blocks["scaling"] = lambda: scaling_tables(sc) + "\n\n" + images(img_s)
-    rv = load("revisions_issue18.json")
-    if rv:
-        blocks["revisions"] = lambda: revisions_tables(rv)
-    rr = load("revisions_relay.json")
-    if rr:
-        blocks["revisions_relay"] = lambda: revisions_tables(rr)
-    pr = load("profile.json")
-    if pr:
-        blocks["profile"] = lambda: profile_tables(pr)
-    blocks["summary"] = lambda: summary_table(pt, sl, co, me)
-    for name, render in blocks.items():
-        doc = fill(doc, name, render())
+    results = {name: load(name) for name in RESULT_BLOCKS}
+    blocks: dict[str, str] = {}
+    for name, render in RESULT_BLOCKS.items():
+        data = results[name]
+        if data:
+            blocks.update(render(data))
+    blocks["summary"] = summary_table(results["passthrough.json"], results["search_latency.json"],
+                                      results["cost.json"], results["memory.json"])
+    for name, content in blocks.items():
+        doc = fill(doc, name, content)
     DOC.write_text(doc)
     log(f"updated {DOC.name}: {', '.join(blocks)}")
-
 
 if __name__ == "__main__":
     main()

@@ -13,12 +13,17 @@ alike; figures are medians over rounds. Loads:
   revision has: client total - engine (`Server-Timing: engine;dur`) - the test server's own time.
 
     .venv/bin/python -m bench.revisions --revs 30cadd1 HEAD [--workers 1 auto] [--loads get miss]
+    .venv/bin/python -m bench.revisions --table relay    # the table of an earlier run, printed again
+
+Results go to bench/results/revisions_NAME.json; the table printed at the end is the one on
+docs/decisions/revisions.md (the page names the columns after the changes, not the commits).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
@@ -28,6 +33,7 @@ from typing import Any
 
 from .common import (
     REPO,
+    RESULTS,
     SMALL_INDEX,
     Service,
     engine_version,
@@ -44,6 +50,7 @@ from .common import (
     start_proxy,
     summary,
 )
+from .report import machine_block, md_table, ms
 from .search_latency import cache_miss_run, proxy_cpu
 
 
@@ -64,7 +71,9 @@ def worktrees(revs: list[str]) -> Iterator[dict[str, Path]]:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
-WRK_LOADS = {
+WrkRequest = tuple[str, str, bytes, dict[str, str]]  # method, path, body, headers (as run_wrk takes them)
+
+WRK_LOADS: dict[str, list[WrkRequest]] = {
     "get": [("GET", f"/{SMALL_INDEX}/_doc/{i}", b"", {}) for i in range(0, 1000, 7)],
     # a search the proxy does not rerank (size 0): read whole, decided, relayed
     "bypass": [("POST", f"/{SMALL_INDEX}/_search", b'{"size": 0, "query": {"match_all": {}}}',
@@ -72,7 +81,7 @@ WRK_LOADS = {
 }
 
 
-def wrk_load(proxy: Service, requests: list[tuple[str, str, bytes, dict[str, str]]], duration: float) -> dict[str, Any]:
+def wrk_load(proxy: Service, requests: list[WrkRequest], duration: float) -> dict[str, Any]:
     before = proxy_cpu(proxy)
     report = run_wrk(proxy.url, requests, connections=32, duration_s=duration)
     count = max(1, report["requests"])
@@ -145,9 +154,40 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {key: median(values) for key, values in flat.items()}
 
 
+def table(d: dict[str, Any]) -> str:
+    """The run as markdown for its docs/decisions/ page: one row per load and worker count, one column
+    per revision (oldest first), then the revisions' subjects."""
+    revs = list(d["commits"])
+    labels = {rev: f"`{d['commits'][rev].split()[0]}`" for rev in revs}
+    medians = d["medians"]
+    rows = []
+    for load, workers in dict.fromkeys((cell.split("/")[0], cell.split("/")[1]) for cell in medians):
+        wrk = load != "miss"
+        for figure, key, digits in (
+                ("req/s", "rps", 0), ("proxy CPU µs / request", "cpu_us_per_request", 1),
+                ("searches/s", "searches_per_s", 0), ("proxy CPU ms / search", "cpu_ms_per_search", 2),
+                ("own time p50 ms (test server's clock)", "own_by_test_server_clock_p50", 2),
+                ("own time p99 ms (test server's clock)", "own_by_test_server_clock_p99", 2)):
+            values = [medians.get(f"{load}/{workers}/{rev}", {}).get(key) for rev in revs]
+            if all(v is None for v in values) or wrk != (key in ("rps", "cpu_us_per_request")):
+                continue
+            first, last = values[0], values[-1]
+            change = f"{last / first:.2f}x" if first and last is not None else ""
+            rows.append([load, workers, figure, *(ms(v, digits) for v in values), change])
+    table = md_table(["load", "workers", "figure", *(labels[r] for r in revs), "last / first"], rows)
+    commits = "\n".join(f"- {labels[rev]}: {d['commits'][rev].split(' ', 1)[1].split(';')[0][:160]}" for rev in revs)
+    p = d["params"]
+    return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {p['rounds']} rounds, the revisions interleaved "
+            f"in each; medians over rounds. `get` (a document by id) and `bypass` (a search relayed, `size: 0`): "
+            f"wrk, concurrency 32, {p['duration']:.0f} s per run; `miss`: "
+            f"{p['miss_count']} searches with distinct queries at concurrency 32, provider fixed "
+            f"{p['provider_delay_ms']:.0f} ms. Workers: `1`, and `auto` (the shipped default: "
+            f"2 here). Settings otherwise the shipped defaults.\n\n{table}\n\nRevisions, oldest first:\n{commits}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--revs", nargs="+", required=True, help="git revisions, oldest first")
+    p.add_argument("--revs", nargs="+", help="git revisions, oldest first")
     p.add_argument("--workers", nargs="+", default=["1", "auto"])
     p.add_argument("--loads", nargs="+", default=["get", "miss"], choices=["get", "bypass", "miss"])
     p.add_argument("--rounds", type=int, default=3)
@@ -156,11 +196,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--provider-delay-ms", type=float, default=50.0)
     p.add_argument("--name", default="latest", help="results go to bench/results/revisions_NAME.json")
     p.add_argument("--engine-port", type=int, default=9400)
+    p.add_argument("--table", metavar="NAME",
+                   help="run nothing: print the table of bench/results/revisions_NAME.json")
     return p
 
 
 def main() -> None:
-    run(parser().parse_args())
+    p = parser()
+    args = p.parse_args()
+    if args.table:
+        print(table(json.loads((RESULTS / f"revisions_{args.table}.json").read_text())))
+        return
+    if not args.revs:
+        p.error("--revs is required (or --table NAME)")
+    print(table(run(args)))
 
 
 if __name__ == "__main__":

@@ -112,13 +112,9 @@ def server_timing(value: str) -> dict[str, float]:
 HIT_SETTINGS: dict[str, dict[str, Any]] = {"proxy_hit": {}, "proxy_hit_no_memo": {"CACHE_ANSWERS_MAX_MB": 0}}
 VARIANTS = {"proxy_hit_no_memo": " (CACHE_ANSWERS_MAX_MB=0: scores cached, answer built again)"}
 
-def cache_hit(engine: str, proxies: dict[str, Service], provider: Service, queries: list[str], duration: float,
-              rounds: int) -> dict[str, Any]:
-    """`proxies`: cell name -> proxy; `proxy_hit` is the shipped defaults, the others variants of it."""
-    bodies = [search_body(q) for q in queries]
-    direct = [dict(b, size=100) for b in bodies]
-    path = f"/{CRANFIELD_INDEX}/_search"
-    headers = {"Content-Type": "application/json"}
+def warm_hits(proxies: dict[str, Service], bodies: list[dict[str, Any]], path: str,
+              headers: dict[str, str]) -> dict[str, int]:
+    """Each search once through each proxy (scores cached), then again: how many answered `cached`."""
     cached = {}
     for name, proxy in proxies.items():
         warm = [{"method": "POST", "url": proxy.url + path, "body": json.dumps(b), "headers": headers}
@@ -127,6 +123,54 @@ def cache_hit(engine: str, proxies: dict[str, Service], provider: Service, queri
         check = run_loadgen({"mode": "list", "concurrency": 1, "requests": warm, "capture_headers": ["x-rerank"]})
         cached[name] = sum(1 for r in check["records"] if r[5].get("x-rerank") == "cached")
         log(f"cache hit {name}: {cached[name]}/{len(bodies)} warm searches answered from the cache")
+    return cached
+
+
+def hit_run(url: str, proxy: Service | None, reqs: list[Any], conc: int, duration: float) -> dict[str, Any]:
+    """One wrk run against one target, with the proxy's CPU over it (None for the engine)."""
+    cpu_before = proxy_cpu(proxy) if proxy is not None else 0.0
+    rep = run_wrk(url, reqs, connections=conc, duration_s=duration)
+    cpu_used = proxy_cpu(proxy) - cpu_before if proxy is not None else 0.0
+    lat = rep["latency_us"]["percentiles"]
+    rps = rep["requests"] / (rep["duration_us"] / 1e6)
+    return {"p50_ms": lat["50"] / 1000, "p99_ms": lat["99"] / 1000, "rps": rps, "requests": rep["requests"],
+            "errors": rep["errors"],
+            "proxy_cpu_ms_per_request": (cpu_used * 1000 / rep["requests"]
+                                         if proxy is not None and rep["requests"] else None),
+            "percentiles_ms": {p: lat[p] / 1000 for p in PCTS},
+            "loadavg": loadavg()}
+
+
+def pool_hit_rounds(cells: dict[str, Any]) -> None:
+    """Each cell's figures: medians over its rounds (errors summed)."""
+    for cell in cells.values():
+        runs = cell["runs"]
+        cell.update(p50_ms=median(x["p50_ms"] for x in runs), p99_ms=median(x["p99_ms"] for x in runs),
+                    rps=median(x["rps"] for x in runs), errors=sum(sum(x["errors"].values()) for x in runs),
+                    percentiles_ms={p: median(x["percentiles_ms"][p] for x in runs) for p in PCTS})
+        cpu = [x["proxy_cpu_ms_per_request"] for x in runs if x.get("proxy_cpu_ms_per_request") is not None]
+        cell["proxy_cpu_ms_per_request"] = median(cpu) if cpu else None
+
+
+def hit_ratios(cells: dict[str, Any], proxies: dict[str, Service]) -> dict[str, Any]:
+    """proxy -> concurrency -> proxy's figure / the engine's size-100 figure."""
+    ratios: dict[str, Any] = {}
+    for name in proxies:
+        for conc in (1, 32):
+            p, d = cells[f"c{conc}/{name}"], cells[f"c{conc}/engine_size100"]
+            ratios.setdefault(name, {})[f"c{conc}"] = {"p50": p["p50_ms"] / d["p50_ms"],
+                                                       "p99": p["p99_ms"] / d["p99_ms"], "rps": p["rps"] / d["rps"]}
+    return ratios
+
+
+def cache_hit(engine: str, proxies: dict[str, Service], provider: Service, queries: list[str], duration: float,
+              rounds: int) -> dict[str, Any]:
+    """`proxies`: cell name -> proxy; `proxy_hit` is the shipped defaults, the others variants of it."""
+    bodies = [search_body(q) for q in queries]
+    direct = [dict(b, size=100) for b in bodies]
+    path = f"/{CRANFIELD_INDEX}/_search"
+    headers = {"Content-Type": "application/json"}
+    cached = warm_hits(proxies, bodies, path, headers)
     calls_before = counting_stats(provider)["requests"]
     targets: dict[str, tuple[str, Service | None, list[Any]]] = {
         "engine_size100": (engine, None, [("POST", path, json.dumps(b).encode(), headers) for b in direct])}
@@ -137,35 +181,14 @@ def cache_hit(engine: str, proxies: dict[str, Service], provider: Service, queri
     cells: dict[str, Any] = {}
     for r in range(rounds):
         for conc in (1, 32):
-            for name, (url, proxy, reqs) in targets.items():
-                cpu_before = proxy_cpu(proxy) if proxy is not None else 0.0
-                rep = run_wrk(url, reqs, connections=conc, duration_s=duration)
-                cpu_used = proxy_cpu(proxy) - cpu_before if proxy is not None else 0.0
-                lat = rep["latency_us"]["percentiles"]
-                rps = rep["requests"] / (rep["duration_us"] / 1e6)
-                cells.setdefault(f"c{conc}/{name}", {"runs": []})["runs"].append(
-                    {"p50_ms": lat["50"] / 1000, "p99_ms": lat["99"] / 1000, "rps": rps, "requests": rep["requests"],
-                     "errors": rep["errors"],
-                     "proxy_cpu_ms_per_request": (cpu_used * 1000 / rep["requests"]
-                                                  if proxy is not None and rep["requests"] else None),
-                     "percentiles_ms": {p: lat[p] / 1000 for p in PCTS},
-                     "loadavg": loadavg()})
-                log(f"round {r + 1}/{rounds} cache hit c{conc}/{name}: p50 {lat['50'] / 1000:.2f} ms, "
-                    f"p99 {lat['99'] / 1000:.2f} ms, {rps:.0f} req/s")
+            for name, (url, measured, reqs) in targets.items():
+                run = hit_run(url, measured, reqs, conc, duration)
+                cells.setdefault(f"c{conc}/{name}", {"runs": []})["runs"].append(run)
+                log(f"round {r + 1}/{rounds} cache hit c{conc}/{name}: p50 {run['p50_ms']:.2f} ms, "
+                    f"p99 {run['p99_ms']:.2f} ms, {run['rps']:.0f} req/s")
     calls_during = counting_stats(provider)["requests"] - calls_before
-    for cell in cells.values():
-        runs = cell["runs"]
-        cell.update(p50_ms=median(x["p50_ms"] for x in runs), p99_ms=median(x["p99_ms"] for x in runs),
-                    rps=median(x["rps"] for x in runs), errors=sum(sum(x["errors"].values()) for x in runs),
-                    percentiles_ms={p: median(x["percentiles_ms"][p] for x in runs) for p in PCTS})
-        cpu = [x["proxy_cpu_ms_per_request"] for x in runs if x.get("proxy_cpu_ms_per_request") is not None]
-        cell["proxy_cpu_ms_per_request"] = median(cpu) if cpu else None
-    ratios: dict[str, Any] = {}
-    for name in proxies:
-        for conc in (1, 32):
-            p, d = cells[f"c{conc}/{name}"], cells[f"c{conc}/engine_size100"]
-            ratios.setdefault(name, {})[f"c{conc}"] = {"p50": p["p50_ms"] / d["p50_ms"],
-                                                       "p99": p["p99_ms"] / d["p99_ms"], "rps": p["rps"] / d["rps"]}
+    pool_hit_rounds(cells)
+    ratios = hit_ratios(cells, proxies)
     targets_out = []
     for name in proxies:
         value = ratios[name]["c1"]["p50"]
