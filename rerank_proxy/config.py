@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Hit _score: rerank (provider score), blend (weighted with lexical), auto (blend for local, rerank otherwise).",
             "rerank"),
     Setting("RERANK_BLEND_WEIGHT", "rerank", Number(0.0, 1.0), "0.7",
-            "Weight of the reranker in blend mode (0-1); the rest goes to the normalised lexical score (0.7: best on Cranfield, see BENCHMARKS.md).",
+            "Weight of the reranker in blend mode (0-1); the rest goes to the normalised lexical score (0.7: best on Cranfield, see docs/decisions/local-scoring.md).",
             "0.5"),
     Setting("RERANK_DEADLINE_MS", "rerank", Integer(10, 600_000), "3000",
             "Total time for one rerank, retries included; past it the search answers in lexical order.",

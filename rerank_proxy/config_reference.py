@@ -28,11 +28,15 @@ INTRO = """# Settings
 
 Every setting is an environment variable, validated at start-up: a wrong value stops the process
 with one line naming the variable, the problem and what is accepted, and a variable that looks like
-a setting but is none (a misspelling) is warned about with the closest name. Secrets
-({secrets}) can also be read from a file named by `<NAME>_FILE`. Flags of `rerank-proxy serve`
-(`--host`, `--port`, `--workers`, `--log-level`) override the environment.
+a setting but is none (a misspelling) is warned about with the closest name. Flags of
+`rerank-proxy serve` (`--host`, `--port`, `--workers`, `--log-level`) override the environment.
+These secrets can also be read from a file named by `<NAME>_FILE`, and are never logged:
+{secrets}.
 
-This page is generated from the code (`python -m rerank_proxy.config_reference > docs/settings.md`).
+The guide to what these do is the [README](../README.md); the per-topic pages ([search](search.md),
+[rerankers](rerankers.md), [caching](caching.md), [operations](operations.md)) say how they
+interact. This page is generated from the settings table in `rerank_proxy/config.py`
+(`python -m rerank_proxy.config_reference > docs/settings.md`), and a test keeps the two equal.
 """
 
 TOOLS_INTRO = """## Tools' environment (engine runner, demo)
@@ -46,10 +50,11 @@ def _cell(value: str) -> str:
 
 
 def _table(settings: Iterable[Setting]) -> list[str]:
-    lines = ["| name | default | meaning | example |", "| --- | --- | --- | --- |"]
+    lines = ["| name | default | accepts | meaning | example |", "| --- | --- | --- | --- | --- |"]
     for s in settings:
         meaning = s.meaning.replace("|", "\\|")
-        lines.append(f"| `{s.name}` | {_cell(s.default)} | {meaning} | {_cell(s.example)} |")
+        accepts = s.parse.accepted.replace("|", "\\|")
+        lines.append(f"| `{s.name}` | {_cell(s.default)} | {accepts} | {meaning} | {_cell(s.example)} |")
     return lines
 
 

@@ -28,6 +28,11 @@ class BadValue(ValueError):
 
 
 class Parser(Protocol):
+    @property
+    def accepted(self) -> str:
+        """What the parser accepts, in a few words (the "accepts" column of docs/settings.md)."""
+        ...
+
     def __call__(self, raw: str) -> Any: ...
 
 
@@ -35,6 +40,10 @@ class Parser(Protocol):
 class Integer:
     lo: int
     hi: int
+
+    @property
+    def accepted(self) -> str:
+        return f"integer {_amount(self.lo)}-{_amount(self.hi)}"
 
     def __call__(self, raw: str) -> int:
         accepted = f"an integer from {self.lo} to {self.hi}"
@@ -54,6 +63,10 @@ class OptionalInteger:
     lo: int
     hi: int
 
+    @property
+    def accepted(self) -> str:
+        return f"empty, or integer {_amount(self.lo)}-{_amount(self.hi)}"
+
     def __call__(self, raw: str) -> int | None:
         return Integer(self.lo, self.hi)(raw) if raw.strip() else None
 
@@ -62,6 +75,10 @@ class OptionalInteger:
 class Number:
     lo: float
     hi: float
+
+    @property
+    def accepted(self) -> str:
+        return f"number {_amount(self.lo)}-{_amount(self.hi)}"
 
     def __call__(self, raw: str) -> float:
         accepted = f"a number from {self.lo} to {self.hi}"
@@ -76,6 +93,10 @@ class Number:
 
 @dataclass(frozen=True, slots=True)
 class Flag:
+    @property
+    def accepted(self) -> str:
+        return "true or false"
+
     def __call__(self, raw: str) -> bool:
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -89,6 +110,10 @@ class Flag:
 class OneOf:
     choices: tuple[str, ...]
 
+    @property
+    def accepted(self) -> str:
+        return " / ".join(self.choices)
+
     def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
         if value not in self.choices:
@@ -100,6 +125,10 @@ class OneOf:
 class Text:
     """Free text, surrounding spaces dropped."""
 
+    @property
+    def accepted(self) -> str:
+        return "text"
+
     def __call__(self, raw: str) -> str:
         return raw.strip()
 
@@ -107,6 +136,10 @@ class Text:
 @dataclass(frozen=True, slots=True)
 class Words:
     """A comma-separated list; empty items dropped."""
+
+    @property
+    def accepted(self) -> str:
+        return "comma-separated list"
 
     def __call__(self, raw: str) -> tuple[str, ...]:
         return split_words(raw)
@@ -117,6 +150,10 @@ class Url:
     """An http(s) URL, or (optional) empty."""
 
     optional: bool = False
+
+    @property
+    def accepted(self) -> str:
+        return "empty, or an http(s) URL" if self.optional else "an http(s) URL"
 
     def __call__(self, raw: str) -> str:
         value = raw.strip()
@@ -129,6 +166,10 @@ class Url:
 class Urls:
     """A non-empty comma-separated list of http(s) URLs."""
 
+    @property
+    def accepted(self) -> str:
+        return "comma-separated http(s) URLs"
+
     def __call__(self, raw: str) -> tuple[str, ...]:
         urls = split_words(raw)
         if not urls:
@@ -138,6 +179,10 @@ class Urls:
 
 @dataclass(frozen=True, slots=True)
 class UrlPath:
+    @property
+    def accepted(self) -> str:
+        return "empty, or a path starting with /"
+
     def __call__(self, raw: str) -> str:
         value = raw.strip()
         if value and not value.startswith("/"):
@@ -149,6 +194,10 @@ class UrlPath:
 class ExistingFile:
     """Empty, or a path to a file that exists now (a typo fails at start-up, not at first use)."""
 
+    @property
+    def accepted(self) -> str:
+        return "empty, or a path to a readable file"
+
     def __call__(self, raw: str) -> str:
         value = raw.strip()
         if value and not Path(value).expanduser().is_file():
@@ -158,6 +207,10 @@ class ExistingFile:
 
 @dataclass(frozen=True, slots=True)
 class RedisUrl:
+    @property
+    def accepted(self) -> str:
+        return "empty, or redis://, rediss://, unix:// URL"
+
     def __call__(self, raw: str) -> str:
         value = raw.strip()
         if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
@@ -168,6 +221,10 @@ class RedisUrl:
 @dataclass(frozen=True, slots=True)
 class Workers:
     """`auto` (one per CPU this process may use, lowered to the cgroup quota) or an integer."""
+
+    @property
+    def accepted(self) -> str:
+        return f"auto, or integer 1-{MAX_WORKERS}"
 
     def __call__(self, raw: str) -> int:
         accepted = f"auto, or an integer from 1 to {MAX_WORKERS}"
@@ -190,6 +247,10 @@ class JsonList:
 
     example: str
 
+    @property
+    def accepted(self) -> str:
+        return "empty, or a JSON list of objects"
+
     def __call__(self, raw: str) -> tuple[dict[str, Any], ...]:
         if not raw.strip():
             return ()
@@ -204,6 +265,11 @@ class JsonList:
             if not isinstance(item, dict):
                 raise BadValue(f"item {i} is not a JSON object", accepted)
         return tuple(items)
+
+
+def _amount(value: float) -> str:
+    """A bound as people read it: 1,000,000 rather than 1e+06, 0.1 as it is."""
+    return f"{int(value):,}" if value == int(value) else str(value)
 
 
 def split_words(raw: str) -> tuple[str, ...]:
@@ -223,6 +289,10 @@ _TEMPLATE_FIELD = re.compile(r"\{[^{}]*[^{}\s][^{}]*\}")
 @dataclass(frozen=True, slots=True)
 class Template:
     """Text with {field} placeholders; a literal `\\n` in the variable is a line break."""
+
+    @property
+    def accepted(self) -> str:
+        return "text with {field} placeholders"
 
     def __call__(self, raw: str) -> str:
         template = raw.replace("\\n", "\n")
