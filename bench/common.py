@@ -8,6 +8,7 @@ directory that is printed on failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -171,10 +172,8 @@ class Service:
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(5)
 
 
@@ -207,10 +206,9 @@ def cpu_seconds(pid: int) -> float:
 
 def spawn(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> Service:
     log_path = _LOG_DIR / f"{name}-{int(time.time() * 1000)}.log"
-    handle = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    handle.close()
+    with open(log_path, "wb") as handle:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     return Service(name, proc, log_path=log_path)
 
 
@@ -246,7 +244,7 @@ def engine_version(url: str) -> str:
         data = httpx.get(url + "/_nodes/_local", timeout=5).json()
         node = next(iter(data["nodes"].values()))
         return f"{node.get('version', '?')}"
-    except Exception:
+    except Exception:  # noqa: BLE001 - the version is only a label in the results; unreadable, it is "?"
         return "?"
 
 
@@ -491,7 +489,7 @@ def run_wrk(url: str, requests: list[tuple[str, str, bytes, dict[str, str]]], *,
     script.write_text("\n".join(lua))
     out_path = work / "report.json"
     env = dict(os.environ, WRK_REPORT=str(out_path))
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, int(round(duration_s)))}s",
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
            f"--timeout={timeout_s}s", "-s", str(script), url]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60)
     if proc.returncode != 0 or not out_path.exists():

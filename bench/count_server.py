@@ -81,7 +81,7 @@ class Counting:
         path = scope["path"]
         if path == "/_stats":
             want = b"records=1" in scope.get("query_string", b"")
-            body = {"requests": self.requests, "documents": self.documents,
+            body: dict[str, Any] = {"requests": self.requests, "documents": self.documents,
                     "search_units": self.search_units, "errors": self.errors,
                     "since_s": time.time() - self.started}
             if want:

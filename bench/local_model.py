@@ -88,7 +88,7 @@ class Timer:
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def quiet_sample(timer: Timer, run, max_others: float, attempts: int) -> None:
@@ -187,7 +187,7 @@ def main() -> None:
         print(f"\nmax tokens {max_tokens}")
         print("| measurement | wall | CPU | others |\n| --- | --- | --- | --- |")
         for name, value in rows:
-            cells = (value.split(" | ") + ["", ""])[:3]
+            cells = [*value.split(" | "), "", ""][:3]
             print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

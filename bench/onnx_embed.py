@@ -17,9 +17,12 @@ The ONNX files come from LangChain4j's jars on Maven Central (`onnxruntime` from
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,12 +71,12 @@ def main() -> None:
     texts = [f"{d['title']}\n{d['text']}" for d in docs]
     model = shared_model(256)
     ids = model.token_ids(texts)
-    backends = {"numpy (shipped)": lambda: model.embed(texts)}
+    backends: dict[str, Callable[[], np.ndarray]] = {"numpy (shipped)": lambda: model.embed(texts)}
     for name, file in (("onnxruntime fp32", "all-minilm-l6-v2.onnx"), ("onnxruntime int8", "all-minilm-l6-v2-q.onnx")):
         found = sorted(args.onnx_dir.rglob(file))
         if found:
             run = ort_embedder(found[0], threads=2)
-            backends[name] = lambda run=run: run(ids)
+            backends[name] = functools.partial(run, ids)
     reference = model.embed(texts)
     times: dict[str, list[float]] = {name: [] for name in backends}
     cosines: dict[str, float] = {}
@@ -87,8 +90,9 @@ def main() -> None:
             times[name].append(time.perf_counter() - started)
         log(f"run {run + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()))
     base = statistics.median(times["numpy (shipped)"])
-    rows = {name: {"median_s": statistics.median(t), "runs_s": t, "min_cosine_vs_numpy": cosines[name]}
-            for name, t in times.items()}
+    rows: dict[str, dict[str, Any]] = {
+        name: {"median_s": statistics.median(t), "runs_s": t, "min_cosine_vs_numpy": cosines[name]}
+        for name, t in times.items()}
     save_json("onnx_embed.json", {"machine": machine_info(), "tokens": 256, "documents": len(texts),
                                   "mean_tokens": sum(map(len, ids)) / len(ids), "rows": rows})
     print(f"\n| embed {len(texts)} Cranfield documents, 256 tokens, 2 threads | median of {args.runs} | vs numpy "

@@ -4,8 +4,8 @@
     .venv/bin/python -m bench.run_all --quick      # short runs, to check the machinery (numbers not for reporting)
 
 Needs: the venv with the `bench` extra (matplotlib) and py-spy, and the Debian packages wrk, nginx,
-redis-server. Starts (or reuses) an Elasticsearch on --engine-port (9400) with the runner of
-rerank_proxy/engines; `--stop-engine` stops it at the end.
+redis-server. Starts (or reuses) an Elasticsearch on --engine-port (9400) with the engine runner
+(rerank_proxy/local_engines/runner.py); `--stop-engine` stops it at the end.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
         "search": (search_latency, (["--duration", "3", "--rounds", "1", "--miss-count", "300", "--miss-count-c1", "50"]
                                     if quick else []) + port),
         "cost": (cost, (["--searches", "300", "--latency-samples", "30"] if quick else ["--searches", "2000"]) + port),
-        "memory": (memory, ["--duration", "30" if quick else str(args.memory_duration)] + port),
+        "memory": (memory, ["--duration", "30" if quick else str(args.memory_duration), *port]),
         "profile": (profile, (["--duration", "8"] if quick else []) + port),
     }
     timings = {}

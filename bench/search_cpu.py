@@ -69,7 +69,9 @@ def _settings(engine: str, provider: Service, extra: list[str] | None = None) ->
     """The shipped defaults with this provider, plus `extra` settings (NAME=VALUE)."""
     env = {"UPSTREAM_URLS": engine, "RERANK_PROVIDER": "cohere", "RERANK_BASE_URL": provider.url,
            "RERANK_API_KEY": PROVIDER_KEY, "LOG_LEVEL": "warning"}
-    env.update(item.split("=", 1) for item in extra or [])
+    for item in extra or []:
+        name, value = item.split("=", 1)
+        env[name] = value
     return load_settings(env)
 
 
@@ -123,7 +125,8 @@ async def warm(runtime: Runtime, queries: list[str]) -> None:
     for q in queries[:HIT_QUERIES]:
         result = await runtime.pipeline.search("POST", CRANFIELD_INDEX, {}, HEADERS, RAW_HEADERS,
                                                orjson.dumps(search_body(q)))
-        assert isinstance(result, Finished) and result.status == 200, result
+        assert isinstance(result, Finished), result
+        assert result.status == 200, result
     await run_batch(hit_search(runtime, queries), 200, 1)
     await run_batch(miss_search(runtime, queries), 100, 8)
     await run_batch(engine_fetch(runtime, queries), 100, 1)
@@ -211,7 +214,8 @@ async def main_async(args: argparse.Namespace) -> None:
                                     "cells": cells})
         finally:
             runtime.engine.close()
-            await runtime.reranker.aclose()
+            if runtime.reranker is not None:
+                await runtime.reranker.aclose()
     finally:
         provider.stop()
 

@@ -39,8 +39,9 @@ from rerank_proxy.local.rerank_server import build_app  # noqa: E402
 from rerank_proxy.local_engines.runner import ensure_engine  # noqa: E402
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult  # noqa: E402
 
-WORDS = ("jet engine noise wing flutter boundary layer shock wave heat transfer supersonic subsonic "
-         "laminar turbulent pressure drag lift nozzle inlet blade rotor panel buckling plate shell").split()
+WORDS = ["jet", "engine", "noise", "wing", "flutter", "boundary", "layer", "shock", "wave", "heat", "transfer",
+         "supersonic", "subsonic", "laminar", "turbulent", "pressure", "drag", "lift", "nozzle", "inlet", "blade",
+         "rotor", "panel", "buckling", "plate", "shell"]
 PHASES = ("healthy", "provider_503", "healthy", "provider_slow", "healthy", "redis_down")
 
 
@@ -57,7 +58,7 @@ class ScheduledScorer:
 
     def __init__(self) -> None:
         self.mode = "healthy"
-        self.calls = Counter()
+        self.calls: Counter[str] = Counter()
 
     async def rerank(self, query: str, documents: Sequence[str]) -> RerankResult:
         self.calls[self.mode] += 1

@@ -201,7 +201,8 @@ def through_proxy(url: str, index: str, store: Path, from_mapping: bool, queries
 
 
 def run_queries(url: str, index: str, queries: dict[str, str], qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
-    ndcg, outcomes = [], {}
+    ndcg: list[float] = []
+    outcomes: dict[str, int] = {}
     with httpx.Client(timeout=120) as client:
         for qid, text in queries.items():
             body = {"query": {"multi_match": {"query": text, "fields": ["title", "text"]}}, "size": 100,
