@@ -230,7 +230,7 @@ async def test_waiters_on_several_calls_get_their_own_scores():
     second = asyncio.create_task(cache.scores("jet engine", DOCS[2:]))
     await reranker.until_entered(2)
     # the third claims only "new doc": when that call reaches the provider, it already waits on both
-    third = asyncio.create_task(cache.scores("jet engine", list(reversed(DOCS)) + ["new doc"]))
+    third = asyncio.create_task(cache.scores("jet engine", [*reversed(DOCS), "new doc"]))
     await reranker.until_entered(3)
     reranker.gate.set()
     a, b, c = await asyncio.gather(first, second, third)

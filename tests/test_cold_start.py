@@ -92,7 +92,7 @@ def test_search_documents_go_first_and_duplicates_are_embedded_once():
         assert again[k("w1")] is later[k("w1")]               # deduplicated: the same future
         assert embedder.status()["queue_depth"] == 4
         model.gate.set()
-        done, pending = wait([*first.values(), *later.values()], timeout=30)
+        _, pending = wait([*first.values(), *later.values()], timeout=30)
         assert not pending
     finally:
         embedder.close()
@@ -212,9 +212,10 @@ async def test_query_text_is_cut_to_rerank_max_query_chars():
 
 # --- the user's first minute -----------------------------------------------------------------
 
-WORDS = ("wing flutter engine noise jet inlet shock wave boundary layer transition heat transfer "
-         "rotor blade propeller panel supersonic hypersonic subsonic laminar turbulent pressure "
-         "drag lift nozzle exhaust mixing vortex wake cylinder plate cone body flow stall").split()
+WORDS = ["wing", "flutter", "engine", "noise", "jet", "inlet", "shock", "wave", "boundary", "layer", "transition",
+         "heat", "transfer", "rotor", "blade", "propeller", "panel", "supersonic", "hypersonic", "subsonic",
+         "laminar", "turbulent", "pressure", "drag", "lift", "nozzle", "exhaust", "mixing", "vortex", "wake",
+         "cylinder", "plate", "cone", "body", "flow", "stall"]
 
 
 def synthetic_corpus(n: int) -> list[dict[str, str]]:

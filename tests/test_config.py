@@ -18,7 +18,7 @@ def test_defaults_load():
     assert settings.rerank_window == 100
 
 
-@pytest.mark.parametrize("env,needle", [
+@pytest.mark.parametrize(("env", "needle"), [
     ({"RERANK_WINDOW": "abc"}, "RERANK_WINDOW='abc': not an integer; accepted: an integer from 1 to 10000"),
     ({"RERANK_WINDOW": "0"}, "RERANK_WINDOW='0': out of range"),
     ({"UPSTREAM_URLS": "ftp://x"}, "UPSTREAM_URLS='ftp://x': not an http(s) URL"),

@@ -13,6 +13,7 @@ import math
 import uuid
 import zipfile
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,11 @@ def console(engine, judgments_file) -> Iterator[httpx.Client]:
     """An httpx client with the admin token, to a proxy (overlap reranker) in front of `engine`."""
     monkeypatch = pytest.MonkeyPatch()
     settings = with_judgments_file(proxy_settings(engine.url, ADMIN_TOKEN=TOKEN), judgments_file, monkeypatch)
-    with run_proxy(settings, reranker=OverlapReranker()) as running:
-        with httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
-            yield client
+    with (
+        run_proxy(settings, reranker=OverlapReranker()) as running,
+        httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client,
+    ):
+        yield client
     monkeypatch.undo()
 
 
@@ -201,40 +204,41 @@ def test_page_is_self_contained(console):
         assert TOKEN not in html
 
 
+class _FormFields(HTMLParser):
+    """The form controls of a page and which of them a <label> names (for=id, or around it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[str] = []
+        self.labelled: set[str] = set()
+        self.label_texts: dict[str, str] = {}
+        self._open: list[str | None] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "label":
+            self._open.append(a.get("for"))
+            if a.get("for"):
+                self.label_texts[str(a["for"])] = ""
+        elif tag in ("input", "select", "textarea") and a.get("type") != "hidden":
+            self.controls.append(str(a.get("id")))
+            if self._open:
+                self.labelled.add(str(a.get("id")))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label" and self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._open and self._open[-1]:
+            self.label_texts[str(self._open[-1])] += data
+
+
 def test_every_form_field_of_the_page_has_a_visible_label():
     """Each input, select and textarea is named by a <label> (for=id, or around it), not a placeholder."""
-    from html.parser import HTMLParser
-
     from rerank_proxy.console.page import _asset
 
-    class Fields(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.controls: list[str] = []
-            self.labelled: set[str] = set()
-            self.label_texts: dict[str, str] = {}
-            self._open: list[str | None] = []
-
-        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            a = dict(attrs)
-            if tag == "label":
-                self._open.append(a.get("for"))
-                if a.get("for"):
-                    self.label_texts[str(a["for"])] = ""
-            elif tag in ("input", "select", "textarea") and a.get("type") != "hidden":
-                self.controls.append(str(a.get("id")))
-                if self._open:
-                    self.labelled.add(str(a.get("id")))
-
-        def handle_endtag(self, tag: str) -> None:
-            if tag == "label" and self._open:
-                self._open.pop()
-
-        def handle_data(self, data: str) -> None:
-            if self._open and self._open[-1]:
-                self.label_texts[str(self._open[-1])] += data
-
-    fields = Fields()
+    fields = _FormFields()
     fields.feed(_asset("console.html"))
     fields.labelled |= {f for f, text in fields.label_texts.items() if text.strip()}
     assert {"beir-path", "beir-split", "beir-limit", "query-dsl", "judge-scale"} <= set(fields.controls)
@@ -358,7 +362,7 @@ def test_window_and_fields_change_the_comparison(console, engine, console_index)
 
     titles = compare(console, index=console_index, query=QUERY, window=WINDOW, fields=["title"])
     assert titles["text_rule"]["fields"] == ["title"]
-    lexical, reranked = expected_columns(engine.url, console_index, QUERY, WINDOW, IndexRule("*", fields=("title",)))
+    _, reranked = expected_columns(engine.url, console_index, QUERY, WINDOW, IndexRule("*", fields=("title",)))
     assert [h["id"] for h in titles["reranked"]] == reranked[:10]
     for hit in titles["reranked"]:
         assert hit["text"] == hit["label"], "the text is the title alone"
@@ -481,7 +485,7 @@ def test_deeply_nested_dsl_is_the_engines_answer_not_a_500(console, engine, cons
         assert theirs.json()["error"]["type"] in mine.json()["error"]["reason"]
 
 
-@pytest.mark.parametrize("body, reason", [
+@pytest.mark.parametrize(("body", "reason"), [
     ({"index": "_all", "query": "x"}, "[index]"),
     ({"index": ".security", "query": "x"}, "[index]"),
     ({"index": "a,b", "query": "x"}, "[index]"),

@@ -40,9 +40,11 @@ def console_proxy(engine_url: str, path: Path, monkeypatch: pytest.MonkeyPatch,
     settings = with_judgments_file(proxy_settings(engine_url, ADMIN_TOKEN=TOKEN), path, monkeypatch)
     if max_mb is not None:
         settings = with_store_limit(settings, max_mb)
-    with run_proxy(settings, reranker=OverlapReranker()) as running:
-        with httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
-            yield running, client
+    with (
+        run_proxy(settings, reranker=OverlapReranker()) as running,
+        httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client,
+    ):
+        yield running, client
 
 
 def judge(client: httpx.Client, doc: str, grade: int | None = 1, query: str = QUERY) -> httpx.Response:

@@ -82,9 +82,11 @@ def console(engine, tmp_path_factory) -> Iterator[httpx.Client]:
     monkeypatch = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp("console-template") / "judgments.sqlite3"
     settings = with_judgments_file(proxy_settings(engine.url, ADMIN_TOKEN=TOKEN), path, monkeypatch)
-    with run_proxy(settings, reranker=OverlapReranker()) as running:
-        with httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client:
-            yield client
+    with (
+        run_proxy(settings, reranker=OverlapReranker()) as running,
+        httpx.Client(base_url=running.url, headers=AUTH, timeout=60) as client,
+    ):
+        yield client
     monkeypatch.undo()
 
 
@@ -119,7 +121,7 @@ def test_the_fixed_dsl_clause_still_works(console, engine, index):
         engine.url, index, {"size": WINDOW, "query": {"match": {"title": "noise"}}})[:10]
 
 
-@pytest.mark.parametrize("body, status, reason", [
+@pytest.mark.parametrize(("body", "status", "reason"), [
     ({"query_template": '{"match": {"title": {{query}}}}'}, 400, "not JSON once {{query}} is filled in"),
     ({"query_template": '{"match": {"title": "x"'}, 400, "not JSON"),
     ({"query_template": {"match": {"title": "noise"}}}, 400, "no {{query}} placeholder"),

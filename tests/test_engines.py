@@ -104,7 +104,7 @@ def node_count(url: str, expected: int, within_s: float = 60.0) -> int:
     while True:
         response = httpx.get(f"{url}/_cat/nodes?h=name", timeout=30)
         count = len([line for line in response.text.splitlines() if line.strip()])
-        if response.status_code == 200 and count == expected or time.monotonic() > deadline:
+        if (response.status_code == 200 and count == expected) or time.monotonic() > deadline:
             return count if response.status_code == 200 else -1
         time.sleep(1)
 

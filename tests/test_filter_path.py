@@ -27,7 +27,7 @@ def src(**keys):
     return {"hits": {"hits": [{"_source": keys}]}}
 
 
-@pytest.mark.parametrize("fp,expected", [
+@pytest.mark.parametrize(("fp", "expected"), [
     ("hits.hits._id", {"hits": {"hits": [{"_id": "3"}]}}),
     (" hits.hits._id ,", {"hits": {"hits": [{"_id": "3"}]}}),
     ("hits.**._id", {"hits": {"hits": [{"_id": "3"}]}}),
@@ -94,7 +94,7 @@ def test_empty_arrays_under_inclusions_are_dropped():
 
 
 def test_lone_minus_is_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"filter_path entry \[-\] is empty"):
         parse("-")
 
 

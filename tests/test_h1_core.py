@@ -145,7 +145,7 @@ def test_malformed_or_ambiguous_bytes_are_one_400_and_nothing_after_is_parsed(ca
     assert client.core.stopped
 
 
-@pytest.mark.parametrize("raw, target, version", [
+@pytest.mark.parametrize(("raw", "target", "version"), [
     (f"GET http://elsewhere.example/a HTTP/1.1\r\n{H}\r\n", "http://elsewhere.example/a", "1.1"),
     (f"GET //elsewhere.example/a HTTP/1.1\r\n{H}\r\n", "//elsewhere.example/a", "1.1"),
     (f"OPTIONS * HTTP/1.1\r\n{H}\r\n", "*", "1.1"),
@@ -218,7 +218,7 @@ def test_an_upgrade_is_the_last_request_and_the_other_protocol_is_never_parsed(u
     assert client.done("/up", keep_alive=head.keep_alive) is After.LINGER_CLOSE
 
 
-@pytest.mark.parametrize("framing, body, expected", [
+@pytest.mark.parametrize(("framing", "body", "expected"), [
     ("Content-Length: 7", b'{"a":1}', b'{"a":1}'),
     ("Transfer-Encoding: chunked", b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", b"abcdefg"),
 ], ids=["length", "chunked"])
@@ -457,7 +457,7 @@ def test_a_refusal_mid_body_of_a_queued_request_names_it():
     assert client.done("/b", keep_alive=False) is After.LINGER_CLOSE  # its body never ended
 
 
-@pytest.mark.parametrize("request_line, keep_alive", [
+@pytest.mark.parametrize(("request_line", "keep_alive"), [
     ("GET /a HTTP/1.0\r\n", False),
     ("GET /a HTTP/1.0\r\nConnection: keep-alive\r\n", True),
     ("GET /a HTTP/1.1\r\nConnection: close\r\n", False),
@@ -505,7 +505,8 @@ def test_an_early_answer_drains_the_body_and_keeps_the_connection():
     assert client.core.active == "/_cluster/health"
 
 
-@pytest.mark.parametrize("keep_alive, stopping", [(False, False), (True, True)], ids=["close_announced", "stopping"])
+@pytest.mark.parametrize(("keep_alive", "stopping"), [(False, False), (True, True)],
+                         ids=["close_announced", "stopping"])
 def test_an_early_answer_that_does_not_keep_alive_lingers(keep_alive, stopping):
     client = Client()
     client.send(f"PUT /big HTTP/1.1\r\n{H}Content-Length: 5000000\r\n\r\n".encode() + b"x" * 4000)

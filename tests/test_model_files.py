@@ -42,7 +42,7 @@ def test_a_changed_file_stops_the_load_with_the_file_and_the_fix(tmp_path: Path)
 def test_a_missing_file_names_the_install_command(tmp_path: Path):
     folder = linked_copy(tmp_path)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(ModelFilesError, match="model.safetensors cannot be read"):
+    with pytest.raises(ModelFilesError, match=r"model\.safetensors cannot be read"):
         verify(folder)
 
 

@@ -206,7 +206,7 @@ def test_dockerfile_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoi
 class _Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         code = self.status if self.path == "/_rerank/health" else 404
         self.send_response(code)
         self.send_header("Content-Length", "2")
@@ -321,7 +321,7 @@ def compose_config(opensearch: bool) -> dict[str, Any]:
     cmd = [tool("docker-compose"), "-f", str(COMPOSE)]
     if opensearch:
         cmd += ["--profile", "opensearch"]
-    proc = run(cmd + ["config", "--format", "json"], env=compose_env())
+    proc = run([*cmd, "config", "--format", "json"], env=compose_env())
     assert_ok(proc)
     return json.loads(proc.stdout)
 
@@ -331,7 +331,7 @@ def test_docker_compose_cli_accepts_the_file(profile: str | None) -> None:
     cmd = [tool("docker-compose"), "-f", str(COMPOSE)]
     if profile:
         cmd += ["--profile", profile]
-    assert_ok(run(cmd + ["config", "--quiet"], env=compose_env()))
+    assert_ok(run([*cmd, "config", "--quiet"], env=compose_env()))
 
 
 def test_compose_file_matches_the_compose_spec_schema() -> None:
@@ -357,7 +357,7 @@ def test_compose_services_and_opensearch_profile() -> None:
         assert service.get("healthcheck", {}).get("test"), f"{service['image']} has no healthcheck"
 
 
-@pytest.mark.parametrize("proxy, engine", [("proxy", "elasticsearch"), ("proxy-opensearch", "opensearch")])
+@pytest.mark.parametrize(("proxy", "engine"), [("proxy", "elasticsearch"), ("proxy-opensearch", "opensearch")])
 def test_compose_proxy_wiring(proxy: str, engine: str) -> None:
     services = compose_config(opensearch=True)["services"]
     service = services[proxy]

@@ -64,7 +64,7 @@ def test_straddling_page_fetches_past_the_window():
     assert p.body["size"] == 25
 
 
-@pytest.mark.parametrize("body,params,reason", [
+@pytest.mark.parametrize(("body", "params", "reason"), [
     ({**MATCH, "sort": [{"year": "desc"}]}, {}, "sort"),
     (MATCH, {"scroll": "1m"}, "scroll"),
     ({**MATCH, "search_after": [1]}, {}, "search_after"),
@@ -100,7 +100,7 @@ def test_retrievers_are_reranked_and_kept():
     assert plan({"retriever": rrf, "from": 8}).reason == "past_window"
 
 
-@pytest.mark.parametrize("retriever,reason", [
+@pytest.mark.parametrize(("retriever", "reason"), [
     ({"text_similarity_reranker": {"retriever": STD, "field": "t", "inference_text": "x"}}, "engine_reranker"),
     ({"rrf": {"retrievers": [STD, {"text_similarity_reranker": {"retriever": STD}}]}}, "engine_reranker"),
     ({"standard": {**STD["standard"], "sort": [{"year": "desc"}]}}, "sort"),
@@ -118,7 +118,7 @@ def test_filter_path_is_planned_not_bypassed():
     assert plan(MATCH, {"filter_path": "-"}).reason == "filter_path"
 
 
-@pytest.mark.parametrize("body,params,source", [
+@pytest.mark.parametrize(("body", "params", "source"), [
     ({**MATCH, "stored_fields": ["title"]}, {}, (False, ())),
     ({**MATCH, "stored_fields": []}, {}, (False, ())),
     (MATCH, {"stored_fields": "year"}, (False, ())),
@@ -134,7 +134,7 @@ def test_stored_fields_fetch_the_source_and_return_what_was_asked(body, params, 
     assert "_source" not in p.target
 
 
-@pytest.mark.parametrize("body,params", [({**MATCH, "stored_fields": "_none_"}, {}),
+@pytest.mark.parametrize(("body", "params"), [({**MATCH, "stored_fields": "_none_"}, {}),
                                          ({**MATCH, "stored_fields": ["a", "_none_"]}, {}),
                                          (MATCH, {"stored_fields": "_none_"})])
 def test_stored_fields_none_is_the_engines(body, params):
@@ -353,7 +353,7 @@ def test_hit_text_matches_the_reference_builder(source, rule):
     assert hit_text(source, rule) == _oracle_hit_text(source, rule)
 
 
-@pytest.mark.parametrize("raw,reason", [
+@pytest.mark.parametrize(("raw", "reason"), [
     (b'{"size":1,"size":2}', "duplicate_key"),
     (b'{"query" : {"match" : {"t" : "a", "t" : "b"}}}', "duplicate_key"),
     (b'{"q":"\\ud800"}', "invalid_json"),
@@ -383,7 +383,7 @@ def test_bodies_the_proxy_rewrites():
     assert parse_client_body(b"  ") is None
 
 
-@pytest.mark.parametrize("size,expected", [(1e3, 1000), (3.0, 3), (3.5, 3), ("3.0", 3), ("7", 7)])
+@pytest.mark.parametrize(("size", "expected"), [(1e3, 1000), (3.0, 3), (3.5, 3), ("3.0", 3), ("7", 7)])
 def test_from_size_as_the_engines_read_them(size, expected):
     p = plan({**MATCH, "size": size, "from": 1e0})
     assert isinstance(p, Plan)

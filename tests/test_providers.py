@@ -73,9 +73,11 @@ def raw(data: bytes, close: bool = True):
 # --- the exact request --------------------------------------------------------------------------
 
 async def test_cohere_v2_sends_exactly_the_documented_request():
-    async with FaultServer(cohere_handler()) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            result = await reranker.rerank("what is alpha?", DOCS)
+    async with (
+        FaultServer(cohere_handler()) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        result = await reranker.rerank("what is alpha?", DOCS)
     (request,) = server.requests
     assert request.method == "POST"
     assert request.path == "/v2/rerank"
@@ -107,10 +109,11 @@ async def test_cohere_v1_sends_strings_without_documents_back():
             item["document"] = {"text": texts[item["index"]]}
         await send_json(writer, 200, {"results": results, "meta": {"api_version": {"version": "1"},
                                                                    "billed_units": {"search_units": 2.0}}})
-    async with FaultServer(handle) as server:
-        async with aclosing(CohereV1Reranker(base_url=server.url, api_key=KEY,
-                                             max_tokens_per_doc=100)) as reranker:
-            result = await reranker.rerank("q", DOCS)
+    async with (
+        FaultServer(handle) as server,
+        aclosing(CohereV1Reranker(base_url=server.url, api_key=KEY, max_tokens_per_doc=100)) as reranker,
+    ):
+        result = await reranker.rerank("q", DOCS)
     (request,) = server.requests
     assert request.path == "/v1/rerank"
     assert request.json() == {"model": "rerank-v3.5", "query": "q", "documents": DOCS, "return_documents": False}
@@ -118,7 +121,7 @@ async def test_cohere_v1_sends_strings_without_documents_back():
     assert result.billed_units == 2.0
 
 
-@pytest.mark.parametrize("results_key, score_key, echo", [
+@pytest.mark.parametrize(("results_key", "score_key", "echo"), [
     ("results", "relevance_score", None),                       # Infinity without documents
     ("results", "relevance_score", "plain string"),             # Infinity with documents
     ("results", "relevance_score", {"text": "x", "multi_modal": None}),   # vLLM
@@ -131,9 +134,8 @@ async def test_compatible_tolerates_the_known_deviations(results_key, score_key,
         extra = {} if echo is None else {"document": echo}
         await send_json(writer, 200, {"model": "m", "usage": {"total_tokens": 42},
                                       results_key: shuffled_results(texts, score_key, **extra)})
-    async with FaultServer(handle) as server:
-        async with aclosing(CompatibleReranker(base_url=server.url)) as reranker:
-            result = await reranker.rerank("q", DOCS)
+    async with FaultServer(handle) as server, aclosing(CompatibleReranker(base_url=server.url)) as reranker:
+        result = await reranker.rerank("q", DOCS)
     (request,) = server.requests
     assert request.path == "/rerank"
     assert "authorization" not in request.headers
@@ -161,9 +163,8 @@ async def test_tei_sends_texts_and_reads_a_bare_array_in_batches_of_32():
         texts = request.json()["texts"]
         await send_json(writer, 200, shuffled_results(texts, "score"))
     docs = [f"doc {i} " + "x" * (i % 7) for i in range(70)]
-    async with FaultServer(handle) as server:
-        async with aclosing(TEIReranker(base_url=server.url)) as reranker:
-            result = await reranker.rerank("q", docs)
+    async with FaultServer(handle) as server, aclosing(TEIReranker(base_url=server.url)) as reranker:
+        result = await reranker.rerank("q", docs)
     assert [len(r.json()["texts"]) for r in server.requests] == [32, 32, 6]
     assert {r.path for r in server.requests} == {"/rerank"}
     assert server.requests[0].json() == {"query": "q", "texts": docs[:32], "truncate": True}
@@ -177,9 +178,8 @@ async def test_voyage_sends_truncation_and_no_top_k_and_reads_data():
         await send_json(writer, 200, {"object": "list", "data": shuffled_results(texts),
                                       "model": "rerank-2.5", "usage": {"total_tokens": 26}})
     docs = [f"d{i}" for i in range(1500)]
-    async with FaultServer(handle) as server:
-        async with aclosing(VoyageReranker(base_url=server.url, api_key=KEY)) as reranker:
-            result = await reranker.rerank("q", docs)
+    async with FaultServer(handle) as server, aclosing(VoyageReranker(base_url=server.url, api_key=KEY)) as reranker:
+        result = await reranker.rerank("q", docs)
     assert [r.path for r in server.requests] == ["/v1/rerank", "/v1/rerank"]
     first = server.requests[0]
     assert first.headers["authorization"] == f"Bearer {KEY}"
@@ -191,10 +191,9 @@ async def test_voyage_sends_truncation_and_no_top_k_and_reads_data():
 
 async def test_voyage_ignores_a_results_key():
     handler = reply(200, {"results": [{"index": 0, "relevance_score": 0.5}]})
-    async with FaultServer(handler) as server:
-        async with aclosing(VoyageReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankResponseError, match="data"):
-                await reranker.rerank("q", ["a"])
+    async with FaultServer(handler) as server, aclosing(VoyageReranker(base_url=server.url, api_key=KEY)) as reranker:
+        with pytest.raises(RerankResponseError, match="data"):
+            await reranker.rerank("q", ["a"])
 
 
 # --- batching --------------------------------------------------------------------------------------
@@ -227,20 +226,24 @@ async def test_one_failed_batch_fails_the_rerank():
             await send_json(writer, 500, {"message": "boom"})
         else:
             await cohere_handler()(request, writer)
-    async with FaultServer(handle) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY, batch_size=2)) as reranker:
-            with pytest.raises(RerankStatusError, match="boom") as caught:
-                await reranker.rerank("q", [f"d{i}" for i in range(6)])
+    async with (
+        FaultServer(handle) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY, batch_size=2)) as reranker,
+    ):
+        with pytest.raises(RerankStatusError, match="boom") as caught:
+            await reranker.rerank("q", [f"d{i}" for i in range(6)])
     assert caught.value.status == 500
     assert caught.value.retryable
 
 
 async def test_empty_documents_are_not_sent_and_score_lowest():
     """The rule of scoring/final.py: a blank gets the lowest score of the others (0.0 if all are blank)."""
-    async with FaultServer(cohere_handler()) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            result = await reranker.rerank("q", ["alpha", "", "  \n", "delta"])
-            nothing = await reranker.rerank("q", ["", " "])
+    async with (
+        FaultServer(cohere_handler()) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        result = await reranker.rerank("q", ["alpha", "", "  \n", "delta"])
+        nothing = await reranker.rerank("q", ["", " "])
     assert [r.json()["documents"] for r in server.requests] == [["alpha", "delta"]]
     lowest = min(score_of("alpha"), score_of("delta"))
     assert result.scores == [score_of("alpha"), lowest, lowest, score_of("delta")]
@@ -250,7 +253,7 @@ async def test_empty_documents_are_not_sent_and_score_lowest():
 
 # --- unusable replies ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload, problem", [
+@pytest.mark.parametrize(("payload", "problem"), [
     ({"results": [{"index": 0, "relevance_score": 0.1}, {"index": 2, "relevance_score": 0.2}]}, "out of range"),
     ({"results": [{"index": 0, "relevance_score": 0.1}, {"index": 0, "relevance_score": 0.2}]}, "twice"),
     ({"results": [{"index": 1, "relevance_score": 0.1}]}, "no score for 1 of 2"),
@@ -265,30 +268,36 @@ async def test_empty_documents_are_not_sent_and_score_lowest():
     ("results", "not an object or array"),
 ])
 async def test_bad_indexes_and_shapes_are_not_retryable_errors(payload, problem):
-    async with FaultServer(reply(200, payload)) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankResponseError) as caught:
-                await reranker.rerank("q", ["a", "b"])
+    async with (
+        FaultServer(reply(200, payload)) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        with pytest.raises(RerankResponseError) as caught:
+            await reranker.rerank("q", ["a", "b"])
     assert not caught.value.retryable
     if problem:
         assert problem in str(caught.value)
 
 
 async def test_malformed_json_is_a_response_error():
-    async with FaultServer(raw(response_bytes(200, b'{"results": [{"index": 0,'))) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankResponseError, match="not valid JSON") as caught:
-                await reranker.rerank("q", ["a"])
+    async with (
+        FaultServer(raw(response_bytes(200, b'{"results": [{"index": 0,'))) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        with pytest.raises(RerankResponseError, match="not valid JSON") as caught:
+            await reranker.rerank("q", ["a"])
     assert not caught.value.retryable
 
 
 async def test_body_cut_short_is_a_retryable_connection_error():
     whole = b'{"results": [{"index": 0, "relevance_score": 0.5}]}'
     cut = response_bytes(200, whole[:20], content_length=len(whole))
-    async with FaultServer(raw(cut, close=True)) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankConnectionError) as caught:
-                await reranker.rerank("q", ["a"])
+    async with (
+        FaultServer(raw(cut, close=True)) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        with pytest.raises(RerankConnectionError) as caught:
+            await reranker.rerank("q", ["a"])
     assert caught.value.retryable
 
 
@@ -306,16 +315,18 @@ async def test_connection_refused_is_a_retryable_connection_error():
 async def test_no_reply_within_the_read_timeout_is_a_retryable_timeout():
     async def handle(request, writer):
         await asyncio.sleep(5)      # the server's own timed behaviour; cancelled at teardown
-    async with FaultServer(handle) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY, timeout_s=0.05)) as reranker:
-            with pytest.raises(RerankTimeout) as caught:
-                await reranker.rerank("q", ["a"])
+    async with (
+        FaultServer(handle) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY, timeout_s=0.05)) as reranker,
+    ):
+        with pytest.raises(RerankTimeout) as caught:
+            await reranker.rerank("q", ["a"])
     assert caught.value.retryable
 
 
 # --- vendor error bodies ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("status, payload, message, retryable", [
+@pytest.mark.parametrize(("status", "payload", "message", "retryable"), [
     (400, {"id": "x", "message": "invalid request: list of documents must not be empty"},
      "list of documents must not be empty", False),                                  # Cohere
     (429, {"message": "You are past the per minute request limit"}, "per minute", True),
@@ -333,10 +344,9 @@ async def test_no_reply_within_the_read_timeout_is_a_retryable_timeout():
     (408, {"message": "request timeout"}, "request timeout", True),
 ])
 async def test_error_statuses_carry_the_vendor_message(status, payload, message, retryable):
-    async with FaultServer(reply(status, payload)) as server:
-        async with aclosing(TEIReranker(base_url=server.url)) as reranker:
-            with pytest.raises(RerankStatusError) as caught:
-                await reranker.rerank("q", ["a"])
+    async with FaultServer(reply(status, payload)) as server, aclosing(TEIReranker(base_url=server.url)) as reranker:
+        with pytest.raises(RerankStatusError) as caught:
+            await reranker.rerank("q", ["a"])
     error = caught.value
     assert error.status == status
     assert error.retryable is retryable
@@ -346,20 +356,21 @@ async def test_error_statuses_carry_the_vendor_message(status, payload, message,
 
 async def test_the_api_key_never_appears_in_error_messages():
     handler = reply(401, {"message": f"invalid api token {KEY}"}, {"retry-after": "1"})
-    async with FaultServer(handler) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankStatusError) as caught:
-                await reranker.rerank("q", ["a"])
+    async with FaultServer(handler) as server, aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
+        with pytest.raises(RerankStatusError) as caught:
+            await reranker.rerank("q", ["a"])
     assert KEY not in str(caught.value)
     assert "<redacted>" in str(caught.value)
     assert KEY not in repr(caught.value.args)
 
 
 async def test_retry_after_hints_are_read_from_the_error_response():
-    async with FaultServer(reply(429, {"message": "slow down"}, {"Retry-After": "7"})) as server:
-        async with aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker:
-            with pytest.raises(RerankStatusError) as caught:
-                await reranker.rerank("q", ["a"])
+    async with (
+        FaultServer(reply(429, {"message": "slow down"}, {"Retry-After": "7"})) as server,
+        aclosing(CohereReranker(base_url=server.url, api_key=KEY)) as reranker,
+    ):
+        with pytest.raises(RerankStatusError) as caught:
+            await reranker.rerank("q", ["a"])
     assert caught.value.retry_after == 7.0
 
 
@@ -386,7 +397,7 @@ def test_error_message_clips_long_bodies():
 
 # --- factory ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("provider, cls, path", [
+@pytest.mark.parametrize(("provider", "cls", "path"), [
     ("cohere", CohereReranker, "/v2/rerank"),
     ("cohere-v1", CohereV1Reranker, "/v1/rerank"),
     ("compatible", CompatibleReranker, "/rerank"),

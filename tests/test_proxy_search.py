@@ -190,7 +190,7 @@ def test_engine_errors_pass_through(engine, proxy):
     assert mine.json() == theirs.json()
 
 
-@pytest.mark.parametrize("payload,status", [
+@pytest.mark.parametrize(("payload", "status"), [
     (b"{not json", 400), (b"\xff\xfe{}", 400), (b"[" * 5000 + b"]" * 5000, 400),
     (b'{"query": {"match": {"body": "x"}}, "rerank": {"colour": 1}}', 400),
     (b'{"query": {"match": {"body": "x"}}, "size": -4}', 400),

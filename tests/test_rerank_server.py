@@ -102,7 +102,7 @@ async def test_top_n_truncates_without_changing_scores(server_url):
     assert len(many["results"]) == 4
 
 
-@pytest.mark.parametrize("count, units", [(1, 1), (100, 1), (101, 2), (250, 3)])
+@pytest.mark.parametrize(("count", "units"), [(1, 1), (100, 1), (101, 2), (250, 3)])
 async def test_search_units_are_one_per_hundred_documents(server_url, count, units):
     body = {"model": "m", "query": "q", "documents": [f"doc {i}" for i in range(count)]}
     response = await post(server_url, "/v2/rerank", body)
@@ -130,7 +130,7 @@ async def test_bare_rerank_path_does_not_require_a_model(server_url):
 
 # --- validation -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, body, message", [
+@pytest.mark.parametrize(("path", "body", "message"), [
     ("/v2/rerank", {"model": "m", "query": "q", "documents": []}, "invalid request: list of documents must not be empty"),
     ("/v2/rerank", {"model": "m", "query": "q"}, "invalid request: list of documents must not be empty"),
     ("/v2/rerank", {"query": "q", "documents": ["a"]}, "a model parameter is required for this endpoint."),
@@ -161,7 +161,7 @@ async def test_invalid_requests_get_400_with_cohere_messages(server_url, path, b
     assert response.json() == {"message": message}
 
 
-@pytest.mark.parametrize("headers, message", [
+@pytest.mark.parametrize(("headers", "message"), [
     ({}, "no api key supplied"),
     ({"Authorization": "Bearer"}, "no api key supplied"),
     ({"Authorization": f"Basic {KEY}"}, "no api key supplied"),
@@ -209,7 +209,7 @@ async def failing():
         yield url, reranker
 
 
-@pytest.mark.parametrize("error, scores, status", [
+@pytest.mark.parametrize(("error", "scores", "status"), [
     (RerankError("model busy", retryable=True), None, 503),
     (RerankError("model broken"), None, 500),
     (None, [0.5, 0.5], 500),               # not one score per document

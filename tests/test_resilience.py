@@ -172,9 +172,8 @@ async def test_a_hint_past_the_deadline_gives_up_at_once():
 
 async def test_server_errors_are_retried_then_succeed():
     handler = script((500, {"message": "oops"}), (503, {"message": "overloaded"}), (200, OK))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url)) as reranker:
-            result = await reranker.rerank("q", ["a", "b"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url)) as reranker:
+        result = await reranker.rerank("q", ["a", "b"])
     assert result.scores == [0.75, 0.25]
     assert len(server.requests) == 3
     assert reranker.stats.retries == 2
@@ -184,10 +183,9 @@ async def test_server_errors_are_retried_then_succeed():
 
 async def test_retries_stop_at_max_retries():
     handler = script((503, {"message": "overloaded"}))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url, rerank_max_retries=2)) as reranker:
-            with pytest.raises(RerankStatusError):
-                await reranker.rerank("q", ["a", "b"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url, rerank_max_retries=2)) as reranker:
+        with pytest.raises(RerankStatusError):
+            await reranker.rerank("q", ["a", "b"])
     assert len(server.requests) == 3
     assert reranker.stats.failures == 1
     assert reranker.stats.attempts == 3
@@ -213,9 +211,8 @@ async def test_a_body_cut_short_is_retried():
     whole = b'{"results": [{"index": 0, "relevance_score": 0.5}]}'
     handler = script(response_bytes(200, whole[:15], content_length=len(whole)),
                      (200, {"results": [{"index": 0, "relevance_score": 0.5}]}))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url)) as reranker:
-            result = await reranker.rerank("q", ["a"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url)) as reranker:
+        result = await reranker.rerank("q", ["a"])
     assert result.scores == [0.5]
     assert reranker.stats.errors == {"connection": 1}
 
@@ -228,10 +225,9 @@ async def test_a_body_cut_short_is_retried():
 ])
 async def test_bad_replies_and_request_errors_are_not_retried(step):
     handler = script(step, (200, OK))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url)) as reranker:
-            with pytest.raises(RerankError) as caught:
-                await reranker.rerank("q", ["a", "b"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url)) as reranker:
+        with pytest.raises(RerankError) as caught:
+            await reranker.rerank("q", ["a", "b"])
     assert isinstance(caught.value, (RerankResponseError, RerankStatusError))
     assert len(server.requests) == 1
     assert reranker.stats.retries == 0
@@ -247,13 +243,14 @@ async def test_a_slow_drip_is_cut_at_the_deadline():
             await writer.drain()
             await asyncio.sleep(0.01)
 
-    async with FaultServer(script(drip)) as server:
-        async with aclosing(resilient(server.url, rerank_deadline_ms=300,
-                                      rerank_attempt_timeout_ms=200)) as reranker:
-            started = time.monotonic()
-            with pytest.raises(RerankDeadlineExceeded, match="deadline of 300 ms"):
-                await reranker.rerank("q", ["a", "b"])
-            elapsed = time.monotonic() - started
+    async with (
+        FaultServer(script(drip)) as server,
+        aclosing(resilient(server.url, rerank_deadline_ms=300, rerank_attempt_timeout_ms=200)) as reranker,
+    ):
+        started = time.monotonic()
+        with pytest.raises(RerankDeadlineExceeded, match="deadline of 300 ms"):
+            await reranker.rerank("q", ["a", "b"])
+        elapsed = time.monotonic() - started
     # the first attempt was cut by the attempt timeout and retried; the retry by the deadline
     # (with max_retries=2, a deadline not honoured would end in a third attempt timing out)
     assert len(server.requests) == 2
@@ -351,31 +348,30 @@ async def test_breaker_opens_fails_fast_and_a_half_open_probe_closes_it():
         await asyncio.wait_for(release_probe.wait(), 2)
         await send_json(writer, 200, OK)
 
-    async with FaultServer(handle) as server:
-        async with aclosing(resilient(server.url, clock, rerank_max_retries=0)) as reranker:
-            for _ in range(3):
-                with pytest.raises(RerankStatusError):
-                    await reranker.rerank("q", ["a", "b"])
-            assert reranker.breaker.state == "open"
-
-            with pytest.raises(RerankUnavailable, match="next probe in 30.0s"):
+    async with FaultServer(handle) as server, aclosing(resilient(server.url, clock, rerank_max_retries=0)) as reranker:
+        for _ in range(3):
+            with pytest.raises(RerankStatusError):
                 await reranker.rerank("q", ["a", "b"])
-            assert len(server.requests) == 3  # failed fast: the provider was not asked
+        assert reranker.breaker.state == "open"
 
-            clock.advance(29.9)
-            assert reranker.breaker.state == "open"
-            clock.advance(0.1)
-            assert reranker.breaker.state == "half_open"
-
-            healthy = True
-            probe = asyncio.create_task(reranker.rerank("q", ["a", "b"]))
-            await asyncio.wait_for(probe_arrived.wait(), 2)
-            with pytest.raises(RerankUnavailable, match="probe is in flight"):
-                await reranker.rerank("q", ["a", "b"])
-            release_probe.set()
-            assert (await probe).scores == [0.75, 0.25]
-            assert reranker.breaker.state == "closed"
+        with pytest.raises(RerankUnavailable, match=r"next probe in 30\.0s"):
             await reranker.rerank("q", ["a", "b"])
+        assert len(server.requests) == 3  # failed fast: the provider was not asked
+
+        clock.advance(29.9)
+        assert reranker.breaker.state == "open"
+        clock.advance(0.1)
+        assert reranker.breaker.state == "half_open"
+
+        healthy = True
+        probe = asyncio.create_task(reranker.rerank("q", ["a", "b"]))
+        await asyncio.wait_for(probe_arrived.wait(), 2)
+        with pytest.raises(RerankUnavailable, match="probe is in flight"):
+            await reranker.rerank("q", ["a", "b"])
+        release_probe.set()
+        assert (await probe).scores == [0.75, 0.25]
+        assert reranker.breaker.state == "closed"
+        await reranker.rerank("q", ["a", "b"])
     assert reranker.stats.errors["unavailable"] == 2
     assert reranker.stats.failures == 5
     assert reranker.stats.calls == 7
@@ -383,31 +379,34 @@ async def test_breaker_opens_fails_fast_and_a_half_open_probe_closes_it():
 
 async def test_a_failed_probe_reopens_the_breaker():
     clock = FakeClock()
-    async with FaultServer(script((503, {"message": "down"}))) as server:
-        async with aclosing(resilient(server.url, clock, rerank_max_retries=0,
-                                      rerank_breaker_failures=1)) as reranker:
-            with pytest.raises(RerankStatusError):
-                await reranker.rerank("q", ["a"])
-            assert reranker.breaker.state == "open"
-            clock.advance(30)
-            with pytest.raises(RerankStatusError):
-                await reranker.rerank("q", ["a"])       # the probe
-            assert reranker.breaker.state == "open"
-            clock.advance(29)
-            with pytest.raises(RerankUnavailable):
-                await reranker.rerank("q", ["a"])
-            reranker.breaker.reset()
-            assert reranker.breaker.state == "closed"
+    async with (
+        FaultServer(script((503, {"message": "down"}))) as server,
+        aclosing(resilient(server.url, clock, rerank_max_retries=0, rerank_breaker_failures=1)) as reranker,
+    ):
+        with pytest.raises(RerankStatusError):
+            await reranker.rerank("q", ["a"])
+        assert reranker.breaker.state == "open"
+        clock.advance(30)
+        with pytest.raises(RerankStatusError):
+            await reranker.rerank("q", ["a"])       # the probe
+        assert reranker.breaker.state == "open"
+        clock.advance(29)
+        with pytest.raises(RerankUnavailable):
+            await reranker.rerank("q", ["a"])
+        reranker.breaker.reset()
+        assert reranker.breaker.state == "closed"
     assert len(server.requests) == 2
 
 
 async def test_request_errors_do_not_open_the_breaker():
-    async with FaultServer(script((400, {"message": "document at index 0 cannot be empty"}))) as server:
-        async with aclosing(resilient(server.url, rerank_breaker_failures=1)) as reranker:
-            for _ in range(3):
-                with pytest.raises(RerankStatusError):
-                    await reranker.rerank("q", ["a"])
-            assert reranker.breaker.state == "closed"
+    async with (
+        FaultServer(script((400, {"message": "document at index 0 cannot be empty"}))) as server,
+        aclosing(resilient(server.url, rerank_breaker_failures=1)) as reranker,
+    ):
+        for _ in range(3):
+            with pytest.raises(RerankStatusError):
+                await reranker.rerank("q", ["a"])
+        assert reranker.breaker.state == "closed"
 
 
 async def test_a_cancelled_probe_lets_the_next_call_probe():
@@ -430,10 +429,9 @@ async def test_a_cancelled_probe_lets_the_next_call_probe():
 
 async def test_stats_count_calls_documents_and_billed_units():
     handler = script((500, {"message": "oops"}), (200, OK))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url)) as reranker:
-            await reranker.rerank("q", ["a", "b"])
-            await reranker.rerank("q", ["a", "b"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url)) as reranker:
+        await reranker.rerank("q", ["a", "b"])
+        await reranker.rerank("q", ["a", "b"])
     snapshot = reranker.stats.snapshot()
     assert snapshot == {"calls": 2, "failures": 0, "attempts": 3, "retries": 1, "timeouts": 0,
                         "billed_units": 2, "tokens": 0, "documents_sent": 6, "slot_waits": 0,
@@ -446,10 +444,9 @@ async def test_the_api_key_never_reaches_the_logs(caplog):
     caplog.set_level(logging.DEBUG)
     handler = script((503, {"message": f"bad key {KEY}"}, {"retry-after": "0"}),
                      (401, {"message": f"invalid api token {KEY}"}))
-    async with FaultServer(handler) as server:
-        async with aclosing(resilient(server.url)) as reranker:
-            with pytest.raises(RerankStatusError) as caught:
-                await reranker.rerank("q", ["a"])
+    async with FaultServer(handler) as server, aclosing(resilient(server.url)) as reranker:
+        with pytest.raises(RerankStatusError) as caught:
+            await reranker.rerank("q", ["a"])
     assert caplog.records, "expected the retry to be logged"
     assert KEY not in caplog.text
     assert KEY not in str(caught.value)

@@ -46,7 +46,7 @@ def test_auto_per_provider():
     assert [auto_mode(p) for p in ("cohere", "cohere-v1", "compatible", "tei", "voyage")] == ["rerank"] * 5
 
 
-@pytest.mark.parametrize("requested, setting, provider, expected", [
+@pytest.mark.parametrize(("requested", "setting", "provider", "expected"), [
     (None, "auto", "local", "blend"),
     (None, "auto", "cohere", "rerank"),
     (None, "blend", "cohere", "blend"),

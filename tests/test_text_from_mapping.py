@@ -190,7 +190,7 @@ async def test_a_failed_read_is_retried_after_the_back_off(engine, index_name: s
 
         async def text_only_sent() -> bool:
             await run_search(pipeline, index_name)
-            return TEXT_ONLY <= reranker.texts()
+            return reranker.texts() >= TEXT_ONLY
 
         await async_wait_until(text_only_sent, "the mapping read again once the block is gone")
         await pipeline.text_fields.aclose()

@@ -46,7 +46,7 @@ def test_put_get_roundtrip_and_missing(tmp_path: Path):
     assert set(found) == {key(0), key(3)}
     np.testing.assert_array_equal(found[key(0)], vec(0))
     assert found[key(0)].dtype == np.float32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         found[key(0)][0] = 1.0                               # shared via the LRU: read-only
     assert store.missing([key(7), key(1), key(8), key(7)]) == [key(7), key(8), key(7)]
     assert store.count() == 5
@@ -95,11 +95,11 @@ def test_bound_holds_for_one_batch_larger_than_it(tmp_path: Path):
 
 def test_rejects_wrong_dimensions(tmp_path: Path):
     store = VectorStore(tmp_path / "v.sqlite")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="vector has 10 dimensions, expected 384"):
         store.put_many([(key(0), np.ones(10, dtype=np.float32))])
     store.put_many([(key(0), vec(0))])
     store.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="holds 384-d vectors, not 768-d"):
         VectorStore(tmp_path / "v.sqlite", dim=768).count()
 
 

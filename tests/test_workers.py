@@ -137,12 +137,11 @@ async def test_identical_searches_arriving_at_both_workers_make_one_provider_cal
     load_corpus(es_engine.url, index_name)
     body = {"query": {"match": {"body": "engine noise"}}, "size": 3}
     window = httpx.post(f"{es_engine.url}/{index_name}/_search", json={**body, "size": 10}).json()["hits"]["hits"]
-    async with counting_provider(delay_s=0.3) as (provider_url, provider):
-        async with serve(es_engine.url, provider_url, 2) as url:
-            outcomes = await replay(url, index_name, [body] * 16, concurrency=16)
-            # the in-process coalescing answers one worker's duplicates; the claims the other's
-            assert await asyncio.to_thread(host_counters, url) > 0
-            samples = await asyncio.to_thread(metric_samples, url)
+    async with counting_provider(delay_s=0.3) as (provider_url, provider), serve(es_engine.url, provider_url, 2) as url:
+        outcomes = await replay(url, index_name, [body] * 16, concurrency=16)
+        # the in-process coalescing answers one worker's duplicates; the claims the other's
+        assert await asyncio.to_thread(host_counters, url) > 0
+        samples = await asyncio.to_thread(metric_samples, url)
     assert provider.calls == 1, (provider.calls, provider.documents)
     assert provider.documents == len(window) > 3, (provider.calls, provider.documents)
     assert outcomes.count("reranked") + outcomes.count("cached") == 16

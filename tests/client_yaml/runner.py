@@ -177,14 +177,14 @@ class YamlRunner:
                             raise StepFailure(f"{section}: {error}") from error
             except Skipped as skipped:
                 outcome.status, outcome.message = "skip", str(skipped)
-            except Exception as error:   # an assertion, or anything the client raised
+            except Exception as error:  # noqa: BLE001 (a runner: an assertion or anything the client raised is the test's outcome)
                 failure = error
                 errors.append(error)
                 outcome.trace.append(f"  error {type(error).__name__}: {error}"[:600])
             for step in file.teardown:
                 try:
                     self.run_step(step, stash, outcome.trace)
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 (a failed teardown is recorded, and the other steps still run)
                     errors.append(error)
                     outcome.trace.append(f"  teardown error {type(error).__name__}: {error}"[:600])
                     if failure is None and outcome.status == "pass":

@@ -60,7 +60,7 @@ def main() -> None:
         except ApiError as exc:
             out.update(ok=False, error=f"{type(exc).__name__}: {exc}", status=exc.meta.status,
                        rerank=exc.meta.headers.get("x-rerank"))
-        except Exception as exc:  # connection errors, product check, serialisation
+        except Exception as exc:  # noqa: BLE001 (any client failure is this step's reported outcome: connection, product check, serialisation)
             out.update(ok=False, error=f"{type(exc).__name__}: {exc}", status=None, rerank=None)
         steps[name] = out
 
