@@ -1,8 +1,8 @@
 """The proxy's HTTP/1.1 server: accepts connections, routes each request, shuts down gracefully.
 
 Why not a general ASGI server: the proxy sits on every request of the app, and most of them are
-forwarded unchanged. Measured side by side (BENCHMARKS.md section 8), a general server plus an HTTP
-client cost about ten times nginx's CPU per forwarded request; here a plain pass-through never
+forwarded unchanged. Measured side by side (docs/decisions/edge-server.md), a general server plus an
+HTTP client cost about ten times nginx's CPU per forwarded request; here a plain pass-through never
 enters ASGI (see `relay.py`), while searches and the proxy's own endpoints still run as the ASGI
 application `ProxyApp`, exactly as under any ASGI server.
 """

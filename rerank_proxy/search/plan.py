@@ -3,7 +3,7 @@
 Pure functions of (targets, URL parameters, body, headers, settings), so every rule here is unit-
 and property-tested without an engine.
 
-Pagination (documented in the README): the proxy reranks the lexical top `window` hits.
+Pagination (documented in docs/pagination.md): the proxy reranks the lexical top `window` hits.
 - a page inside the window (`from + size <= window`) is cut from the reranked window;
 - a page that straddles the end of the window gets the reranked hits up to the window, then the
   engine's own hits from rank `window` on (fetched in the same request);

@@ -1,9 +1,9 @@
 """The per-host score tier: one LMDB environment that the workers of one `rerank-proxy serve` share.
 
 Without it every worker keeps its own scores, so a query first seen by one worker is paid for again
-by each of the others. LMDB, not SQLite: in `bench/host_tier.py` a lookup of 100 keys took about a
-quarter of SQLite's time (WAL mode, same machine, same run) and a write of 100 about half, close
-enough to the in-process tier to run on the event loop (BENCHMARKS.md, "Workers of one host").
+by each of the others. LMDB, not SQLite: in `bench/host_tier.py` a lookup of 100 keys took about
+half of SQLite's time (WAL mode, same machine, same run) and a write of 100 about a quarter, close
+enough to the in-process tier to run on the event loop (docs/decisions/host-tier.md).
 
 LMDB lets one process write at a time, and a cache miss writes twice (a claim, then the scores), so
 each write is kept to a few calls into LMDB, whatever the number of keys:

@@ -18,7 +18,7 @@ Choices made here:
 - The API key is only ever in the Authorization header; every message built from a provider reply
   is scrubbed of it, and transport exceptions are not chained (their request holds the headers).
 - The HTTP client is aiohttp's, as for the engines: profiles of the cache-miss path showed httpx's
-  pool bookkeeping as about 30% of the proxy's CPU per search (BENCHMARKS.md, section 7).
+  pool bookkeeping as about 30% of the proxy's CPU per search (docs/decisions/http-clients.md).
 """
 
 from __future__ import annotations
