@@ -144,7 +144,7 @@ _Item: TypeAlias = RequestHead | bytes | _End | _Refused
 class _Turn(Generic[T]):
     """One exchange in the answer queue, with what the core knows of its request body."""
 
-    __slots__ = ("exchange", "body_done")
+    __slots__ = ("body_done", "exchange")
 
     def __init__(self, exchange: T, body_done: bool) -> None:
         self.exchange = exchange

@@ -64,12 +64,11 @@ class ClientSide(Protocol):
 class RelayExchange:
     """One pass-through request: client -> engine, response -> client."""
 
-    __slots__ = ("client", "loop", "pool", "method", "path", "request_headers", "body_framing", "keep_alive",
-                 "expect_continue", "head_only", "observers", "record", "body_queue", "body_complete",
-                 "body_started", "body_bytes", "conn", "from_pool", "status", "response_started",
-                 "response_chunked", "upstream_keep_alive", "answered", "out", "finished",
-                 "last_read", "rejected", "preloaded", "extra_headers", "sent_bytes", "served_by",
-                 "_task", "_active", "_streaming", "_upload_slot", "_connecting")
+    __slots__ = ("_active", "_connecting", "_streaming", "_task", "_upload_slot", "answered", "body_bytes",
+                 "body_complete", "body_framing", "body_queue", "body_started", "client", "conn", "expect_continue",
+                 "extra_headers", "finished", "from_pool", "head_only", "keep_alive", "last_read", "loop", "method",
+                 "observers", "out", "path", "pool", "preloaded", "record", "rejected", "request_headers",
+                 "response_chunked", "response_started", "sent_bytes", "served_by", "status", "upstream_keep_alive")
 
     def __init__(self, client: ClientSide, pool: EnginePool, method: bytes, target: bytes,
                  headers: list[tuple[bytes, bytes]], body_framing: bytes | None, keep_alive: bool,

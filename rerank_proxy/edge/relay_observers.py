@@ -66,7 +66,7 @@ class CopyBudget:
     """The bytes of request bodies a worker keeps for write warming, over all requests at once:
     past it a copy is dropped (never the write), so concurrent bulks cannot grow memory without end."""
 
-    __slots__ = ("limit", "held")
+    __slots__ = ("held", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

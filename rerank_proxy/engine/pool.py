@@ -14,6 +14,7 @@ that reads and searches need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 
@@ -149,10 +150,8 @@ class EnginePool:
         if conn not in self._live:
             return
         self._live.discard(conn)
-        try:
+        with contextlib.suppress(ValueError):  # not idle: it was in use
             self._idle[conn.target].remove(conn)
-        except ValueError:
-            pass
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -6,6 +6,7 @@ full read. Used to warm the built-in model's vector store (at start-up, and by `
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import quote
 
@@ -40,11 +41,9 @@ class Scroll:
 
     async def clear(self) -> None:
         if self.scroll_id:
-            try:
+            with contextlib.suppress(ProxyError):  # it expires by itself after SCROLL_KEEP_ALIVE
                 await self.engine.fetch("DELETE", "/_search/scroll", _JSON,
                                         orjson.dumps({"scroll_id": [self.scroll_id]}))
-            except ProxyError:
-                pass  # it expires by itself after SCROLL_KEEP_ALIVE
             self.scroll_id = None
 
     def _hits(self, data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -140,7 +140,7 @@ def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple
     return opts, changed
 
 
-class EngineMustAnswer(Exception):  # noqa: N818 - a decision, not an error
+class EngineMustAnswer(Exception):  # named as a decision, not an error
     """A search body the proxy must not rewrite: the engine answers the client's own bytes, so
     what the client gets (its error type and reason, or a success) is exactly the engine's."""
 

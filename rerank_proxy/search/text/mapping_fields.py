@@ -63,7 +63,7 @@ class TextPaths:
     first, and survives the RERANK_MAX_CHARS cut.
     """
 
-    __slots__ = ("paths", "_root")
+    __slots__ = ("_root", "paths")
 
     def __init__(self, paths: Iterable[str]) -> None:
         self.paths = tuple(sorted(set(paths)))

@@ -16,7 +16,7 @@ any retriever wrapping another: `rule`, `pinned`, `rescorer`), since those are w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _MATCH_LIKE = ("match", "match_phrase", "match_phrase_prefix", "match_bool_prefix")
@@ -43,47 +43,72 @@ def clean_query_string(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def _texts(query: Any, depth: int = 0) -> Iterator[str]:
+def _match_texts(spec: dict[str, Any], found: list[str]) -> None:
+    """match and its kin: `{field: text}` or `{field: {"query": text, ...}}`."""
+    for value in spec.values():
+        if isinstance(value, dict):
+            value = value.get("query")
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            found.append(str(value))
+
+
+def _query_key_text(spec: dict[str, Any], found: list[str]) -> None:
+    """multi_match, combined_fields: the text is at `query`."""
+    if isinstance(spec.get("query"), str):
+        found.append(spec["query"])
+
+
+def _query_string_text(spec: dict[str, Any], found: list[str]) -> None:
+    """query_string, simple_query_string: the words of `query`, without its syntax."""
+    if isinstance(spec.get("query"), str):
+        found.append(clean_query_string(spec["query"]))
+
+
+def _interval_texts(spec: dict[str, Any], found: list[str]) -> None:
+    """intervals: the `match` rule of each field carries text."""
+    for rule in spec.values():
+        if isinstance(rule, dict) and isinstance(rule.get("match"), dict) \
+                and isinstance(rule["match"].get("query"), str):
+            found.append(rule["match"]["query"])
+
+
+# Clauses that carry the user's text themselves.
+_LEAF_TEXTS: dict[str, Callable[[dict[str, Any], list[str]], None]] = {
+    **dict.fromkeys(_MATCH_LIKE, _match_texts),
+    **dict.fromkeys(_TEXT_AT_QUERY, _query_key_text),
+    **dict.fromkeys(_QUERY_STRING_LIKE, _query_string_text),
+    "intervals": _interval_texts,
+}
+# Clauses that wrap one query whose text is the user's: the key it is at.
+_WRAPPED_QUERY = {"function_score": "query", "script_score": "query", "nested": "query", "has_child": "query",
+                  "has_parent": "query", "constant_score": "filter", "boosting": "positive"}
+# Clauses that list queries (one, or a list of them) whose texts are the user's: their keys.
+_CLAUSE_LISTS = {"bool": ("must", "should"), "dis_max": ("queries",)}
+
+
+def _texts(query: Any, found: list[str], depth: int = 0) -> None:
+    """Append the texts of a query (and of the queries it wraps, depth first) to `found`."""
     if depth > _MAX_DEPTH or not isinstance(query, dict):
         return
     for kind, spec in query.items():
-        if kind in _MATCH_LIKE and isinstance(spec, dict):
-            for value in spec.values():
-                if isinstance(value, dict):
-                    value = value.get("query")
-                if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                    yield str(value)
-        elif kind in _TEXT_AT_QUERY and isinstance(spec, dict):
-            if isinstance(spec.get("query"), str):
-                yield spec["query"]
-        elif kind in _QUERY_STRING_LIKE and isinstance(spec, dict):
-            if isinstance(spec.get("query"), str):
-                yield clean_query_string(spec["query"])
-        elif kind == "intervals" and isinstance(spec, dict):
-            for rule in spec.values():
-                if isinstance(rule, dict) and isinstance(rule.get("match"), dict):
-                    if isinstance(rule["match"].get("query"), str):
-                        yield rule["match"]["query"]
-        elif kind == "bool" and isinstance(spec, dict):
-            for clause in ("must", "should"):
-                yield from _each(spec.get(clause), depth)
-        elif kind == "dis_max" and isinstance(spec, dict):
-            yield from _each(spec.get("queries"), depth)
-        elif kind in ("function_score", "script_score", "nested", "has_child", "has_parent") \
-                and isinstance(spec, dict):
-            yield from _texts(spec.get("query"), depth + 1)
-        elif kind == "constant_score" and isinstance(spec, dict):
-            yield from _texts(spec.get("filter"), depth + 1)
-        elif kind == "boosting" and isinstance(spec, dict):
-            yield from _texts(spec.get("positive"), depth + 1)
+        if not isinstance(spec, dict):
+            continue
+        leaf = _LEAF_TEXTS.get(kind)
+        if leaf is not None:
+            leaf(spec, found)
+        elif kind in _WRAPPED_QUERY:
+            _texts(spec.get(_WRAPPED_QUERY[kind]), found, depth + 1)
+        elif kind in _CLAUSE_LISTS:
+            for key in _CLAUSE_LISTS[kind]:
+                _each(spec.get(key), found, depth)
 
 
-def _each(clauses: Any, depth: int) -> Iterator[str]:
+def _each(clauses: Any, found: list[str], depth: int) -> None:
     if isinstance(clauses, dict):
         clauses = [clauses]
     if isinstance(clauses, list):
         for clause in clauses:
-            yield from _texts(clause, depth + 1)
+            _texts(clause, found, depth + 1)
 
 
 def _child_retrievers(spec: dict[str, Any]) -> list[Any]:
@@ -109,16 +134,16 @@ def retriever_kinds(retriever: Any, depth: int = 0) -> Iterator[str]:
                 yield from retriever_kinds(child, depth + 1)
 
 
-def _retriever_texts(retriever: Any, depth: int = 0) -> Iterator[str]:
+def _retriever_texts(retriever: Any, found: list[str], depth: int = 0) -> None:
     if depth > _MAX_DEPTH or not isinstance(retriever, dict):
         return
     for kind, spec in retriever.items():
         if not isinstance(spec, dict):
             continue
         if kind == "standard":
-            yield from _texts(spec.get("query"))
+            _texts(spec.get("query"), found)
         for child in _child_retrievers(spec):
-            yield from _retriever_texts(child, depth + 1)
+            _retriever_texts(child, found, depth + 1)
 
 
 def extract_query_text(body: dict[str, Any] | None, q_param: str | None = None) -> str:
@@ -127,8 +152,8 @@ def extract_query_text(body: dict[str, Any] | None, q_param: str | None = None) 
     if q_param:
         found.append(clean_query_string(q_param))
     if isinstance(body, dict):
-        found.extend(_texts(body.get("query")))
-        found.extend(_retriever_texts(body.get("retriever")))
+        _texts(body.get("query"), found)
+        _retriever_texts(body.get("retriever"), found)
     distinct: list[str] = []
     for text in (t.strip() for t in found):
         if text and text not in distinct:
