@@ -99,29 +99,40 @@ def _may_match_below(path: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _filter(value: Any, path: str, included: bool, flt: SourceFilter) -> tuple[bool, Any]:
+    """(keep, what is kept) of the value at `path`; `included` when an include matched above it."""
     if path and flt.excludes and _matches(path, flt.excludes):
         return False, None
     if path and not included and _matches(path, flt.includes):
         included = True
     if isinstance(value, dict):
-        if not included and not (_may_match_below(path, flt.includes) if path else True):
-            return False, None
-        out = {}
-        for key, child in value.items():
-            keep, filtered = _filter(child, f"{path}.{key}" if path else key, included, flt)
-            if keep:
-                out[key] = filtered
-        return (bool(out) or included), out
+        return _filter_object(value, path, included, flt)
     if isinstance(value, list):
-        if not included and not any(isinstance(v, (dict, list)) for v in value):
-            return False, None
-        items = []
-        for child in value:
-            keep, filtered = _filter(child, path, included, flt)
-            if keep and not (isinstance(filtered, dict) and not filtered and not included):
-                items.append(filtered)
-        return (bool(items) or included), items
+        return _filter_list(value, path, included, flt)
     return included, value
+
+
+def _filter_object(value: dict[str, Any], path: str, included: bool, flt: SourceFilter) -> tuple[bool, Any]:
+    """An object is kept when it is included, or when something kept is inside it."""
+    if not included and not (_may_match_below(path, flt.includes) if path else True):
+        return False, None
+    out = {}
+    for key, child in value.items():
+        keep, filtered = _filter(child, f"{path}.{key}" if path else key, included, flt)
+        if keep:
+            out[key] = filtered
+    return (bool(out) or included), out
+
+
+def _filter_list(value: list[Any], path: str, included: bool, flt: SourceFilter) -> tuple[bool, Any]:
+    """The items of an array share its path; objects left empty are dropped unless included."""
+    if not included and not any(isinstance(v, (dict, list)) for v in value):
+        return False, None
+    items = []
+    for child in value:
+        keep, filtered = _filter(child, path, included, flt)
+        if keep and not (isinstance(filtered, dict) and not filtered and not included):
+            items.append(filtered)
+    return (bool(items) or included), items
 
 
 def apply(source: Any, flt: SourceFilter) -> Any:
