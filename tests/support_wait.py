@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,8 +35,18 @@ def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEFAULT
         time.sleep(interval_s)
 
 
-async def async_wait_until(predicate: Callable[[], T | Awaitable[T]], what: str,
-                           timeout_s: float = DEFAULT_TIMEOUT_S, interval_s: float = 0.02) -> T:
+@overload
+async def async_wait_until(predicate: Callable[[], Awaitable[T]], what: str,
+                           timeout_s: float = ..., interval_s: float = ...) -> T: ...
+
+
+@overload
+async def async_wait_until(predicate: Callable[[], T], what: str,
+                           timeout_s: float = ..., interval_s: float = ...) -> T: ...
+
+
+async def async_wait_until(predicate: Callable[[], Any], what: str,
+                           timeout_s: float = DEFAULT_TIMEOUT_S, interval_s: float = 0.02) -> Any:
     """`wait_until` for coroutines: yields to the event loop between polls; `predicate` may be a
     coroutine function (a search, a read through the proxy's own API)."""
     deadline = time.monotonic() + timeout_s

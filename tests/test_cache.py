@@ -155,7 +155,7 @@ async def test_flush():
 def test_local_tier_keeps_ttlcache_rules():
     """TTL from the last write, reads do not extend it, least recently used evicted, len counts live."""
     clock = FakeClock()
-    tier = LocalTier(3, 10, clock)
+    tier: LocalTier[bytes, float] = LocalTier(3, 10, clock)
     tier.set_many([(b"a", 1.0), (b"b", 2.0), (b"c", 3.0)])
     assert tier.get_many([b"a", b"x"]) == [1.0, None]         # a is now the most recently used
     tier[b"d"] = 4.0                                            # full: b (least recently used) goes
@@ -184,7 +184,8 @@ def test_local_tier_matches_cachetools_ttlcache():
 
     rng = random.Random(7)
     clock = FakeClock()
-    ours, reference = LocalTier(20, 30, clock), TTLCache(maxsize=20, ttl=30, timer=clock)
+    ours: LocalTier[int, float] = LocalTier(20, 30, clock)
+    reference: TTLCache[int, float] = TTLCache(maxsize=20, ttl=30, timer=clock)
     for _ in range(5000):
         keys = [rng.randrange(40) for _ in range(rng.randrange(1, 6))]
         if rng.random() < 0.5:

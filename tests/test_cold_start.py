@@ -165,9 +165,8 @@ class ScriptedProvider:
 
 
 def resilience_settings(**overrides) -> Settings:
-    base = dict(rerank_deadline_ms=1000, rerank_attempt_timeout_ms=1000, rerank_breaker_failures=1)
-    base.update(overrides)
-    return Settings(**base)
+    base = Settings(rerank_deadline_ms=1000, rerank_attempt_timeout_ms=1000, rerank_breaker_failures=1)
+    return base.with_overrides(**overrides)
 
 
 async def test_cold_vectors_never_open_the_breaker_but_a_failing_provider_does():

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from rerank_proxy.config import SETTING_NAMES, SETTINGS, TOOL_SETTING_NAMES, ConfigError, load_settings
+from rerank_proxy.config import (
+    SETTING_NAMES,
+    SETTINGS,
+    TOOL_SETTING_NAMES,
+    ConfigError,
+    IndexRule,
+    Settings,
+    load_settings,
+)
 from rerank_proxy.config_values import ExistingFile
 
 SETTINGS_DOC = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
@@ -81,18 +89,24 @@ def test_code_reads_only_declared_settings():
     assert len(SETTINGS) == len(SETTING_NAMES)
 
 
+def rule_for(settings: Settings, index: str) -> IndexRule:
+    rule = settings.rule_for(index)
+    assert rule is not None, f"no rule for {index}"
+    return rule
+
+
 def test_the_mapping_gives_the_text_only_where_nothing_else_was_chosen():
     rules = '[{"index": "a*", "window": 5}, {"index": "b*", "fields": []}, {"index": "c*", "template": "{t}"}]'
     settings = load_settings({"RERANK_RULES": rules})
-    assert settings.rule_for("x").text_from_mapping                  # the default
-    assert settings.rule_for("a1").text_from_mapping                 # a rule that chose no text
-    assert not settings.rule_for("b1").text_from_mapping             # "fields": [] is every string
-    assert not settings.rule_for("c1").text_from_mapping
+    assert rule_for(settings, "x").text_from_mapping                  # the default
+    assert rule_for(settings, "a1").text_from_mapping                 # a rule that chose no text
+    assert not rule_for(settings, "b1").text_from_mapping             # "fields": [] is every string
+    assert not rule_for(settings, "c1").text_from_mapping
     assert not load_settings({"RERANK_FIELDS": "title"}).default_rule().text_from_mapping
-    assert not load_settings({"RERANK_TEMPLATE": "{title}"}).rule_for("x").text_from_mapping
+    assert not rule_for(load_settings({"RERANK_TEMPLATE": "{title}"}), "x").text_from_mapping
     off = load_settings({"RERANK_TEXT_FROM_MAPPING": "false", "RERANK_RULES": rules})
-    assert not off.rule_for("x").text_from_mapping
-    assert not off.rule_for("a1").text_from_mapping
+    assert not rule_for(off, "x").text_from_mapping
+    assert not rule_for(off, "a1").text_from_mapping
     with pytest.raises(ConfigError, match="RERANK_TEXT_FROM_MAPPING"):
         load_settings({"RERANK_TEXT_FROM_MAPPING": "sometimes"})
 

@@ -25,6 +25,11 @@ FILTER_PATHS = [
 ]
 
 
+def post_raw(url: str, content: bytes, content_type: str, params: dict[str, str] | None = None) -> httpx.Response:
+    """POST `content` byte for byte (httpx encodes nothing), as `content_type`."""
+    return httpx.post(url, content=content, headers={"content-type": content_type}, params=params)
+
+
 @pytest.fixture
 def corpus_index(engine, index_name):
     load_corpus(engine.url, index_name)
@@ -85,10 +90,9 @@ def test_filter_path_keeps_the_reranked_order(engine, proxy, corpus_index):
                                          "responses.hits.total,-responses.hits.total.relation"])
 def test_msearch_filter_path(engine, proxy, corpus_index, filter_path):
     lines = f'{{"index": "{corpus_index}"}}\n{{"query": {{"match": {{"body": "jet"}}}}, "size": 20}}\n' * 2
-    kwargs = {"params": {"filter_path": filter_path}, "content": lines.encode(),
-              "headers": {"content-type": "application/x-ndjson"}}
-    mine = httpx.post(f"{proxy.url}/_msearch", **kwargs)
-    theirs = httpx.post(f"{engine.url}/_msearch", **kwargs)
+    params = {"filter_path": filter_path}
+    mine = post_raw(f"{proxy.url}/_msearch", lines.encode(), "application/x-ndjson", params)
+    theirs = post_raw(f"{engine.url}/_msearch", lines.encode(), "application/x-ndjson", params)
     assert mine.status_code == theirs.status_code == 200
     assert "reranked" in mine.headers["x-rerank"] or "cached" in mine.headers["x-rerank"]
     assert without_volatile(mine.json()) == without_volatile(theirs.json())
@@ -173,9 +177,8 @@ BODIES = {
 
 @pytest.mark.parametrize("name", list(BODIES))
 def test_bodies_answer_like_the_engine(engine, proxy, corpus_index, name):
-    kwargs = {"content": BODIES[name], "headers": {"content-type": "application/json"}}
-    mine = httpx.post(f"{proxy.url}/{corpus_index}/_search", **kwargs)
-    theirs = httpx.post(f"{engine.url}/{corpus_index}/_search", **kwargs)
+    mine = post_raw(f"{proxy.url}/{corpus_index}/_search", BODIES[name], "application/json")
+    theirs = post_raw(f"{engine.url}/{corpus_index}/_search", BODIES[name], "application/json")
     assert mine.status_code == theirs.status_code, (mine.text[:300], theirs.text[:300])
     assert mine.status_code < 500
     if theirs.status_code != 200:
@@ -194,10 +197,10 @@ def test_query_nested_1000_levels_is_elasticsearchs_own_400(es_engine, index_nam
     proxy passes the body on. Not run against OpenSearch 2.19: the same body, sent to it directly,
     killed the node (no nesting limit for bool queries; the stack overflowed)."""
     load_corpus(es_engine.url, index_name)
-    kwargs = {"content": _bool_nest(499), "headers": {"content-type": "application/json"}}
+    nested = _bool_nest(499)
     with run_proxy(proxy_settings(es_engine.url), reranker=OverlapReranker()) as proxy:
-        mine = httpx.post(f"{proxy.url}/{index_name}/_search", **kwargs)
-    theirs = httpx.post(f"{es_engine.url}/{index_name}/_search", **kwargs)
+        mine = post_raw(f"{proxy.url}/{index_name}/_search", nested, "application/json")
+    theirs = post_raw(f"{es_engine.url}/{index_name}/_search", nested, "application/json")
     assert mine.status_code == theirs.status_code == 400
     assert mine.json() == theirs.json()
     assert mine.headers["x-rerank"] == "bypass"
@@ -206,9 +209,8 @@ def test_query_nested_1000_levels_is_elasticsearchs_own_400(es_engine, index_nam
 @pytest.mark.parametrize("name", ["duplicate_top", "lone_surrogate", "depth_300", "object_depth_1000"])
 def test_msearch_lines_answer_like_the_engine(engine, proxy, corpus_index, name):
     content = f'{{"index": "{corpus_index}"}}\n'.encode() + BODIES[name] + b"\n"
-    kwargs = {"content": content, "headers": {"content-type": "application/x-ndjson"}}
-    mine = httpx.post(f"{proxy.url}/_msearch", **kwargs)
-    theirs = httpx.post(f"{engine.url}/_msearch", **kwargs)
+    mine = post_raw(f"{proxy.url}/_msearch", content, "application/x-ndjson")
+    theirs = post_raw(f"{engine.url}/_msearch", content, "application/x-ndjson")
     assert mine.status_code == theirs.status_code
     assert mine.status_code < 500
     assert without_volatile(mine.json()) == without_volatile(theirs.json())
@@ -229,7 +231,7 @@ def test_searches_not_reranked_say_so(engine, proxy, corpus_index):
     assert (missing.headers["x-rerank"], missing.headers["x-rerank-reason"]) == ("bypass", "engine_error")
 
 
-FIELD_FORMS = {
+FIELD_FORMS: dict[str, tuple[dict[str, Any], dict[str, str]]] = {  # name: (body fields, URL parameters)
     "stored_fields": ({"stored_fields": ["title"]}, {}),
     "stored_fields_empty": ({"stored_fields": []}, {}),
     "stored_fields_url": ({}, {"stored_fields": "year"}),

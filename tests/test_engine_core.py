@@ -29,6 +29,12 @@ from rerank_proxy.engine.retry_policy import Failure
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
 
 
+def phase_of(core: ResponseCore) -> Phase:
+    """The core's phase, read afresh (an attribute narrowed by one assert stays narrowed for mypy
+    after a call changes it)."""
+    return core.phase
+
+
 def answer(head_only: bool = False, max_body: int | None = None) -> ResponseCore:
     core = ResponseCore()
     core.expect(head_only=head_only, max_body=max_body)
@@ -59,11 +65,11 @@ def test_a_content_length_body_ends_at_its_length_and_keeps_the_connection():
     assert (head.status, head.reason, head.framing, head.keep_alive) == (200, b"OK", Framing.LENGTH, True)
     assert head.headers == [(b"Content-Type", b"application/json"), (b"Content-Length", b"11")]
     assert not any(isinstance(e, ResponseEnd) for e in events)
-    assert core.phase is Phase.BODY
+    assert phase_of(core) is Phase.BODY
     rest = core.feed(b"true}")
     assert body_of(events + rest) == b'{"ok":true}'
     assert rest[-1] == ResponseEnd(reusable=True)
-    assert core.phase is Phase.IDLE
+    assert phase_of(core) is Phase.IDLE
 
 
 def test_a_chunked_body_is_given_decoded_and_ends_at_the_last_chunk():
@@ -85,9 +91,9 @@ def test_a_body_without_a_length_ends_when_the_engine_closes():
     assert head.framing is Framing.UNTIL_CLOSE
     assert head.keep_alive is False
     assert body_of(events) == b"some bytes"
-    assert core.phase is Phase.BODY
+    assert phase_of(core) is Phase.BODY
     assert core.eof() == [ResponseEnd(reusable=False)]
-    assert core.phase is Phase.BROKEN
+    assert phase_of(core) is Phase.BROKEN
 
 
 def test_an_http10_answer_is_not_kept_alive():
@@ -276,7 +282,7 @@ class FakeTransport(asyncio.Transport):
         self.closing = False
         self.paused = False
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes) -> None:  # type: ignore[override]  # asyncio's takes any buffer; the connection writes bytes
         self.written.append(data)
 
     def close(self) -> None:
@@ -343,7 +349,7 @@ def connected(head_only: bool = False, max_body: int | None = None) -> tuple[Eng
     owner = Owner()
     conn = EngineConnection(owner, None)  # type: ignore[arg-type]  # the target is only carried along
     conn.connection_made(FakeTransport())
-    exchange = Recorder(FakeLoop())  # type: ignore[arg-type]
+    exchange = Recorder(FakeLoop())  # type: ignore[arg-type]  # the connection reads only loop.time()
     conn.attach(exchange, head_only=head_only, max_body=max_body)
     return conn, exchange, owner
 
@@ -393,7 +399,7 @@ def test_the_adapter_reports_refusals_as_the_policys_failures(data: bytes, failu
 
 def test_the_adapter_drops_a_connection_that_speaks_unasked():
     owner = Owner()
-    conn = EngineConnection(owner, None)  # type: ignore[arg-type]
+    conn = EngineConnection(owner, None)  # type: ignore[arg-type]  # the target is only carried along
     conn.connection_made(FakeTransport())
     conn.data_received(b"HTTP/1.1 200 OK\r\n\r\n")
     assert conn.closed
@@ -408,7 +414,7 @@ def test_the_adapter_passes_flow_control_on():
     assert not conn.writing_paused
     conn.pause_reading()
     assert conn.reading_paused
-    assert conn.transport is not None
+    assert isinstance(conn.transport, FakeTransport)
     assert conn.transport.paused
     conn.resume_reading()
     assert not conn.reading_paused
@@ -443,7 +449,7 @@ class Warming(WriteWarming):
     """Write warming with the queueing written down instead of run."""
 
     def __init__(self, limit: int, budget: CopyBudget) -> None:
-        super().__init__(None, load_settings({"UPSTREAM_URLS": "http://x:9200"}), None, budget)  # type: ignore[arg-type]
+        super().__init__(None, load_settings({"UPSTREAM_URLS": "http://x:9200"}), None, budget)  # type: ignore[arg-type]  # no warmer: _warm is replaced
         self.limit = limit  # smaller than any MAX_SEARCH_BODY_BYTES allowed
         self.warmed: list[bytes] = []
 
@@ -457,7 +463,7 @@ def test_observers_are_told_in_their_declared_order_and_only_the_hooks_they_have
     assert observers.request_body == ()
     assert len(observers.response_done) == 2
     for hook in observers.response_done:
-        hook(FakeRelay())  # type: ignore[arg-type]
+        hook(FakeRelay())  # type: ignore[arg-type]  # a FakeRelay has what observers read
     assert log == ["first", "second"]
 
 
@@ -466,9 +472,9 @@ def test_write_warming_copies_a_successful_writes_body_and_gives_its_budget_back
     warming = Warming(limit=50, budget=budget)
     relay = FakeRelay()
     for chunk in (b"abc", b"def"):
-        warming.request_body(relay, chunk)  # type: ignore[arg-type]
+        warming.request_body(relay, chunk)  # type: ignore[arg-type]  # a FakeRelay has what observers read
     assert budget.held == 6
-    warming.response_done(relay)  # type: ignore[arg-type]
+    warming.response_done(relay)  # type: ignore[arg-type]  # a FakeRelay has what observers read
     assert warming.warmed == [b"abcdef"]
     assert budget.held == 6
 
@@ -484,8 +490,8 @@ def test_write_warming_drops_copies_it_will_not_use_and_gives_their_budget_back(
     budget = CopyBudget(100)
     warming = Warming(limit=50, budget=budget)
     for chunk in chunks:
-        warming.request_body(relay, chunk)  # type: ignore[arg-type]
-    warming.response_done(relay)  # type: ignore[arg-type]
+        warming.request_body(relay, chunk)  # type: ignore[arg-type]  # a FakeRelay has what observers read
+    warming.response_done(relay)  # type: ignore[arg-type]  # a FakeRelay has what observers read
     assert warming.warmed == []
     assert budget.held == 0
 
@@ -494,8 +500,8 @@ def test_write_warming_stops_copying_when_the_workers_budget_is_spent():
     budget = CopyBudget(10)
     warming = Warming(limit=50, budget=budget)
     first, second = FakeRelay(), FakeRelay()
-    warming.request_body(first, b"x" * 8)  # type: ignore[arg-type]
-    warming.request_body(second, b"y" * 8)  # type: ignore[arg-type]
+    warming.request_body(first, b"x" * 8)  # type: ignore[arg-type]  # a FakeRelay has what observers read
+    warming.request_body(second, b"y" * 8)  # type: ignore[arg-type]  # a FakeRelay has what observers read
     for relay in (first, second):
-        warming.response_done(relay)  # type: ignore[arg-type]
+        warming.response_done(relay)  # type: ignore[arg-type]  # a FakeRelay has what observers read
     assert warming.warmed == [b"x" * 8]

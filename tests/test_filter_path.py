@@ -1,6 +1,8 @@
 """filter_path rules, each case checked against what Elasticsearch 9 and OpenSearch 2 answered for
 the same response (tests/test_conformance.py compares with the live engines)."""
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 
 from rerank_proxy.search.filter_path import apply, parse
 
-DOC = {
+DOC: dict[str, Any] = {
     "took": 3, "timed_out": False, "_shards": {"total": 1, "successful": 1},
     "hits": {"total": {"value": 1, "relation": "eq"}, "max_score": 0.98,
              "hits": [{"_index": "i", "_id": "3", "_score": 0.98,

@@ -101,7 +101,7 @@ def test_client_disconnect_leaks_nothing(engine, index_name):
         assert counted == {"reranked": 1, "cached": 4}
         assert reranker.calls == 1
         # every engine connection is back in the pool (the searches' reads use the relay's pool)
-        pool = running.server.server.engine
+        pool = running.engine_pool
         assert pool.open_connections == pool.idle_connections >= 1
         assert httpx.get(f"{running.url}/_cluster/health").status_code == 200
 

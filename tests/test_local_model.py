@@ -176,12 +176,13 @@ async def test_rerank_scores_cosine_in_input_order(tmp_path: Path, model: MiniLM
 async def test_second_call_uses_stored_vectors_and_cached_query(tmp_path: Path):
     calls: list[int] = []
 
-    class CountingModel:
-        def embed(self, texts, inline=False):
+    class CountingModel(MiniLM):
+        def embed(self, texts, *, inline=False):
             calls.append(len(texts))
-            return shared_model(256).embed(texts, inline=inline)
+            return super().embed(texts, inline=inline)
 
-    reranker = LocalReranker(settings_for(tmp_path), load_model=CountingModel)
+    model = CountingModel(max_tokens=256)
+    reranker = LocalReranker(settings_for(tmp_path), load_model=lambda: model)
     docs = [f"document about topic {i}" for i in range(20)]
     first = await reranker.rerank("topic 3", docs)
     second = await reranker.rerank("topic 3", docs[::-1])
@@ -194,7 +195,7 @@ async def test_second_call_uses_stored_vectors_and_cached_query(tmp_path: Path):
 
     # A new process (fresh reranker, same file) finds the documents on disk.
     calls.clear()
-    again = LocalReranker(settings_for(tmp_path), load_model=CountingModel)
+    again = LocalReranker(settings_for(tmp_path), load_model=lambda: model)
     third = await again.rerank("another query", docs)
     await again.aclose()
     assert calls == [1]

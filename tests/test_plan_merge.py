@@ -223,7 +223,7 @@ def _response(n):
        seed_scores=st.lists(st.floats(0, 1, allow_nan=False), min_size=60, max_size=60))
 def test_paging_covers_every_hit_once(n, window, size, seed_scores):
     settings = SETTINGS.with_overrides(rerank_window=window, rerank_rules=())
-    seen = []
+    seen: list[str] = []
     start = 0
     while start < n:
         decision = plan({**MATCH, "from": start, "size": size}, settings=settings)

@@ -10,6 +10,7 @@ import socket
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -25,7 +26,13 @@ from rerank_proxy.scoring.providers.errors import (
     RerankStatusError,
     RerankTimeout,
 )
-from rerank_proxy.scoring.providers.http_client import _checked_scores, error_message, retry_after_s, scores_by_index
+from rerank_proxy.scoring.providers.http_client import (
+    HTTPReranker,
+    _checked_scores,
+    error_message,
+    retry_after_s,
+    scores_by_index,
+)
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from rerank_proxy.scoring.providers.tei import TEIReranker
 from rerank_proxy.scoring.providers.voyage import VoyageReranker
@@ -49,7 +56,7 @@ def shuffled_results(texts: list[str], score_key: str = "relevance_score", **ext
 def cohere_handler(meta: bool = True):
     async def handle(request, writer):
         texts = request.json()["documents"]
-        body = {"id": "r-1", "results": shuffled_results(texts)}
+        body: dict[str, Any] = {"id": "r-1", "results": shuffled_results(texts)}
         if meta:
             body["meta"] = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
         await send_json(writer, 200, body)
@@ -409,6 +416,7 @@ async def test_factory_builds_the_configured_provider_behind_resilience(provider
     reranker = build_reranker(settings)
     assert isinstance(reranker, ResilientReranker)
     assert type(reranker.inner) is cls
+    assert isinstance(reranker.inner, HTTPReranker)  # for the type checker: every cls above is one
     assert reranker.inner.path == path
     assert reranker.name == provider
     assert reranker.pointwise is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+from types import ModuleType
 
 import httpx
 import pytest
@@ -34,10 +35,11 @@ def test_crud_with_the_official_client(engine, proxy, index_name):
 
 
 def test_bulk_and_scan_helpers(engine, proxy, index_name):
-    if engine.kind == "elasticsearch":
-        from elasticsearch import helpers
-    else:
-        from opensearchpy import helpers
+    from elasticsearch import helpers as es_helpers
+    from opensearchpy import helpers as os_helpers
+
+    # the two clients' helpers have the same bulk and scan
+    helpers: ModuleType = es_helpers if engine.kind == "elasticsearch" else os_helpers
     client = official_client(engine.kind, proxy.url)
     actions = ({"_index": index_name, "_id": str(i), "_source": {"n": i, "text": f"doc {i}"}} for i in range(2500))
     ok, errors = helpers.bulk(client, actions, chunk_size=500, refresh=True)

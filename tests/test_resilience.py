@@ -36,11 +36,10 @@ OK = {"results": [{"index": 1, "relevance_score": 0.25}, {"index": 0, "relevance
 
 
 def settings(**overrides) -> Settings:
-    base = dict(rerank_provider="cohere", rerank_api_key=KEY, rerank_deadline_ms=1000,
-                rerank_attempt_timeout_ms=500, rerank_max_retries=2, rerank_max_concurrency=16,
-                rerank_breaker_failures=3, rerank_breaker_cooldown_s=30.0)
-    base.update(overrides)
-    return Settings(**base)
+    base = Settings(rerank_provider="cohere", rerank_api_key=KEY, rerank_deadline_ms=1000,
+                    rerank_attempt_timeout_ms=500, rerank_max_retries=2, rerank_max_concurrency=16,
+                    rerank_breaker_failures=3, rerank_breaker_cooldown_s=30.0)
+    return base.with_overrides(**overrides)
 
 
 class FakeClock:

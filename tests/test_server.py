@@ -158,7 +158,7 @@ async def test_a_stale_pooled_connection_is_retried_for_reads_only():
 
 
 async def test_a_client_hanging_up_mid_pass_through_leaks_nothing():
-    arrived = asyncio.Queue()
+    arrived: asyncio.Queue[object] = asyncio.Queue()
     release = asyncio.Event()
 
     async def slow(request, writer):
@@ -176,7 +176,7 @@ async def test_a_client_hanging_up_mid_pass_through_leaks_nothing():
             # the proxy notices each hang-up and lets go
             await async_wait_until(lambda: running.in_flight == 0, "the hung-up requests to end")
             release.set()
-            assert running.server.server.engine.idle_connections == 0
+            assert running.engine_pool.idle_connections == 0
             response = await client.get(f"{running.url}/_cluster/health")
             assert response.status_code == 200
 
@@ -257,7 +257,7 @@ def _engine_reading_paused(proxy) -> bool:
 
 
 def _dechunk(data: bytes) -> bytes:
-    out = []
+    out: list[bytes] = []
     while True:
         size_line, _, data = data.partition(b"\r\n")
         size = int(size_line, 16)

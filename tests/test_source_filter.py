@@ -37,10 +37,14 @@ def test_excludes_win():
 
 def test_url_parameters():
     assert sf.from_params(None, None, None) is None
-    assert sf.from_params("false", None, None).fetch is False
+    off = sf.from_params("false", None, None)
+    assert off is not None
+    assert off.fetch is False
     flt = sf.from_params("title,body", None, None)
+    assert flt is not None
     assert sf.apply(DOC, flt) == {"title": "T", "body": "B"}
     flt = sf.from_params(None, "meta", "meta.tags")
+    assert flt is not None
     assert sf.apply(DOC, flt) == {"meta": {"author": "A", "year": 1960}}
 
 

@@ -159,6 +159,12 @@ def own_pipeline(url: str, text_fields: Any = None) -> Iterator[tuple[SearchPipe
         engine.close()
 
 
+def text_fields_of(pipeline: SearchPipeline) -> TextFieldCache:
+    """The pipeline's cache of text fields (each pipeline here reads the mapping: it has one)."""
+    assert pipeline.text_fields is not None
+    return pipeline.text_fields
+
+
 async def test_a_field_added_to_the_mapping_is_sent_after_the_ttl(engine, index_name: str):
     load_products(engine.url, index_name)
     with own_pipeline(engine.url, lambda e: TextFieldCache(e, ttl_s=0.2)) as (pipeline, reranker, _):
@@ -176,7 +182,7 @@ async def test_a_field_added_to_the_mapping_is_sent_after_the_ttl(engine, index_
             return any(text.endswith("\nmachine washable") for text in reranker.texts())
 
         await async_wait_until(sent_with_the_new_field, "the new text field in the reranked texts")
-        await pipeline.text_fields.aclose()
+        await text_fields_of(pipeline).aclose()
 
 
 async def test_a_failed_read_is_retried_after_the_back_off(engine, index_name: str):
@@ -186,23 +192,23 @@ async def test_a_failed_read_is_retried_after_the_back_off(engine, index_name: s
             await run_search(pipeline, index_name)
             await run_search(pipeline, index_name)
             assert reranker.texts() == ALL_STRINGS
-            assert pipeline.text_fields.reads == 1
+            assert text_fields_of(pipeline).reads == 1
 
         async def text_only_sent() -> bool:
             await run_search(pipeline, index_name)
             return reranker.texts() >= TEXT_ONLY
 
         await async_wait_until(text_only_sent, "the mapping read again once the block is gone")
-        await pipeline.text_fields.aclose()
+        await text_fields_of(pipeline).aclose()
 
 
 async def test_concurrent_searches_on_a_cold_index_read_the_mapping_once(engine, index_name: str):
     load_products(engine.url, index_name)
     with own_pipeline(engine.url) as (pipeline, reranker, _):
         await asyncio.gather(*(run_search(pipeline, index_name) for _ in range(8)))
-        assert pipeline.text_fields.reads == 1
+        assert text_fields_of(pipeline).reads == 1
         assert reranker.texts() == TEXT_ONLY
-        await pipeline.text_fields.aclose()
+        await text_fields_of(pipeline).aclose()
 
 
 def test_writes_through_the_proxy_warm_the_texts_searches_send(es_engine, index_name: str, tmp_path: Path):
@@ -290,5 +296,5 @@ async def test_one_users_mapping_read_never_chooses_anothers_fields(es_engine, i
                     assert response.status_code == 200, response.text
                     assert response.headers["x-rerank"] == "reranked", response.headers
                     assert set(reranker.sent[-1]) == expected[user], user
-    mapping_reads = [r.headers.get("authorization") for r in gate.requests if "/_mapping" in r.path]
+    mapping_reads = [r.headers.get("authorization", "") for r in gate.requests if "/_mapping" in r.path]
     assert sorted(mapping_reads) == sorted([ALICE, BOB])   # one read per user, kept for that user

@@ -46,7 +46,7 @@ async def test_open_engine_connections_are_capped_and_the_excess_gets_429():
             calls = [asyncio.ensure_future(client.get(f"{running.url}/doc/_doc/{n}")) for n in range(5)]
             # Three of the five find no connection within UPSTREAM_CONNECT_TIMEOUT_S while the
             # engine holds two: they are refused, as a full engine thread pool would refuse them.
-            refused = []
+            refused: list[asyncio.Future[httpx.Response]] = []
             while len(refused) < 3:
                 done, _ = await asyncio.wait([c for c in calls if c not in refused],
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -72,7 +72,7 @@ async def test_requests_past_the_cap_wait_for_a_free_connection():
                                    "three requests at the proxy, one at the engine")
             upstream.gate.set()
             responses = await asyncio.gather(*calls)
-            pool = running.server.server.engine
+            pool = running.engine_pool
             assert pool.open_connections <= 1
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert sorted(r.json()["path"] for r in responses) == [f"/doc/_doc/{n}" for n in range(3)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from rerank_proxy.config import IndexRule, Settings, load_settings
 from rerank_proxy.engine import EnginePool
+from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.local.warming import queue_written, warm_on_start, written_texts
 from rerank_proxy.local.write_docs import WrittenDoc, written_docs
 from rerank_proxy.search.text.hit_text import hit_text
@@ -69,18 +71,26 @@ class Collecting:
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def submit_texts(self, texts: list[str], *, startup: bool = False) -> int:
+    def submit_texts(self, texts: Iterable[str], *, startup: bool = False) -> int:
+        before = len(self.texts)
         self.texts += texts
-        return len(texts)
+        return len(self.texts) - before
+
+
+def as_warmer(sink: Collecting) -> Warmer:
+    """The sink where a Warmer is asked for: queue_written calls only submit_texts (the protocol's
+    embedder and status are what metrics and readiness read)."""
+    return sink  # type: ignore[return-value]  # no embedder or status: queue_written uses neither
 
 
 async def test_queue_written_never_raises_and_skips_huge_bodies():
     settings = Settings(max_search_body_bytes=1024)
-    sink = Collecting()
+    collected = Collecting()
+    sink = as_warmer(collected)
     assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b'{"title": "x"}') == 1
     assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b'{"t": "' + b"x" * 2000 + b'"}') == 0
     assert await queue_written(sink, settings, "PUT", "/b/_doc/1", b"\xff\xfe not json") == 0
-    assert sink.texts == ["x"]
+    assert collected.texts == ["x"]
 
 
 async def test_written_documents_are_warm_for_the_next_search(tmp_path: Path):

@@ -57,13 +57,13 @@ class DelayedBodyNode(Urllib3HttpNode):
         node = self
         base = self.pool.ConnectionCls
 
-        class CountingConnection(base):  # type: ignore[valid-type,misc]
+        class CountingConnection(base):  # type: ignore[valid-type,misc]  # the pool's own class, known at run time
             def connect(self) -> None:
                 node.connects += 1
                 super().connect()
 
         self.pool.ConnectionCls = CountingConnection
-        self.pool = _DelayedBodyPool(self.pool, BODY_DELAY_S)  # type: ignore[assignment]
+        self.pool = _DelayedBodyPool(self.pool, BODY_DELAY_S)  # type: ignore[assignment]  # a wrapper with urlopen, all the node calls
 
 
 def connects(client: Any) -> int:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import Any
 
-import elasticsearch
 from elasticsearch import ApiError, Elasticsearch
 
 QUERY = "jet engine noise"
@@ -93,7 +93,7 @@ def main() -> None:
         step("count", lambda: es.count(index=index), lambda b: {"count": b["count"]})
     finally:
         es.close()
-    print(json.dumps({"client": f"elasticsearch-py {elasticsearch.__versionstr__}", "kind": args.kind,
+    print(json.dumps({"client": f"elasticsearch-py {version('elasticsearch')}", "kind": args.kind,
                       "headers_exposed": True, "headers_via": "response.meta.headers", "steps": steps}))
 
 
