@@ -43,15 +43,28 @@ def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, s
         fields["client"] = f"{client[0]}:{client[1]}"
     if b"user-agent" in headers:
         fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:300]
-    extra = served.extra
+    fields.update(_search_fields(served.extra))
+    fields.update(_trace_fields(headers))
+    logs.access_log.info("request", extra={"fields": fields})
+
+
+def _search_fields(extra: dict[str, Any]) -> dict[str, Any]:
+    """The search's timings (ms, 2 decimals), cache result and fallback reason, those it has."""
+    fields: dict[str, Any] = {}
     for key in ("engine_ms", "rerank_ms"):
         if extra.get(key):
             fields[key] = round(extra[key], 2)
     for key in ("cache", "reason"):
         if extra.get(key):
             fields[key] = extra[key]
+    return fields
+
+
+def _trace_fields(headers: dict[bytes, bytes]) -> dict[str, str]:
+    """The client's request id (X-Opaque-Id) and trace context (traceparent), if sent."""
+    fields: dict[str, str] = {}
     if b"x-opaque-id" in headers:
         fields["request_id"] = headers[b"x-opaque-id"].decode("latin-1")[:200]
     if b"traceparent" in headers:
         fields["traceparent"] = headers[b"traceparent"].decode("latin-1")[:200]
-    logs.access_log.info("request", extra={"fields": fields})
+    return fields

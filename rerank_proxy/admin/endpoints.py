@@ -14,15 +14,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from rerank_proxy.admin.metrics import CONTENT_TYPE
-from rerank_proxy.console.routes import console_routes
-from rerank_proxy.errors import error_body
+from rerank_proxy.console.routes import Handler, console_routes
+from rerank_proxy.errors import ProxyError, error_body
 from rerank_proxy.runtime import Runtime
 
 ENGINE_PROBE_TIMEOUT_S = 2.0
@@ -33,49 +34,87 @@ def _error(status: int, error_type: str, reason: str) -> Response:
 
 
 def build_ops_app(runtime: Runtime) -> Starlette:
-    settings = runtime.settings
+    return Starlette(routes=OpsEndpoints(runtime).routes())
 
-    async def health(request: Request) -> Response:
+
+class OpsEndpoints:
+    """The handlers of /_rerank/*, bound to one worker's runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+
+    def routes(self) -> list[BaseRoute]:
+        admin = self.admin
+        return [
+            Route("/_rerank/health", self.health, methods=["GET", "HEAD"]),
+            Route("/_rerank/ready", self.ready, methods=["GET", "HEAD"]),
+            Route("/_rerank/metrics", self.metrics, methods=["GET"]),
+            Route("/_rerank/admin/cache", admin(self.cache_stats), methods=["GET"]),
+            Route("/_rerank/admin/cache/flush", admin(self.cache_flush), methods=["POST"]),
+            Route("/_rerank/admin/config", admin(self.config), methods=["GET"]),
+            Route("/_rerank/admin/breaker", admin(self.breaker_state), methods=["GET"]),
+            Route("/_rerank/admin/breaker/reset", admin(self.breaker_reset), methods=["POST"]),
+            *console_routes(self.runtime, admin),
+            Route("/_rerank/{rest:path}", self.not_found),
+        ]
+
+    # --- health, readiness, metrics ----------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def probe_engine() -> bool:
+    async def probe_engine(self) -> bool:
+        runtime = self.runtime
         try:
             answer = await asyncio.wait_for(runtime.engine.fetch("GET", "/_cluster/health", [], None),
                                             ENGINE_PROBE_TIMEOUT_S)
             up = answer.status < 500
-        except Exception:
+        except (ProxyError, TimeoutError, OSError):  # the pool's errors for an engine it cannot use
             up = False
         runtime.metrics.engine_up.set(1 if up else 0)
         return up
 
-    async def ready(request: Request) -> Response:
+    async def ready(self, request: Request) -> Response:
         # Ready means this process can serve: with the engine down it still answers every client
         # with the engine-style 502, which beats every replica leaving the Service at once. The
         # engine's state is reported here and in rerank_proxy_engine_up; `?engine=required` makes
         # it a condition for probes that want the old behaviour.
-        engine_ok = await probe_engine()
-        breaker = runtime.guard.breaker if runtime.guard is not None else None
-        shared = runtime.shared_cache
+        engine_ok = await self.probe_engine()
         required = request.query_params.get("engine") == "required"
         ready_now = engine_ok or not required
         body = {
             "ready": ready_now,
             "engine": "reachable" if engine_ok else "unreachable",
-            "reranker": {"provider": settings.rerank_provider,
-                         "model": runtime.reranker.model if runtime.reranker is not None else None,
-                         "breaker": breaker.state if breaker is not None else None,
-                         "vectors": runtime.warmer.status() if runtime.warmer is not None else None},
-            "shared_cache": None if shared is None else ("up" if await shared.ping() else "down"),
+            "reranker": self._reranker_report(),
+            "shared_cache": await self._shared_cache_report(),
         }
         return JSONResponse(body, 200 if ready_now else 503)
 
-    async def metrics(request: Request) -> Response:
-        await probe_engine()
-        return Response(await runtime.metrics.render_all(), media_type=CONTENT_TYPE)
+    def _reranker_report(self) -> dict[str, Any]:
+        runtime = self.runtime
+        breaker = runtime.guard.breaker if runtime.guard is not None else None
+        return {"provider": self.settings.rerank_provider,
+                "model": runtime.reranker.model if runtime.reranker is not None else None,
+                "breaker": breaker.state if breaker is not None else None,
+                "vectors": runtime.warmer.status() if runtime.warmer is not None else None}
 
-    def admin(handler):
+    async def _shared_cache_report(self) -> str | None:
+        shared = self.runtime.shared_cache
+        if shared is None:
+            return None
+        return "up" if await shared.ping() else "down"
+
+    async def metrics(self, request: Request) -> Response:
+        await self.probe_engine()
+        return Response(await self.runtime.metrics.render_all(), media_type=CONTENT_TYPE)
+
+    # --- admin -------------------------------------------------------------------------------------
+
+    def admin(self, handler: Handler) -> Handler:
+        """`handler` behind the ADMIN_TOKEN bearer check (404 for every admin endpoint without a token)."""
         async def guarded(request: Request) -> Response:
-            token = settings.admin_token
+            token = self.settings.admin_token
             if not token:
                 return _error(404, "resource_not_found_exception", "admin endpoints are disabled (no ADMIN_TOKEN)")
             sent = request.headers.get("authorization", "")
@@ -85,7 +124,8 @@ def build_ops_app(runtime: Runtime) -> Starlette:
             return await handler(request)
         return guarded
 
-    async def cache_stats(request: Request) -> Response:
+    async def cache_stats(self, request: Request) -> Response:
+        runtime, settings = self.runtime, self.settings
         cache = runtime.cache
         if cache is None:
             return JSONResponse({"enabled": False})
@@ -98,50 +138,54 @@ def build_ops_app(runtime: Runtime) -> Starlette:
                              "max_entries": settings.cache_max_entries, "ttl_s": settings.cache_ttl_s,
                              "shared": bool(runtime.shared_cache), "host": host, **stats})
 
-    async def cache_flush(request: Request) -> Response:
-        local = runtime.cache.flush() if runtime.cache is not None else 0
-        host = 0
-        if runtime.cache is not None and runtime.cache.host is not None:
-            try:
-                host = runtime.cache.host.flush()  # and the other workers empty their in-process tiers
-            except Exception:
-                return _error(503, "cache_flush_exception",
-                              "the in-process cache was flushed; the per-host cache could not be")
-        shared = 0
-        if runtime.shared_cache is not None:
-            try:
-                shared = await runtime.shared_cache.flush()
-            except Exception:
-                return _error(503, "cache_flush_exception",
-                              "the in-process cache was flushed; the shared cache could not be reached")
+    async def cache_flush(self, request: Request) -> Response:
+        local = self.runtime.cache.flush() if self.runtime.cache is not None else 0
+        host = self._flush_host_tier()
+        if host is None:
+            return _error(503, "cache_flush_exception",
+                          "the in-process cache was flushed; the per-host cache could not be")
+        shared = await self._flush_shared_tier()
+        if shared is None:
+            return _error(503, "cache_flush_exception",
+                          "the in-process cache was flushed; the shared cache could not be reached")
         return JSONResponse({"flushed": {"local": local, "host": host, "shared": shared}})
 
-    async def config(request: Request) -> Response:
-        return JSONResponse(settings.redacted())
+    def _flush_host_tier(self) -> int | None:
+        """Entries removed from the per-host tier (0 without one), None when it could not be flushed."""
+        cache = self.runtime.cache
+        if cache is None or cache.host is None:
+            return 0
+        from lmdb import Error as LmdbError
 
-    async def breaker_state(request: Request) -> Response:
-        guard = runtime.guard
+        try:
+            return cache.host.flush()  # and the other workers empty their in-process tiers
+        except (OSError, LmdbError):  # the tier's LMDB files, the wake-up sockets
+            return None
+
+    async def _flush_shared_tier(self) -> int | None:
+        """Entries removed from the shared tier (0 without one), None when it could not be reached."""
+        shared = self.runtime.shared_cache
+        if shared is None:
+            return 0
+        from redis import RedisError
+
+        try:
+            return await shared.flush()
+        except (RedisError, OSError):  # Redis refused, or is unreachable or slow (TimeoutError)
+            return None
+
+    async def config(self, request: Request) -> Response:
+        return JSONResponse(self.settings.redacted())
+
+    async def breaker_state(self, request: Request) -> Response:
+        guard = self.runtime.guard
         return JSONResponse({"breaker": guard.breaker.state if guard is not None else None})
 
-    async def breaker_reset(request: Request) -> Response:
-        guard = runtime.guard
+    async def breaker_reset(self, request: Request) -> Response:
+        guard = self.runtime.guard
         if guard is not None:
             guard.breaker.reset()
         return JSONResponse({"breaker": guard.breaker.state if guard is not None else None})
 
-    async def not_found(request: Request) -> Response:
+    async def not_found(self, request: Request) -> Response:
         return _error(404, "resource_not_found_exception", f"no proxy endpoint [{request.url.path}]")
-
-    routes = [
-        Route("/_rerank/health", health, methods=["GET", "HEAD"]),
-        Route("/_rerank/ready", ready, methods=["GET", "HEAD"]),
-        Route("/_rerank/metrics", metrics, methods=["GET"]),
-        Route("/_rerank/admin/cache", admin(cache_stats), methods=["GET"]),
-        Route("/_rerank/admin/cache/flush", admin(cache_flush), methods=["POST"]),
-        Route("/_rerank/admin/config", admin(config), methods=["GET"]),
-        Route("/_rerank/admin/breaker", admin(breaker_state), methods=["GET"]),
-        Route("/_rerank/admin/breaker/reset", admin(breaker_reset), methods=["POST"]),
-        *console_routes(runtime, admin),
-        Route("/_rerank/{rest:path}", not_found),
-    ]
-    return Starlette(routes=routes)

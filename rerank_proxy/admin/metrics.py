@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,8 +28,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+if TYPE_CHECKING:
+    from rerank_proxy.admin.peers import PeerMetrics
+
 # `*_created` series double the series count and Prometheus ignores them in the text format.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OUTCOMES = ("reranked", "cached", "lexical", "fallback", "bypass", "passthrough", "error")
@@ -60,7 +63,7 @@ class Metrics:
         self._sources: list[Callable[[], Iterable[Any]]] = [self.tally.families]
         self.registry.register(_Collector(self._sources))
         # Set by `serve` when WORKERS > 1: the other workers' expositions are merged in at scrape.
-        self.peers: Any = None
+        self.peers: PeerMetrics | None = None
 
     def track_in_flight(self, count: Callable[[], int]) -> None:
         """The in-flight gauge reads its owner's counter at scrape time: nothing per request."""
@@ -126,7 +129,7 @@ class RequestTally:
             cumulative, rows = 0, []
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts):
                 cumulative += count
-                rows.append((floatToGoString(bound), cumulative))
+                rows.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]  # unannotated upstream
             latency.add_metric([outcome], rows, self.sums[outcome])
         yield latency
 

@@ -85,7 +85,8 @@ class PeerMetrics:
             _log.warning("worker metrics unavailable", extra={"fields": {"socket": path, "error": repr(exc)}})
             return None
         try:
-            return orjson.loads(await asyncio.wait_for(reader.read(), PEER_TIMEOUT_S))
+            families: list[Any] = orjson.loads(await asyncio.wait_for(reader.read(), PEER_TIMEOUT_S))
+            return families
         except (TimeoutError, OSError, orjson.JSONDecodeError) as exc:
             _log.warning("worker metrics unavailable", extra={"fields": {"socket": path, "error": repr(exc)}})
             return None

@@ -36,7 +36,7 @@ async def _one(runtime: Any, scorers: Scorers, base: CompareOptions, item: EvalQ
     except ProxyError as exc:
         row["error"] = exc.reason
         return row
-    except Exception as exc:  # one broken query must not end a run of thousands
+    except Exception as exc:  # noqa: BLE001 - one broken query must not end a run of thousands
         _log.exception("console batch query failed")
         row["error"] = f"{type(exc).__name__}: the query failed; see the proxy log"
         return row

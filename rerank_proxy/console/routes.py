@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -43,7 +43,11 @@ from rerank_proxy.console.compare import compare, engine_json, to_json
 from rerank_proxy.console.judgments import JudgmentStore, query_id, store_for
 from rerank_proxy.console.ndcg import GRADES, K, ndcg_at_k
 from rerank_proxy.console.params import index_name, parse_compare, query_text, require_object
+from rerank_proxy.console.scorers import Scorers
 from rerank_proxy.errors import ProxyError, bad_request
+
+if TYPE_CHECKING:
+    from rerank_proxy.runtime import Runtime
 
 PREFIX = page.CONSOLE_PATH
 API = f"{PREFIX}/api"
@@ -51,6 +55,7 @@ MAX_BODY_BYTES = 20 * 1024 * 1024
 _SET_NAME = re.compile(r"^[\w .-]{1,80}$")
 
 Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Handler], Handler]
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -123,13 +128,27 @@ async def _eval_items(body: dict[str, Any], index: str, store: JudgmentStore) ->
     """A batch's queries, each with its qrels: a BEIR folder on the server, a saved query set, or a
     list with optional qrels; queries without given qrels get the stored judgments."""
     if body.get("beir_path"):
-        if not isinstance(body["beir_path"], str):
-            raise bad_request("[beir_path] must be a folder path")
-        limit = body.get("limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise bad_request("[limit] must be a positive integer")
-        # up to 2 x 200 MB of files: read and parsed off the event loop
-        return await asyncio.to_thread(load_folder, body["beir_path"], str(body.get("split") or "test"), limit)
+        return await _beir_items(body)
+    queries = await _listed_queries(body, store)
+    qrels = _given_qrels(body.get("qrels"))
+    items = _distinct_items(queries, qrels, index)
+    stored = await store.get_many(index, [item.text for item in items if item.qrels is None])
+    return [item if item.qrels is not None else EvalQuery(item.id, item.text, stored[item.text]) for item in items]
+
+
+async def _beir_items(body: dict[str, Any]) -> list[EvalQuery]:
+    """The queries and qrels of the BEIR folder at [beir_path] ([split], up to [limit] queries)."""
+    if not isinstance(body["beir_path"], str):
+        raise bad_request("[beir_path] must be a folder path")
+    limit = body.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise bad_request("[limit] must be a positive integer")
+    # up to 2 x 200 MB of files: read and parsed off the event loop
+    return await asyncio.to_thread(load_folder, body["beir_path"], str(body.get("split") or "test"), limit)
+
+
+async def _listed_queries(body: dict[str, Any], store: JudgmentStore) -> list[Any]:
+    """[queries] as sent, or the saved set named by [query_set]; at most MAX_QUERIES."""
     queries = body.get("queries")
     if body.get("query_set") is not None:
         if queries is not None or not isinstance(body["query_set"], str):
@@ -141,13 +160,24 @@ async def _eval_items(body: dict[str, Any], index: str, store: JudgmentStore) ->
         raise bad_request("give [queries] (a list of texts or {id, text}), [query_set] or [beir_path]")
     if len(queries) > MAX_QUERIES:
         raise bad_request(f"at most {MAX_QUERIES} queries per run")
-    qrels = body.get("qrels")
+    return queries
+
+
+def _given_qrels(qrels: Any) -> dict[str, dict[str, int]] | None:
+    """[qrels] as qrels TSV text or {query-id: {corpus-id: grade}}; None when not given."""
     if isinstance(qrels, str):
         qrels = parse_qrels_tsv(qrels)
-    if qrels is not None and not (isinstance(qrels, dict) and all(
-            isinstance(d, dict) and all(isinstance(g, int) and not isinstance(g, bool) for g in d.values())
-            for d in qrels.values())):
+    if qrels is not None and not (isinstance(qrels, dict) and all(_is_grades(d) for d in qrels.values())):
         raise bad_request("[qrels] must be qrels TSV text or {query-id: {corpus-id: grade}}")
+    return qrels
+
+
+def _is_grades(docs: Any) -> bool:
+    return isinstance(docs, dict) and all(isinstance(g, int) and not isinstance(g, bool) for g in docs.values())
+
+
+def _distinct_items(queries: list[Any], qrels: dict[str, dict[str, int]] | None, index: str) -> list[EvalQuery]:
+    """One item per query id (the first of repeats), with its given qrels, if any were given."""
     items, seen = [], set()
     for item in queries:
         if isinstance(item, dict):
@@ -161,30 +191,64 @@ async def _eval_items(body: dict[str, Any], index: str, store: JudgmentStore) ->
         seen.add(qid)
         items.append(EvalQuery(qid, text,
                                None if qrels is None else {str(k): v for k, v in qrels.get(qid, {}).items()}))
-    stored = await store.get_many(index, [item.text for item in items if item.qrels is None])
-    return [item if item.qrels is not None else EvalQuery(item.id, item.text, stored[item.text]) for item in items]
+    return items
 
 
-def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
+def _grade(value: Any) -> int | None:
+    """A judgment's [grade]: 0 to len(GRADES) - 1, or None (clears the judgment)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 0 <= value < len(GRADES)):
+        raise bad_request(f"[grade] must be 0 ({GRADES[0]}) to {len(GRADES) - 1} ({GRADES[-1]}); binary "
+                          "judgments are 0 or 1; null clears the judgment")
+    return value
+
+
+def console_routes(runtime: Runtime, guard: Guard) -> list[BaseRoute]:
     """Routes under /_rerank/console; `guard(handler)` wraps a handler with the admin-token check."""
-    from rerank_proxy.console.scorers import Scorers
+    return ConsoleEndpoints(runtime, guard).routes()
 
-    scorers = Scorers(runtime)
-    runtime.closers.append(scorers.aclose)  # extra rerankers the console built are closed at shutdown
-    store = store_for(runtime.settings)
-    runtime.closers.append(store.aclose)
 
-    def api(handler: Handler) -> Handler:
-        return guard(_errors(handler))
+class ConsoleEndpoints:
+    """The console's handlers, bound to one worker's runtime, its scorers and the judgment store."""
 
-    async def page_view(request: Request) -> Response:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
+        self.runtime = runtime
+        self.guard = guard
+        self.scorers = Scorers(runtime)
+        runtime.closers.append(self.scorers.aclose)  # extra rerankers the console built are closed at shutdown
+        self.store = store_for(runtime.settings)
+        runtime.closers.append(self.store.aclose)
+        self._guarded_page = _token_from_query(guard(self.page_view))
+
+    def api(self, handler: Handler) -> Handler:
+        return self.guard(_errors(handler))
+
+    def routes(self) -> list[BaseRoute]:
+        api = self.api
+        return [
+            Route(PREFIX, self.page_or_login, methods=["GET"]),
+            Route(f"{API}/options", api(self.options), methods=["GET"]),
+            Route(f"{API}/indices", api(self.indices), methods=["GET"]),
+            Route(f"{API}/fields", api(self.fields), methods=["GET"]),
+            Route(f"{API}/compare", api(self.compare_one), methods=["POST"]),
+            Route(f"{API}/judgments", api(self.judgments), methods=["GET", "PUT"]),
+            Route(f"{API}/judgments/qrels.tsv", api(self.qrels_tsv), methods=["GET"]),
+            Route(f"{API}/judgments/queries.jsonl", api(self.queries_jsonl), methods=["GET"]),
+            Route(f"{API}/judgments/export.zip", api(self.export_zip), methods=["GET"]),
+            Route(f"{API}/metrics", api(self.metrics), methods=["POST"]),
+            Route(f"{API}/batch", api(self.batch_view), methods=["POST"]),
+            Route(f"{API}/querysets", api(self.query_sets), methods=["GET"]),
+            Route(f"{API}/querysets/{{name}}", api(self.query_set), methods=["GET", "PUT", "DELETE"]),
+        ]
+
+    # --- the page ----------------------------------------------------------------------------------
+
+    async def page_view(self, request: Request) -> Response:
         return page.page()
 
-    guarded_page = _token_from_query(guard(page_view))
-
-    async def page_or_login(request: Request) -> Response:
+    async def page_or_login(self, request: Request) -> Response:
         """The page; a sign-in form for a browser without a valid token (or one signing out)."""
-        token = runtime.settings.admin_token
+        token = self.runtime.settings.admin_token
         if "signin" in request.query_params:
             response: Response = page.login()
             response.delete_cookie(page.PAGE_COOKIE, path=PREFIX)
@@ -192,122 +256,123 @@ def console_routes(runtime: Any, guard: Callable) -> list[BaseRoute]:
         if token and page.cookie_matches(request.cookies.get(page.PAGE_COOKIE, ""), token) \
                 and "authorization" not in request.headers and "token" not in request.query_params:
             request = _with_bearer(request, token)  # a reload: the page, never the API, trusts the cookie
-        response = await guarded_page(request)
+        response = await self._guarded_page(request)
         if response.status_code == 200 and token:
             page.set_cookie(response, token, secure=request.url.scheme == "https")
         elif response.status_code == 401 and "text/html" in request.headers.get("accept", ""):
             return page.login(rejected="token" in request.query_params)
         return response
 
-    async def options(request: Request) -> Response:
-        s = runtime.settings
+    # --- options, indices, fields, compare ---------------------------------------------------------
+
+    async def options(self, request: Request) -> Response:
+        s = self.runtime.settings
         return _json({
-            "providers": scorers.choices(),
+            "providers": self.scorers.choices(),
             "defaults": {"window": s.rerank_window, "fields": list(s.rerank_fields), "template": s.rerank_template,
                          "max_chars": s.rerank_max_chars, "score_mode": s.rerank_score_mode,
                          "blend_weight": s.rerank_blend_weight},
             "limits": {"max_window": 1000, "max_size": 50}, "k": K,
-            "judgments_file": str(store.path), "grades": list(GRADES),
+            "judgments_file": str(self.store.path), "grades": list(GRADES),
         })
 
-    async def indices(request: Request) -> Response:
-        return _json({"indices": await engine.list_indices(runtime)})
+    async def indices(self, request: Request) -> Response:
+        return _json({"indices": await engine.list_indices(self.runtime)})
 
-    async def fields(request: Request) -> Response:
+    async def fields(self, request: Request) -> Response:
         index = index_name(request.query_params.get("index"))
-        return _json({"index": index, "fields": await engine.text_fields(runtime, index)})
+        return _json({"index": index, "fields": await engine.text_fields(self.runtime, index)})
 
-    async def compare_one(request: Request) -> Response:
+    async def compare_one(self, request: Request) -> Response:
         opts = parse_compare(await _body(request))
-        result = to_json(await compare(runtime, scorers, opts))
-        judged = await store.get(opts.index, result["query"])
+        result = to_json(await compare(self.runtime, self.scorers, opts))
+        judged = await self.store.get(opts.index, result["query"])
         result["query_id"] = query_id(opts.index, result["query"])
         result["judgments"] = judged
         result["ndcg"] = {"k": K, "lexical": ndcg_at_k([h["id"] for h in result["lexical"]], judged),
                           "reranked": ndcg_at_k([h["id"] for h in result["reranked"]], judged)}
         return _json(result)
 
-    async def judgments(request: Request) -> Response:
+    # --- judgments ---------------------------------------------------------------------------------
+
+    async def judgments(self, request: Request) -> Response:
         if request.method == "GET":
-            index = index_name(request.query_params.get("index"))
-            text = request.query_params.get("query")
-            if text:
-                text = query_text(text)
-                return _json({"query_id": query_id(index, text), "judgments": await store.get(index, text)})
-            return _json({"queries": [{"id": q.id, "query": q.text, "judged": len(q.docs),
-                                       "relevant": sum(1 for g in q.docs.values() if g > 0)}
-                                      for q in await store.queries(index)]})
+            return await self._judgments_of(request)
+        return await self._set_judgment(request)
+
+    async def _judgments_of(self, request: Request) -> Response:
+        """One query's judgments (?query=), or the judged queries of the index."""
+        index = index_name(request.query_params.get("index"))
+        text = request.query_params.get("query")
+        if text:
+            text = query_text(text)
+            return _json({"query_id": query_id(index, text), "judgments": await self.store.get(index, text)})
+        return _json({"queries": [{"id": q.id, "query": q.text, "judged": len(q.docs),
+                                   "relevant": sum(1 for g in q.docs.values() if g > 0)}
+                                  for q in await self.store.queries(index)]})
+
+    async def _set_judgment(self, request: Request) -> Response:
         body = require_object(await _body(request))
         index, text = index_name(body.get("index")), query_text(body.get("query"))
-        doc_id, grade = body.get("doc_id"), body.get("grade")
+        doc_id = body.get("doc_id")
         if not isinstance(doc_id, str) or not doc_id or len(doc_id) > 512:
             raise bad_request("[doc_id] must be a document _id")
-        if grade is not None and (isinstance(grade, bool) or not isinstance(grade, int)
-                                  or not 0 <= grade < len(GRADES)):
-            raise bad_request(f"[grade] must be 0 ({GRADES[0]}) to {len(GRADES) - 1} ({GRADES[-1]}); binary "
-                              "judgments are 0 or 1; null clears the judgment")
-        docs = await store.set(index, text, doc_id, grade)
+        docs = await self.store.set(index, text, doc_id, _grade(body.get("grade")))
         return _json({"query_id": query_id(index, text), "judgments": docs})
 
-    async def qrels_tsv(request: Request) -> Response:
-        return _download(await store.qrels_tsv(_optional_index(request)), "qrels.tsv", "text/tab-separated-values")
+    async def qrels_tsv(self, request: Request) -> Response:
+        return _download(await self.store.qrels_tsv(_optional_index(request)), "qrels.tsv",
+                         "text/tab-separated-values")
 
-    async def queries_jsonl(request: Request) -> Response:
-        return _download(await store.queries_jsonl(_optional_index(request)), "queries.jsonl", "application/x-ndjson")
+    async def queries_jsonl(self, request: Request) -> Response:
+        return _download(await self.store.queries_jsonl(_optional_index(request)), "queries.jsonl",
+                         "application/x-ndjson")
 
-    async def export_zip(request: Request) -> Response:
-        return _download(await store.export_zip(_optional_index(request)), "judgments-beir.zip", "application/zip")
+    async def export_zip(self, request: Request) -> Response:
+        return _download(await self.store.export_zip(_optional_index(request)), "judgments-beir.zip",
+                         "application/zip")
 
-    async def metrics(request: Request) -> Response:
+    # --- metrics and batches -----------------------------------------------------------------------
+
+    async def metrics(self, request: Request) -> Response:
         opts = parse_compare(await _body(request), need_query=False)
-        await scorers.get(opts.provider, opts.model)  # a bad provider choice is a 400, not n row errors
-        items = [EvalQuery(q.id, q.text, q.docs) for q in await store.queries(opts.index)]
-        return _json(await batch.collect(runtime, scorers, opts, items))
+        await self.scorers.get(opts.provider, opts.model)  # a bad provider choice is a 400, not n row errors
+        items = [EvalQuery(q.id, q.text, q.docs) for q in await self.store.queries(opts.index)]
+        return _json(await batch.collect(self.runtime, self.scorers, opts, items))
 
-    async def batch_view(request: Request) -> Response:
+    async def batch_view(self, request: Request) -> Response:
         body = require_object(await _body(request))
         opts = parse_compare(body, need_query=False)
-        items = await _eval_items(body, opts.index, store)
-        await scorers.get(opts.provider, opts.model)
+        items = await _eval_items(body, opts.index, self.store)
+        await self.scorers.get(opts.provider, opts.model)
 
-        async def lines() -> Any:
-            async for event in batch.run(runtime, scorers, opts, items):
+        async def lines() -> AsyncIterator[bytes]:
+            async for event in batch.run(self.runtime, self.scorers, opts, items):
                 yield orjson.dumps(event) + b"\n"
         return StreamingResponse(lines(), media_type="application/x-ndjson", headers={"cache-control": "no-store"})
 
-    async def query_sets(request: Request) -> Response:
-        return _json({"sets": [{"name": s.name, "queries": s.queries, "saved_at": round(s.saved_at, 3)}
-                               for s in await store.query_sets()]})
+    # --- query sets --------------------------------------------------------------------------------
 
-    async def query_set(request: Request) -> Response:
+    async def query_sets(self, request: Request) -> Response:
+        return _json({"sets": [{"name": s.name, "queries": s.queries, "saved_at": round(s.saved_at, 3)}
+                               for s in await self.store.query_sets()]})
+
+    async def query_set(self, request: Request) -> Response:
         name = _set_name(request.path_params["name"])
         if request.method == "GET":
-            texts = await store.query_set(name)
+            texts = await self.store.query_set(name)
             if texts is None:
                 raise ProxyError(404, "resource_not_found_exception", f"no saved query set [{name}]")
             return _json({"name": name, "queries": texts})
         if request.method == "DELETE":
-            return _json({"deleted": await store.delete_set(name)})
+            return _json({"deleted": await self.store.delete_set(name)})
+        return await self._save_set(request, name)
+
+    async def _save_set(self, request: Request, name: str) -> Response:
         body = require_object(await _body(request))
         texts = body.get("queries")
         if not isinstance(texts, list):
             raise bad_request("[queries] must be a list of query texts")
         cleaned = list(dict.fromkeys(query_text(t, "queries[]") for t in texts))
-        await store.save_set(name, cleaned)
+        await self.store.save_set(name, cleaned)
         return _json({"name": name, "queries": cleaned})
-
-    return [
-        Route(PREFIX, page_or_login, methods=["GET"]),
-        Route(f"{API}/options", api(options), methods=["GET"]),
-        Route(f"{API}/indices", api(indices), methods=["GET"]),
-        Route(f"{API}/fields", api(fields), methods=["GET"]),
-        Route(f"{API}/compare", api(compare_one), methods=["POST"]),
-        Route(f"{API}/judgments", api(judgments), methods=["GET", "PUT"]),
-        Route(f"{API}/judgments/qrels.tsv", api(qrels_tsv), methods=["GET"]),
-        Route(f"{API}/judgments/queries.jsonl", api(queries_jsonl), methods=["GET"]),
-        Route(f"{API}/judgments/export.zip", api(export_zip), methods=["GET"]),
-        Route(f"{API}/metrics", api(metrics), methods=["POST"]),
-        Route(f"{API}/batch", api(batch_view), methods=["POST"]),
-        Route(f"{API}/querysets", api(query_sets), methods=["GET"]),
-        Route(f"{API}/querysets/{{name}}", api(query_set), methods=["GET", "PUT", "DELETE"]),
-    ]

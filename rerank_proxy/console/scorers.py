@@ -141,7 +141,7 @@ class Scorers:
         settings = self._settings.with_overrides(rerank_provider=provider, rerank_model=model)
         try:
             reranker = build_reranker(settings)
-        except Exception as exc:  # a missing model file or bad option: say so, do not crash
+        except Exception as exc:  # noqa: BLE001 - any provider's build failure (model file, option) is a 400
             raise ProxyError(400, "illegal_argument_exception",
                              f"could not build the {provider} reranker: {type(exc).__name__}: {exc}") from None
         if reranker is None:
