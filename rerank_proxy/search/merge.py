@@ -42,29 +42,44 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
     window = hits[: plan.window]
     tail = hits[plan.window:]
     if scores is not None and window:
-        order = rerank_order(scores, last)
-        ranked = []
-        for new_rank, i in enumerate(order):
-            hit = window[i]
-            if plan.options.explain:
-                hit["_rerank"] = {"lexical_rank": i, "lexical_score": hit.get("_score"),
-                                  "rerank_rank": new_rank, "score": scores[i]}
-            hit["_score"] = scores[i]
-            ranked.append(hit)
-        window = ranked
-        hits_obj["max_score"] = scores[order[0]]
+        window = _reranked(window, scores, last, plan.options.explain)
+        hits_obj["max_score"] = window[0]["_score"]
     page = (window + tail)[plan.page_from: plan.page_from + plan.page_size]
     if plan.strip_versions:
-        for hit in page:
-            hit.pop("_seq_no", None)
-            hit.pop("_primary_term", None)
+        _strip_versions(page)
     if not plan.source.is_identity:
-        for hit in page:
-            if "_source" not in hit:
-                continue
-            if plan.source.fetch:
-                hit["_source"] = source_filter.apply(hit["_source"], plan.source)
-            else:
-                del hit["_source"]
+        _filter_sources(page, plan.source)
     hits_obj["hits"] = page
     return response
+
+
+def _reranked(window: list[dict[str, Any]], scores: Sequence[float], last: Collection[int],
+              explain: bool) -> list[dict[str, Any]]:
+    """The window's hits in reranked order, each with its final score (and `_rerank` to explain it)."""
+    ranked = []
+    for new_rank, i in enumerate(rerank_order(scores, last)):
+        hit = window[i]
+        if explain:
+            hit["_rerank"] = {"lexical_rank": i, "lexical_score": hit.get("_score"),
+                              "rerank_rank": new_rank, "score": scores[i]}
+        hit["_score"] = scores[i]
+        ranked.append(hit)
+    return ranked
+
+
+def _strip_versions(page: list[dict[str, Any]]) -> None:
+    """Drop the document versions the proxy asked for and the client did not."""
+    for hit in page:
+        hit.pop("_seq_no", None)
+        hit.pop("_primary_term", None)
+
+
+def _filter_sources(page: list[dict[str, Any]], source: source_filter.SourceFilter) -> None:
+    """Apply the client's `_source` filtering to the page's hits (fetched whole)."""
+    for hit in page:
+        if "_source" not in hit:
+            continue
+        if source.fetch:
+            hit["_source"] = source_filter.apply(hit["_source"], source)
+        else:
+            del hit["_source"]

@@ -105,21 +105,32 @@ def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple
     opts = RerankOptions()
     changed = False
     if isinstance(body, dict) and OPTIONS_KEY in body:
-        raw = body.pop(OPTIONS_KEY)
+        _set_body_options(opts, body.pop(OPTIONS_KEY))
         changed = True
-        if isinstance(raw, bool):
-            raw = {"enabled": raw}
-        if not isinstance(raw, dict):
-            raise bad_request("[rerank] must be an object or a boolean", "parsing_exception")
-        for key, value in raw.items():
-            types = OPTION_TYPES.get(key)
-            if types is None:
-                raise bad_request(f"unknown rerank option [{key}]; accepted: {', '.join(OPTION_TYPES)}",
-                                  "parsing_exception")
-            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-                raise bad_request(f"rerank option [{key}] has the wrong type ({type(value).__name__})",
-                                  "parsing_exception")
-            setattr(opts, key, value)
+    _set_header_options(opts, headers)
+    _check_option_ranges(opts)
+    return opts, changed
+
+
+def _set_body_options(opts: RerankOptions, raw: Any) -> None:
+    """The body's `rerank` value: a boolean (enabled or not) or an object of known, typed options."""
+    if isinstance(raw, bool):
+        raw = {"enabled": raw}
+    if not isinstance(raw, dict):
+        raise bad_request("[rerank] must be an object or a boolean", "parsing_exception")
+    for key, value in raw.items():
+        types = OPTION_TYPES.get(key)
+        if types is None:
+            raise bad_request(f"unknown rerank option [{key}]; accepted: {', '.join(OPTION_TYPES)}",
+                              "parsing_exception")
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise bad_request(f"rerank option [{key}] has the wrong type ({type(value).__name__})",
+                              "parsing_exception")
+        setattr(opts, key, value)
+
+
+def _set_header_options(opts: RerankOptions, headers: dict[str, str]) -> None:
+    """X-Rerank (on/off), X-Rerank-Query (percent-encoded), X-Rerank-Explain."""
     header = headers.get("x-rerank")
     if header is not None:
         lowered = header.strip().lower()
@@ -131,13 +142,15 @@ def parse_options(body: dict[str, Any] | None, headers: dict[str, str]) -> tuple
         opts.query = unquote(headers["x-rerank-query"])
     if headers.get("x-rerank-explain", "").strip().lower() in ("1", "true", "on", "yes"):
         opts.explain = True
+
+
+def _check_option_ranges(opts: RerankOptions) -> None:
     if opts.window is not None and not 1 <= opts.window <= 10_000:
         raise bad_request("rerank option [window] must be between 1 and 10000")
     if opts.score_mode is not None and opts.score_mode not in ("rerank", "blend", "lexical"):
         raise bad_request("rerank option [score_mode] must be rerank, blend or lexical")
     if opts.blend_weight is not None and not 0.0 <= opts.blend_weight <= 1.0:
         raise bad_request("rerank option [blend_weight] must be between 0 and 1")
-    return opts, changed
 
 
 class EngineMustAnswer(Exception):  # named as a decision, not an error
@@ -296,104 +309,165 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     if not isinstance(body, dict):
         return Bypass("invalid_json")  # the engine's own answer to a body that is not an object
     options, changed = parse_options(body, headers)
-
-    def bypass(reason: str) -> Bypass:
+    reason = _request_bypass(options, params, body, settings)
+    if reason is not None:
         return Bypass(reason, body, changed)
+    return _plan_window(targets, params, body, options, changed, settings)
 
+
+def _request_bypass(options: RerankOptions, params: dict[str, str], body: dict[str, Any],
+                    settings: Settings) -> str | None:
+    """Why a search is never reranked, told by its options and its kind alone (None: it may be)."""
     if not options.enabled:
-        return bypass("disabled")
+        return "disabled"
     if settings.rerank_provider == "none":
-        return bypass("no_provider")
+        return "no_provider"
     if params.get("format", "").lower() in _NON_JSON_FORMATS:
-        return bypass("format")
+        return "format"
     if "scroll" in params or "scroll" in body:
-        return bypass("scroll")
+        return "scroll"
     if body.get("pit") is not None or "pit" in params:
-        return bypass("pit")
+        return "pit"
     if body.get("search_after") is not None:
-        return bypass("search_after")
+        return "search_after"
+    return None
+
+
+def _plan_window(targets: str | None, params: dict[str, str], body: dict[str, Any], options: RerankOptions,
+                 changed: bool, settings: Settings) -> Plan | Bypass:
+    """The rest of the decision: what the client gets back, its order, its page, its index and text."""
     try:
         client_filter = filter_paths.parse(params.get("filter_path"))
     except ValueError:
-        return bypass("filter_path")  # an entry the engines disagree on: the engine answers it
+        return Bypass("filter_path", body, changed)  # an entry the engines disagree on: the engine answers it
     stored = _stored_fields(body.get("stored_fields"), params.get("stored_fields"))
     if stored == "none":
         # `_none_` drops every stored field, `_source` included, and the engines refuse `_source`
         # next to it: the text cannot be had, so the engine answers.
-        return bypass("stored_fields_none")
+        return Bypass("stored_fields_none", body, changed)
     retriever = body.get("retriever")
     kinds = list(retriever_kinds(retriever))
-    if "text_similarity_reranker" in kinds:
-        return bypass("engine_reranker")  # the engine reranks it already: twice is waste
-    standard = retriever.get("standard") if isinstance(retriever, dict) else None
-    if isinstance(standard, dict) and not _sorts_by_score(standard.get("sort")):
-        return bypass("sort")
-    if isinstance(standard, dict) and standard.get("search_after") is not None:
-        return bypass("search_after")
+    sort = _client_sort(params, body)
+    reason = _order_bypass(retriever, kinds, sort)
+    if reason is not None:
+        return Bypass(reason, body, changed)
+    try:
+        size = _page_number(params, body, "size", DEFAULT_SIZE)
+        start = _page_number(params, body, "from", 0)
+    except EngineMustAnswer as exc:
+        return Bypass(exc.reason, body, changed)
+    _check_page(size, start)
+    if size == 0:
+        return Bypass("size_0", body, changed)
+    rule = resolve_rule(targets, settings)
+    if rule is None:
+        return Bypass("index_not_configured", body, changed)
+    query_text = _query_text(options, body, params)
+    if not query_text:
+        return Bypass("no_query_text", body, changed)
+    window = _window(options, rule, retriever, kinds)
+    if start >= window:
+        return Bypass("past_window", body, changed)
+    client_source = _client_source(params, body, stored)
+    return Plan(target=_candidate_target(targets, params),
+                body=_candidate_body(body, params, stored, sort, window, start + size),
+                query_text=query_text, window=window, page_from=start, page_size=size, rule=rule,
+                source=client_source, options=options, pretty="pretty" in params and params["pretty"] != "false",
+                filter_path=client_filter, body_changed=changed, strip_versions=not _asks_versions(params, body))
+
+
+def _client_sort(params: dict[str, str], body: dict[str, Any]) -> Any:
+    """The client's sort: the URL's (`a,_score:desc`, relevance entries dropped) or the body's."""
     sort = params.get("sort") if "sort" in params else body.get("sort")
     if isinstance(sort, str) and "sort" in params:
         sort = [s for s in sort.split(",") if s]
         sort = [s for s in sort if s not in ("_score", "_score:desc")] or None
-    if not _sorts_by_score(sort):
-        return bypass("sort")
-    try:
-        size = _int_param(params, "size")
-        size = _body_int(body, "size") if size is None else size
-        start = _int_param(params, "from")
-        start = _body_int(body, "from") if start is None else start
-    except EngineMustAnswer as exc:
-        return bypass(exc.reason)
-    size = DEFAULT_SIZE if size is None else size
-    start = 0 if start is None else start
+    return sort
+
+
+def _order_bypass(retriever: Any, kinds: list[str], sort: Any) -> str | None:
+    """Why the hits' order is not the proxy's to change (None: it is)."""
+    if "text_similarity_reranker" in kinds:
+        return "engine_reranker"  # the engine reranks it already: twice is waste
+    standard = retriever.get("standard") if isinstance(retriever, dict) else None
+    if isinstance(standard, dict) and not _sorts_by_score(standard.get("sort")):
+        return "sort"
+    if isinstance(standard, dict) and standard.get("search_after") is not None:
+        return "search_after"
+    return None if _sorts_by_score(sort) else "sort"
+
+
+def _page_number(params: dict[str, str], body: dict[str, Any], name: str, default: int) -> int:
+    """`size` or `from`: the URL's, else the body's, else `default`."""
+    number = _int_param(params, name)
+    number = _body_int(body, name) if number is None else number
+    return default if number is None else number
+
+
+def _check_page(size: int, start: int) -> None:
     if size < 0:
         raise bad_request(f"[size] parameter cannot be negative, found [{size}]")
     if start < 0:
         raise bad_request(f"[from] parameter cannot be negative but was [{start}]")
-    if size == 0:
-        return bypass("size_0")
-    rule = resolve_rule(targets, settings)
-    if rule is None:
-        return bypass("index_not_configured")
+
+
+def _query_text(options: RerankOptions, body: dict[str, Any], params: dict[str, str]) -> str:
+    """The text the hits are reranked against: the client's own, else the one found in the query."""
     query_text = options.query if options.query is not None else extract_query_text(body, params.get("q"))
-    query_text = query_text.strip()
-    if not query_text:
-        return bypass("no_query_text")
+    return query_text.strip()
+
+
+def _window(options: RerankOptions, rule: IndexRule, retriever: Any, kinds: list[str]) -> int:
+    """How many of the engine's top hits are reranked."""
     window = options.window or rule.window
     compound = retriever.get(kinds[0]) if isinstance(retriever, dict) and kinds[0:1] in (["rrf"], ["linear"]) else None
     rank_window = compound.get("rank_window_size") if isinstance(compound, dict) else None
     if isinstance(rank_window, int) and not isinstance(rank_window, bool) and rank_window > 0:
         # A compound retriever never ranks more than its rank_window_size: neither can the proxy.
         window = min(window, rank_window)
-    if start >= window:
-        return bypass("past_window")
+    return window
 
+
+def _client_source(params: dict[str, str], body: dict[str, Any], stored: str) -> source_filter.SourceFilter:
+    """The `_source` filtering the client asked for (the URL's wins), applied by the proxy to the page."""
     client_source = source_filter.from_params(params.get("_source"), params.get("_source_includes"),
                                               params.get("_source_excludes"))
-    if client_source is None:
-        if stored == "some" and body.get("_source") is None:
-            # With stored_fields the engines return `_source` only when it is asked for.
-            client_source = source_filter.SourceFilter(fetch=False)
-        else:
-            client_source = source_filter.from_body(body.get("_source"))
+    if client_source is not None:
+        return client_source
+    if stored == "some" and body.get("_source") is None:
+        # With stored_fields the engines return `_source` only when it is asked for.
+        return source_filter.SourceFilter(fetch=False)
+    return source_filter.from_body(body.get("_source"))
+
+
+def _candidate_body(body: dict[str, Any], params: dict[str, str], stored: str, sort: Any, window: int,
+                    page_end: int) -> dict[str, Any]:
+    """The body of the candidate request: hits 0 .. the window (or the page's end), whole."""
     candidate = dict(body)
     candidate["from"] = 0
-    candidate["size"] = max(window, start + size)
+    candidate["size"] = max(window, page_end)
     candidate.pop("_source", None)
     if stored == "some":
         candidate["_source"] = True  # stored_fields alone would leave the hits without their text
     if sort is not None and "sort" in candidate:
         candidate.pop("sort")
-    asked_versions = bool(body.get("seq_no_primary_term")) or params.get("seq_no_primary_term") in ("", "true")
     if "seq_no_primary_term" not in params:
         candidate["seq_no_primary_term"] = True
-    # filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
-    dropped = {"from", "size", "_source", "_source_includes", "_source_excludes", "sort", "filter_path"}
-    query = [(k, v) for k, v in params.items() if k not in dropped]
-    target = build_target(targets, "search", query)
-    return Plan(target=target, body=candidate, query_text=query_text, window=window, page_from=start,
-                page_size=size, rule=rule, source=client_source, options=options,
-                pretty="pretty" in params and params["pretty"] != "false", filter_path=client_filter,
-                body_changed=changed, strip_versions=not asked_versions)
+    return candidate
+
+
+def _asks_versions(params: dict[str, str], body: dict[str, Any]) -> bool:
+    return bool(body.get("seq_no_primary_term")) or params.get("seq_no_primary_term") in ("", "true")
+
+
+# filter_path is the proxy's to apply: the candidates must keep _id, _score and _source.
+_CANDIDATE_DROPS = frozenset({"from", "size", "_source", "_source_includes", "_source_excludes", "sort",
+                              "filter_path"})
+
+
+def _candidate_target(targets: str | None, params: dict[str, str]) -> str:
+    """Path and query string of the candidate request: the client's, less what the proxy applies."""
+    return build_target(targets, "search", [(k, v) for k, v in params.items() if k not in _CANDIDATE_DROPS])
 
 
 def build_target(targets: str | None, kind: str, query: list[tuple[str, str]]) -> str:
