@@ -300,27 +300,7 @@ class SearchPipeline:
         plans: list[Plan | None] = []
         lines: list[bytes] = []
         client_lines: list[bytes] = []
-        any_plan = False
-        for header, search_body in pairs:
-            index = header.get("index")
-            if isinstance(index, list):
-                index = ",".join(str(i) for i in index)
-            sub_targets = index if isinstance(index, str) and index else targets
-            sub_params = {k: v for k, v in params.items() if k not in ("max_concurrent_searches",
-                                                                        "max_concurrent_shard_requests",
-                                                                        "filter_path")}
-            decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
-            client_lines += [orjson.dumps(header), orjson.dumps(search_body)]  # `rerank` removed
-            if isinstance(decision, Plan):
-                any_plan = True
-                plans.append(decision)
-                lines.append(orjson.dumps(header))
-                lines.append(orjson.dumps(decision.body))
-            else:
-                plans.append(None)
-                lines.append(orjson.dumps(header))
-                lines.append(orjson.dumps(decision.body if decision.body is not None else {}))
-        if not any_plan:
+        if not self._plan_subs(pairs, targets, params, headers, plans, lines, client_lines):
             return Forward("bypass", b"\n".join(lines) + b"\n")
         upstream_headers = _rewrite_headers(raw_headers)
         keep = [(k, v) for k, v in params.items()
@@ -352,6 +332,32 @@ class SearchPipeline:
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
+
+    def _plan_subs(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], targets: str | None,
+                   params: dict[str, str], headers: dict[str, str], plans: list[Plan | None], lines: list[bytes],
+                   client_lines: list[bytes]) -> bool:
+        """Plan each sub-search of an `_msearch` (None for a bypassed one) and write the lines of the
+        candidate request and of the client's own (`rerank` removed); True when any is reranked."""
+        sub_params = {k: v for k, v in params.items()
+                      if k not in ("max_concurrent_searches", "max_concurrent_shard_requests", "filter_path")}
+        any_plan = False
+        for header, search_body in pairs:
+            index = header.get("index")
+            if isinstance(index, list):
+                index = ",".join(str(i) for i in index)
+            sub_targets = index if isinstance(index, str) and index else targets
+            decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
+            client_lines += [orjson.dumps(header), orjson.dumps(search_body)]  # `rerank` removed
+            if isinstance(decision, Plan):
+                any_plan = True
+                plans.append(decision)
+                lines.append(orjson.dumps(header))
+                lines.append(orjson.dumps(decision.body))
+            else:
+                plans.append(None)
+                lines.append(orjson.dumps(header))
+                lines.append(orjson.dumps(decision.body if decision.body is not None else {}))
+        return any_plan
 
     async def _rerank_subs(self, plans: list[Plan | None], responses: list[Any],
                            headers: Sequence[tuple[bytes, bytes]], asked_concurrency: str | None) -> list[str]:
