@@ -80,6 +80,14 @@ def forward_request_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tu
         if lowered == b"content-encoding":
             has_coding = True
         kept.append((name, value))
+    return _reframed(kept, headers, chunked, transfer_coding, has_coding, names_hops, has_length, expect)
+
+
+def _reframed(kept: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]], chunked: bool,
+              transfer_coding: bytes, has_coding: bool, names_hops: bool, has_length: bool,
+              expect: bool) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool]:
+    """`forward_request_headers`' answer from what its one pass over the headers found: the kept
+    headers, less a length next to chunking and what `Connection` names, and the framing."""
     if chunked:  # re-chunked by the relay; a length next to it is never trusted
         kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
         if transfer_coding in TRANSFER_CODINGS and not has_coding:
