@@ -290,7 +290,12 @@ class RelayExchange:
         if named:
             head = head[:1] + [part for i in range(1, len(head), 4) if head[i].lower() not in named
                                for part in head[i:i + 4]]
-        if answer.framing is not Framing.NONE and length_at < 0:  # chunked, or until the engine closes
+        self._end_head(head, answer.framing is not Framing.NONE and length_at < 0)
+
+    def _end_head(self, head: list[bytes], unknown_length: bool) -> None:
+        """The rest of the client's head after the engine's headers (framing of a body of unknown
+        length, the proxy's own headers, Connection: close), then queued for the client."""
+        if unknown_length:  # chunked, or until the engine closes
             if self.client.http11:
                 self.response_chunked = True
                 head.append(b"Transfer-Encoding: chunked\r\n")
