@@ -110,7 +110,7 @@ class AsgiExchange:
         admission.enter()
         try:
             await self.client.server.app(self.scope, self._receive, self._send)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the boundary: the client gets a 500, the error its log line
             _log.exception("unexpected error", extra={"fields": {"path": self.scope.get("path")}})
             if not self._started:
                 body = error_body(500, "proxy_internal_exception",
@@ -162,13 +162,7 @@ class AsgiExchange:
             self._started = True
             out.append(self._head(body, more))
         if self.scope["method"] != "HEAD":
-            if self._chunked:
-                if body:
-                    out.append(b"%x\r\n%b\r\n" % (len(body), body))
-                if not more:
-                    out.append(b"0\r\n\r\n")
-            elif body:
-                out.append(body)
+            self._frame_body(out, body, more)
         if not more:
             self._complete = True
             self._wake()
@@ -176,6 +170,16 @@ class AsgiExchange:
             return
         self.client.write(b"".join(out))
         await self.client.drain()
+
+    def _frame_body(self, out: list[bytes], body: bytes, more: bool) -> None:
+        """A part of the body as the client reads it: as is, or a chunk (and the last chunk after it)."""
+        if self._chunked:
+            if body:
+                out.append(b"%x\r\n%b\r\n" % (len(body), body))
+            if not more:
+                out.append(b"0\r\n\r\n")
+        elif body:
+            out.append(body)
 
     def _head(self, body: bytes, more: bool) -> bytes:
         has_length = False

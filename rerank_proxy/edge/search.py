@@ -122,7 +122,7 @@ class SearchExchange:
         if self.kind == "search":
             try:
                 decision = runtime.pipeline.decide(self.targets, params, headers, body)
-            except Exception as exc:  # answered as the task would have answered it
+            except Exception as exc:  # noqa: BLE001 - answered as the task would answer it (see _failed)
                 self._failed(exc)
                 return
             if isinstance(decision, Forward):  # relayed at once: no task for it
@@ -148,7 +148,7 @@ class SearchExchange:
             outcome = "fallback" if "fallback" in result.outcome else \
                 result.outcome if result.outcome in _OUTCOMES else "reranked"
             self._answer(self._finished_bytes(result), result.status, outcome, extra)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the boundary: ProxyError answered, the rest a logged 500
             self._failed(exc)
 
     def _failed(self, exc: Exception) -> None:
