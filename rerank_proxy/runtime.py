@@ -116,8 +116,6 @@ PROVIDER_CLASSES: dict[str, tuple[str, str]] = {
     "local": ("rerank_proxy.local.reranker", "LocalReranker"),
 }
 
-_log = logging.getLogger("rerank_proxy")
-
 # A claim on a score outlives the longest provider call it stands for (RERANK_DEADLINE_MS covers
 # retries and waiting for a slot) by this much, so a live claimer always finishes inside its lease.
 CLAIM_LEASE_MARGIN_S = 1.0
@@ -134,9 +132,12 @@ def build_provider(settings: Settings) -> Reranker:
     except KeyError:
         raise ValueError(f"unknown rerank provider {settings.rerank_provider!r}") from None
     cls = getattr(importlib.import_module(module_name), class_name)
+    provider: Reranker
     if settings.rerank_provider == "local":
-        return cls(settings)
-    return cls.from_settings(settings, pointwise=is_pointwise(settings.rerank_model))
+        provider = cls(settings)
+    else:
+        provider = cls.from_settings(settings, pointwise=is_pointwise(settings.rerank_model))
+    return provider
 
 
 def build_reranker(settings: Settings) -> Reranker | None:
@@ -166,6 +167,8 @@ def build_host_share(settings: Settings, host_dir: str | None) -> HostShare | No
     one, with the cache off, or when it cannot be opened (then this worker serves from its own tier)."""
     if host_dir is None or settings.cache_max_entries == 0 or settings.rerank_provider == "none":
         return None
+    from lmdb import Error as LmdbError
+
     from rerank_proxy.scoring.cache.host_share import HostShare
     from rerank_proxy.scoring.cache.host_signals import HostSignals
     from rerank_proxy.scoring.cache.host_tier import HostTier
@@ -175,7 +178,7 @@ def build_host_share(settings: Settings, host_dir: str | None) -> HostShare | No
         tier = HostTier(host_dir, max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s)
         signals = HostSignals(host_dir)
         signals.start()
-    except Exception as exc:
+    except (OSError, LmdbError) as exc:  # the directory, its LMDB files, the wake-up socket
         for part in (signals, tier):
             if part is not None:
                 part.close()

@@ -25,6 +25,7 @@ search, so the next search on the same documents is reranked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -38,13 +39,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from rerank_proxy.local.fair_queue import FairQueue
+from rerank_proxy.local.vector_store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
 SEARCH, WRITE, STARTUP = 0, 1, 2
 PRIORITY_NAMES = ("search", "write", "startup")
 NICE = 5
-DEFAULT_SECONDS_PER_DOC = 0.04  # one thread, 256-token Cranfield documents (BENCHMARKS.md section 4)
+# One thread's time per 256-token Cranfield document: the guess until the first chunks are timed (then
+# a running average). docs/decisions/onnx-int8.md times the shipped model on 100 such documents: 3.7 s
+# on a quiet 2-core host, 13 s at load average 3-10.
+DEFAULT_SECONDS_PER_DOC = 0.04
 
 
 class Dropped(Exception):
@@ -52,6 +57,8 @@ class Dropped(Exception):
 
 
 class Store(Protocol):
+    """Where vectors are kept (`VectorStore`, `TieredVectorStore`); trouble raises STORE_ERRORS."""
+
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]: ...
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> int: ...
     def as_stored(self, vectors: np.ndarray) -> np.ndarray: ...
@@ -153,7 +160,7 @@ class BackgroundEmbedder:
         busy = self.stats.busy_seconds
         try:
             stored: int | None = self.store.count()
-        except Exception:  # a broken store is reported, never raised from a status call
+        except STORE_ERRORS:  # a broken store is reported, never raised from a status call
             stored = None
         return {"queue_depth": sum(depth.values()), "queue_by_priority": depth, "in_flight": in_flight,
                 "queue_max": self.max_queue, "write_queue_max": self.write_max, "threads": self.threads,
@@ -230,7 +237,7 @@ class BackgroundEmbedder:
         keys = [k for k, _ in chunk]
         try:
             found = self.store.get_many(keys)
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             self._store_error("read", exc)
             found = {}
         todo = [(k, t) for k, t in chunk if k not in found]
@@ -238,7 +245,7 @@ class BackgroundEmbedder:
             started = time.perf_counter()
             try:
                 vectors = self._embed([t for _, t in todo])
-            except Exception as exc:  # a model failure loses this chunk only
+            except Exception as exc:  # noqa: BLE001 - whatever the model raises loses this chunk only
                 log.warning("background embedder: the model failed on %d documents: %s", len(todo), exc)
                 with self._cond:
                     self.stats.failed += len(todo)
@@ -252,7 +259,7 @@ class BackgroundEmbedder:
             new = list(zip([k for k, _ in todo], vectors, strict=True))
             try:
                 self.store.put_many(new)
-            except Exception as exc:  # the vectors still serve the searches waiting for them
+            except STORE_ERRORS as exc:  # the vectors still serve the searches waiting for them
                 self._store_error("write", exc)
             stored = self.store.as_stored(np.asarray(vectors))
             found.update(zip([k for k, _ in todo], stored, strict=True))
@@ -284,18 +291,14 @@ class BackgroundEmbedder:
     def _resolve(self, key: bytes, vector: np.ndarray) -> None:
         future = self._futures.pop(key, None)
         if future is not None:
-            try:
+            with contextlib.suppress(InvalidStateError):  # cancelled by a waiter: nobody wants it any more
                 future.set_result(vector)
-            except InvalidStateError:  # cancelled by a waiter: nobody wants it any more
-                pass
 
     def _resolve_failed(self, key: bytes, exc: BaseException) -> None:
         future = self._futures.pop(key, None)
         if future is not None:
-            try:
+            with contextlib.suppress(InvalidStateError):
                 future.set_exception(exc)
-            except InvalidStateError:
-                pass
 
     def _store_error(self, action: str, exc: Exception) -> None:
         if self._on_store_error is not None:
@@ -323,10 +326,8 @@ async def wait_all(futures: Sequence[Future[Any]], timeout: float) -> bool:
             all_done.set_result(None)
 
     def from_thread(_: Future[Any]) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
             loop.call_soon_threadsafe(one_done)
-        except RuntimeError:  # the loop has closed: nobody is waiting
-            pass
 
     for future in futures:
         future.add_done_callback(from_thread)

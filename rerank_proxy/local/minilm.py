@@ -29,8 +29,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
@@ -40,6 +42,7 @@ DIM = 384
 _ERF_P = 0.3275911
 _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _F32 = np.float32
+Floats = NDArray[np.float32]
 
 
 def default_model_path() -> Path:
@@ -62,18 +65,18 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class _Layer:
-    qkv_w: np.ndarray   # (384, 1152): [query * scale | key | value], input-major
-    qkv_b: np.ndarray
-    out_w: np.ndarray   # (384, 384)
-    out_b: np.ndarray
-    ln1_g: np.ndarray
-    ln1_b: np.ndarray
-    up_w: np.ndarray    # (384, 1536)
-    up_b: np.ndarray
-    down_w: np.ndarray  # (1536, 384)
-    down_b: np.ndarray
-    ln2_g: np.ndarray
-    ln2_b: np.ndarray
+    qkv_w: Floats   # (384, 1152): [query * scale | key | value], input-major
+    qkv_b: Floats
+    out_w: Floats   # (384, 384)
+    out_b: Floats
+    ln1_g: Floats
+    ln1_b: Floats
+    up_w: Floats    # (384, 1536)
+    up_b: Floats
+    down_w: Floats  # (1536, 384)
+    down_b: Floats
+    ln2_g: Floats
+    ln2_b: Floats
 
 
 class MiniLM:
@@ -108,31 +111,16 @@ class MiniLM:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=max_tokens)
 
-        w = {k: v.astype(np.float32, copy=False) for k, v in load_file(str(path / "model.safetensors")).items()
-             if k != "embeddings.position_ids"}
+        tensors = load_file(str(path / "model.safetensors"))
+        w: dict[str, Floats] = {k: v.astype(np.float32, copy=False) for k, v in tensors.items()
+                                if k != "embeddings.position_ids"}
         self.word_emb = w["embeddings.word_embeddings.weight"]
         # Every input is a single segment (token type 0), so its embedding is folded into positions.
         self.pos_emb = np.ascontiguousarray(
             w["embeddings.position_embeddings.weight"][:max_tokens] + w["embeddings.token_type_embeddings.weight"][0])
         self.emb_ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
         scale = _F32(1.0 / math.sqrt(self.head_dim))
-        self.layers: list[_Layer] = []
-        for i in range(config["num_hidden_layers"]):
-            p = f"encoder.layer.{i}."
-            g = lambda name, p=p: w[p + name]  # noqa: E731
-            self.layers.append(_Layer(
-                qkv_w=np.ascontiguousarray(np.concatenate(
-                    [g("attention.self.query.weight") * scale, g("attention.self.key.weight"),
-                     g("attention.self.value.weight")], axis=0).T),
-                qkv_b=np.concatenate([g("attention.self.query.bias") * scale, g("attention.self.key.bias"),
-                                      g("attention.self.value.bias")]),
-                out_w=np.ascontiguousarray(g("attention.output.dense.weight").T),
-                out_b=g("attention.output.dense.bias"),
-                ln1_g=g("attention.output.LayerNorm.weight"), ln1_b=g("attention.output.LayerNorm.bias"),
-                up_w=np.ascontiguousarray(g("intermediate.dense.weight").T), up_b=g("intermediate.dense.bias"),
-                down_w=np.ascontiguousarray(g("output.dense.weight").T), down_b=g("output.dense.bias"),
-                ln2_g=g("output.LayerNorm.weight"), ln2_b=g("output.LayerNorm.bias"),
-            ))
+        self.layers = [_layer_weights(w, f"encoder.layer.{i}.", scale) for i in range(config["num_hidden_layers"])]
         _single_threaded_blas()
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
@@ -140,7 +128,7 @@ class MiniLM:
         self._pool_lock = threading.Lock()
 
     @staticmethod
-    def _check_pipeline(path: Path, config: dict) -> None:
+    def _check_pipeline(path: Path, config: dict[str, Any]) -> None:
         """Refuse a model folder whose declared pipeline is not the one implemented here."""
         pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
         modules = json.loads((path / "modules.json").read_text())
@@ -159,7 +147,7 @@ class MiniLM:
         """Token ids per text, with [CLS]/[SEP] and truncation to `max_tokens`."""
         return [e.ids for e in self.tokenizer.encode_batch([t.strip() for t in texts])]
 
-    def embed(self, texts: Sequence[str], *, inline: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, inline: bool = False) -> Floats:
         """(len(texts), 384) float32 unit vectors, row i for texts[i].
 
         `inline` runs every batch on the calling thread: the background embedder's threads run at
@@ -215,7 +203,7 @@ class MiniLM:
             batches.append(current)
         return batches
 
-    def _encode(self, ids: list[list[int]]) -> np.ndarray:
+    def _encode(self, ids: list[list[int]]) -> Floats:
         """Forward pass of one batch; returns normalised mean-pooled vectors."""
         batch, length = len(ids), max(len(x) for x in ids)
         tokens = np.zeros((batch, length), dtype=np.int64)
@@ -235,21 +223,21 @@ class MiniLM:
 
         x = x.reshape(batch, length, self.hidden)
         counts = mask.sum(axis=1, keepdims=True)
-        pooled = np.einsum("blh,bl->bh", x, mask, optimize=False) if padded else x.sum(axis=1)
+        pooled: Floats = np.einsum("blh,bl->bh", x, mask, optimize=False) if padded else x.sum(axis=1)
         pooled /= np.maximum(counts, _F32(1e-9))
         norms = np.sqrt(np.einsum("bh,bh->b", pooled, pooled))[:, None]
         pooled /= np.maximum(norms, _F32(1e-12))
         return pooled
 
-    def _layer(self, x: np.ndarray, p: _Layer, batch: int, length: int, key_bias: np.ndarray | None) -> np.ndarray:
+    def _layer(self, x: Floats, p: _Layer, batch: int, length: int, key_bias: Floats | None) -> Floats:
         heads, head_dim = self.heads, self.head_dim
-        qkv = x @ p.qkv_w
+        qkv: Floats = x @ p.qkv_w
         qkv += p.qkv_b
         qkv = qkv.reshape(batch, length, 3, heads, head_dim)
         q = qkv[:, :, 0].transpose(0, 2, 1, 3)                  # (b, h, l, d), views
         k = qkv[:, :, 1].transpose(0, 2, 3, 1)                  # (b, h, d, l)
         v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-        scores = q @ k                                           # (b, h, l, l), already scaled
+        scores: Floats = q @ k                                   # (b, h, l, l), already scaled
         if key_bias is not None:
             scores += key_bias
         scores -= scores.max(axis=-1, keepdims=True)
@@ -258,29 +246,49 @@ class MiniLM:
         np.maximum(scores, _F32(-80.0), out=scores)
         np.exp(scores, out=scores)
         denom = scores.sum(axis=-1, keepdims=True)
-        context = scores @ v                                     # (b, h, l, d)
+        context: Floats = scores @ v                             # (b, h, l, d)
         context /= denom
         context = context.transpose(0, 2, 1, 3).reshape(batch * length, self.hidden)
 
-        attn = context @ p.out_w
+        attn: Floats = context @ p.out_w
         attn += p.out_b
         attn += x
         _layer_norm(attn, p.ln1_g, p.ln1_b, self.eps)
 
-        up = attn @ p.up_w
+        up: Floats = attn @ p.up_w
         up += p.up_b
         _gelu(up)
-        out = up @ p.down_w
+        out: Floats = up @ p.down_w
         out += p.down_b
         out += attn
         _layer_norm(out, p.ln2_g, p.ln2_b, self.eps)
         return out
 
 
+def _layer_weights(w: dict[str, Floats], prefix: str, scale: np.float32) -> _Layer:
+    """One encoder layer's weights, laid out for `MiniLM._layer` (fused, pre-scaled, input-major)."""
+    def g(name: str) -> Floats:
+        return w[prefix + name]
+
+    return _Layer(
+        qkv_w=np.ascontiguousarray(np.concatenate(
+            [g("attention.self.query.weight") * scale, g("attention.self.key.weight"),
+             g("attention.self.value.weight")], axis=0).T),
+        qkv_b=np.concatenate([g("attention.self.query.bias") * scale, g("attention.self.key.bias"),
+                              g("attention.self.value.bias")]),
+        out_w=np.ascontiguousarray(g("attention.output.dense.weight").T),
+        out_b=g("attention.output.dense.bias"),
+        ln1_g=g("attention.output.LayerNorm.weight"), ln1_b=g("attention.output.LayerNorm.bias"),
+        up_w=np.ascontiguousarray(g("intermediate.dense.weight").T), up_b=g("intermediate.dense.bias"),
+        down_w=np.ascontiguousarray(g("output.dense.weight").T), down_b=g("output.dense.bias"),
+        ln2_g=g("output.LayerNorm.weight"), ln2_b=g("output.LayerNorm.bias"),
+    )
+
+
 _CHUNK_ROWS = 128   # 128 x 1536 float32 = 768 KB: element-wise passes stay in L2
 
 
-def _gelu(x: np.ndarray) -> None:
+def _gelu(x: Floats) -> None:
     """Exact (erf) GELU in place, as BERT's `hidden_act="gelu"`.
 
     x * Phi(x) == relu(x) - |x| * erfc(|x| / sqrt 2) / 2, which needs erfc only for |x| and never
@@ -310,7 +318,7 @@ def _gelu(x: np.ndarray) -> None:
         c -= y
 
 
-def _layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: np.float32) -> None:
+def _layer_norm(x: Floats, gamma: Floats, beta: Floats, eps: np.float32) -> None:
     """LayerNorm over the last axis, in place."""
     mean = x.mean(axis=-1, keepdims=True)
     x -= mean

@@ -58,26 +58,9 @@ def parse_request(payload: Any, *, version: str, model_required: bool) -> Rerank
     """Check a decoded body against the v1 or v2 contract; raises BadRequest."""
     if not isinstance(payload, dict):
         raise BadRequest("invalid request: body must be a JSON object")
-    model = payload.get("model")
-    if model is None or (isinstance(model, str) and not model.strip()):
-        if model_required:
-            raise BadRequest("a model parameter is required for this endpoint.")
-    elif not isinstance(model, str):
-        raise BadRequest("invalid request: model must be a string")
-
-    query = payload.get("query")
-    if query is None or isinstance(query, str) and not query.strip():
-        raise BadRequest("invalid request: query must not be empty or be only whitespace")
-    if not isinstance(query, str):
-        raise BadRequest("invalid request: query must be a string")
-
-    originals = payload.get("documents")
-    if originals is None or originals == []:
-        raise BadRequest("invalid request: list of documents must not be empty")
-    if not isinstance(originals, list):
-        raise BadRequest("invalid request: documents must be a list of strings")
-    if len(originals) > MAX_DOCUMENTS:
-        raise BadRequest(f"invalid request: number of documents must be at most {MAX_DOCUMENTS}")
+    _check_model(payload.get("model"), model_required)
+    query = _query(payload.get("query"))
+    originals = _document_list(payload.get("documents"))
     documents = [_document_text(doc, i, version) for i, doc in enumerate(originals)]
 
     top_n = payload.get("top_n")
@@ -86,19 +69,51 @@ def parse_request(payload: Any, *, version: str, model_required: bool) -> Rerank
     _optional_int(payload, "max_tokens_per_doc", 1, None)
     _optional_int(payload, "priority", 0, 999)
 
-    return_documents = False
-    if version == "1":
-        return_documents = payload.get("return_documents", False)
-        if not isinstance(return_documents, bool):
-            raise BadRequest("invalid request: return_documents must be a boolean")
-        rank_fields = payload.get("rank_fields")
-        if rank_fields is not None:
-            if not isinstance(rank_fields, list) or not rank_fields:
-                raise BadRequest("invalid request: rank_fields cannot be empty")
-            if rank_fields != ["text"]:
-                raise BadRequest('invalid request: this server ranks on the "text" field only')
-        _optional_int(payload, "max_chunks_per_doc", 1, None)
+    return_documents = _v1_options(payload) if version == "1" else False
     return RerankRequest(query, documents, originals, top_n, return_documents)
+
+
+def _check_model(model: Any, required: bool) -> None:
+    """`model` is a string when sent; where it is required, a blank one counts as missing."""
+    if model is None or (isinstance(model, str) and not model.strip()):
+        if required:
+            raise BadRequest("a model parameter is required for this endpoint.")
+    elif not isinstance(model, str):
+        raise BadRequest("invalid request: model must be a string")
+
+
+def _query(query: Any) -> str:
+    if query is None or (isinstance(query, str) and not query.strip()):
+        raise BadRequest("invalid request: query must not be empty or be only whitespace")
+    if not isinstance(query, str):
+        raise BadRequest("invalid request: query must be a string")
+    return query
+
+
+def _document_list(originals: Any) -> list[Any]:
+    """The `documents` list as sent: not empty, at most MAX_DOCUMENTS (each checked on its own)."""
+    if originals is None or originals == []:
+        raise BadRequest("invalid request: list of documents must not be empty")
+    if not isinstance(originals, list):
+        raise BadRequest("invalid request: documents must be a list of strings")
+    if len(originals) > MAX_DOCUMENTS:
+        raise BadRequest(f"invalid request: number of documents must be at most {MAX_DOCUMENTS}")
+    return originals
+
+
+def _v1_options(payload: dict[str, Any]) -> bool:
+    """v1's own fields checked; returns `return_documents`."""
+    return_documents = payload.get("return_documents", False)
+    if not isinstance(return_documents, bool):
+        raise BadRequest("invalid request: return_documents must be a boolean")
+    rank_fields = payload.get("rank_fields")
+    if rank_fields is not None:
+        if not isinstance(rank_fields, list) or not rank_fields:
+            raise BadRequest("invalid request: rank_fields cannot be empty")
+        if rank_fields != ["text"]:
+            raise BadRequest('invalid request: this server ranks on the "text" field only')
+    _optional_int(payload, "max_chunks_per_doc", 1, None)
+    return return_documents
 
 
 def _document_text(doc: Any, index: int, version: str) -> str:

@@ -29,7 +29,7 @@ from rerank_proxy.config import ConfigError, Settings
 from rerank_proxy.local.embedder import SEARCH, STARTUP, WRITE, BackgroundEmbedder, Dropped, wait_all
 from rerank_proxy.local.minilm import MODEL_NAME, MiniLM, shared_model
 from rerank_proxy.local.shared_vectors import TieredVectorStore, build_store
-from rerank_proxy.local.vector_store import VectorStore, vector_key
+from rerank_proxy.local.vector_store import STORE_ERRORS, VectorStore, vector_key
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import RerankVectorsCold
 from rerank_proxy.scoring.work_owner import current_owner
@@ -180,7 +180,7 @@ class LocalReranker:
         """Stored vectors; a broken store degrades to "nothing stored", never to a failed search."""
         try:
             return self.store.get_many(keys)
-        except Exception as exc:  # sqlite3.Error, OSError (disk, permissions)
+        except STORE_ERRORS as exc:
             self._store_trouble("read", exc)
             return {}
 
@@ -189,7 +189,7 @@ class LocalReranker:
         vectors = self._load_model().embed(texts)
         try:
             self.store.put_many(zip(keys, vectors, strict=True))
-        except Exception as exc:
+        except STORE_ERRORS as exc:
             if strict:
                 raise
             self._store_trouble("write", exc)
@@ -203,12 +203,12 @@ class LocalReranker:
             log.warning("local vector store %s failed at %s (%s); searches still work, embedding every "
                         "document", action, self.store.path, exc)
 
-    async def _compute(self, fn: Callable[..., T], *args, **kwargs) -> T:
+    async def _compute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._model_threads, lambda: fn(*args, **kwargs))
         except (RuntimeError, OSError, ValueError, MemoryError) as exc:
             raise RerankError(f"local model failed: {exc}", retryable=False) from exc
 
-    async def _io(self, fn: Callable[..., T], *args) -> T:
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io_threads, fn, *args)

@@ -28,6 +28,9 @@ from rerank_proxy.sqlite_busy import while_busy
 
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 _CHUNK = 500  # keys per SELECT ... IN (...), well under SQLite's variable limit
+# What a store's methods raise when its file is the trouble: locked or corrupt (sqlite3.Error), the
+# disk or permissions (OSError), a row or file of another shape (ValueError: another model's dim).
+STORE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, OSError, ValueError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -152,7 +155,8 @@ class VectorStore:
 
     def count(self) -> int:
         with self._lock:
-            return self._connection().execute("SELECT count(*) FROM vectors").fetchone()[0]
+            rows: int = self._connection().execute("SELECT count(*) FROM vectors").fetchone()[0]
+            return rows
 
     # --- writes ----------------------------------------------------------------------------------
 

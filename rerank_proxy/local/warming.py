@@ -40,7 +40,7 @@ async def queue_written(warmer: Warmer, settings: Settings, method: str, path: s
         mapped = await fields.resolve(indices, headers) if fields is not None and indices else None
         texts = await asyncio.to_thread(_texts, docs, mapped)
         return warmer.submit_texts(texts)
-    except Exception as exc:  # a bug here must never reach the write
+    except Exception as exc:  # noqa: BLE001 - a bug here must never reach the write
         log.warning("write warming skipped a %s %s: %s", method, path, exc)
         return 0
 

@@ -86,8 +86,9 @@ def _update_source(data: Any) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     for key in ("doc", "upsert"):
-        if isinstance(data.get(key), dict):
-            return data[key]
+        part = data.get(key)
+        if isinstance(part, dict):
+            return part
     return None
 
 
