@@ -214,7 +214,7 @@ class _proxy:
         try:
             self.app = ProxyApp(self.settings)
             self.server = BackgroundServer(self.app).start()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any start-up failure ends the demo with one clear line
             raise SystemExit(f"demo: the proxy failed to start: {exc}") from None
         return self
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -116,7 +117,7 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
     server = ProxyServer(app)
     try:
         await server.start(sock=sock)
-    except Exception as exc:  # one clear line, not a trace
+    except Exception as exc:  # noqa: BLE001 - any start-up failure: one clear line and exit 3, not a trace
         print(f"rerank-proxy: start-up failed: {logs.redact(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return STARTUP_FAILED
     settle_garbage_collector()
@@ -165,53 +166,70 @@ def settle_garbage_collector() -> None:
 
 
 def _supervise(settings: Settings, sock: socket.socket) -> int:
-    children: set[int] = set()
-    stopping = False
     peer_dir = tempfile.mkdtemp(prefix="rerank-proxy-workers-")  # mkdtemp: mode 0700, this user only
     host_dir = tempfile.mkdtemp(prefix="rerank-proxy-host-")
+    result = _Supervisor(settings, sock, peer_dir, host_dir).run()
+    shutil.rmtree(peer_dir, ignore_errors=True)
+    shutil.rmtree(host_dir, ignore_errors=True)
+    return result
 
-    def spawn() -> None:
+
+class _Supervisor:
+    """The parent of WORKERS > 1: forks the workers, passes SIGTERM/SIGINT on, replaces a dead one."""
+
+    def __init__(self, settings: Settings, sock: socket.socket, peer_dir: str, host_dir: str) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.peer_dir = peer_dir
+        self.host_dir = host_dir
+        self.children: set[int] = set()
+        self.stopping = False
+        self.result = 0
+
+    def run(self) -> int:
+        """Until every worker has exited: 0, or STARTUP_FAILED when one could not start."""
+        signal.signal(signal.SIGTERM, self.stop_workers)
+        signal.signal(signal.SIGINT, self.stop_workers)
+        for _ in range(self.settings.workers):
+            self.spawn()
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            self.children.discard(pid)
+            self.worker_exited(pid, os.waitstatus_to_exitcode(status))
+        return self.result
+
+    def spawn(self) -> None:
+        settings = self.settings
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = STARTUP_FAILED
             try:
-                sock.close()
-                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True), peer_dir, host_dir)
+                self.sock.close()
+                code = run_worker(settings, _bind(settings.host, settings.port, reuse_port=True),
+                                  self.peer_dir, self.host_dir)
             finally:
                 os._exit(code)
-        children.add(pid)
+        self.children.add(pid)
 
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
+    def stop_workers(self, signum: int, frame: object) -> None:
+        """The signal handler: every worker is sent SIGTERM, and none is replaced any more."""
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for _ in range(settings.workers):
-        spawn()
-    result = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        children.discard(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            continue
+    def worker_exited(self, pid: int, code: int) -> None:
+        """A worker that failed to start stops them all; one that exited otherwise is replaced."""
+        if self.stopping:
+            return
         if code == STARTUP_FAILED:
-            result = STARTUP_FAILED
-            on_signal(signal.SIGTERM, None)
-            continue
+            self.result = STARTUP_FAILED
+            self.stop_workers(signal.SIGTERM, None)
+            return
         _log.warning("worker exited; starting another", extra={"fields": {"pid": pid, "exit_code": code}})
-        spawn()
-    shutil.rmtree(peer_dir, ignore_errors=True)
-    shutil.rmtree(host_dir, ignore_errors=True)
-    return result
+        self.spawn()

@@ -9,6 +9,7 @@ started it (tests leave engines running for the next run).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -169,7 +170,5 @@ def _wait_gone(pgids: list[int], timeout_s: float) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

@@ -190,9 +190,8 @@ def stop_all(kind: str | None = None, say: Say = _stderr) -> list[EngineInfo]:
     """Stop every engine we know of (optionally only one kind)."""
     stopped = []
     for info in running_engines():
-        if kind is None or info.kind == kind:
-            if stop_engine(port=info.port, say=say) is not None:
-                stopped.append(info)
+        if (kind is None or info.kind == kind) and stop_engine(port=info.port, say=say) is not None:
+            stopped.append(info)
     return stopped
 
 
