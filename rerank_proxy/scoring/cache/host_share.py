@@ -8,7 +8,9 @@ whose worker died (its claim is then taken over) or a lost wake-up. Waiting is b
 worker calls the provider itself. So a dead or stuck worker delays a search, never stalls it.
 
 Every failure of the tier is a miss: it is counted in `stats.errors` and the worker computes the
-scores itself, as it would with one worker.
+scores itself, as it would with one worker. The first failure of each kind (exception type) is
+logged with its traceback, so a bug is not a silent miss forever, and a failing tier does not
+write a line per search.
 
 Files deleted under the running workers (a `/tmp` cleaner) would split the tier: each worker keeps
 the file it has open while a replacement worker creates a new one. So at most every FILE_CHECK_S,
@@ -71,6 +73,18 @@ class HostShare:
         self.timer = timer
         self.stats = HostStats()
         self._next_file_check = timer() + FILE_CHECK_S
+        self._logged: set[type[BaseException]] = set()  # the kinds of failure already logged
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        """A tier operation failed (served as a miss): counted; logged the first time of its kind."""
+        self.stats.errors += 1
+        kind = type(exc)
+        if kind in self._logged:
+            return
+        self._logged.add(kind)
+        log.warning("the per-host score tier failed (%s: %s); served as a miss. Later failures of this "
+                    "kind are only counted (rerank_proxy_cache_host_errors_total)", operation, kind.__name__,
+                    exc_info=exc, extra={"fields": {"pid": os.getpid(), "operation": operation}})
 
     def rejoin_if_replaced(self) -> bool:
         """Open the tier's files again if they were deleted or replaced; True when it did."""
@@ -86,8 +100,8 @@ class HostShare:
                         "computed again)", self.tier.directory, extra={"fields": {"pid": os.getpid()}})
             self.tier.reopen()
             self.signals.restart()
-        except Exception:
-            self.stats.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a tier failure is a miss (counted, each kind logged once)
+            self._failed("rejoin", exc)
             return False
         self.stats.rejoined += 1
         return True
@@ -96,8 +110,8 @@ class HostShare:
         self.rejoin_if_replaced()
         try:
             found = self.tier.get_many(keys)
-        except Exception:
-            self.stats.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a tier failure is a miss (counted, each kind logged once)
+            self._failed("get_many", exc)
             return [None] * len(keys)
         return found
 
@@ -107,8 +121,8 @@ class HostShare:
             return
         try:
             waiting = self.tier.set_many(items)
-        except Exception:
-            self.stats.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a tier failure is a miss (counted, each kind logged once)
+            self._failed("store", exc)
             return
         if waiting:
             self.signals.wake(waiting)
@@ -116,8 +130,8 @@ class HostShare:
     def entries(self) -> int | None:
         try:
             return len(self.tier)
-        except Exception:
-            self.stats.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a tier failure is a miss (counted, each kind logged once)
+            self._failed("entries", exc)
             return None
 
     def flush(self) -> int:
@@ -142,15 +156,7 @@ class HostShare:
             if claim is None:
                 mine, theirs = pending, []
             else:
-                for i in pending:
-                    score = claim.found.get(keys[i])
-                    if score is not None:
-                        scores[i] = score
-                        result.from_host.append(i)
-                if first:
-                    result.found += len(claim.found)
-                else:
-                    result.waited += len(claim.found)
+                _take_found(claim, keys, pending, scores, result, first)
                 claimed = set(claim.mine)
                 mine = [i for i in pending if keys[i] in claimed]
                 theirs = [i for i in pending if scores[i] is None and keys[i] not in claimed]
@@ -177,8 +183,8 @@ class HostShare:
     def _claim(self, keys: list[bytes]) -> Claim | None:
         try:
             return self.tier.claim(keys, self.lease_s)
-        except Exception:
-            self.stats.errors += 1
+        except Exception as exc:  # noqa: BLE001 - a tier failure is a miss (counted, each kind logged once)
+            self._failed("claim", exc)
             return None
 
     async def _compute(self, compute: Compute, keys: Sequence[bytes], positions: list[int],
@@ -190,6 +196,21 @@ class HostShare:
             if claim is not None:
                 try:
                     self.signals.wake(self.tier.release([keys[i] for i in positions], claim.token))
-                except Exception:
-                    self.stats.errors += 1
+                except Exception as exc:  # noqa: BLE001 - then waiters wait out the lease (counted, each kind logged once)
+                    self._failed("release", exc)
             raise
+
+
+def _take_found(claim: Claim, keys: Sequence[bytes], pending: list[int], scores: list[float | None],
+                result: Resolved, first: bool) -> None:
+    """The scores a claim found already stored: into `scores`, counted as found (the first look)
+    or as waited for (stored by another worker meanwhile)."""
+    for i in pending:
+        score = claim.found.get(keys[i])
+        if score is not None:
+            scores[i] = score
+            result.from_host.append(i)
+    if first:
+        result.found += len(claim.found)
+    else:
+        result.waited += len(claim.found)
