@@ -4,6 +4,9 @@ Every process a benchmark needs (the proxy, nginx, redis-server, the Cohere-prot
 the load generator) is started here as a child in its own session and stopped by its process
 group id, which is its own pid; nothing is ever stopped by name. Logs go to a temporary
 directory that is printed on failure.
+
+The proxy is started only by `start_proxy` (or, in-process, configured by `in_process_settings`):
+the shipped defaults plus what the bench names, with the differences recorded for its results.
 """
 
 from __future__ import annotations
@@ -20,19 +23,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from rerank_proxy.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
 DATASET = Path(os.environ.get("BENCH_DATASET", "/work/shared/datasets/cranfield"))
 DEFAULT_ENGINE_PORT = 9400
-ADMIN_TOKEN = "bench-admin-token"
+ADMIN_TOKEN = "bench-admin-token"   # only for a proxy started with ADMIN_TOKEN=ADMIN_TOKEN named
 PROVIDER_KEY = "bench-provider-key"
 CRANFIELD_INDEX = "cranfield"
 SMALL_INDEX = "bench-small"
@@ -361,7 +367,7 @@ def start_counting_server(delay_ms: float, port: int | None = None) -> Service:
     port = port or free_port()
     service = spawn(f"count-server-{port}", [sys.executable, "-m", "bench.count_server", "--port", str(port),
                                              "--delay-ms", str(delay_ms), "--api-key", PROVIDER_KEY],
-                    env=clean_env(LOG_LEVEL="warning"))
+                    env=clean_env())
     service.url, service.port = f"http://127.0.0.1:{port}", port
     wait_http(service, "/health")
     return service
@@ -374,37 +380,174 @@ def counting_stats(server: Service, records: bool = False, reset: bool = False) 
     return httpx.get(server.url + "/_stats", params={"records": "1" if records else "0"}, timeout=30).json()
 
 
-def start_proxy(upstream: str, *, provider: Service | None, workers: int | str = 1, port: int | None = None,
-                name: str = "proxy", checkout: Path = REPO, **settings: Any) -> Service:
-    """`rerank-proxy serve` with the Cohere-protocol test server as provider (or none); `workers`
-    may be "auto", the shipped default; `checkout`: the source tree to run (another revision's)."""
-    port = port or free_port()
-    base = {"UPSTREAM_URLS": upstream, "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN}
-    if provider is not None:
-        base.update(RERANK_PROVIDER="cohere", RERANK_BASE_URL=provider.url, RERANK_API_KEY=PROVIDER_KEY)
-    else:
-        base.update(RERANK_PROVIDER="none")
-    base.update(settings)
-    # `python -m` from the checkout: its proxy, also when the venv's editable install points elsewhere
-    service = spawn(f"{name}-{port}", [sys.executable, "-m", "rerank_proxy.cli", "serve", "--host", "127.0.0.1",
-                                       "--port", str(port), "--workers", str(workers)],
-                    env=clean_env(**base), cwd=checkout)
-    service.url, service.port = f"http://127.0.0.1:{port}", port
-    if workers == "auto":
-        from rerank_proxy.cpus import usable_cpus
+# --- the proxy: the one harness every benchmark starts it through --------------------------------
+#
+# A proxy started here runs on the shipped environment (clean_env strips every inherited setting)
+# plus only: UPSTREAM_URLS and the --host/--port flags; the provider under test when one is given
+# (RERANK_PROVIDER=cohere, RERANK_BASE_URL, RERANK_API_KEY); --workers when the caller names a
+# worker count; and the settings the caller names, each checked against rerank_proxy.config. What
+# differs from the shipped defaults is recorded (`Service.extra["differs"]`, secrets redacted, and
+# `started_proxies()` for the results file), so a report states it from what was set. Naming a
+# setting is the only way to change one: tests/test_bench_harness.py fails on a bench that spawns
+# the proxy itself or writes a setting name anywhere but in a call to this harness.
 
-        workers = usable_cpus()[0]
-    assert isinstance(workers, int)
-    service.extra = {"workers": workers, **{k: v for k, v in base.items() if "KEY" not in k and "TOKEN" not in k}}
-    wait_http(service, "/_rerank/ready", ok=lambda r: r.status_code == 200)
-    if workers > 1:  # every worker must be up before load starts
-        deadline = time.monotonic() + 60
-        while len(service.worker_pids()) < workers or service.worker_pids() == [service.pid]:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{service.name}: workers did not start:\n{service.log_tail()}")
-            time.sleep(0.2)
-        time.sleep(1.0)
+PROVIDER_SETTINGS = ("RERANK_PROVIDER", "RERANK_BASE_URL", "RERANK_API_KEY")
+HARNESS_FLAGS = {"UPSTREAM_URLS": "the upstream argument", "HOST": "--host", "PORT": "the port argument",
+                 "WORKERS": "the workers argument"}
+REDACTED = "<redacted>"
+_STARTED: dict[str, dict[str, str]] = {}
+
+
+def _setting_text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def named(**settings: Any) -> dict[str, str]:
+    """Settings a benchmark sets on purpose, checked now (a real setting name, a value it accepts).
+
+    Where named settings are kept in a variable before they reach `start_proxy`, they are built by
+    this call: the guard test accepts a setting name in a bench only inside a harness call."""
+    from rerank_proxy.config import SETTINGS
+    from rerank_proxy.config_values import BadValue
+
+    by_name = {s.name: s for s in SETTINGS}
+    out: dict[str, str] = {}
+    for name, value in settings.items():
+        setting = by_name.get(name)
+        if setting is None:
+            raise ValueError(f"{name!r} is not a proxy setting (rerank_proxy.config.SETTING_NAMES); "
+                             "a benchmark can only name real settings")
+        if value is None:
+            continue
+        text = _setting_text(value)
+        try:
+            setting.parse(text)
+        except BadValue as exc:
+            shown = REDACTED if setting.secret else repr(text)
+            raise ValueError(f"{name}={shown}: {exc.problem}; accepted: {exc.accepted}") from None
+        out[name] = text
+    return out
+
+
+def differs_from_shipped(settings: Mapping[str, str]) -> dict[str, str]:
+    """The settings among `settings` (NAME -> text) whose value is not the shipped default, secrets
+    redacted, sorted by name. UPSTREAM_URLS is left out: every run sets it to its engine.
+    WORKERS is compared as written ("auto" is the default whatever it resolves to here)."""
+    from rerank_proxy.config import SETTINGS
+
+    by_name = {s.name: s for s in SETTINGS}
+    out: dict[str, str] = {}
+    for name, text in sorted(named(**settings).items()):
+        setting = by_name[name]
+        if name == "UPSTREAM_URLS":
+            continue
+        if name == "WORKERS":
+            same = text.strip().lower() == setting.default
+        else:
+            same = setting.parse(text) == setting.parse(setting.default)
+        if not same:
+            out[name] = REDACTED if setting.secret and text else text
+    return out
+
+
+def _provider_url(provider: Service | str | None) -> str | None:
+    return provider.url if isinstance(provider, Service) else provider
+
+
+def proxy_env(upstream: str, provider: Service | str | None = None, settings: Mapping[str, Any] | None = None, *,
+              workers: int | str | None = None, port: int = 8080,
+              host: str = "127.0.0.1") -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """(env, argv, differs) of `rerank-proxy serve` as the harness starts it; pure, starts nothing.
+
+    env: clean_env() plus UPSTREAM_URLS, the provider trio when `provider` (a Cohere-protocol server:
+    a Service or its URL) is given, and `settings` (checked by `named`). argv: `python -m
+    rerank_proxy.cli serve --host --port`, `--workers` only when `workers` is given. differs: the
+    settings of env and argv that are not the shipped defaults (`differs_from_shipped`)."""
+    chosen = named(**(settings or {}))
+    if clash := sorted(set(chosen) & set(HARNESS_FLAGS)):
+        raise ValueError(f"{clash[0]} is set by the harness ({HARNESS_FLAGS[clash[0]]}), not as a named setting")
+    base = {"UPSTREAM_URLS": upstream}
+    url = _provider_url(provider)
+    if url is not None:
+        if clash := sorted(set(chosen) & set(PROVIDER_SETTINGS)):
+            raise ValueError(f"{clash[0]} is named while a provider is given: the provider sets it")
+        base.update(RERANK_PROVIDER="cohere", RERANK_BASE_URL=url, RERANK_API_KEY=PROVIDER_KEY)
+    base.update(chosen)
+    env = clean_env(**base)
+    # `python -m` from the checkout: its proxy, also when the venv's editable install points elsewhere
+    argv = [sys.executable, "-m", "rerank_proxy.cli", "serve", "--host", host, "--port", str(port)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+        base["WORKERS"] = str(workers)
+    return env, argv, differs_from_shipped(base)
+
+
+def _record(label: str, differs: dict[str, str]) -> str:
+    """Keep what a proxy (or an in-process runtime) of this run was set to, under a unique label."""
+    key, n = label, 1
+    while key in _STARTED and _STARTED[key] != differs:
+        n += 1
+        key = f"{label} ({n})"
+    _STARTED[key] = dict(differs)
+    return key
+
+
+def started_proxies() -> dict[str, dict[str, str]]:
+    """Every proxy this process started through the harness (by name), each with the settings that
+    differed from the shipped defaults: what a results file records as `settings_differ`."""
+    return {label: dict(differs) for label, differs in _STARTED.items()}
+
+
+def start_proxy(upstream: str, *, provider: Service | str | None, workers: int | str | None = None,
+                port: int | None = None, name: str = "proxy", checkout: Path = REPO,
+                ready: str = "/_rerank/ready", wait_workers: bool = True, **settings: Any) -> Service:
+    """`rerank-proxy serve` on the shipped defaults plus what `proxy_env` adds; `provider`: a
+    Cohere-protocol server (a Service or a URL) or None for the shipped provider; `workers` only
+    when the bench needs a count (None: the shipped WORKERS=auto, no flag); `checkout`: the source
+    tree to run (another revision's); `ready`: the path polled until it answers 200 (/_rerank/health
+    does not wait for the reranker); `wait_workers`: also wait until every worker runs."""
+    port = port or free_port()
+    env, argv, differs = proxy_env(upstream, provider, settings, workers=workers, port=port)
+    service = spawn(f"{name}-{port}", argv, env=env, cwd=checkout)
+    service.url, service.port = f"http://127.0.0.1:{port}", port
+    from rerank_proxy.config_values import Workers
+
+    count = Workers()(str(workers) if workers is not None else "auto")
+    service.extra = {"workers": count, "differs": differs, "label": _record(name, differs)}
+    try:
+        wait_http(service, ready, ok=lambda r: r.status_code == 200)
+        if wait_workers and count > 1:  # every worker must be up before load starts
+            deadline = time.monotonic() + 60
+            while len(service.worker_pids()) < count or service.worker_pids() == [service.pid]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service.name}: workers did not start:\n{service.log_tail()}")
+                time.sleep(0.2)
+            time.sleep(1.0)
+    except BaseException:
+        service.stop()
+        raise
     return service
+
+
+def in_process_settings(upstream: str, provider: Service | str | None, *, name: str = "in-process",
+                        **settings: Any) -> tuple[Settings, dict[str, str]]:
+    """The `Settings` a proxy started by `start_proxy` with the same arguments would load, for the
+    benches that build the runtime in-process; (settings, differs), recorded like a started proxy."""
+    from rerank_proxy.config import SETTING_NAMES, load_settings
+
+    env, _, differs = proxy_env(upstream, provider, settings)
+    loaded = load_settings({k: v for k, v in env.items() if k in SETTING_NAMES})
+    _record(name, differs)
+    return loaded, differs
+
+
+def start_command(name: str, args: Sequence[str], *, checkout: Path = REPO, **settings: Any) -> Service:
+    """Another `rerank-proxy` command (e.g. `warm`) of the checkout, on the shipped environment plus
+    the named settings (checked by `named`); `serve` goes through `start_proxy`."""
+    if not args or args[0] == "serve":
+        raise ValueError("start the proxy with start_proxy, which records its settings")
+    return spawn(name, [sys.executable, "-m", "rerank_proxy.cli", *args], env=clean_env(**named(**settings)),
+                 cwd=checkout)
 
 
 def proxy_metrics(proxy: Service, names: Sequence[str]) -> dict[str, float]:
@@ -416,7 +559,26 @@ def proxy_metrics(proxy: Service, names: Sequence[str]) -> dict[str, float]:
     return {name: found.get(name, 0.0) for name in names}
 
 
+def proxy_cache_metrics(proxy: Service) -> dict[str, float]:
+    """The score cache's and the answer memo's samples from /_rerank/metrics (no admin token needed),
+    labelled ones as `name{label="value"}`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(proxy.url + "/_rerank/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith(("rerank_proxy_cache_", "rerank_proxy_answer_memo_")):
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 def proxy_cache_stats(proxy: Service) -> dict[str, Any]:
+    """/_rerank/admin/cache: needs a proxy started with ADMIN_TOKEN=ADMIN_TOKEN named (so the run
+    records it as a difference); proxy_cache_metrics reads the same counts without it."""
+    if "ADMIN_TOKEN" not in proxy.extra.get("differs", {}):
+        raise RuntimeError(f"{proxy.name} was not started with ADMIN_TOKEN named; use proxy_cache_metrics")
     return httpx.get(proxy.url + "/_rerank/admin/cache", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
                      timeout=10).json()
 

@@ -36,7 +36,8 @@ from .common import (
     load_queries,
     log,
     machine_info,
-    proxy_cache_stats,
+    named,
+    proxy_cache_metrics,
     proxy_metrics,
     run_loadgen,
     save_json,
@@ -45,6 +46,7 @@ from .common import (
     start_engine,
     start_proxy,
     start_redis,
+    started_proxies,
     summary,
 )
 
@@ -157,7 +159,7 @@ def replay(searches: list[Search], proxies: list[Service], provider: Service, co
             "provider": {k: v for k, v in stats.items() if k != "records"},
             "per_1000": per_1000, "last_1000": last_1000, "http_status": statuses, "x_rerank": outcomes,
             "x_rerank_cache": caches, "cumulative": cumulative,
-            "proxy_cache_stats": [proxy_cache_stats(p) for p in proxies],
+            "proxy_cache_metrics": [proxy_cache_metrics(p) for p in proxies],
             "search_latency_ms": summary([r[3] for r in records])}
 
 
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # (name, proxies, workers per proxy, settings, replay concurrency, a new connection per search)
         c = args.workers_concurrency
         setups: list[tuple[str, int, int | str, dict[str, Any], int, bool]] = [
-            ("no_cache", 1, 1, {"CACHE_MAX_ENTRIES": 0}, args.concurrency, False),
+            ("no_cache", 1, 1, named(CACHE_MAX_ENTRIES=0), args.concurrency, False),
             ("in_process", 1, 1, {}, args.concurrency, False),
             ("two_replicas_redis", 2, 1, {}, args.concurrency, False),
             ("two_replicas_no_share", 2, 1, {}, args.concurrency, False),
@@ -221,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if name == "two_replicas_redis":
                 redis = start_redis()
                 services.append(redis)
-                settings = {**settings, "REDIS_URL": redis.url}
+                settings = {**settings, **named(REDIS_URL=redis.url)}
             proxies = [start_proxy(engine, provider=provider, name=f"proxy-{name}-{i}", workers=workers, **settings)
                        for i in range(replicas)]
             services.extend(proxies)
@@ -254,6 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "met": b["requests"] <= a["requests"] and b["documents"] <= a["documents"]})
     results["workers_target"] = pairs
     results["machine"]["loadavg_at_end"] = list(__import__("os").getloadavg())
+    results["settings_differ"] = started_proxies()
     save_json("cost.json", results)
     return results
 

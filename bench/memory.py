@@ -6,7 +6,8 @@ run and a flat curve afterwards means something), the Cohere-protocol test serve
 concurrency 8: reranked searches each with a distinct query (every one a cache miss that adds up
 to 100 entries), `GET /bench-small/_doc/{id}` and `_bulk` of 1,000 documents (weights 70/25/5).
 VmRSS and VmHWM are read from /proc/<pid>/status every `--interval` seconds, with the cache's
-entry count from the admin endpoint.
+entry count from /_rerank/metrics (`rerank_proxy_cache_entries`; no admin token, so apart from
+CACHE_MAX_ENTRIES, the worker count and the test provider the proxy runs on the shipped defaults).
 
     .venv/bin/python -m bench.memory [--duration 600] [--interval 5]
 """
@@ -25,6 +26,7 @@ import httpx
 from .common import (
     CRANFIELD_INDEX,
     SMALL_INDEX,
+    Service,
     bulk_body,
     engine_version,
     index_cranfield,
@@ -32,12 +34,13 @@ from .common import (
     load_queries,
     log,
     machine_info,
-    proxy_cache_stats,
+    proxy_metrics,
     run_loadgen,
     save_json,
     start_counting_server,
     start_engine,
     start_proxy,
+    started_proxies,
     summary,
 )
 
@@ -49,6 +52,12 @@ def status_kb(pid: int) -> dict[str, int]:
             key, value = line.split(":", 1)
             out[key] = int(value.split()[0])
     return out
+
+
+def cache_entries(proxy: Service) -> int:
+    """Scores in the proxy's in-process cache, from /_rerank/metrics (no admin token: the run stays
+    on the shipped defaults)."""
+    return int(proxy_metrics(proxy, ["rerank_proxy_cache_entries"])["rerank_proxy_cache_entries"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             holder: dict[str, Any] = {}
             samples: list[dict[str, Any]] = []
             start = time.time()
-            samples.append({"t_s": 0.0, **status_kb(pid), "cache_entries": proxy_cache_stats(proxy)["entries"]})
+            samples.append({"t_s": 0.0, **status_kb(pid), "cache_entries": cache_entries(proxy)})
             thread = threading.Thread(target=lambda: holder.update(out=run_loadgen(spec, "memory-load")))
             thread.start()
             next_log = 0.0
@@ -80,10 +89,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(args.interval)
                 t = time.time() - start
                 try:
-                    entries = proxy_cache_stats(proxy)["entries"]
+                    entries = cache_entries(proxy)
                 except (httpx.HTTPError, ValueError, KeyError):  # a sample missed under load: left blank
                     entries = None
-                row = {"t_s": round(t, 1), **status_kb(pid), "cache_entries": entries}
+                row: dict[str, Any] = {"t_s": round(t, 1), **status_kb(pid), "cache_entries": entries}
                 samples.append(row)
                 if t >= next_log:
                     log(f"memory {t:.0f}/{args.duration:.0f}s: RSS {row['VmRSS'] / 1024:.1f} MiB, "
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     next_log = t + 30
             thread.join()
             samples.append({"t_s": round(time.time() - start, 1), **status_kb(pid),
-                            "cache_entries": proxy_cache_stats(proxy)["entries"]})
+                            "cache_entries": cache_entries(proxy)})
             load = holder["out"]
         finally:
             proxy.stop()
@@ -121,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_elapsed_s": load["elapsed_s"],
     })
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["settings_differ"] = started_proxies()
     save_json(f"{args.name}.json", results)
     r = results["rss_mib"]
     log(f"RSS first {r['first']:.1f} MiB, at cache full {r['at_cache_full']} MiB, last {r['last']:.1f} MiB, "
