@@ -33,6 +33,7 @@ from .common import (
     start_engine,
     start_nginx,
     start_proxy,
+    started_proxies,
 )
 
 TARGETS = ("engine", "nginx", "proxy_1w", "proxy_2w")
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["cells"] = cells
         results.update(derive(cells, args.ops, list(urls)))
         results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        results["settings_differ"] = started_proxies()
     finally:
         for s in reversed(services):
             s.stop()

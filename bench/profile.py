@@ -46,6 +46,7 @@ from .common import (
     start_counting_server,
     start_engine,
     start_proxy,
+    started_proxies,
 )
 
 PROFILE_DIR = RESULTS / "profile"
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         provider.stop()
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["settings_differ"] = started_proxies()
     save_json("profile.json", results)
     for name in ("passthrough_get_c32", "passthrough_bulk_c32", "cache_miss_c32", "cache_hit_c32"):
         r = results[name]

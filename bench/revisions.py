@@ -48,6 +48,7 @@ from .common import (
     start_counting_server,
     start_engine,
     start_proxy,
+    started_proxies,
     summary,
 )
 from .report import machine_block, md_table, ms
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proxy.stop()
         provider.stop()
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["settings_differ"] = started_proxies()
     results["medians"] = {cell: _medians(runs) for cell, runs in results["cells"].items()}
     save_json(f"revisions_{args.name}.json", results)
     return results

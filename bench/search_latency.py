@@ -59,6 +59,7 @@ from .common import (
     log,
     machine_info,
     median,
+    named,
     run_loadgen,
     run_wrk,
     save_json,
@@ -66,6 +67,7 @@ from .common import (
     start_counting_server,
     start_engine,
     start_proxy,
+    started_proxies,
     summary,
 )
 
@@ -109,7 +111,7 @@ def server_timing(value: str) -> dict[str, float]:
 # The shipped defaults, and the same with the finished-answer memo off: every score is still cached,
 # but the engine's 100 hits are parsed, looked up and merged again (a search that repeats no earlier
 # request exactly, e.g. a new filter over scored documents, takes that path).
-HIT_SETTINGS: dict[str, dict[str, Any]] = {"proxy_hit": {}, "proxy_hit_no_memo": {"CACHE_ANSWERS_MAX_MB": 0}}
+HIT_SETTINGS: dict[str, dict[str, Any]] = {"proxy_hit": {}, "proxy_hit_no_memo": named(CACHE_ANSWERS_MAX_MB=0)}
 VARIANTS = {"proxy_hit_no_memo": " (CACHE_ANSWERS_MAX_MB=0: scores cached, answer built again)"}
 
 def warm_hits(proxies: dict[str, Service], bodies: list[dict[str, Any]], path: str,
@@ -415,7 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     proxy.stop()
         if "miss" in args.parts:
             setups: list[tuple[str, int | str, dict[str, Any]]] = [
-                ("default", "auto", {}), ("1w", 1, {}), ("1w_conc16", 1, {"RERANK_MAX_CONCURRENCY": 16}),
+                ("default", "auto", {}), ("1w", 1, {}), ("1w_conc16", 1, named(RERANK_MAX_CONCURRENCY=16)),
                 (f"default_{OWN_CORE}", "auto", {}), (f"default_{PROXY_OWN_CORE}", "auto", {})]
             results["cache_miss"] = cache_miss(engine, provider, queries, setups, args.miss_count_c1, args.miss_count,
                                                args.miss_rounds)
@@ -431,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         provider.stop()
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    results["settings_differ"] = started_proxies()
     save_json("search_latency.json", results)
     if "cache_hit" in results:
         for t in results["cache_hit"]["targets"]:
