@@ -12,9 +12,13 @@ import struct
 from collections.abc import Sequence
 
 import redis.asyncio as redis
+from redis import RedisError
 
 _PREFIX = b"rrp:s:"
 _FLOAT = struct.Struct("<d")
+# What a call to Redis raises when Redis is slow, absent or refuses: the client's own errors, and
+# socket errors and timeouts (TimeoutError, also asyncio's, is an OSError).
+ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
 
 
 class RedisTier:
@@ -47,7 +51,7 @@ class RedisTier:
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except Exception:
+        except ERRORS:
             return False
 
     async def aclose(self) -> None:

@@ -30,11 +30,12 @@ from typing import Protocol
 
 from rerank_proxy.scoring.cache.host_share import HostShare
 from rerank_proxy.scoring.cache.local_tier import LocalTier
+from rerank_proxy.scoring.cache.redis_tier import ERRORS as SHARED_ERRORS
 from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
 
 class SharedTier(Protocol):
-    """A score tier several replicas share (Redis); every failure of it is a cache miss."""
+    """A score tier several replicas share (Redis); each of its failures (`SHARED_ERRORS`) is a cache miss."""
 
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]: ...
     async def set_many(self, items: dict[bytes, float], ttl_s: float) -> None: ...
@@ -308,7 +309,7 @@ class ScoreCache:
             return [None] * len(keys)
         try:
             return await asyncio.wait_for(self.shared.get_many(keys), self.shared_timeout_s)
-        except Exception:
+        except SHARED_ERRORS:
             self.stats.shared_errors += 1
             return [None] * len(keys)
 
@@ -317,7 +318,7 @@ class ScoreCache:
             return
         try:
             await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)
-        except Exception:
+        except SHARED_ERRORS:
             self.stats.shared_errors += 1
 
     def count_reused(self, documents: int) -> None:

@@ -36,6 +36,7 @@ import orjson
 from rerank_proxy.config import IndexRule
 from rerank_proxy.engine.headers import credentials_of
 from rerank_proxy.engine.transport import EngineTransport
+from rerank_proxy.errors import ProxyError
 from rerank_proxy.search.text.hit_text import MappedFields, RuleFor, hit_texts, mapped_indices
 from rerank_proxy.search.text.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
 
@@ -120,8 +121,8 @@ class TextFieldCache:
             if answer.status != 200:
                 raise LookupError(f"the engine answered {answer.status}: {answer.body[:200]!r}")
             found = answer_paths(orjson.loads(answer.body), RERANK_TEXT_TYPES)
-        except Exception as exc:  # whatever went wrong, the search goes on with every string
-            return self._failed(key, exc)
+        except (ProxyError, LookupError, ValueError) as exc:  # engine unreachable, its refusal, not JSON
+            return self._failed(key, exc)  # the search goes on with every string
         # An index without a text field (all keywords and numbers) keeps the every-string text:
         # an empty text would rank all its hits last.
         paths = TextPaths(found) if found else None
