@@ -231,6 +231,45 @@ def plot_scaling(data: dict[str, Any]) -> str:
     return path.name
 
 
+# --- what the proxies were set to ----------------------------------------------------------------
+
+DIFFERS_HEAD = "Settings that differ from the shipped defaults"
+
+
+def recorded_differs(d: dict[str, Any], only: Callable[[str], bool] | None = None) -> dict[str, dict[str, str]] | None:
+    """`settings_differ` of a results file (every proxy the run started through bench/common.py's
+    harness, by name: the settings that were not the shipped defaults); None when the run predates it."""
+    by_proxy = d.get("settings_differ")
+    if not isinstance(by_proxy, dict):
+        return None
+    return {name: dict(v) for name, v in by_proxy.items() if only is None or only(name)}
+
+
+def _shipped(name: str) -> str:
+    from rerank_proxy.config import SETTINGS
+
+    return next((f"{s.name}={s.default}" for s in SETTINGS if s.name == name), name)
+
+
+def differs_sentence(by_proxy: dict[str, dict[str, str]] | None) -> str:
+    """The report's one statement of the set-up's settings, made from what the harness recorded."""
+    if by_proxy is None:
+        return (f"{DIFFERS_HEAD}: not recorded by this run (it predates the record bench/common.py keeps of "
+                f"them); run the benchmark again before reading its rows as the shipped defaults.")
+    if not by_proxy or not any(by_proxy.values()):
+        return f"{DIFFERS_HEAD}: none (every proxy of the run on the shipped defaults, UPSTREAM_URLS aside)."
+    pairs = sorted({(n, v) for differs in by_proxy.values() for n, v in differs.items()})
+    everywhere = [f"{n}={v}" for n, v in pairs if all(differs.get(n) == v for differs in by_proxy.values())]
+    parts = [("in every proxy: " if len(by_proxy) > 1 else "") + ", ".join(everywhere)] if everywhere else []
+    for name in sorted({n for n, v in pairs if f"{n}={v}" not in everywhere}):
+        values = sorted({v for n, v in pairs if n == name}, key=lambda v: (len(v), v))
+        shown = [f"{name}={v} in {', '.join(p for p, differs in by_proxy.items() if differs.get(name) == v)}"
+                 for v in values]
+        rest = sum(1 for differs in by_proxy.values() if name not in differs)
+        parts.append("; ".join(shown) + (f" (the shipped {_shipped(name)} in the other {rest})" if rest else ""))
+    return f"{DIFFERS_HEAD} (as the harness set them): " + "; ".join(parts) + "."
+
+
 # --- tables --------------------------------------------------------------------------------------
 
 def machine_block(m: dict[str, Any], extra: str = "") -> str:
@@ -263,7 +302,7 @@ def passthrough_tables(d: dict[str, Any]) -> str:
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. wrk runs of {p['duration']:.0f} s, "
             f"{p['rounds']} interleaved rounds; each figure is the median over rounds. \"added\" = the path's "
             f"figure minus the engine's (direct) figure. CPU ms/req: CPU time of the proxy or nginx processes "
-            f"(all workers) per request.\n\n{table}\n\n{checks}")
+            f"(all workers) per request. {differs_sentence(recorded_differs(d))}\n\n{table}\n\n{checks}")
 
 
 def _warm_cached(h: dict[str, Any]) -> str:
@@ -294,7 +333,8 @@ def search_hit_tables(d: dict[str, Any]) -> str:
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. {setup}{h['queries']} queries, "
             f"{_warm_cached(h)} answered `X-Rerank: cached` after warming; provider requests "
             f"while wrk ran: {h['provider_calls_during_timed_runs']} (so every timed search was a hit). "
-            f"wrk runs of {d['params']['duration']:.0f} s, {d['params']['rounds']} rounds, medians over rounds.\n\n"
+            f"wrk runs of {d['params']['duration']:.0f} s, {d['params']['rounds']} rounds, medians over rounds. "
+            f"{differs_sentence(recorded_differs(d, lambda name: name.startswith('proxy_hit')))}\n\n"
             f"{table}\n\n" + "\n".join(f"Target: {t['check']}: {t['value']:.2f}x, {yes(t['met'])}." for t in targets))
 
 
@@ -326,7 +366,8 @@ def search_miss_tables(d: dict[str, Any]) -> str:
             f"defaults; `1w_conc16` = 1 worker, RERANK_MAX_CONCURRENCY=16{_own_core_note(d)}. Provider: the "
             f"Cohere-protocol test server, fixed {d['params']['provider_delay_ms']:.0f} ms delay. "
             f"{default.get('rounds', 1)} round(s), the set-ups interleaved in each; each set-up's rounds pooled "
-            f"(percentiles over every miss measured)."
+            f"(percentiles over every miss measured). "
+            f"{differs_sentence(recorded_differs(d, lambda name: name.startswith('proxy-miss-')))}"
             f"\n\n{table}\n\n{checks}")
 
 
@@ -356,7 +397,7 @@ def scaling_tables(d: dict[str, Any]) -> str:
     table = md_table(["doc size", "window", "engine answer MB", "outcome", "engine p50 ms", "nginx p50 ms",
                       "nginx CPU ms / req", "proxy hit p50 ms", "**proxy hit CPU ms / search**",
                       "hit CPU vs nginx", "**proxy miss CPU ms / search**", "miss p50 ms", "misses", "errors"], rows)
-    p, st = d["params"], d["settings"]
+    p = d["params"]
     docs = next(iter(d["indices"].values()))["docs"]
     calls = sum(c["proxy_hit"]["provider_calls_during_wrk"] for c in d["cells"].values())
     too_large = [f"{c['doc_bytes'] // 1024} KB x {c['window']:,}" for c in d["cells"].values()
@@ -366,13 +407,8 @@ def scaling_tables(d: dict[str, Any]) -> str:
             f"{p['duration']:.0f} s, {p['rounds']} interleaved round(s) (engine, nginx, proxy), medians over rounds; "
             f"up to {p['miss_count']} cache-miss searches per cell (at most {p['miss_max_s']:.0f} s), one at a time"
             f"{' (a --quick run: not for reporting)' if p.get('quick') else ''}.\n\n"
-            f"Settings that differ from the shipped defaults: RERANK_PROVIDER=cohere pointed at the Cohere-protocol "
-            f"test server with 0 ms delay; RERANK_WINDOW = the cell's window, one proxy process per cell (shipped: "
-            f"{st['RERANK_WINDOW']}); LOG_LEVEL=warning; ADMIN_TOKEN set. Shipped defaults kept: "
-            f"WORKERS={st['WORKERS']} ({st['worker_processes']} serving process), "
-            f"MAX_CANDIDATE_BYTES={int(st['MAX_CANDIDATE_BYTES']) >> 20} MiB, "
-            f"RERANK_MAX_CHARS={st['RERANK_MAX_CHARS']} "
-            f"(each hit's text is cut to that before it is sent), RERANK_BATCH_SIZE={st['RERANK_BATCH_SIZE']}; nginx "
+            f"One proxy process per cell; the provider is the Cohere-protocol "
+            f"test server with 0 ms delay. {differs_sentence(recorded_differs(d))}{scaling_kept(d)} nginx "
             f"as in Pass-through (bench/nginx.conf, proxy buffering on, so a large answer is spooled to a temp file). "
             f"Provider requests while wrk ran: {calls} over all cells"
             f"{' (every timed proxy search was a cache hit, or lexical)' if calls == 0 else ''}. CPU: utime + stime of "
@@ -384,6 +420,21 @@ def scaling_tables(d: dict[str, Any]) -> str:
                  f"engine, flagged `X-Rerank: bypass`, `X-Rerank-Reason: candidates_too_large`; the proxy's figures "
                  f"in that row are the cost of that, not of a rerank.")
     return head + f"\n\n{table}\n\n" + scaling_fit(d)
+
+
+def scaling_kept(d: dict[str, Any]) -> str:
+    """The shipped defaults the scaling run names beside its figures, those no proxy of it changed
+    (by its recorded settings_differ); nothing when the run recorded neither."""
+    st, by_proxy = d["settings"], recorded_differs(d)
+    shipped = st.get("shipped")
+    if not isinstance(shipped, dict) or by_proxy is None:
+        return ""
+    changed = {name for differs in by_proxy.values() for name in differs}
+    shown = {"WORKERS": lambda v: f"WORKERS={v} ({st.get('worker_processes', '?')} serving process(es))",
+             "MAX_CANDIDATE_BYTES": lambda v: f"MAX_CANDIDATE_BYTES={int(v) >> 20} MiB",
+             "RERANK_MAX_CHARS": lambda v: f"RERANK_MAX_CHARS={v} (each hit's text is cut to that before it is sent)"}
+    kept = [shown[n](v) if n in shown else f"{n}={v}" for n, v in shipped.items() if n not in changed]
+    return f" Shipped defaults kept: {', '.join(kept)};" if kept else ""
 
 
 def scaling_fit(d: dict[str, Any]) -> str:
@@ -433,7 +484,8 @@ def cost_tables(d: dict[str, Any]) -> str:
             f"({100 * lg['next_page_searches'] / lg['searches']:.0f}%); {lg['distinct_queries']} distinct queries, "
             f"{lg['distinct_query_filter_pairs']} distinct query+filter pairs; deepest page {lg['max_page']}. "
             f"Replayed in order, concurrency {p['concurrency']}; per-1,000 figures = whole-log totals x 1000 / "
-            f"{lg['searches']}; \"last 1,000\" = the last 1,000 searches of the log (warm caches).\n\n{table}\n\n"
+            f"{lg['searches']}; \"last 1,000\" = the last 1,000 searches of the log (warm caches). "
+            f"{differs_sentence(recorded_differs(d))}\n\n{table}\n\n"
             f"Target: the in-process cache makes {t['in_process_calls_vs_no_cache']:.2f}x the provider requests of no "
             f"cache: at least halved: {yes(t['halved'])}.")
     head += workers_table(d)
@@ -494,13 +546,14 @@ def memory_tables(d: dict[str, Any]) -> str:
     return (f"{machine_block(d['machine'])} Engine: {d['engine']}. Duration {p['duration']:.0f} s "
             f"({p['duration'] / 60:.1f} min), concurrency {p['concurrency']}, "
             f"CACHE_MAX_ENTRIES={p['cache_max_entries']}, "
-            f"RSS sampled every {p['interval']:.0f} s, test provider delay {p['provider_delay_ms']:.0f} ms.\n\n"
+            f"RSS sampled every {p['interval']:.0f} s, test provider delay {p['provider_delay_ms']:.0f} ms. "
+            f"{differs_sentence(recorded_differs(d))}\n\n"
             + md_table(["measure", "MiB"], rows) + "\n\n"
             + md_table(["requests", "count", "HTTP status", "p50 ms", "p99 ms"], load_rows))
 
 
 def profile_tables(d: dict[str, Any]) -> str:
-    out = [machine_block(d["machine"])]
+    out = [machine_block(d["machine"], differs_sentence(recorded_differs(d)))]
     for name, label in (("passthrough_get_c32", "pass-through GET, c=32"),
                         ("passthrough_bulk_c32", "pass-through _bulk, c=32"),
                         ("cache_miss_c32", "reranked search, cache miss, c=32"),

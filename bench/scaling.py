@@ -31,21 +31,16 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import httpx
 
 from .common import (
-    ADMIN_TOKEN,
-    PROVIDER_KEY,
     Service,
-    clean_env,
     counting_stats,
     cpu_seconds,
     engine_version,
-    free_port,
     load_corpus,
     load_queries,
     loadavg,
@@ -55,12 +50,12 @@ from .common import (
     run_loadgen,
     run_wrk,
     save_json,
-    spawn,
     start_counting_server,
     start_engine,
     start_nginx,
+    start_proxy,
+    started_proxies,
     summary,
-    wait_http,
 )
 
 SIZES = {"1kb": 1024, "10kb": 10 * 1024, "100kb": 100 * 1024}
@@ -157,22 +152,10 @@ def full_window_queries(url: str, want: int) -> list[str]:
 
 # --- the services --------------------------------------------------------------------------------
 
-def start_checkout_proxy(upstream: str, provider: Service, window: int) -> Service:
-    """The proxy of this checkout (`python -m` from the repo; the venv's `rerank-proxy` script may
-    run another tree's code), on the shipped defaults apart from the provider, the admin token and
-    RERANK_WINDOW. WORKERS is left to its default."""
-    port = free_port()
-    settings = {"UPSTREAM_URLS": upstream, "LOG_LEVEL": "warning", "ADMIN_TOKEN": ADMIN_TOKEN,
-                "RERANK_PROVIDER": "cohere", "RERANK_BASE_URL": provider.url, "RERANK_API_KEY": PROVIDER_KEY,
-                "RERANK_WINDOW": str(window)}
-    service = spawn(f"proxy-scaling-{port}", [sys.executable, "-m", "rerank_proxy.cli", "serve",
-                                              "--host", "127.0.0.1", "--port", str(port)],
-                    env=clean_env(**settings))
-    service.url, service.port = f"http://127.0.0.1:{port}", port
-    service.extra = {k: v for k, v in settings.items() if "KEY" not in k and "TOKEN" not in k}
-    wait_http(service, "/_rerank/ready", ok=lambda r: r.status_code == 200)
-    time.sleep(0.5)
-    return service
+def start_checkout_proxy(upstream: str, provider: Service, label: str, window: int) -> Service:
+    """The proxy of this checkout on the shipped defaults apart from the provider and RERANK_WINDOW
+    (bench.common's harness; WORKERS left to its default)."""
+    return start_proxy(upstream, provider=provider, name=f"proxy-scaling-{label}-w{window}", RERANK_WINDOW=window)
 
 
 def cpu_of(service: Service) -> float:
@@ -184,6 +167,11 @@ def shipped_default(name: str) -> str:
     from rerank_proxy.config import SETTINGS
 
     return next(s.default for s in SETTINGS if s.name == name)
+
+
+# Shipped defaults the report names beside the figures (as kept, unless a proxy's recorded
+# settings_differ says otherwise).
+SHOWN_DEFAULTS = ("RERANK_WINDOW", "WORKERS", "MAX_CANDIDATE_BYTES", "RERANK_MAX_CHARS", "RERANK_BATCH_SIZE")
 
 
 # --- one cell: a document size and a window ------------------------------------------------------
@@ -311,22 +299,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": machine_info(), "engine": f"elasticsearch {engine_version(engine)}", "params": vars(args),
         "indices": indices, "queries": len(queries), "page_size": PAGE,
-        "settings": {"differ_from_defaults": {"RERANK_PROVIDER": "cohere (the Cohere-protocol test server, "
-                                              "bench/count_server.py, 0 ms delay)", "RERANK_BASE_URL": "its URL",
-                                              "LOG_LEVEL": "warning", "ADMIN_TOKEN": "set (for the bench)",
-                                              "RERANK_WINDOW": "the cell's window, one proxy process each"},
-                     "RERANK_WINDOW": shipped_default("RERANK_WINDOW"),
-                     "WORKERS": shipped_default("WORKERS"),
-                     "MAX_CANDIDATE_BYTES": shipped_default("MAX_CANDIDATE_BYTES"),
-                     "RERANK_MAX_CHARS": shipped_default("RERANK_MAX_CHARS"),
-                     "RERANK_BATCH_SIZE": shipped_default("RERANK_BATCH_SIZE")},
+        "settings": {"shipped": {name: shipped_default(name) for name in SHOWN_DEFAULTS}},
         "cells": {}}
     provider = start_counting_server(0)
     nginx = start_nginx(engine)
     started = time.monotonic()
     try:
         for label, window in itertools.product(args.sizes, args.windows):
-            proxy = start_checkout_proxy(engine, provider, window)
+            proxy = start_checkout_proxy(engine, provider, label, window)
             results["settings"]["worker_processes"] = len(proxy.worker_pids())
             try:
                 key = f"{label}/w{window}"
@@ -346,6 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         nginx.stop()
         provider.stop()
     results["elapsed_s"] = time.monotonic() - started
+    results["settings_differ"] = started_proxies()
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
     too_large = [k for k, c in results["cells"].items() if c["outcome"] == "candidates_too_large"]
     if too_large:
