@@ -34,15 +34,16 @@ import httpx
 
 from bench.common import (
     REPO,
-    clean_env,
-    free_port,
+    Service,
     index_cranfield,
     load_corpus,
     log,
     machine_info,
-    spawn,
+    named,
+    start_command,
     start_engine,
-    wait_http,
+    start_proxy,
+    started_proxies,
 )
 from bench.relevance_offline import load, mrr_at, ndcg_at, recall_at
 
@@ -54,13 +55,11 @@ VARIANTS = {"engine alone": None, "proxy, shipped default (blend 0.7)": {},
 _TIMING = re.compile(r"rerank;dur=([0-9.]+)")
 
 
-def start_proxy(engine_url: str, store: Path, **extra: str):
-    port = free_port()
-    env = clean_env(UPSTREAM_URLS=engine_url, LOCAL_VECTOR_STORE=str(store), LOG_LEVEL="warning", **extra)
-    service = spawn("relevance-proxy", [str(REPO / ".venv/bin/rerank-proxy"), "serve", "--port", str(port)], env)
-    service.url = f"http://127.0.0.1:{port}"
-    wait_http(service, "/_rerank/health")
-    return service
+def start_relevance_proxy(engine_url: str, store: Path, name: str, **extra: Any) -> Service:
+    """The shipped defaults (built-in model) on the vector store `store`, plus `extra` (from `named`);
+    ready once it answers /_rerank/health, as a user's first search would find it."""
+    return start_proxy(engine_url, provider=None, name=name, ready="/_rerank/health", wait_workers=False,
+                       LOCAL_VECTOR_STORE=str(store), **extra)
 
 
 def search(client: httpx.Client, url: str, query: str, options: dict | None) -> tuple[list[str], httpx.Response]:
@@ -118,7 +117,7 @@ def cold_start(engine_url: str, queries: dict[str, str], qrels: dict, folder: Pa
     corpus = {str(d["_id"]): (d.get("title", ""), d.get("text", "")) for d in load_corpus()}
     expected = len({corpus[i] for i in seen})  # identical documents share one vector
     store = folder / "cold-start.sqlite"
-    proxy = start_proxy(engine_url, store)
+    proxy = start_relevance_proxy(engine_url, store, "relevance-cold-start")
     try:
         with httpx.Client(timeout=120) as client:
             started = time.perf_counter()
@@ -133,7 +132,8 @@ def cold_start(engine_url: str, queries: dict[str, str], qrels: dict, folder: Pa
     finally:
         proxy.stop()
     return {"engine_ndcg@10": engine["ndcg@10"], "pass1": first, "settled_s": settled,
-            "store_rows": rows, "expected_rows": expected, "pass2": second, "machine": machine_info()}
+            "store_rows": rows, "expected_rows": expected, "pass2": second, "machine": machine_info(),
+            "settings_differ": {k: v for k, v in started_proxies().items() if k.startswith("relevance-cold-start")}}
 
 
 def print_cold_start(result: dict) -> None:
@@ -153,8 +153,7 @@ def print_cold_start(result: dict) -> None:
 def warm_store(engine_url: str, store: Path) -> float:
     """`rerank-proxy warm` into a fresh store, as a user would; returns its seconds."""
     started = time.perf_counter()
-    warm = spawn("warm", [str(REPO / ".venv/bin/rerank-proxy"), "warm", "--index", INDEX, "--url", engine_url],
-                 clean_env(LOCAL_VECTOR_STORE=str(store)))
+    warm = start_command("warm", ["warm", "--index", INDEX, "--url", engine_url], LOCAL_VECTOR_STORE=str(store))
     if warm.proc.wait() != 0:
         raise SystemExit(f"warm failed:\n{warm.log_tail()}")
     warm_s = time.perf_counter() - started
@@ -194,7 +193,8 @@ def cold_reranks(engine_url: str, folder: Path, queries: dict[str, str], runs: i
     cold_ms = []
     for run in range(runs):
         fresh = folder / f"cold-{run}.sqlite"
-        proxy = start_proxy(engine_url, fresh, RERANK_DEADLINE_MS="60000", RERANK_ATTEMPT_TIMEOUT_MS="60000")
+        proxy = start_relevance_proxy(engine_url, fresh, f"relevance-cold-{run}",
+                                      **named(RERANK_DEADLINE_MS="60000", RERANK_ATTEMPT_TIMEOUT_MS="60000"))
         with httpx.Client(timeout=120) as client:
             _, response = search(client, proxy.url, list(queries.values())[run], {})
         proxy.stop()
@@ -235,7 +235,7 @@ def main() -> None:
         return
 
     warm_s = warm_store(engine_url, store)
-    proxy = start_proxy(engine_url, store)
+    proxy = start_relevance_proxy(engine_url, store, "relevance")
     with httpx.Client(timeout=120) as client:
         rows, outcomes, rerank_ms = rank_variants(client, engine_url, proxy.url, queries, qrels)
     proxy.stop()
@@ -245,7 +245,8 @@ def main() -> None:
         "machine": machine_info(), "queries": len(queries), "warm_s": warm_s, "rows": rows,
         "outcomes_through_proxy": outcomes,
         "rerank_ms_stored": {"p50": statistics.median(rerank_ms), "p90": sorted(rerank_ms)[int(0.9 * len(rerank_ms))]},
-        "rerank_ms_cold": {"runs": cold_ms, "p50": statistics.median(cold_ms)}, "cold_start": cold}
+        "rerank_ms_cold": {"runs": cold_ms, "p50": statistics.median(cold_ms)}, "cold_start": cold,
+        "settings_differ": started_proxies()}
     RESULTS.write_text(json.dumps(result, indent=2))
     print_rankings(result)
     print_cold_start(cold)
