@@ -402,8 +402,9 @@ def _setting_text(value: Any) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def named(**settings: Any) -> dict[str, str]:
-    """Settings a benchmark sets on purpose, checked now (a real setting name, a value it accepts).
+def named(**settings: Any) -> dict[str, Any]:
+    """Settings a benchmark sets on purpose, checked now (a real setting name, a value it accepts),
+    as NAME -> text (typed Any so that `**named(...)` passes to the harness's keyword arguments).
 
     Where named settings are kept in a variable before they reach `start_proxy`, they are built by
     this call: the guard test accepts a setting name in a bench only inside a harness call."""

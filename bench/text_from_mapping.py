@@ -28,7 +28,6 @@ import dataclasses
 import json
 import random
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,17 +36,17 @@ import httpx
 
 from bench.common import (
     REPO,
-    clean_env,
     engine_version,
-    free_port,
+    in_process_settings,
     index_cranfield,
     log,
     machine_info,
-    spawn,
-    wait_http,
+    named,
+    start_command,
+    start_proxy,
+    started_proxies,
 )
 from bench.relevance_offline import load, ndcg_at
-from rerank_proxy.config import load_settings
 from rerank_proxy.engine import EnginePool
 from rerank_proxy.search.text.hit_text import hit_texts
 from rerank_proxy.search.text.text_fields import TextFieldCache, mapped_hit_texts
@@ -130,7 +129,7 @@ def index_all(url: str) -> None:
 
 async def texts_per_setting(url: str, index: str, queries: list[str], fields: list[str]) -> dict[str, list[str]]:
     """Every candidate text of every query's window, as the proxy builds it with the mapping off and on."""
-    settings = load_settings({"UPSTREAM_URLS": url})
+    settings, _ = in_process_settings(url, None, name="hit texts (in-process)")
     rule = settings.default_rule(index)
     engine = EnginePool(settings)
     cache = TextFieldCache(engine)
@@ -177,24 +176,18 @@ def text_sizes(url: str, cranfield_queries: list[str]) -> dict[str, dict[str, An
 
 # --- relevance through the proxy --------------------------------------------------------------------
 
-def cli(*args: str) -> list[str]:
-    """The worktree's own code (`python -m`, cwd and PYTHONPATH the repository), not an installed copy."""
-    return [sys.executable, "-m", "rerank_proxy.cli", *args]
-
-
 def through_proxy(url: str, index: str, store: Path, from_mapping: bool, queries: dict[str, str],
                   qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
-    env = clean_env(UPSTREAM_URLS=url, LOCAL_VECTOR_STORE=str(store), LOG_LEVEL="warning",
-                    RERANK_TEXT_FROM_MAPPING=str(from_mapping).lower(), PYTHONPATH=str(REPO))
-    warm = spawn("warm", cli("warm", "--index", index, "--url", url), env)
+    """`rerank-proxy warm` then `serve` of this checkout (bench.common's harness: the shipped defaults
+    plus the store and RERANK_TEXT_FROM_MAPPING), and the judged queries through it."""
+    settings = named(LOCAL_VECTOR_STORE=str(store), RERANK_TEXT_FROM_MAPPING=from_mapping)
+    warm = start_command("warm", ["warm", "--index", index, "--url", url], **settings)
     if warm.proc.wait() != 0:
         raise SystemExit(f"warm failed:\n{warm.log_tail()}")
     log(f"warm {index} (from mapping: {from_mapping}): {warm.log_tail(1)}")
-    port = free_port()
-    proxy = spawn("proxy", cli("serve", "--port", str(port)), env)
-    proxy.url = f"http://127.0.0.1:{port}"
+    proxy = start_proxy(url, provider=None, name=f"proxy-{index}-from-mapping-{str(from_mapping).lower()}",
+                        ready="/_rerank/health", wait_workers=False, **settings)
     try:
-        wait_http(proxy, "/_rerank/health")
         return run_queries(proxy.url, index, queries, qrels)
     finally:
         proxy.stop()
@@ -233,6 +226,7 @@ def main() -> None:
             rows[index][name] = through_proxy(args.url, index, store, from_mapping, queries, qrels)
             log(f"{index}, {name}: {rows[index][name]}")
     result["relevance"] = rows
+    result["settings_differ"] = started_proxies()
     RESULTS.write_text(json.dumps(result, indent=2))
     if not args.keep:
         httpx.delete(f"{args.url}/{CRANFIELD},{CRANFIELD_META},{PRODUCTS}", timeout=60)
