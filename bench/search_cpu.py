@@ -37,15 +37,14 @@ from typing import Any
 
 import orjson
 
-from rerank_proxy.config import load_settings
 from rerank_proxy.runtime import Runtime, build_runtime
 from rerank_proxy.search.pipeline import Finished
 
 from .common import (
     CRANFIELD_INDEX,
     DEFAULT_ENGINE_PORT,
-    PROVIDER_KEY,
     Service,
+    in_process_settings,
     index_cranfield,
     load_queries,
     loadavg,
@@ -55,6 +54,7 @@ from .common import (
     search_body,
     start_counting_server,
     start_engine,
+    started_proxies,
 )
 
 HEADERS = {"content-type": "application/json"}
@@ -66,13 +66,11 @@ Search = Callable[[int], Awaitable[None]]
 
 
 def _settings(engine: str, provider: Service, extra: list[str] | None = None) -> Any:
-    """The shipped defaults with this provider, plus `extra` settings (NAME=VALUE)."""
-    env = {"UPSTREAM_URLS": engine, "RERANK_PROVIDER": "cohere", "RERANK_BASE_URL": provider.url,
-           "RERANK_API_KEY": PROVIDER_KEY, "LOG_LEVEL": "warning"}
-    for item in extra or []:
-        name, value = item.split("=", 1)
-        env[name] = value
-    return load_settings(env)
+    """The shipped defaults with this provider, plus `extra` settings (NAME=VALUE), as a proxy started
+    by bench.common's harness would load them (recorded for the results' settings_differ)."""
+    chosen = dict(item.split("=", 1) for item in extra or [])
+    settings, _ = in_process_settings(engine, provider, **chosen)
+    return settings
 
 
 async def _search(runtime: Runtime, body: bytes, expect: str) -> None:
@@ -211,7 +209,7 @@ async def main_async(args: argparse.Namespace) -> None:
             save_json(args.output, {"machine": machine_info(), "loadavg": [load_start, loadavg()],
                                     "label": args.label, "hit_searches": args.hit_searches,
                                     "miss_searches": args.miss_searches, "repeats": args.repeats,
-                                    "cells": cells})
+                                    "cells": cells, "settings_differ": started_proxies()})
         finally:
             runtime.engine.close()
             if runtime.reranker is not None:
