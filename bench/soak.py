@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import socket
@@ -35,6 +34,7 @@ import uvicorn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import start_proxy, started_proxies  # noqa: E402
 from rerank_proxy.local.rerank_server import build_app  # noqa: E402
 from rerank_proxy.local_engines.runner import ensure_engine  # noqa: E402
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult  # noqa: E402
@@ -86,19 +86,6 @@ def start_redis(port: int, folder: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(url)).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 async def load(proxy_url: str, index: str, stop: asyncio.Event, stats: dict[str, Any], worker: int) -> None:
     rng = random.Random(worker)
     async with httpx.AsyncClient(base_url=proxy_url, timeout=30) as client:
@@ -140,14 +127,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     reranker_task = asyncio.create_task(reranker_server.serve())
     folder = tempfile.mkdtemp(prefix="soak-")
     redis = start_redis(redis_port, folder)
-    env = dict(os.environ, UPSTREAM_URLS=engine.url, RERANK_PROVIDER="cohere",
-               RERANK_BASE_URL=f"http://127.0.0.1:{reranker_port}", RERANK_API_KEY="soak-test-key",
-               REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", RERANK_DEADLINE_MS="1000",
-               RERANK_ATTEMPT_TIMEOUT_MS="800", RERANK_BREAKER_COOLDOWN_S="5", CACHE_MAX_ENTRIES="20000",
-               LOG_LEVEL="warning")
-    proxy = subprocess.Popen([str(ROOT / ".venv/bin/rerank-proxy"), "serve", "--port", str(proxy_port)], env=env)
-    proxy_url = f"http://127.0.0.1:{proxy_port}"
-    await wait_http(f"{proxy_url}/_rerank/health")
+    # bench.common's harness: the shipped defaults plus the test provider and the settings named here
+    # (the fault schedule needs a short deadline and cooldown, Redis and a small cache); it waits for
+    # /_rerank/health in a thread while this loop serves the test provider.
+    proxy = await asyncio.to_thread(lambda: start_proxy(
+        engine.url, provider=f"http://127.0.0.1:{reranker_port}", port=proxy_port, name="soak-proxy",
+        ready="/_rerank/health", wait_workers=False, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        RERANK_DEADLINE_MS="1000", RERANK_ATTEMPT_TIMEOUT_MS="800", RERANK_BREAKER_COOLDOWN_S="5",
+        CACHE_MAX_ENTRIES="20000"))
+    proxy_url = proxy.url
     stats: dict[str, Any] = {"writes": Counter(), "searches": Counter(), "outcomes": Counter(), "acked": []}
     rss_start = rss_kb(proxy.pid)
     stop = asyncio.Event()
@@ -183,8 +171,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             found = (await admin.post(f"/{index}/_mget", json={"ids": ids})).json()["docs"]
             lost += [d["_id"] for d in found if not d.get("found")]
         count = (await admin.get(f"/{index}/_count")).json()["count"]
-    proxy.terminate()
-    proxy.wait(30)
+    proxy.stop(30)
     redis.terminate()
     reranker_server.should_exit = True
     await reranker_task
@@ -193,7 +180,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "searches": dict(stats["searches"]), "search_outcomes": dict(stats["outcomes"]),
             "writes": dict(stats["writes"]), "acknowledged_writes": len(acked), "documents_in_index": count,
             "data_lost": len(lost), "provider_calls_by_phase": dict(scorer.calls),
-            "proxy_rss_mb": {"start": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1)}}
+            "proxy_rss_mb": {"start": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1)},
+            "settings_differ": started_proxies()}
 
 
 if __name__ == "__main__":
