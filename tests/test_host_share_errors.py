@@ -69,3 +69,32 @@ async def test_each_kind_of_failure_is_logged_once_whatever_the_operation(share,
     records = tier_logs(caplog)
     assert [record.exc_info[0] for record in records if record.exc_info] == [TypeError, lmdb.MapFullError]
     assert ["get_many" in records[0].getMessage(), "store" in records[1].getMessage()] == [True, True]
+
+
+async def test_an_unexpected_shared_tier_failure_is_a_miss_logged_once_with_its_traceback(caplog):
+    """A bug in the Redis tier (a TypeError) must neither fail searches nor pass silently."""
+    from rerank_proxy.scoring.cache.scores import ScoreCache
+    from tests.support_rerankers import OverlapReranker
+
+    class BrokenShared:
+        async def get_many(self, keys):
+            raise TypeError("a bug")
+
+        async def set_many(self, items, ttl_s):
+            raise TypeError("a bug")
+
+        async def flush(self):
+            return 0
+
+        async def aclose(self):
+            return None
+
+    cache = ScoreCache(OverlapReranker(), max_entries=100, ttl_s=60, shared=BrokenShared())
+    caplog.set_level(logging.WARNING, logger="rerank_proxy.scoring.cache.scores")
+    for query in ("wing flutter", "jet noise", "heat transfer"):   # new keys each time: no local hit
+        outcome = await cache.scores(query, ["wing flutter at speed", "boundary layer"])
+        assert len(outcome.scores) == 2
+    assert cache.stats.shared_errors >= 3
+    logged = [r for r in caplog.records if "shared score tier" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import logging
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from rerank_proxy.scoring.cache.host_share import HostShare
 from rerank_proxy.scoring.cache.local_tier import LocalTier
 from rerank_proxy.scoring.cache.redis_tier import ERRORS as SHARED_ERRORS
 from rerank_proxy.scoring.providers.base import Reranker, RerankError
+
+log = logging.getLogger(__name__)
 
 
 class SharedTier(Protocol):
@@ -106,6 +109,7 @@ class ScoreCache:
         self.shared_timeout_s = shared_timeout_s
         self.host = host if self.enabled else None
         self.stats = CacheStats()
+        self._shared_logged: set[type[BaseException]] = set()
         # key -> (the provider call computing it, its position in that call's documents)
         self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
         self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
@@ -309,8 +313,8 @@ class ScoreCache:
             return [None] * len(keys)
         try:
             return await asyncio.wait_for(self.shared.get_many(keys), self.shared_timeout_s)
-        except SHARED_ERRORS:
-            self.stats.shared_errors += 1
+        except Exception as exc:  # noqa: BLE001 - the shared tier is a cache: any failure is a miss
+            self._shared_failed("get", exc)
             return [None] * len(keys)
 
     async def _shared_set(self, items: dict[bytes, float]) -> None:
@@ -318,8 +322,21 @@ class ScoreCache:
             return
         try:
             await asyncio.wait_for(self.shared.set_many(items, self.ttl_s), self.shared_timeout_s)
-        except SHARED_ERRORS:
-            self.stats.shared_errors += 1
+        except Exception as exc:  # noqa: BLE001 - the shared tier is a cache: any failure is a miss
+            self._shared_failed("set", exc)
+
+    def _shared_failed(self, operation: str, exc: Exception) -> None:
+        """Counted always; logged once per kind, with its traceback when it is not Redis' own trouble
+        (a bug would otherwise be a silent miss forever), and once only for outages and timeouts."""
+        self.stats.shared_errors += 1
+        kind = type(exc)
+        if kind in self._shared_logged:
+            return
+        self._shared_logged.add(kind)
+        expected = isinstance(exc, SHARED_ERRORS)
+        log.warning("shared score tier %s failed (%s: %s); treated as a cache miss%s", operation, kind.__name__,
+                    exc, "" if expected else ", and this kind of failure is unexpected",
+                    exc_info=None if expected else exc)
 
     def count_reused(self, documents: int) -> None:
         """A search answered whole from an earlier answer (search.answer_memo): its documents'

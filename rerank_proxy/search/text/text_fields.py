@@ -123,6 +123,9 @@ class TextFieldCache:
             found = answer_paths(orjson.loads(answer.body), RERANK_TEXT_TYPES)
         except (ProxyError, LookupError, ValueError) as exc:  # engine unreachable, its refusal, not JSON
             return self._failed(key, exc)  # the search goes on with every string
+        except Exception as exc:  # a mapping we misread must not fail the search (logged with its traceback)
+            log.exception("reading the mapping of %s failed unexpectedly", index)
+            return self._failed(key, exc)
         # An index without a text field (all keywords and numbers) keeps the every-string text:
         # an empty text would rank all its hits last.
         paths = TextPaths(found) if found else None
