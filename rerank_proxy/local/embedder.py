@@ -9,8 +9,11 @@ search, so the next search on the same documents is reranked.
   documents written through the proxy, then start-up warming. A key already queued or being embedded
   is not queued twice (a search promotes it). When the queue is full, a search's document evicts the
   newest document of a lower priority; otherwise the new document is dropped. Drops are counted.
-* Within a priority, owners take turns (`fair_queue.py`): a chunk from each request in turn, so one
-  `_msearch` that queued thousands of documents delays another search's few by a few chunks.
+* Within a priority, the request closest to having all its documents goes first
+  (`completion_queue.py`): a search is reranked only when its whole window has vectors, so windows
+  are completed one after another instead of all advancing together, and a search with a few cold
+  documents never waits behind a request that queued thousands (which still gets its turn: an
+  owner unserved for 30 s goes first).
 * Write warming is a bounded amount of work: at most a tenth of the queue (10,000 documents on the
   defaults, a few minutes of the embedder's time) waits for writes; more write documents are dropped
   and counted, and the documents stay searchable, they are embedded when a search first meets them.
@@ -38,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rerank_proxy.local.fair_queue import FairQueue
+from rerank_proxy.local.completion_queue import CompletionQueue
 from rerank_proxy.local.vector_store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,7 @@ class BackgroundEmbedder:
         self.stats = EmbedderStats()
         self._cond = threading.Condition()
         self.write_max = max(1, max_queue // 10)      # write warming's share of the queue
-        self._queues: list[FairQueue] = [FairQueue() for _ in PRIORITY_NAMES]
+        self._queues: list[CompletionQueue] = [CompletionQueue() for _ in PRIORITY_NAMES]
         self._priority: dict[bytes, int] = {}          # queued key -> its queue
         self._futures: dict[bytes, Future[np.ndarray]] = {}  # queued or in-flight key -> result
         self._workers: list[threading.Thread] = []
@@ -123,6 +126,8 @@ class BackgroundEmbedder:
                     if queued_at is not None and queued_at > priority:  # promote to the earlier queue
                         self._queues[priority].put(key, self._queues[queued_at].pop(key), owner)
                         self._priority[key] = priority
+                    elif queued_at == priority:   # queued by another request: this one waits for it too
+                        self._queues[priority].join(key, owner)
                     taken[key] = future
                     continue
                 if priority == WRITE and len(self._queues[WRITE]) >= self.write_max:
@@ -143,7 +148,7 @@ class BackgroundEmbedder:
         return taken
 
     def estimate_seconds(self, owner: Hashable) -> float:
-        """Time until `owner`'s queued search documents are embedded, taking turns with the others."""
+        """Time until `owner`'s queued search documents are embedded, the closest-to-complete first."""
         with self._cond:
             ahead = self._queues[SEARCH].ahead_of(owner)
         return ahead * self._seconds_per_doc / self.threads
