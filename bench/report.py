@@ -430,11 +430,18 @@ def scaling_kept(d: dict[str, Any]) -> str:
     if not isinstance(shipped, dict) or by_proxy is None:
         return ""
     changed = {name for differs in by_proxy.values() for name in differs}
-    shown = {"WORKERS": lambda v: f"WORKERS={v} ({st.get('worker_processes', '?')} serving process(es))",
-             "MAX_CANDIDATE_BYTES": lambda v: f"MAX_CANDIDATE_BYTES={int(v) >> 20} MiB",
-             "RERANK_MAX_CHARS": lambda v: f"RERANK_MAX_CHARS={v} (each hit's text is cut to that before it is sent)"}
-    kept = [shown[n](v) if n in shown else f"{n}={v}" for n, v in shipped.items() if n not in changed]
+    kept = [_kept(n, v, st.get("worker_processes", "?")) for n, v in shipped.items() if n not in changed]
     return f" Shipped defaults kept: {', '.join(kept)};" if kept else ""
+
+
+def _kept(name: str, value: str, processes: Any) -> str:
+    if name == "WORKERS":
+        return f"{name}={value} ({processes} serving process(es))"
+    if name == "MAX_CANDIDATE_BYTES":
+        return f"{name}={int(value) >> 20} MiB"
+    if name == "RERANK_MAX_CHARS":
+        return f"{name}={value} (each hit's text is cut to that before it is sent)"
+    return f"{name}={value}"
 
 
 def scaling_fit(d: dict[str, Any]) -> str:
