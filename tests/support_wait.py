@@ -2,8 +2,9 @@
 
 `wait_until` (threads) and `async_wait_until` (the test's event loop) poll a predicate over
 something a user of the proxy could see as well (an HTTP answer, a metric, a public property)
-and fail with a clear AssertionError naming what did not happen. `metric_samples` reads the
-proxy's Prometheus page into {(name, labels): value}.
+and fail with a clear AssertionError naming what did not happen (`what`: a text, or a function
+giving one at that moment, to say what was seen last). `metric_samples` reads the proxy's
+Prometheus page into {(name, labels): value}.
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 30.0  # generous: a loaded 2-core CI machine; success returns as soon as it holds
 
+What = str | Callable[[], str]
 
-def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+
+def _timed_out(what: What, timeout_s: float, value: object) -> AssertionError:
+    said = what() if callable(what) else what
+    return AssertionError(f"timed out after {timeout_s} s waiting for {said} (last value: {value!r})")
+
+
+def wait_until(predicate: Callable[[], T], what: What, timeout_s: float = DEFAULT_TIMEOUT_S,
                interval_s: float = 0.02) -> T:
     """Poll `predicate` until it returns something truthy (returned), or fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -31,21 +39,21 @@ def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEFAULT
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {value!r})")
+            raise _timed_out(what, timeout_s, value)
         time.sleep(interval_s)
 
 
 @overload
-async def async_wait_until(predicate: Callable[[], Awaitable[T]], what: str,
+async def async_wait_until(predicate: Callable[[], Awaitable[T]], what: What,
                            timeout_s: float = ..., interval_s: float = ...) -> T: ...
 
 
 @overload
-async def async_wait_until(predicate: Callable[[], T], what: str,
+async def async_wait_until(predicate: Callable[[], T], what: What,
                            timeout_s: float = ..., interval_s: float = ...) -> T: ...
 
 
-async def async_wait_until(predicate: Callable[[], Any], what: str,
+async def async_wait_until(predicate: Callable[[], Any], what: What,
                            timeout_s: float = DEFAULT_TIMEOUT_S, interval_s: float = 0.02) -> Any:
     """`wait_until` for coroutines: yields to the event loop between polls; `predicate` may be a
     coroutine function (a search, a read through the proxy's own API)."""
@@ -57,7 +65,7 @@ async def async_wait_until(predicate: Callable[[], Any], what: str,
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {value!r})")
+            raise _timed_out(what, timeout_s, value)
         await asyncio.sleep(interval_s)
 
 

@@ -294,7 +294,6 @@ async def test_redis_down_is_a_miss_not_an_error(redis_server):
     await shared.aclose()
 
 
-@pytest.mark.integration
 def test_proxy_cached_response_equals_uncached_and_admin_flush(engine, index_name, redis_server):
     load_corpus(engine.url, index_name)
     settings = proxy_settings(engine.url, ADMIN_TOKEN="admin-secret-1", REDIS_URL=redis_server.url,

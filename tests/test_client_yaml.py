@@ -171,6 +171,7 @@ def compare(label: str, proxy_url: str, engine_url: str, subset: list[YamlFile],
     assert not connection, connection
 
 
+@pytest.mark.slow  # the subset runs direct and through the proxy: ~30 s
 def test_client_yaml_suite_through_the_proxy_on_defaults(anchored_engine: EngineInfo, subset: list[YamlFile],
                                                          direct_results: dict[str, Outcome], tmp_path: Path):
     settings = load_settings({"UPSTREAM_URLS": anchored_engine.url,
@@ -180,6 +181,7 @@ def test_client_yaml_suite_through_the_proxy_on_defaults(anchored_engine: Engine
         compare("defaults", proxy.url, anchored_engine.url, subset, direct_results)
 
 
+@pytest.mark.slow  # the subset runs through the proxy again: ~20 s
 def test_client_yaml_suite_through_the_proxy_with_a_cohere_provider(
         anchored_engine: EngineInfo, subset: list[YamlFile], direct_results: dict[str, Outcome], tmp_path: Path):
     with CohereServer() as cohere:

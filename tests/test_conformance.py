@@ -13,8 +13,6 @@ from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import expected_order, load_corpus
 from tests.support_rerankers import OverlapReranker
 
-pytestmark = pytest.mark.integration
-
 BODY = {"query": {"match": {"body": "jet engine noise"}}, "size": 20,
         "aggs": {"authors": {"terms": {"field": "meta.author"}}, "latest": {"max": {"field": "year"}}}}
 FILTER_PATHS = [

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,16 @@ INSTALL_HINT = ("install the browser test tooling: apt-get install -y chromium f
 NODE_TIMEOUT_S = 300
 
 
-def _tooling() -> tuple[str, str]:
-    """(node, chromium) paths, or a failure naming what is missing and how to install it."""
+@dataclass(frozen=True)
+class BrowserTooling:
+    node: str
+    chromium: str
+
+
+@pytest.fixture(scope="session")
+def browser_tooling() -> BrowserTooling:
+    """Node.js and Chromium (with playwright-core installed), or a failure naming what is missing and
+    how to install it. Asking for it marks the test `browser` (tests/conftest.py)."""
     node = shutil.which("node")
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     missing = []
@@ -54,8 +63,7 @@ def _tooling() -> tuple[str, str]:
     if missing:
         pytest.fail(f"missing {', '.join(missing)}; {INSTALL_HINT}", pytrace=False)
     assert node is not None
-    assert chromium is not None
-    return node, chromium
+    return BrowserTooling(node, chromium)
 
 
 def _beir_folder(url: str, index: str, folder: Path) -> dict[str, object]:
@@ -76,8 +84,7 @@ def _beir_folder(url: str, index: str, folder: Path) -> dict[str, object]:
     return {"path": str(folder), "queries": len(queries), **mean}
 
 
-def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypatch):
-    node, chromium = _tooling()
+def test_console_in_headless_chromium(browser_tooling, es_engine, index_name, tmp_path, monkeypatch):
     load_console_corpus(es_engine.url, index_name)
     lexical, reranked = expected_columns(es_engine.url, index_name, QUERY, WINDOW)
     moved = "the corpus must move a hit from beyond the lexical top 10 into the reranked top 10"
@@ -96,11 +103,11 @@ def test_console_in_headless_chromium(es_engine, index_name, tmp_path, monkeypat
                          "reranked": template_reranked}}
     with run_proxy(settings, reranker=OverlapReranker()) as proxy:
         env = {**os.environ, "CONSOLE_BASE": proxy.url, "CONSOLE_TOKEN": TOKEN, "CONSOLE_CASE": json.dumps(case),
-               "CHROMIUM": chromium, "SCREENSHOT": str(screenshot)}
+               "CHROMIUM": browser_tooling.chromium, "SCREENSHOT": str(screenshot)}
         if os.environ.get("CONSOLE_SCREENSHOT_BATCH"):
             env["SCREENSHOT_BATCH"] = str(Path(os.environ["CONSOLE_SCREENSHOT_BATCH"]).resolve())
-        run = subprocess.run([node, "--test", "--test-reporter=spec", "console.test.mjs"], cwd=BROWSER_DIR,
-                             env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+        run = subprocess.run([browser_tooling.node, "--test", "--test-reporter=spec", "console.test.mjs"],
+                             cwd=BROWSER_DIR, env=env, capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report
     assert "# fail 0" in report or "fail 0" in report, report

@@ -6,8 +6,6 @@ integration test, the cluster and second-line engines are stopped at the end of 
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -22,8 +20,9 @@ from rerank_proxy.local_engines.runner import (
     stop_engine,
     stop_node,
 )
+from tests.support_wait import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.engine  # starts engines of its own (ensure_engine), not only through fixtures
 
 CLUSTER_PORT = 19300  # 3-node opensearch: HTTP 19300-19302
 SECOND_LINE_PORTS = {ELASTICSEARCH: 19210, OPENSEARCH: 19211}
@@ -79,6 +78,7 @@ def test_up_twice_reuses_the_running_engine(engine: EngineInfo) -> None:
     assert engine.port in [info.port for info in running_engines()]
 
 
+@pytest.mark.slow  # three JVMs start, one restarts: ~30 s
 def test_three_node_opensearch_cluster_and_node_restart() -> None:
     info = ensure_engine(OPENSEARCH, port=CLUSTER_PORT, nodes=3, timeout_s=300)
     try:
@@ -98,17 +98,22 @@ def test_three_node_opensearch_cluster_and_node_restart() -> None:
 
 
 def node_count(url: str, expected: int, within_s: float = 60.0) -> int:
-    """Lines of `_cat/nodes`, polled until it shows `expected` (a stopped node takes a moment to
-    leave, and if it was the cluster manager, a new one is elected first)."""
-    deadline = time.monotonic() + within_s
-    while True:
+    """Lines of `_cat/nodes` (-1 for an error answer), polled until it shows `expected` (a stopped
+    node takes a moment to leave, and if it was the cluster manager, a new one is elected first)."""
+    last = [-1]
+
+    def shows_expected() -> bool:
         response = httpx.get(f"{url}/_cat/nodes?h=name", timeout=30)
-        count = len([line for line in response.text.splitlines() if line.strip()])
-        if (response.status_code == 200 and count == expected) or time.monotonic() > deadline:
-            return count if response.status_code == 200 else -1
-        time.sleep(1)
+        last[0] = len([line for line in response.text.splitlines() if line.strip()]) \
+            if response.status_code == 200 else -1
+        return last[0] == expected
+
+    wait_until(shows_expected, lambda: f"{url}/_cat/nodes to list {expected} nodes (it listed {last[0]})",
+               timeout_s=within_s, interval_s=1)
+    return last[0]
 
 
+@pytest.mark.slow  # an engine of its own starts and stops: ~20 s each
 @pytest.mark.parametrize("kind", [ELASTICSEARCH, OPENSEARCH], ids=["es8", "os3"])
 def test_second_line_version(kind: str) -> None:
     """Elasticsearch 8.x (on Java 17) and OpenSearch 3.x (on Java 21+) start too."""

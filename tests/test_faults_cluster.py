@@ -23,7 +23,7 @@ from rerank_proxy.local_engines.runner import ensure_engine, start_node, stop_en
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import OverlapReranker
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.engine  # starts engines of its own (ensure_engine), not only through fixtures
 CLUSTER_PORT = 19310
 
 
@@ -72,6 +72,7 @@ class Traffic(threading.Thread):
             assert self.progress.wait_for(lambda: self.ops >= target, timeout=300), "traffic stalled"
 
 
+@pytest.mark.slow  # a 3-node cluster starts, a node stops and returns under traffic: ~45 s
 def test_node_stop_and_return_under_traffic(cluster):
     index = "failover"
     with httpx.Client(base_url=cluster.url, timeout=60) as admin:

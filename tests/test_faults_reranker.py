@@ -19,7 +19,6 @@ from tests.support_data import load_corpus
 from tests.support_loopback import Captured, FaultServer, response_bytes, send_json
 from tests.support_wait import async_wait_until
 
-pytestmark = pytest.mark.integration
 DEADLINE_MS = 600
 MARGIN_S = 1.5  # engine time and scheduling on a loaded 2-core machine
 

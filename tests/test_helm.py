@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,13 @@ import pytest
 import yaml
 
 from rerank_proxy.config import FILE_VARIANTS, SECRET_NAMES, SETTING_NAMES, load_settings
-from tests.test_packaging import tool
+from tests.fixtures.tools import DeployTools, ok
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "helm" / "rerank-proxy"
-HELM = ROOT / ".tools" / "bin" / "helm"
 ALERTS = CHART / "files" / "alerts.yaml"
 ALERT_TESTS = ROOT / "tests" / "prometheus" / "alerts_test.yaml"
 DASHBOARD = CHART / "files" / "dashboard.json"
-PROMTOOL = "promtool"
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 EVERYTHING = ["--set", "redis.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
               "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.dashboard.enabled=true",
@@ -36,24 +32,9 @@ EVERYTHING = ["--set", "redis.enabled=true", "--set", "metrics.serviceMonitor.en
               "--set", "secrets.keys.ADMIN_TOKEN=admin-token"]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, (f"`{shlex.join(proc.args)}` exited {proc.returncode}\n"
-                                  f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-    return proc.stdout
-
-
-def helm(*args: str) -> subprocess.CompletedProcess[str]:
-    if not HELM.exists():
-        pytest.fail("helm is not built: run `make tools` (builds helm.sh/helm/v3 into .tools/bin)", pytrace=False)
-    return run([str(HELM), *args])
-
-
-def render(*args: str) -> dict[tuple[str, str], dict[str, Any]]:
-    out = ok(helm("template", "rp", str(CHART), "--namespace", "search", *args))
+def render(tools: DeployTools, *args: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The chart as `helm template` renders it with `args`: (kind, name) -> object."""
+    out = ok(tools.run("helm", "template", "rp", str(CHART), "--namespace", "search", *args))
     docs = {}
     for doc in yaml.safe_load_all(out):
         if doc:
@@ -76,26 +57,27 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def test_helm_lint_passes_with_defaults_and_with_everything_on() -> None:
-    ok(helm("lint", "--strict", str(CHART)))
-    ok(helm("lint", "--strict", str(CHART), *EVERYTHING))
+def test_helm_lint_passes_with_defaults_and_with_everything_on(deploy_tools: DeployTools) -> None:
+    ok(deploy_tools.run("helm", "lint", "--strict", str(CHART)))
+    ok(deploy_tools.run("helm", "lint", "--strict", str(CHART), *EVERYTHING))
 
 
 @pytest.mark.parametrize("version", [None, "1.29.0"])
-def test_rendered_objects_match_the_kubernetes_schemas(tmp_path: Path, version: str | None) -> None:
-    docs = render(*EVERYTHING)
+def test_rendered_objects_match_the_kubernetes_schemas(tmp_path: Path, version: str | None,
+                                                       deploy_tools: DeployTools) -> None:
+    docs = render(deploy_tools, *EVERYTHING)
     assert {kind for kind, _ in docs} == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
                                          "PodDisruptionBudget", "NetworkPolicy", *CRD_KINDS}
     core = tmp_path / "core.yaml"
     core.write_text(yaml.safe_dump_all([d for (kind, _), d in docs.items() if kind not in CRD_KINDS]))
-    cmd = [tool("kubernetes-validate"), "--strict"] + (["--kubernetes-version", version] if version else [])
-    ok(run([*cmd, str(core)]))
+    versions = ["--kubernetes-version", version] if version else []
+    ok(deploy_tools.run("kubernetes-validate", "--strict", *versions, str(core)))
 
 
-def test_every_setting_is_a_value_and_the_rendered_settings_load(tmp_path: Path) -> None:
+def test_every_setting_is_a_value_and_the_rendered_settings_load(tmp_path: Path, deploy_tools: DeployTools) -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(values["settings"]) == SETTING_NAMES - SECRET_NAMES, "values.settings must list every setting"
-    docs = render(*EVERYTHING)
+    docs = render(deploy_tools, *EVERYTHING)
     data = docs[("ConfigMap", "rp-rerank-proxy")]["data"]
     env = {e["name"]: e["value"] for e in container(docs)["env"]}
     assert set(env) == {"RERANK_API_KEY_FILE", "ADMIN_TOKEN_FILE"}
@@ -111,8 +93,8 @@ def test_every_setting_is_a_value_and_the_rendered_settings_load(tmp_path: Path)
     assert settings.redis_url == "redis://rp-rerank-proxy-redis:6379/0"
 
 
-def test_secrets_are_files_from_an_existing_secret() -> None:
-    docs = render(*EVERYTHING)
+def test_secrets_are_files_from_an_existing_secret(deploy_tools: DeployTools) -> None:
+    docs = render(deploy_tools, *EVERYTHING)
     pod = proxy_pod(docs)["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
     assert volume["secretName"] == "rerank-secrets"
@@ -122,22 +104,22 @@ def test_secrets_are_files_from_an_existing_secret() -> None:
     assert mount["readOnly"] is True
     for entry in container(docs)["env"]:
         assert entry["value"] == f"{mount['mountPath']}/{entry['name'].removesuffix('_FILE')}"
-    refused = helm("template", "rp", str(CHART), "--set", "secrets.keys.ADMIN_TOKEN=x")
+    refused = deploy_tools.run("helm", "template", "rp", str(CHART), "--set", "secrets.keys.ADMIN_TOKEN=x")
     assert refused.returncode != 0
     assert "existingSecret" in refused.stderr
-    defaults = render()
+    defaults = render(deploy_tools)
     assert "env" not in container(defaults)
     assert "secrets" not in {v["name"] for v in proxy_pod(defaults)["spec"]["volumes"]}
 
 
-def test_probes_security_context_resources_and_drain() -> None:
-    docs = render()
+def test_probes_security_context_resources_and_drain(deploy_tools: DeployTools) -> None:
+    docs = render(deploy_tools)
     c = container(docs)
     pod = proxy_pod(docs)["spec"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/_rerank/health", "port": "http"}
     assert c["startupProbe"]["httpGet"] == {"path": "/_rerank/health", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/_rerank/ready", "port": "http"}
-    strict = container(render("--set", "readiness.requireEngine=true"))
+    strict = container(render(deploy_tools, "--set", "readiness.requireEngine=true"))
     assert strict["readinessProbe"]["httpGet"]["path"] == "/_rerank/ready?engine=required"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -151,7 +133,7 @@ def test_probes_security_context_resources_and_drain() -> None:
     sleep_s = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
     data = docs[("ConfigMap", "rp-rerank-proxy")]["data"]
     assert pod["terminationGracePeriodSeconds"] > sleep_s + float(data["SHUTDOWN_GRACE_S"])
-    too_short = helm("template", "rp", str(CHART), "--set", "terminationGracePeriodSeconds=25")
+    too_short = deploy_tools.run("helm", "template", "rp", str(CHART), "--set", "terminationGracePeriodSeconds=25")
     assert too_short.returncode != 0
     assert "terminationGracePeriodSeconds" in too_short.stderr
     zones = {t["topologyKey"] for t in pod["topologySpreadConstraints"]}
@@ -160,15 +142,18 @@ def test_probes_security_context_resources_and_drain() -> None:
         assert selects(spread["labelSelector"]["matchLabels"], proxy_pod(docs)["metadata"]["labels"])
 
 
-def test_a_changed_setting_rolls_the_pods() -> None:
-    before = proxy_pod(render())["metadata"]["annotations"]["checksum/config"]
-    after = proxy_pod(render("--set", "settings.RERANK_WINDOW=50"))["metadata"]["annotations"]["checksum/config"]
+def test_a_changed_setting_rolls_the_pods(deploy_tools: DeployTools) -> None:
+    def checksum(*args: str) -> str:
+        return proxy_pod(render(deploy_tools, *args))["metadata"]["annotations"]["checksum/config"]
+
+    before = checksum()
+    after = checksum("--set", "settings.RERANK_WINDOW=50")
     assert before != after
-    assert before == proxy_pod(render())["metadata"]["annotations"]["checksum/config"]
+    assert before == checksum()
 
 
-def test_service_hpa_pdb_redis_and_service_monitor_point_at_the_right_pods() -> None:
-    docs = render(*EVERYTHING)
+def test_service_hpa_pdb_redis_and_service_monitor_point_at_the_right_pods(deploy_tools: DeployTools) -> None:
+    docs = render(deploy_tools, *EVERYTHING)
     pod_labels = proxy_pod(docs)["metadata"]["labels"]
     redis_labels = docs[("Deployment", "rp-rerank-proxy-redis")]["spec"]["template"]["metadata"]["labels"]
     service = docs[("Service", "rp-rerank-proxy")]
@@ -178,7 +163,8 @@ def test_service_hpa_pdb_redis_and_service_monitor_point_at_the_right_pods() -> 
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "rp-rerank-proxy"}
     assert "replicas" not in docs[("Deployment", "rp-rerank-proxy")]["spec"], "the HPA owns the replica count"
     assert docs[("Deployment", "rp-rerank-proxy")]["spec"].get("replicas") is None
-    assert render("--set", "autoscaling.enabled=false")[("Deployment", "rp-rerank-proxy")]["spec"]["replicas"] == 2
+    fixed = render(deploy_tools, "--set", "autoscaling.enabled=false")
+    assert fixed[("Deployment", "rp-rerank-proxy")]["spec"]["replicas"] == 2
     pdb = docs[("PodDisruptionBudget", "rp-rerank-proxy")]["spec"]["selector"]["matchLabels"]
     assert selects(pdb, pod_labels)
     assert not selects(pdb, redis_labels)
@@ -188,24 +174,24 @@ def test_service_hpa_pdb_redis_and_service_monitor_point_at_the_right_pods() -> 
     monitor = docs[("ServiceMonitor", "rp-rerank-proxy")]["spec"]
     assert selects(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
     assert monitor["endpoints"] == [{"port": "http", "path": "/_rerank/metrics", "interval": "30s"}]
-    assert {kind for kind, _ in render()} == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
-                                             "PodDisruptionBudget"}
+    assert {kind for kind, _ in render(deploy_tools)} == {"ConfigMap", "Deployment", "Service",
+                                                          "HorizontalPodAutoscaler", "PodDisruptionBudget"}
 
 
-def test_prometheus_rule_carries_the_checked_rules(tmp_path: Path) -> None:
-    spec = render(*EVERYTHING)[("PrometheusRule", "rp-rerank-proxy")]["spec"]
+def test_prometheus_rule_carries_the_checked_rules(tmp_path: Path, deploy_tools: DeployTools) -> None:
+    spec = render(deploy_tools, *EVERYTHING)[("PrometheusRule", "rp-rerank-proxy")]["spec"]
     assert spec == yaml.safe_load(ALERTS.read_text())
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(spec))
-    ok(run([PROMTOOL, "check", "rules", str(rules)]))
+    ok(deploy_tools.run("promtool", "check", "rules", str(rules)))
     alerts = {r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r}
     assert alerts == {"RerankProxyFallbackRatioHigh", "RerankProxyBreakerOpen", "RerankProxyProviderErrors",
                       "RerankProxyProviderLatencyHigh", "RerankProxyCacheHitRatioCollapse",
                       "RerankProxyEngineUnreachable", "RerankProxyServerErrors"}
 
 
-def test_alert_rules_pass_their_unit_tests() -> None:
-    out = ok(run([PROMTOOL, "test", "rules", str(ALERT_TESTS)]))
+def test_alert_rules_pass_their_unit_tests(deploy_tools: DeployTools) -> None:
+    out = ok(deploy_tools.run("promtool", "test", "rules", str(ALERT_TESTS)))
     assert "SUCCESS" in out
     tested = set(re.findall(r"alertname: (\w+)", ALERT_TESTS.read_text()))
     defined = set(re.findall(r"- alert: (\w+)", ALERTS.read_text()))
@@ -217,7 +203,7 @@ def dashboard_exprs() -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
 
 
-def test_dashboard_is_a_well_formed_grafana_dashboard() -> None:
+def test_dashboard_is_a_well_formed_grafana_dashboard(deploy_tools: DeployTools) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["uid"]
     assert dashboard["title"]
@@ -251,6 +237,6 @@ def test_dashboard_is_a_well_formed_grafana_dashboard() -> None:
                    "rerank_proxy_rerank_duration_seconds_bucket", "rerank_proxy_cache_lookups_total",
                    "rerank_proxy_engine_up", 'status="5xx"'):
         assert metric in text, metric
-    configmap = render(*EVERYTHING)[("ConfigMap", "rp-rerank-proxy-dashboard")]
+    configmap = render(deploy_tools, *EVERYTHING)[("ConfigMap", "rp-rerank-proxy-dashboard")]
     assert json.loads(configmap["data"]["rerank-proxy.json"]) == dashboard
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -12,8 +12,6 @@ from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import metric_samples, requests_by_outcome, wait_until
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def limited_proxy(engine):

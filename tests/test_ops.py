@@ -21,7 +21,6 @@ from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import wait_until
 
-pytestmark = pytest.mark.integration
 TOKEN = "adm-7f3c9e21-token"
 API_KEY = "sk-live-cohere-key-0123456789abcdef"
 

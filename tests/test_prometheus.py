@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,14 +21,13 @@ import yaml
 
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
 from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
+from tests.fixtures.tools import DeployTools
 from tests.support_data import load_corpus
 from tests.support_rerankers import OverlapReranker
+from tests.support_wait import wait_until
 
-pytestmark = pytest.mark.integration
 CHART_FILES = Path(__file__).resolve().parents[1] / "deploy" / "helm" / "rerank-proxy" / "files"
 DASHBOARD, ALERTS = CHART_FILES / "dashboard.json", CHART_FILES / "alerts.yaml"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 HIT_RATIO = ('sum(increase(rerank_proxy_cache_lookups_total{result=~"hit|coalesced"}[5m]))'
              ' / sum(increase(rerank_proxy_cache_lookups_total[5m]))')
 RERANKED_RATE = 'sum(rate(rerank_proxy_requests_total{outcome=~"reranked|cached"}[5m]))'
@@ -40,12 +37,13 @@ def families(text: str) -> list[str]:
     return [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
 
 
-def promtool_check_metrics(text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+def promtool_check_metrics(tools: DeployTools, text: str) -> subprocess.CompletedProcess[str]:
+    return tools.run("promtool", "check", "metrics", stdin_text=text)
 
 
 @contextmanager
-def run_prometheus(tmp_path: Path, target: str, metrics_path: str = "/_rerank/metrics") -> Iterator[str]:
+def run_prometheus(tools: DeployTools, tmp_path: Path, target: str,
+                   metrics_path: str = "/_rerank/metrics") -> Iterator[str]:
     """A Prometheus server scraping `target` every second; yields its URL."""
     port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -60,20 +58,20 @@ scrape_configs:
       - targets: ["{target}"]
 """)
     log = (tmp_path / "prometheus.log").open("wb")
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([tools.path("prometheus"), f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
+        try:
+            return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            assert time.monotonic() < deadline, "prometheus did not become ready"
-            time.sleep(0.1)
+        wait_until(ready, "prometheus to become ready", timeout_s=60, interval_s=0.1)
         yield url
     finally:
         proc.terminate()
@@ -89,14 +87,13 @@ def query(url: str, promql: str) -> list[dict]:
 
 def wait_for_value(url: str, promql: str, expected: float, deadline_s: float = 60) -> None:
     """Until Prometheus has scraped what the proxy already counted (an observable effect)."""
-    deadline = time.monotonic() + deadline_s
     last: list[dict] = []
-    while time.monotonic() < deadline:
-        last = query(url, promql)
-        if last and float(last[0]["value"][1]) == expected:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{promql} never reached {expected}: {last}")
+
+    def reached() -> bool:
+        last[:] = query(url, promql)
+        return bool(last) and float(last[0]["value"][1]) == expected
+
+    wait_until(reached, lambda: f"{promql} to reach {expected} (last answer: {last})", deadline_s, interval_s=0.2)
 
 
 def own_value(text: str, sample: str) -> float:
@@ -111,7 +108,7 @@ def metered_proxy(engine):
         yield running
 
 
-def test_every_family_once_and_promtool_accepts_it(metered_proxy, engine, index_name):
+def test_every_family_once_and_promtool_accepts_it(metered_proxy, engine, index_name, deploy_tools):
     load_corpus(engine.url, index_name)
     body = {"query": {"match": {"body": "engine"}}}
     for _ in range(2):
@@ -128,23 +125,23 @@ def test_every_family_once_and_promtool_accepts_it(metered_proxy, engine, index_
     # documents sent and billed units have one name each (the cache's copies are not exported)
     assert not [n for n in names if n.endswith(("documents_sent_total", "_billed_units_total"))
                 and n != "rerank_proxy_provider_billed_units_total"]
-    checked = promtool_check_metrics(text)
+    checked = promtool_check_metrics(deploy_tools, text)
     assert checked.returncode == 0, checked
     assert not checked.stdout.strip(), checked
     assert not checked.stderr.strip(), checked
 
 
-def test_promtool_rejects_a_duplicate_family():
+def test_promtool_rejects_a_duplicate_family(deploy_tools):
     """The check above is able to fail: the exposition this issue started from is refused."""
     duplicated = ("# HELP x_total a\n# TYPE x_total counter\nx_total 1\n"
                   "# HELP x_total a\n# TYPE x_total counter\nx_total 2\n")
-    assert promtool_check_metrics(duplicated).returncode != 0
+    assert promtool_check_metrics(deploy_tools, duplicated).returncode != 0
 
 
-def test_a_real_prometheus_scrapes_and_answers_promql(metered_proxy, engine, index_name, tmp_path):
+def test_a_real_prometheus_scrapes_and_answers_promql(metered_proxy, engine, index_name, tmp_path, deploy_tools):
     load_corpus(engine.url, index_name)
     target = f"127.0.0.1:{metered_proxy.port}"
-    with run_prometheus(tmp_path, target) as prometheus:
+    with run_prometheus(deploy_tools, tmp_path, target) as prometheus:
         wait_for_value(prometheus, 'up{job="rerank-proxy"}', 1)
         # misses first, then the same search again: every score from the cache
         body = {"query": {"match": {"body": "engine"}}}
@@ -195,26 +192,27 @@ def serve(engine_url: str, workers: int) -> Iterator[str]:
     proc = subprocess.Popen([sys.executable, "-m", "rerank_proxy.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
+    stderr = proc.stderr
+    assert stderr is not None  # stderr=PIPE
+
+    def all_workers_report() -> bool:
+        assert proc.poll() is None, stderr.read().decode()
+        try:
+            metrics = httpx.get(f"{url}/_rerank/metrics", timeout=5).text
+        except httpx.TransportError:
+            return False
+        return own_value(metrics, "rerank_proxy_workers ") == workers
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                metrics = httpx.get(f"{url}/_rerank/metrics", timeout=5).text
-                if own_value(metrics, "rerank_proxy_workers ") == workers:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
-            assert time.monotonic() < deadline, "the workers did not all start"
-            time.sleep(0.1)
+        wait_until(all_workers_report, "every worker to start", timeout_s=120, interval_s=0.1)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-        assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
+        assert code == 0, stderr.read().decode()
 
 
-def test_every_scrape_sees_every_worker(engine):
+def test_every_scrape_sees_every_worker(engine, deploy_tools):
     workers, requests = 3, 30
     with serve(engine.url, workers) as url, httpx.Client() as client:
         for _ in range(requests):  # a new connection each time: the kernel spreads them over workers
@@ -226,12 +224,12 @@ def test_every_scrape_sees_every_worker(engine):
             assert own_value(text, "rerank_proxy_workers ") == workers
             names = families(text)
             assert len(names) == len(set(names))
-        checked = promtool_check_metrics(text)
+        checked = promtool_check_metrics(deploy_tools, text)
         assert checked.returncode == 0, checked
         assert own_value(text, "process_cpu_seconds_total ") > 0
 
 
-def test_merged_exposition_sums_counters_and_keeps_gauge_rules():
+def test_merged_exposition_sums_counters_and_keeps_gauge_rules(deploy_tools):
     from prometheus_client.parser import text_string_to_metric_families
 
     from rerank_proxy.admin.peers import merge, render, snapshot
@@ -253,4 +251,4 @@ def test_merged_exposition_sums_counters_and_keeps_gauge_rules():
     assert "\nb 5.0" in text
     assert "process_start_time_seconds 100.0" in text
     assert "rerank_proxy_breaker_state 2.0" in text  # the worst worker's breaker
-    assert promtool_check_metrics(text).returncode == 0
+    assert promtool_check_metrics(deploy_tools, text).returncode == 0

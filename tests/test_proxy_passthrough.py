@@ -13,8 +13,6 @@ from tests.fixtures.proxy import free_port, proxy_settings, run_proxy
 from tests.support_data import load_corpus, official_client
 from tests.support_rerankers import OverlapReranker
 
-pytestmark = pytest.mark.integration
-
 
 def _body(response):
     return getattr(response, "body", response)

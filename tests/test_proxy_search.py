@@ -13,7 +13,6 @@ import pytest
 
 from tests.support_data import CORPUS, expected_order, load_corpus, official_client
 
-pytestmark = pytest.mark.integration
 QUERY = {"match": {"body": "jet engine noise"}}
 
 

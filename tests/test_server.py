@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import orjson
@@ -188,16 +187,19 @@ def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
                 "LOG_LEVEL": "warning"})
     proc = subprocess.Popen([sys.executable, "-m", "rerank_proxy.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stderr = proc.stderr
+    assert stderr is not None  # stderr=PIPE
+
+    def health() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/_cluster/health", timeout=5)
+        except httpx.TransportError:
+            assert proc.poll() is None, stderr.read().decode()
+            return None
+
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/_cluster/health", timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
-                assert time.monotonic() < deadline, "the proxy did not start"
-                time.sleep(0.1)
+        response = wait_until(health, "the proxy to start", timeout_s=120, interval_s=0.1)
+        assert response is not None  # wait_until returns only a truthy value
         assert response.status_code == 200
         with httpx.Client() as client:  # both workers answer (each request on a new connection)
             statuses = {client.get(f"http://127.0.0.1:{port}/_cluster/health",
@@ -206,7 +208,7 @@ def test_serve_with_two_workers_answers_and_stops_on_sigterm(engine):
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    assert code == 0, proc.stderr.read().decode()  # type: ignore[union-attr]  # started with stderr=PIPE
+    assert code == 0, stderr.read().decode()
 
 
 @pytest.mark.parametrize("target", ["http://elsewhere.example/_cluster/health", "*"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from rerank_proxy.local.shared_vectors import RedisVectors, TieredVectorStore, b
 from rerank_proxy.local.vector_store import VectorStore
 from tests.fixtures.proxy import free_port, run_proxy
 from tests.support_data import load_corpus
+from tests.support_wait import wait_until
 
 
 def test_tiered_store_reads_through_and_copies_into_the_pod_file(redis_server, tmp_path: Path):
@@ -68,10 +68,14 @@ def test_two_replicas_share_vectors_and_a_rolled_pod_starts_warm(es_engine, inde
                               "LOCAL_VECTOR_STORE": str(tmp_path / f"{name}.sqlite"), **extra})
 
     with run_proxy(settings("a")) as a:
-        deadline = time.monotonic() + 120
-        while search(a.url, index_name, "engine noise").headers["x-rerank"] != "reranked":
-            assert time.monotonic() < deadline, "replica A never reranked"
-            a.runtime.reranker.inner.embedder.wait_idle(5)
+
+        def reranked_on_a() -> bool:
+            if search(a.url, index_name, "engine noise").headers["x-rerank"] == "reranked":
+                return True
+            a.runtime.reranker.inner.embedder.wait_idle(5)  # what it queued is embedded before the next try
+            return False
+
+        wait_until(reranked_on_a, "replica A to rerank", timeout_s=120)
         with run_proxy(settings("b", LOCAL_COLD_WAIT_MS="0")) as b:
             first_on_b = search(b.url, index_name, "engine jet noise")
             assert first_on_b.headers["x-rerank"] == "reranked", first_on_b.headers.get("x-rerank-reason")

@@ -10,14 +10,11 @@ import asyncio
 
 import httpx
 import orjson
-import pytest
 
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_loopback import Captured, FaultServer, send_json
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import async_wait_until
-
-pytestmark = pytest.mark.integration
 
 
 class HeldUpstream:

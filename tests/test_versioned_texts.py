@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 
 import httpx
-import pytest
 
 from rerank_proxy.config import IndexRule
 from rerank_proxy.search.text.hit_text import VersionedTexts, hit_texts
@@ -58,7 +57,6 @@ def test_the_memo_is_bounded():
     assert len(memo) <= 10
 
 
-@pytest.mark.integration
 def test_an_updated_document_is_scored_on_its_new_text(engine, index_name):
     load_corpus(engine.url, index_name)
     reranker = OverlapReranker()
