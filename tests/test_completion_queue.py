@@ -14,7 +14,7 @@ class Clock:
 
 
 def _take_all(queue: CompletionQueue, n: int) -> list[bytes]:
-    taken = []
+    taken: list[bytes] = []
     while chunk := queue.take(n):
         taken.extend(key for key, _ in chunk)
     return taken

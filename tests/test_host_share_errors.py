@@ -86,6 +86,9 @@ async def test_an_unexpected_shared_tier_failure_is_a_miss_logged_once_with_its_
         async def flush(self):
             return 0
 
+        async def ping(self):  # the SharedTier protocol's; only start-up and readiness ask it
+            return False
+
         async def aclose(self):
             return None
 
