@@ -217,9 +217,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Query text is truncated to this many characters before it is reranked (models read a few hundred tokens).",
             "4000"),
     # --- local model -------------------------------------------------------------------------------
-    Setting("LOCAL_MODEL_MAX_TOKENS", "local model", Integer(8, 512), "256",
-            "Token limit of the built-in model's inputs (sentence-transformers' default for this model, which was trained at 128).",
-            "128"),
+    Setting("LOCAL_MODEL_MAX_TOKENS", "local model", Integer(8, 512), "128",
+            "Token limit of the built-in model's inputs (128: the length it was trained at; 256 costs twice the embedding time for no significant gain, see docs/decisions/token-cut.md).",
+            "256"),
     Setting("LOCAL_VECTOR_STORE", "local model", Text(), "~/.cache/rerank-proxy/vectors.sqlite",
             "SQLite file of document vectors for the built-in model (shared by workers, survives restarts).",
             "/var/lib/rerank-proxy/vectors.sqlite"),

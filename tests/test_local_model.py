@@ -170,7 +170,7 @@ async def test_rerank_scores_cosine_in_input_order(tmp_path: Path, model: MiniLM
     assert result.meta["stored"] == 0
     assert reranker.name == "local"
     assert reranker.pointwise is True
-    assert reranker.model == "all-MiniLM-L6-v2"
+    assert reranker.model == "all-MiniLM-L6-v2@128"   # the shipped token limit, named as it is not 256
 
 
 async def test_second_call_uses_stored_vectors_and_cached_query(tmp_path: Path):
@@ -224,12 +224,12 @@ async def test_embed_documents_counts_new_ones(tmp_path: Path):
 
 
 async def test_max_tokens_is_part_of_model_and_keys(tmp_path: Path):
-    reranker = LocalReranker(settings_for(tmp_path, local_model_max_tokens=128))
-    assert reranker.model == "all-MiniLM-L6-v2@128"
+    reranker = LocalReranker(settings_for(tmp_path, local_model_max_tokens=256))
+    assert reranker.model == "all-MiniLM-L6-v2"   # sentence-transformers' own limit keeps the bare name
     await reranker.embed_documents(["same text"])
     await reranker.aclose()
     other = LocalReranker(settings_for(tmp_path))
-    assert await other.embed_documents(["same text"]) == 1  # a 256-token vector is a different entry
+    assert await other.embed_documents(["same text"]) == 1  # a 128-token vector is a different entry
     await other.aclose()
 
 
