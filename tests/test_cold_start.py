@@ -249,6 +249,7 @@ def reranked(response: httpx.Response) -> bool:
     return response.headers.get("x-rerank") in ("reranked", "cached")
 
 
+@pytest.mark.slow  # embeds a fresh 1,000-document index from traffic: 15-25 s
 def test_a_fresh_proxy_on_defaults_warms_from_traffic_alone(es_engine, index_name: str, tmp_path: Path):
     """Defaults, fresh store, fresh 1,000-document index, no warm command: the reranked share of
     searches rises to >= 95%; a cold index and one client's 2 MB query turn nothing off elsewhere."""
