@@ -143,6 +143,7 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
     if peers is not None:
         await peers.stop()
     await server.stop()
+    logs.close_access_sink()
     return 0
 
 

@@ -113,3 +113,23 @@ def test_a_closed_log_counts_the_lines_it_loses_and_emit_goes_on():
     sink.close()
     os.close(write)
     assert sink.dropped == 2
+
+
+def test_an_access_line_has_the_shape_the_formatters_give_a_logged_one():
+    """Log shippers see one schema, whether a line came through `logging` or the sink."""
+    import logging
+
+    from rerank_proxy.admin.access_lines import EcsLine, JsonLine
+    from rerank_proxy.admin.logs import EcsFormatter, JsonFormatter
+
+    fields = {"method": "GET", "path": "/i/_search", "status": 200, "outcome": "reranked", "ms": 3.25,
+              "bytes": 812, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    record = logging.LogRecord("rerank_proxy.access", logging.INFO, __file__, 1, "request", None, None)
+    record.fields = fields
+    now = record.created
+    logged_json = orjson.loads(JsonFormatter().format(record))
+    sunk_json = orjson.loads(JsonLine()(fields, now))
+    assert sunk_json == logged_json
+    logged_ecs = orjson.loads(EcsFormatter().format(record))
+    sunk_ecs = orjson.loads(EcsLine()(fields, now))
+    assert sunk_ecs == logged_ecs

@@ -1,4 +1,7 @@
-"""One access line per request (at INFO), in the fields log shippers map (see `logs.py` for ECS)."""
+"""One access line per request (at INFO), in the fields log shippers map (see `logs.py` for ECS).
+
+Served processes write them through the batched sink (`access_sink.py`), not `logging`: a line per
+request must cost next to nothing."""
 
 from __future__ import annotations
 
@@ -45,7 +48,11 @@ def log_access(raw_headers: list[tuple[bytes, bytes]], method: str, path: str, s
         fields["user_agent"] = headers[b"user-agent"].decode("latin-1")[:300]
     fields.update(_search_fields(served.extra))
     fields.update(_trace_fields(headers))
-    logs.access_log.info("request", extra={"fields": fields})
+    sink = logs.access_sink()
+    if sink is not None:
+        sink.emit(fields)
+    else:
+        logs.access_log.info("request", extra={"fields": fields})
 
 
 def _search_fields(extra: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ Encode = Callable[[dict[str, Any], float], bytes]
 class AccessSink:
     def __init__(self, fd: int, encode: Encode, *, flush_bytes: int = FLUSH_BYTES,
                  flush_interval_s: float = FLUSH_INTERVAL_S, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.pid = os.getpid()
         self._fd = fd
         self._encode = encode
         self._flush_bytes = flush_bytes

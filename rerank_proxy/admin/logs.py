@@ -12,12 +12,17 @@ for go under `rerank.*`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
+
+from rerank_proxy.admin import ecs
+from rerank_proxy.admin.access_lines import EcsLine, JsonLine
+from rerank_proxy.admin.access_sink import AccessSink
 
 _SECRETS: list[str] = []
 
@@ -38,16 +43,6 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-ECS_VERSION = "8.11.0"
-# Our field -> ECS path. Timings are in milliseconds here; ECS's event.duration is nanoseconds.
-_ECS_FIELDS = {
-    "method": "http.request.method", "path": "url.path", "status": "http.response.status_code",
-    "request_id": "http.request.id", "client": "client.address", "user_agent": "user_agent.original",
-    "bytes": "http.response.bytes", "upstream": "destination.address", "pid": "process.pid",
-    "host": "server.address", "port": "server.port", "version": "service.version",
-}
-
-
 class EcsFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -55,31 +50,15 @@ class EcsFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "log": {"level": record.levelname.lower(), "logger": record.name},
             "message": redact(record.getMessage()),
-            "ecs": {"version": ECS_VERSION},
+            "ecs": {"version": ecs.VERSION},
             "service": {"name": "rerank-proxy"},
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            for key, value in fields.items():
-                if key == "ms":
-                    _put(entry, "event.duration", int(value * 1_000_000))
-                elif key == "traceparent":
-                    parts = str(value).split("-")
-                    if len(parts) == 4:
-                        _put(entry, "trace.id", parts[1])
-                    _put(entry, "rerank.traceparent", value)
-                else:
-                    _put(entry, _ECS_FIELDS.get(key, f"rerank.{key}"), value)
+            ecs.put_fields(entry, fields)
         if record.exc_info:
-            _put(entry, "error.stack_trace", redact(self.formatException(record.exc_info)))
+            ecs.put(entry, "error.stack_trace", redact(self.formatException(record.exc_info)))
         return orjson.dumps(entry, default=str).decode()
-
-
-def _put(entry: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        entry = entry.setdefault(name, {})
-    entry[leaf] = value
 
 
 def register_secrets(values: Iterable[str]) -> None:
@@ -96,8 +75,26 @@ def redact(text: str) -> str:
     return text
 
 
+class _OrderedStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr for every line but the access lines: the access lines queued before a line are
+    written first, so the log reads in the order things happened."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = _access_sink
+        if sink is not None:
+            sink.flush()
+        super().emit(record)
+
+
+_access_sink: AccessSink | None = None
+_access_format = ""
+
+
 def setup(level: str, log_format: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """The process's logging: JSON or ECS lines on stderr; access lines through the batched sink."""
+    global _access_format
+    _access_format = log_format
+    handler = _OrderedStderr(sys.stderr)
     handler.setFormatter(EcsFormatter() if log_format == "ecs" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -110,3 +107,23 @@ def setup(level: str, log_format: str = "json") -> None:
 
 
 access_log = logging.getLogger("rerank_proxy.access")
+
+
+def access_sink() -> AccessSink | None:
+    """The batched access-line writer of this process, once `setup` ran (else access lines go
+    through `logging`, as in tests and tools that embed the proxy). A forked worker makes its own:
+    the parent's writer thread does not exist in the child."""
+    global _access_sink
+    if not _access_format:
+        return None
+    sink = _access_sink
+    if sink is None or sink.pid != os.getpid():
+        sink = _access_sink = AccessSink(sys.stderr.fileno(), EcsLine() if _access_format == "ecs" else JsonLine())
+    return sink
+
+
+def close_access_sink() -> None:
+    """Write every queued access line (a clean stop loses none)."""
+    sink = _access_sink
+    if sink is not None and sink.pid == os.getpid():
+        sink.close()
