@@ -23,7 +23,6 @@ import pytest
 
 from rerank_proxy.config import Settings, load_settings
 from rerank_proxy.local.embedder import SEARCH, WRITE, BackgroundEmbedder
-from rerank_proxy.local.fair_queue import FairQueue
 from rerank_proxy.scoring.providers.base import RerankError, RerankResult
 from rerank_proxy.scoring.providers.errors import RerankBusy, reason_of
 from rerank_proxy.scoring.providers.resilience import ResilientReranker
@@ -119,23 +118,6 @@ def test_one_msearch_of_fresh_sub_searches_starves_no_one(es_engine, index_name:
 
 
 # --- the pieces, in memory ----------------------------------------------------------------------
-
-
-def test_owners_take_turns_in_the_fair_queue():
-    queue = FairQueue()
-    for n in range(5):
-        queue.put(f"big{n}".encode(), "t", owner="flood")
-    queue.put(b"small0", "t", owner="other")
-    queue.put(b"small1", "t", owner="other")
-    assert len(queue) == 7
-    assert queue.owners() == 2
-    assert queue.ahead_of("other") == 4          # two of the flood's, then its own two
-    assert queue.ahead_of("nobody") == 0
-    taken = [key for _ in range(3) for key, _ in queue.take(2)]
-    assert taken == [b"big0", b"big1", b"small0", b"small1", b"big2", b"big3"]
-    assert queue.pop_newest() == (b"big4", "t")
-    assert not len(queue)
-    assert not queue.owners()
 
 
 def test_a_flood_of_search_documents_delays_another_search_by_one_turn_only():
