@@ -3,9 +3,11 @@
 `GET /bench-small/_doc/{id}` (a ~50-byte document), a `_bulk` of 1,000 small documents and (with
 `--ops ... search_bypass`) a `size: 0` search the proxy relays without reranking, at
 concurrency 1 and 32, sent by wrk (a separate process) straight to the engine, through nginx as a
-plain reverse proxy (bench/nginx.conf: keepalive upstream, worker_processes auto), and through
-rerank-proxy with 1 and with 2 workers. The targets are interleaved within each round and the
-rounds repeated; a cell's figure is the median over rounds.
+plain reverse proxy (bench/nginx.conf: keepalive upstream, worker_processes auto, its default
+access log to a file), and through rerank-proxy on its shipped defaults (nothing set but the
+engine: WORKERS=auto, LOG_LEVEL=info with an access line per request, the built-in model) and the
+same with LOG_LEVEL=warning, which prices the access log. The targets are interleaved within each
+round and the rounds repeated; a cell's figure is the median over rounds.
 
     .venv/bin/python -m bench.passthrough [--duration 8] [--bulk-duration 12] [--rounds 3]
 """
@@ -29,14 +31,13 @@ from .common import (
     median,
     run_wrk,
     save_json,
-    start_counting_server,
     start_engine,
     start_nginx,
     start_proxy,
     started_proxies,
 )
 
-TARGETS = ("engine", "nginx", "proxy_1w", "proxy_2w")
+TARGETS = ("engine", "nginx", "proxy_defaults", "proxy_no_access_log")
 CONCURRENCY = (1, 32)
 PCTS = [str(p) for p in range(1, 100)] + ["99.5", "99.9", "99.99"]
 
@@ -127,6 +128,12 @@ def derive(cells: dict[str, Any], ops: list[str], targets: list[str]) -> dict[st
                 else:
                     checks.append({"check": f"{op} c=32 {target}: throughput >= 80% of nginx's",
                                    "value": row["rps_vs_nginx"], "met": row["rps_vs_nginx"] >= 0.8})
+        for conc in CONCURRENCY:
+            logged, quiet = cells.get(f"{op}/c{conc}/proxy_defaults"), cells.get(f"{op}/c{conc}/proxy_no_access_log")
+            if logged and quiet:
+                cost = 1 - logged["rps"] / quiet["rps"]
+                checks.append({"check": f"{op} c={conc}: the access log costs at most 5% of throughput",
+                               "value": cost, "met": cost <= 0.05})
     return {"table": table, "checks": checks}
 
 
@@ -135,16 +142,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     index_small(engine)
     services: list[Service] = []
     try:
-        provider = start_counting_server(50)
-        services.append(provider)
         nginx = start_nginx(engine)
         services.append(nginx)
-        proxy1 = start_proxy(engine, provider=provider, workers=1, name="proxy-1w")
-        services.append(proxy1)
-        proxy2 = start_proxy(engine, provider=provider, workers=2, name="proxy-2w")
-        services.append(proxy2)
-        urls = {"engine": engine, "nginx": nginx.url, "proxy_1w": proxy1.url, "proxy_2w": proxy2.url}
-        cpu_of = {"nginx": [nginx], "proxy_1w": [proxy1], "proxy_2w": [proxy2]}
+        shipped = start_proxy(engine, provider=None, name="proxy-defaults")
+        services.append(shipped)
+        quiet = start_proxy(engine, provider=None, name="proxy-no-access-log", LOG_LEVEL="warning")
+        services.append(quiet)
+        urls = {"engine": engine, "nginx": nginx.url, "proxy_defaults": shipped.url, "proxy_no_access_log": quiet.url}
+        cpu_of = {"nginx": [nginx], "proxy_defaults": [shipped], "proxy_no_access_log": [quiet]}
         results: dict[str, Any] = {"machine": machine_info(), "engine": f"elasticsearch {engine_version(engine)}",
                                    "params": vars(args)}
         cells = measure(urls, cpu_of, args.duration, args.rounds, args.ops, args.bulk_duration)
@@ -167,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run (default 8)")
     p.add_argument("--bulk-duration", type=float, default=12.0, help="seconds per wrk run of _bulk (default 12)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--ops", nargs="+", default=["get", "bulk_1000"], choices=["get", "bulk_1000", "search_bypass"])
+    p.add_argument("--ops", nargs="+", default=["get", "search_bypass"], choices=["get", "bulk_1000", "search_bypass"])
     p.add_argument("--engine-port", type=int, default=9400)
     return p
 

@@ -19,8 +19,9 @@ from typing import Any
 from .common import REPO, RESULTS, log
 
 DOC = REPO / "BENCHMARKS.md"
-TARGET_LABEL = {"engine": "engine (direct)", "nginx": "nginx", "proxy_1w": "rerank-proxy, 1 worker",
-                "proxy_2w": "rerank-proxy, 2 workers"}
+TARGET_LABEL = {"engine": "engine (direct)", "nginx": "nginx (access log on)", "proxy_1w": "rerank-proxy, 1 worker",
+                "proxy_2w": "rerank-proxy, 2 workers", "proxy_defaults": "rerank-proxy, shipped defaults",
+                "proxy_no_access_log": "rerank-proxy, LOG_LEVEL=warning"}
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -623,7 +624,8 @@ def summary_table(pt, sl, co, me) -> str:
     commands = {module: _command(module, data) for module, data in
                 (("passthrough", pt), ("search_latency", sl), ("cost", co), ("memory", me)) if data}
     return (md_table(["benchmark", "target", "measured", "result", "run"], rows)
-            + "\n\n`proxy_2w` and `default` are the shipped defaults on this 2-core machine (WORKERS=auto). "
+            + "\n\n`shipped defaults` and `default` rows run with nothing set but the engine (and the provider "
+            "under test where one is named): WORKERS=auto (2 here), LOG_LEVEL=info. "
             + "The runs, each with the command that produced it:\n\n"
             + "\n".join(f"- `bench.{module}`: `{command}`" for module, command in commands.items()))
 
