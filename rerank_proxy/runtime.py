@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rerank_proxy.admin.metrics import Metrics
 from rerank_proxy.config import Settings
 from rerank_proxy.engine.pool import EnginePool
 from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.local.warming import warm_on_start
+from rerank_proxy.metrics import Metrics
 from rerank_proxy.scoring.cache.scores import ScoreCache, SharedTier
 from rerank_proxy.scoring.providers.base import Preloadable, Reranker
 from rerank_proxy.scoring.providers.resilience import ResilientReranker

@@ -97,3 +97,14 @@ def test_the_local_engine_runner_is_not_part_of_serving():
     serving = [m for m in graph if m.startswith(("rerank_proxy.edge", "rerank_proxy.engine.",
                                                   "rerank_proxy.search", "rerank_proxy.scoring"))]
     assert [m for m in serving if any(d.startswith("rerank_proxy.local_engines") for d in graph[m])] == []
+
+
+def test_no_two_parts_of_the_package_import_each_other():
+    """Folders (and top-level modules) form layers: admin reads the runtime, the runtime never admin."""
+    graph = _import_graph()
+
+    def part(module: str) -> str:
+        return ".".join(module.split(".")[:2])
+
+    uses = {(part(m), part(d)) for m, deps in graph.items() for d in deps if part(m) != part(d)}
+    assert sorted({tuple(sorted(pair)) for pair in uses if pair[::-1] in uses}) == []

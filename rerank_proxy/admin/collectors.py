@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from rerank_proxy.admin.metrics import counter, gauge
+from rerank_proxy.metrics import counter, gauge
 from rerank_proxy.runtime import Runtime
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}

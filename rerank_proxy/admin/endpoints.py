@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from rerank_proxy.admin.metrics import CONTENT_TYPE
 from rerank_proxy.console.routes import Handler, console_routes
 from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.metrics import CONTENT_TYPE
 from rerank_proxy.runtime import Runtime
 
 ENGINE_PROBE_TIMEOUT_S = 2.0

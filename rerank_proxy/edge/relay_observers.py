@@ -15,10 +15,10 @@ from rerank_proxy.local.warming import queue_written
 from rerank_proxy.local.write_docs import is_write
 
 if TYPE_CHECKING:
-    from rerank_proxy.admin.metrics import Metrics
     from rerank_proxy.config import Settings
     from rerank_proxy.edge.relay import RelayExchange
     from rerank_proxy.local.warmer import Warmer
+    from rerank_proxy.metrics import Metrics
     from rerank_proxy.search.text.text_fields import TextFieldCache
 
 
