@@ -625,7 +625,7 @@ def summary_table(pt, sl, co, me) -> str:
                 (("passthrough", pt), ("search_latency", sl), ("cost", co), ("memory", me)) if data}
     return (md_table(["benchmark", "target", "measured", "result", "run"], rows)
             + "\n\n`shipped defaults` and `default` rows run with nothing set but the engine (and the provider "
-            "under test where one is named): WORKERS=auto (2 here), LOG_LEVEL=info. "
+            "under test where one is named): two workers here, access lines on. "
             + "The runs, each with the command that produced it:\n\n"
             + "\n".join(f"- `bench.{module}`: `{command}`" for module, command in commands.items()))
 
