@@ -21,7 +21,7 @@ from .common import REPO, RESULTS, log
 DOC = REPO / "BENCHMARKS.md"
 TARGET_LABEL = {"engine": "engine (direct)", "nginx": "nginx (access log on)", "proxy_1w": "rerank-proxy, 1 worker",
                 "proxy_2w": "rerank-proxy, 2 workers", "proxy_defaults": "rerank-proxy, shipped defaults",
-                "proxy_no_access_log": "rerank-proxy, LOG_LEVEL=warning"}
+                "proxy_no_access_log": "rerank-proxy, access lines off (warning level)"}
 
 
 def load(name: str) -> dict[str, Any] | None:
