@@ -36,7 +36,6 @@ Encode = Callable[[dict[str, Any], float], bytes]
 class AccessSink:
     def __init__(self, fd: int, encode: Encode, *, flush_bytes: int = FLUSH_BYTES,
                  flush_interval_s: float = FLUSH_INTERVAL_S, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
-        self.pid = os.getpid()
         self._fd = fd
         self._encode = encode
         self._flush_bytes = flush_bytes
@@ -71,10 +70,6 @@ class AccessSink:
         if pending + len(line) >= self._flush_bytes and not self._wake.is_set():
             self._wake.set()
 
-    def flush(self) -> None:
-        """Write what is queued now, in this thread: before another log line, so the order holds."""
-        self.drain()
-
     def close(self) -> None:
         """Write everything queued and stop the writer; safe to call more than once."""
         if self._closed:
@@ -86,6 +81,7 @@ class AccessSink:
         atexit.unregister(self.close)
 
     def drain(self) -> None:
+        """Write what is queued now, in this thread (also before another log line, so the order holds)."""
         with self._drain_lock:
             while self._lines:
                 batch = self._take_batch()

@@ -82,7 +82,7 @@ class _OrderedStderr(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
         sink = _access_sink
         if sink is not None:
-            sink.flush()
+            sink.drain()
         super().emit(record)
 
 
@@ -117,7 +117,7 @@ def access_sink() -> AccessSink | None:
     if not _access_format:
         return None
     sink = _access_sink
-    if sink is None or sink.pid != os.getpid():
+    if sink is None:
         sink = _access_sink = AccessSink(sys.stderr.fileno(), EcsLine() if _access_format == "ecs" else JsonLine())
     return sink
 
@@ -125,5 +125,15 @@ def access_sink() -> AccessSink | None:
 def close_access_sink() -> None:
     """Write every queued access line (a clean stop loses none)."""
     sink = _access_sink
-    if sink is not None and sink.pid == os.getpid():
+    if sink is not None:
         sink.close()
+
+
+def _forget_parents_sink() -> None:
+    global _access_sink
+    _access_sink = None
+
+
+# A forked worker makes its own writer on first use (the parent's thread does not exist in it);
+# checked once at the fork, not by a getpid() per access line.
+os.register_at_fork(after_in_child=_forget_parents_sink)
