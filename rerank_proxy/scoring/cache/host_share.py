@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from rerank_proxy.scoring.cache.first_of_kind import FirstOfKind
 from rerank_proxy.scoring.cache.host_signals import HostSignals
 from rerank_proxy.scoring.cache.host_tier import Claim, HostTier
 
@@ -73,17 +74,15 @@ class HostShare:
         self.timer = timer
         self.stats = HostStats()
         self._next_file_check = timer() + FILE_CHECK_S
-        self._logged: set[type[BaseException]] = set()  # the kinds of failure already logged
+        self._logged = FirstOfKind()
 
     def _failed(self, operation: str, exc: Exception) -> None:
         """A tier operation failed (served as a miss): counted; logged the first time of its kind."""
         self.stats.errors += 1
-        kind = type(exc)
-        if kind in self._logged:
+        if not self._logged.first(exc):
             return
-        self._logged.add(kind)
         log.warning("the per-host score tier failed (%s: %s); served as a miss. Later failures of this "
-                    "kind are only counted (rerank_proxy_cache_host_errors_total)", operation, kind.__name__,
+                    "kind are only counted (rerank_proxy_cache_host_errors_total)", operation, type(exc).__name__,
                     exc_info=exc, extra={"fields": {"pid": os.getpid(), "operation": operation}})
 
     def rejoin_if_replaced(self) -> bool:

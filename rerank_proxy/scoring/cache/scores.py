@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from rerank_proxy.scoring.cache.first_of_kind import FirstOfKind
 from rerank_proxy.scoring.cache.host_share import HostShare
 from rerank_proxy.scoring.cache.local_tier import LocalTier
 from rerank_proxy.scoring.cache.redis_tier import ERRORS as SHARED_ERRORS
@@ -109,7 +110,7 @@ class ScoreCache:
         self.shared_timeout_s = shared_timeout_s
         self.host = host if self.enabled else None
         self.stats = CacheStats()
-        self._shared_logged: set[type[BaseException]] = set()
+        self._shared_logged = FirstOfKind()
         # key -> (the provider call computing it, its position in that call's documents)
         self._inflight: dict[bytes, tuple[asyncio.Future[list[float]], int]] = {}
         self._prefix = f"{reranker.name}\x1f{reranker.model}\x1f".encode()
@@ -329,12 +330,10 @@ class ScoreCache:
         """Counted always; logged once per kind, with its traceback when it is not Redis' own trouble
         (a bug would otherwise be a silent miss forever), and once only for outages and timeouts."""
         self.stats.shared_errors += 1
-        kind = type(exc)
-        if kind in self._shared_logged:
+        if not self._shared_logged.first(exc):
             return
-        self._shared_logged.add(kind)
         expected = isinstance(exc, SHARED_ERRORS)
-        log.warning("shared score tier %s failed (%s: %s); treated as a cache miss%s", operation, kind.__name__,
+        log.warning("shared score tier %s failed (%s: %s); treated as a cache miss%s", operation, type(exc).__name__,
                     exc, "" if expected else ", and this kind of failure is unexpected",
                     exc_info=None if expected else exc)
 
