@@ -501,14 +501,19 @@ def started_proxies() -> dict[str, dict[str, str]]:
 
 def start_proxy(upstream: str, *, provider: Service | str | None, workers: int | str | None = None,
                 port: int | None = None, name: str = "proxy", checkout: Path = REPO,
-                ready: str = "/_rerank/ready", wait_workers: bool = True, **settings: Any) -> Service:
+                ready: str = "/_rerank/ready", wait_workers: bool = True, home: Path | None = None,
+                **settings: Any) -> Service:
     """`rerank-proxy serve` on the shipped defaults plus what `proxy_env` adds; `provider`: a
     Cohere-protocol server (a Service or a URL) or None for the shipped provider; `workers` only
     when the bench needs a count (None: the shipped WORKERS=auto, no flag); `checkout`: the source
     tree to run (another revision's); `ready`: the path polled until it answers 200 (/_rerank/health
-    does not wait for the reranker); `wait_workers`: also wait until every worker runs."""
+    does not wait for the reranker); `wait_workers`: also wait until every worker runs; `home`: the
+    proxy's HOME, so a fresh folder gives the shipped store path (~/.cache/...) a fresh store with
+    no setting changed."""
     port = port or free_port()
     env, argv, differs = proxy_env(upstream, provider, settings, workers=workers, port=port)
+    if home is not None:
+        env["HOME"] = str(home)
     service = spawn(f"{name}-{port}", argv, env=env, cwd=checkout)
     service.url, service.port = f"http://127.0.0.1:{port}", port
     from rerank_proxy.config_values import Workers
