@@ -29,9 +29,10 @@ from typing import Any
 import httpx
 
 from bench.common import index_cranfield, log, machine_info, save_json, start_engine, start_proxy, started_proxies
-from bench.relevance import DATASET, INDEX, one_pass
+from bench.relevance import DATASET, INDEX, one_pass, store_rows
 from bench.relevance_offline import load
 
+SHIPPED_STORE = ".cache/rerank-proxy/vectors.sqlite"  # LOCAL_VECTOR_STORE's default, under HOME
 BUSY_LOOP = "while True:\n    pass\n"
 
 
@@ -53,6 +54,7 @@ def warming_run(engine_url: str, busy: int, checkpoints: list[float], queries: d
                 qrels: dict, engine_ndcg: float) -> dict[str, Any]:
     """One fresh proxy beside `busy` busy processes: a pass at t=0 and one at each checkpoint."""
     home = Path(tempfile.mkdtemp(prefix=f"warming-{busy}-"))
+    store = home / SHIPPED_STORE
     procs = start_busy(busy)
     load_before = os.getloadavg()
     passes: list[dict[str, Any]] = []
@@ -67,13 +69,15 @@ def warming_run(engine_url: str, busy: int, checkpoints: list[float], queries: d
                     if wait > 0:
                         time.sleep(wait)  # the schedule of the traffic, not a synchronisation
                     begun = time.monotonic() - started
+                    rows_before = store_rows(store)
                     result = one_pass(client, proxy.url, queries, qrels)
-                    result.update(at_s=at, began_s=round(begun, 1),
-                                  pass_s=round(time.monotonic() - started - begun, 1),
+                    result.update(store_rows_before=rows_before, store_rows_after=store_rows(store), at_s=at,
+                                  began_s=round(begun, 1), pass_s=round(time.monotonic() - started - begun, 1),
                                   gain=result["ndcg@10"] - engine_ndcg, loadavg_1m=os.getloadavg()[0])
                     passes.append(result)
                     log(f"busy={busy} t={at:.0f}s (began {begun:.0f}s): reranked {result['reranked_share']:.1%}, "
-                        f"nDCG@10 {result['ndcg@10']:.4f} ({result['gain']:+.4f}), load {result['loadavg_1m']:.1f}")
+                        f"nDCG@10 {result['ndcg@10']:.4f} ({result['gain']:+.4f}), store {rows_before} vectors, "
+                        f"load {result['loadavg_1m']:.1f}")
         finally:
             proxy.stop()
     finally:

@@ -79,6 +79,40 @@ def test_a_large_owner_unserved_for_long_goes_first_so_it_is_never_starved():
     assert [key for key, _ in queue.take(8)] == [b"s1"]
 
 
+def test_windows_still_complete_one_after_another_when_every_owner_is_overdue():
+    """On a busy host every window waits past STARVING_S. Serving the longest-unserved owner next
+    would go round robin and complete none until the end; the overdue turn sticks to the oldest."""
+    clock = Clock()
+    queue = CompletionQueue(clock)
+    for search in range(10):
+        for doc in range(20):
+            queue.put(f"s{search}d{doc}".encode(), "t", owner=search)
+    clock.now = STARVING_S * 3
+    done_keys: set[bytes] = set()
+    completed_after = []
+    for _ in range(10):
+        for _ in range(5):
+            done_keys.update(key for key, _ in queue.take(4))
+        completed_after.append(sum(all(f"s{s}d{d}".encode() in done_keys for d in range(20)) for s in range(10)))
+    assert all(done >= tenth for tenth, done in enumerate(completed_after)), completed_after
+    assert completed_after[-1] == 10
+
+
+def test_an_overdue_owner_gets_every_other_chunk_while_newcomers_keep_arriving():
+    clock = Clock()
+    queue = CompletionQueue(clock)
+    for n in range(16):
+        queue.put(f"big{n}".encode(), "t", owner="msearch")
+    clock.now = STARVING_S + 1
+    served = []
+    for k in range(4):
+        queue.put(f"new{k}".encode(), "t", owner=f"search-{k}")
+        served.append([key for key, _ in queue.take(8)])
+    # the overdue msearch, the nearest (ties: the oldest), the msearch again (it completes), the nearest
+    assert served == [[f"big{n}".encode() for n in range(8)], [b"new0"],
+                      [f"big{n}".encode() for n in range(8, 16)], [b"new1"]]
+
+
 def test_pop_moves_an_item_away_from_every_waiter_and_pop_newest_drops_the_last_queued():
     queue = CompletionQueue(Clock())
     queue.put(b"x", "tx", owner="A")

@@ -9,9 +9,13 @@ still missing goes first, counting the documents it shares with others (queued u
 that asked first), so windows complete one after another, and a search with three cold documents
 is never behind a request that queued thousands.
 
-So that a large owner is not starved by a stream of small ones, an owner that has waited
-STARVING_S since it was queued or last served goes first. Not thread-safe: the embedder holds its
-lock around every call.
+So that a large owner is not starved by a stream of small ones, an owner queued STARVING_S ago or
+more is overdue, and every other chunk goes to the oldest overdue owner. Both choices stick to an
+owner until it completes (the time queued is never reset by serving), so even when every owner is
+overdue, as on a busy host where all windows wait for minutes, windows still complete one after
+another; a rule that served the longest-unserved owner next went round robin there, and left 2%
+of searches reranked after two minutes beside three busy processes. Not thread-safe: the embedder
+holds its lock around every call.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ class CompletionQueue:
         self._clock = clock
         self._texts: dict[bytes, str] = {}                  # queued items, oldest first
         self._waiters: dict[bytes, list[Owner]] = {}        # key -> the owners waiting for it
-        self._missing: dict[Owner, dict[bytes, None]] = {}  # owner -> keys it waits for; longest unserved first
-        self._since: dict[Owner, float] = {}                # owner -> when queued or last served
+        self._missing: dict[Owner, dict[bytes, None]] = {}  # owner -> keys it waits for; oldest owner first
+        self._queued_at: dict[Owner, float] = {}            # owner -> when it first queued
+        self._overdue_turn = True                           # whether the next chunk may go to an overdue owner
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -55,7 +60,7 @@ class CompletionQueue:
         waiters.append(owner)
         if owner not in self._missing:
             self._missing[owner] = {}
-            self._since[owner] = self._clock()
+            self._queued_at[owner] = self._clock()
         self._missing[owner][key] = None
 
     def pop(self, key: bytes) -> str:
@@ -73,11 +78,7 @@ class CompletionQueue:
         if owner is None:
             return []
         keys = list(self._missing[owner])[:n]
-        chunk = [(key, self._remove(key)) for key in keys]
-        if owner in self._missing:   # served: it goes to the back of the starving order
-            self._missing[owner] = self._missing.pop(owner)
-            self._since[owner] = self._clock()
-        return chunk
+        return [(key, self._remove(key)) for key in keys]
 
     def ahead_of(self, owner: Owner) -> int:
         """About how many items are taken before the last one `owner` waits for (0: none)."""
@@ -93,15 +94,18 @@ class CompletionQueue:
         self._texts.clear()
         self._waiters.clear()
         self._missing.clear()
-        self._since.clear()
+        self._queued_at.clear()
 
     def _next_owner(self) -> Owner | None:
         if not self._missing:
             return None
-        longest_unserved = next(iter(self._missing))
-        if self._clock() - self._since[longest_unserved] >= STARVING_S:
-            return longest_unserved
-        return min(self._missing, key=lambda owner: len(self._missing[owner]))  # ties: longest unserved
+        oldest = next(iter(self._missing))
+        overdue = self._clock() - self._queued_at[oldest] >= STARVING_S
+        if overdue:
+            self._overdue_turn = not self._overdue_turn
+            if not self._overdue_turn:  # this turn is the overdue owner's; the next one the nearest's
+                return oldest
+        return min(self._missing, key=lambda owner: len(self._missing[owner]))  # ties: the oldest
 
     def _remove(self, key: bytes) -> str:
         text = self._texts.pop(key)
@@ -110,5 +114,5 @@ class CompletionQueue:
             del missing[key]
             if not missing:
                 del self._missing[owner]
-                del self._since[owner]
+                del self._queued_at[owner]
         return text
