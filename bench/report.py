@@ -160,6 +160,26 @@ def plot_memory(data: dict[str, Any]) -> str:
     return path.name
 
 
+def plot_warming(data: dict[str, Any]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for run in data["runs"]:
+        passes = run["passes"]
+        ax.plot([p["at_s"] for p in passes], [100 * p["reranked_share"] for p in passes], marker="o",
+                label=f"{run['busy']} busy processes")
+    ax.set_xlabel("seconds after the first search on a fresh store")
+    ax.set_ylabel("searches reranked (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Warming on the shipped defaults: Cranfield, 225 queries per pass")
+    fig.tight_layout()
+    path = RESULTS / "warming.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plot_cost(data: dict[str, Any]) -> list[str]:
     plt = _plt()
     out = []
@@ -560,6 +580,20 @@ def memory_tables(d: dict[str, Any]) -> str:
             + md_table(["requests", "count", "HTTP status", "p50 ms", "p99 ms"], load_rows))
 
 
+def warming_tables(d: dict[str, Any]) -> str:
+    checkpoints = d["params"]["checkpoints"]
+    rows = []
+    for run in d["runs"]:
+        by_at = {p["at_s"]: p for p in run["passes"]}
+        rows.append([run["busy"], *[f"{by_at[c]['reranked_share']:.0%} ({by_at[c]['gain']:+.3f}; "
+                                    f"{by_at[c].get('store_rows_before', '?')} vectors)" if c in by_at else ""
+                                    for c in checkpoints]])
+    table = md_table(["busy processes", *[f"after {c:.0f} s" for c in checkpoints]], rows)
+    return (f"{machine_block(d['machine'])} {differs_sentence(recorded_differs(d))} Each cell: the share of the "
+            f"{d['queries']} queries reranked in the pass begun then, its nDCG@10 gain over the engine's "
+            f"{d['engine_ndcg@10']:.4f}, and the vectors the store held when the pass began.\n\n{table}")
+
+
 def profile_tables(d: dict[str, Any]) -> str:
     out = [machine_block(d["machine"], differs_sentence(recorded_differs(d)))]
     for name, label in (("passthrough_get_c32", "pass-through GET, c=32"),
@@ -681,6 +715,10 @@ def scaling_block(d: dict[str, Any]) -> dict[str, str]:
     return {"scaling": scaling_tables(d) + "\n\n" + images(plot_scaling(d))}
 
 
+def warming_block(d: dict[str, Any]) -> dict[str, str]:
+    return {"warming": warming_tables(d) + "\n\n" + images(plot_warming(d))}
+
+
 def profile_block(d: dict[str, Any]) -> dict[str, str]:
     return {"profile": profile_tables(d)}
 
@@ -695,6 +733,7 @@ RESULT_BLOCKS: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
     "memory.json": memory_block,
     "scaling.json": scaling_block,
     "profile.json": profile_block,
+    "warming.json": warming_block,
 }
 
 

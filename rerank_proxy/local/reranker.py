@@ -125,7 +125,8 @@ class LocalReranker:
             ready = not any(errors)
         if not ready:
             raise RerankVectorsCold(f"{len(new_keys)} of {total} documents have no vector yet; queued for "
-                                    f"the background embedder ({self.embedder.queue_depth()} waiting)")
+                                    f"the background embedder ({self.embedder.queue_depth()} waiting)",
+                                    frozenset(text_of[k] for k in new_keys))
         return {k: f.result() for k, f in zip(new_keys, waited, strict=True)}
 
     async def aclose(self) -> None:

@@ -18,9 +18,16 @@ from rerank_proxy.search.plan import Plan
 from rerank_proxy.search.text import source_filter
 
 
-def rerank_order(scores: Sequence[float], last: Collection[int] = ()) -> list[int]:
+def rerank_order(scores: Sequence[float], last: Collection[int] = (), pinned: Collection[int] = ()) -> list[int]:
     """Window positions by descending score; ties keep the engine's order. Positions in `last`
-    (blank texts) come after all the others, by score then engine order."""
+    (blank texts) come after all the others, by score then engine order. Positions in `pinned`
+    (documents the reranker could not score yet) keep their place; the others fill the rest."""
+    if pinned:
+        fixed = set(pinned)
+        sink = set(last)
+        movable = iter(sorted((i for i in range(len(scores)) if i not in fixed),
+                              key=lambda i: (i in sink, -scores[i])))
+        return [i if i in fixed else next(movable) for i in range(len(scores))]
     if last:
         sink = set(last)
         return sorted(range(len(scores)), key=lambda i: (i in sink, -scores[i]))
@@ -29,11 +36,12 @@ def rerank_order(scores: Sequence[float], last: Collection[int] = ()) -> list[in
 
 
 def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
-          last: Collection[int] = ()) -> dict[str, Any]:
+          last: Collection[int] = (), pinned: Collection[int] = ()) -> dict[str, Any]:
     """The response the client gets: reordered (when scores is not None) and paginated.
 
     `scores` holds one final score per window hit, in the engine's order; None means "fall back
-    to lexical order" (the page is still cut as the client asked). `last`: see `rerank_order`.
+    to lexical order" (the page is still cut as the client asked). `last`, `pinned`: see
+    `rerank_order`; a pinned hit's score is ignored, it gets its neighbour's so scores still descend.
     """
     hits_obj = response.get("hits")
     if not isinstance(hits_obj, dict) or not isinstance(hits_obj.get("hits"), list):
@@ -42,7 +50,7 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
     window = hits[: plan.window]
     tail = hits[plan.window:]
     if scores is not None and window:
-        window = _reranked(window, scores, last, plan.options.explain)
+        window = _reranked(window, scores, last, pinned, plan.options.explain)
         hits_obj["max_score"] = window[0]["_score"]
     page = (window + tail)[plan.page_from: plan.page_from + plan.page_size]
     if plan.strip_versions:
@@ -54,17 +62,33 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
 
 
 def _reranked(window: list[dict[str, Any]], scores: Sequence[float], last: Collection[int],
-              explain: bool) -> list[dict[str, Any]]:
+              pinned: Collection[int], explain: bool) -> list[dict[str, Any]]:
     """The window's hits in reranked order, each with its final score (and `_rerank` to explain it)."""
+    pinned = frozenset(pinned)
+    order = rerank_order(scores, last, pinned)
+    shown = _descending(order, scores, pinned) if pinned else [scores[i] for i in order]
     ranked = []
-    for new_rank, i in enumerate(rerank_order(scores, last)):
+    for new_rank, (i, score) in enumerate(zip(order, shown, strict=True)):
         hit = window[i]
         if explain:
             hit["_rerank"] = {"lexical_rank": i, "lexical_score": hit.get("_score"),
-                              "rerank_rank": new_rank, "score": scores[i]}
-        hit["_score"] = scores[i]
+                              "rerank_rank": new_rank, "score": score, "scored": i not in pinned}
+        hit["_score"] = score
         ranked.append(hit)
     return ranked
+
+
+def _descending(order: list[int], scores: Sequence[float], pinned: Collection[int]) -> list[float]:
+    """Scores along `order`, a pinned hit taking the score of the scored hit before it (the first
+    scored one's when none is before), so `_score` never rises down the page."""
+    scored = [scores[i] for i in order if i not in pinned]
+    previous = scored[0] if scored else 0.0
+    out = []
+    for i in order:
+        if i not in pinned:
+            previous = scores[i]
+        out.append(previous)
+    return out
 
 
 def _strip_versions(page: list[dict[str, Any]]) -> None:

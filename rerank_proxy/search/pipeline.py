@@ -24,12 +24,13 @@ from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_e
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
-from rerank_proxy.scoring.providers.errors import reason_of
+from rerank_proxy.scoring.providers.errors import RerankVectorsCold, reason_of
 from rerank_proxy.scoring.providers.waits import provider_waits
 from rerank_proxy.scoring.work_owner import owned_by
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
 from rerank_proxy.search.merge import merge
+from rerank_proxy.search.partial import PARTIAL_REASON, partial_pins, score_warm
 from rerank_proxy.search.plan import (
     Bypass,
     EngineMustAnswer,
@@ -87,6 +88,7 @@ class _Scored:
     last: list[int] = field(default_factory=list)  # window positions ranked last (blank texts)
     mapped: tuple[str, ...] = ()   # indices whose mapping gave the texts
     provider_ms: float = 0.0
+    pinned: list[int] = field(default_factory=list)  # window positions kept in place (vectors still cold)
 
 
 @dataclass(slots=True)
@@ -209,7 +211,7 @@ class SearchPipeline:
         scored = await self._rerank(decision, data, upstream_headers)
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms)
-        merged = merge(data, decision, scored.scores, scored.last)
+        merged = merge(data, decision, scored.scores, scored.last, scored.pinned)
         merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         if recall is not None:
@@ -238,8 +240,8 @@ class SearchPipeline:
     def _remember(self, slot: _MemoSlot, scored: _Scored, engine_body: bytes, body_out: bytes,
                   opensearch: bool) -> None:
         memo = self.memo
-        if memo is None or scored.outcome not in ("reranked", "cached") or scored.scores is None:
-            return  # only reranked answers: a fallback is computed again, so reranking comes back
+        if memo is None or scored.outcome not in ("reranked", "cached") or scored.scores is None or scored.pinned:
+            return  # only wholly reranked answers: a fallback or partial is computed again, so reranking comes back
         answer = slot.answer or memo.answer_digest(engine_body, opensearch=opensearch)
         if answer is not None:  # kept as what it is next time: an answer that needs no provider work
             memo.put(slot.request, answer, body_out, "cached", "hit", len(scored.scores), scored.mapped,
@@ -265,9 +267,17 @@ class SearchPipeline:
         weight = resolve_weight(plan.options.blend_weight, self.settings.rerank_blend_weight)
         lexical = [h.get("_score") if isinstance(h, dict) else None for h in window]
         started = time.perf_counter()
+        pinned: list[int] = []
         with provider_waits() as waits:
             try:
-                scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight, digests)
+                try:
+                    scored = await final_scores(self.cache, plan.query_text, texts, lexical, mode, weight, digests)
+                except RerankVectorsCold as cold:
+                    pinned = partial_pins(texts, cold.cold_texts)
+                    if not pinned:
+                        raise
+                    scored = await score_warm(self.cache, plan.query_text, texts, lexical, mode, weight, digests,
+                                            pinned)
             except RerankError as exc:
                 elapsed = (time.perf_counter() - started) * 1000
                 reason = reason_of(exc)
@@ -278,8 +288,9 @@ class SearchPipeline:
             return _Scored(scored.final, "lexical", "score_mode")  # asked for: no reranker involved
         elapsed = (time.perf_counter() - started) * 1000
         status = scored.outcome.status if scored.outcome is not None else "hit"
-        outcome = "cached" if status == "hit" else "reranked"
-        return _Scored(scored.final, outcome, "", elapsed, status, scored.blanks, tuple(mapped or ()), waits.ms)
+        outcome = "cached" if status == "hit" and not pinned else "reranked"
+        return _Scored(scored.final, outcome, PARTIAL_REASON if pinned else "", elapsed, status, scored.blanks,
+                       tuple(mapped or ()), waits.ms, pinned)
 
     # --- _msearch ----------------------------------------------------------------------------
 
@@ -385,7 +396,7 @@ class SearchPipeline:
         if plan is None or not isinstance(response, dict) or "error" in response:
             return "bypass"  # not planned, or the engine refused this sub-search
         scored = await self._rerank(plan, response, headers)
-        merge(response, plan, scored.scores, scored.last)
+        merge(response, plan, scored.scores, scored.last, scored.pinned)
         return scored.outcome
 
 

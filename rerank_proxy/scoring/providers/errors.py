@@ -61,10 +61,15 @@ class RerankCapacity(RerankError):
 
 
 class RerankVectorsCold(RerankCapacity):
-    """Some documents have no stored vector yet; they are queued for the background embedder."""
+    """Some documents have no stored vector yet; they are queued for the background embedder.
+    `cold_texts`: those documents' texts, so a search can still rerank the rest of its window."""
 
     kind = "vectors_cold"
     reason = "vectors_cold"
+
+    def __init__(self, message: str, cold_texts: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.cold_texts = cold_texts
 
 
 class RerankSaturated(RerankDeadlineExceeded, RerankCapacity):
