@@ -90,7 +90,7 @@ def wait_until_stored(store: Path, expected: int, limit_s: float = 1800.0) -> fl
 def one_pass(client: httpx.Client, url: str, queries: dict[str, str], qrels: dict,
              seen: set[str] | None = None) -> dict[str, Any]:
     """nDCG@10 over all queries, the share the proxy reranked, and the rerank step's p50."""
-    ndcg, reranked, rerank_ms = [], 0, []
+    ndcg, reranked, partial, rerank_ms = [], 0, 0, []
     reasons: dict[str, int] = {}
     for qid, text in queries.items():
         ranked, response = search(client, url, text, None)
@@ -100,12 +100,14 @@ def one_pass(client: httpx.Client, url: str, queries: dict[str, str], qrels: dic
         outcome = response.headers.get("x-rerank")
         if outcome in ("reranked", "cached"):
             reranked += 1
+            partial += response.headers.get("x-rerank-reason") == "vectors_partial"  # cold hits kept in place
         elif outcome is not None:
             reason = response.headers.get("x-rerank-reason", "?")
             reasons[reason] = reasons.get(reason, 0) + 1
         if m := _TIMING.search(response.headers.get("server-timing", "")):
             rerank_ms.append(float(m.group(1)))
     return {"ndcg@10": statistics.fmean(ndcg), "reranked_share": reranked / len(queries),
+            "partial_share": partial / len(queries),
             "rerank_ms_p50": statistics.median(rerank_ms) if rerank_ms else 0.0, "fallback_reasons": reasons}
 
 

@@ -585,12 +585,14 @@ def warming_tables(d: dict[str, Any]) -> str:
     rows = []
     for run in d["runs"]:
         by_at = {p["at_s"]: p for p in run["passes"]}
-        rows.append([run["busy"], *[f"{by_at[c]['reranked_share']:.0%} ({by_at[c]['gain']:+.3f}; "
+        rows.append([run["busy"], *[f"{by_at[c]['reranked_share']:.0%}, {by_at[c].get('partial_share', 0):.0%} partly "
+                                    f"({by_at[c]['gain']:+.3f}; "
                                     f"{by_at[c].get('store_rows_before', '?')} vectors)" if c in by_at else ""
                                     for c in checkpoints]])
     table = md_table(["busy processes", *[f"after {c:.0f} s" for c in checkpoints]], rows)
     return (f"{machine_block(d['machine'])} {differs_sentence(recorded_differs(d))} Each cell: the share of the "
-            f"{d['queries']} queries reranked in the pass begun then, its nDCG@10 gain over the engine's "
+            f"{d['queries']} queries reranked in the pass begun then (and of them, those partly: cold hits "
+            f"kept in their lexical places, `vectors_partial`), its nDCG@10 gain over the engine's "
             f"{d['engine_ndcg@10']:.4f}, and the vectors the store held when the pass began.\n\n{table}")
 
 

@@ -75,7 +75,8 @@ def warming_run(engine_url: str, busy: int, checkpoints: list[float], queries: d
                                   began_s=round(begun, 1), pass_s=round(time.monotonic() - started - begun, 1),
                                   gain=result["ndcg@10"] - engine_ndcg, loadavg_1m=os.getloadavg()[0])
                     passes.append(result)
-                    log(f"busy={busy} t={at:.0f}s (began {begun:.0f}s): reranked {result['reranked_share']:.1%}, "
+                    log(f"busy={busy} t={at:.0f}s (began {begun:.0f}s): reranked {result['reranked_share']:.1%} "
+                        f"({result['partial_share']:.1%} partly), "
                         f"nDCG@10 {result['ndcg@10']:.4f} ({result['gain']:+.4f}), store {rows_before} vectors, "
                         f"load {result['loadavg_1m']:.1f}")
         finally:
@@ -90,7 +91,8 @@ def print_table(result: dict[str, Any]) -> None:
     print("\n| busy processes | " + " | ".join(f"after {c:.0f} s" for c in checkpoints) + " |")
     print("| --- |" + " --- |" * len(checkpoints))
     for run in result["runs"]:
-        cells = [f"{p['reranked_share']:.0%} ({p['gain']:+.3f})" for p in run["passes"][1:]]
+        cells = [f"{p['reranked_share']:.0%}, {p['partial_share']:.0%} partly ({p['gain']:+.3f})"
+                 for p in run["passes"][1:]]
         print(f"| {run['busy']} | " + " | ".join(cells) + " |")
     print(f"\nshare of searches reranked (nDCG@10 gain over the engine's {result['engine_ndcg@10']:.4f})")
 
