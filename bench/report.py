@@ -54,6 +54,14 @@ def _plt():
     return plt
 
 
+def save_figure(fig, name: str) -> str:
+    """Lay out, write bench/results/<name> and free the figure; returns the file name."""
+    fig.tight_layout()
+    fig.savefig(RESULTS / name, dpi=110)
+    _plt().close(fig)
+    return name
+
+
 def _pct_x(p: float) -> float:
     return -math.log10(1 - min(p, 99.99) / 100)
 
@@ -153,11 +161,7 @@ def plot_memory(data: dict[str, Any]) -> str:
     lines = ax.get_lines() + ax2.get_lines()
     ax.legend(lines, [line.get_label() for line in lines], loc="lower right")
     ax.set_title(f"rerank-proxy RSS under mixed load (CACHE_MAX_ENTRIES={data['params']['cache_max_entries']})")
-    fig.tight_layout()
-    path = RESULTS / "memory_rss.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, "memory_rss.png")
 
 
 def plot_warming(data: dict[str, Any]) -> str:
@@ -173,11 +177,7 @@ def plot_warming(data: dict[str, Any]) -> str:
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("Warming on the shipped defaults: Cranfield, 225 queries per pass")
-    fig.tight_layout()
-    path = RESULTS / "warming.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, "warming.png")
 
 
 def plot_cost(data: dict[str, Any]) -> list[str]:
@@ -198,11 +198,7 @@ def plot_cost(data: dict[str, Any]) -> list[str]:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Provider work along the search log")
-    fig.tight_layout()
-    path = RESULTS / "cost_cumulative.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    out.append(path.name)
+    out.append(save_figure(fig, "cost_cumulative.png"))
     hit = data["setups"].get("in_process", {}).get("hit_latency")
     if hit:
         path = RESULTS / "cost_hit_latency.png"
@@ -245,11 +241,7 @@ def plot_scaling(data: dict[str, Any]) -> str:
     axes[0].set_ylabel("CPU ms per search (log)")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle("CPU per search: rerank-proxy (1 worker) and nginx relaying the engine's size = window answer")
-    fig.tight_layout()
-    path = RESULTS / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return save_figure(fig, "scaling.png")
 
 
 # --- what the proxies were set to ----------------------------------------------------------------

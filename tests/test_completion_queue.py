@@ -20,6 +20,24 @@ def _take_all(queue: CompletionQueue, n: int) -> list[bytes]:
     return taken
 
 
+def _completed_per_tenth(queued_for: float) -> list[int]:
+    """Ten searches of 20 cold documents each, queued `queued_for` seconds ago, taken 4 at a time:
+    how many searches have all their documents after each tenth of the work."""
+    clock = Clock()
+    queue = CompletionQueue(clock)
+    for search in range(10):
+        for doc in range(20):
+            queue.put(f"s{search}d{doc}".encode(), "t", owner=search)
+    clock.now = queued_for
+    done_keys: set[bytes] = set()
+    completed_after = []
+    for _ in range(10):
+        for _ in range(5):
+            done_keys.update(key for key, _ in queue.take(4))
+        completed_after.append(sum(all(f"s{s}d{d}".encode() in done_keys for d in range(20)) for s in range(10)))
+    return completed_after
+
+
 def test_the_owner_with_fewest_missing_goes_first_whatever_the_order_of_arrival():
     queue = CompletionQueue(Clock())
     for n in range(6):
@@ -52,17 +70,7 @@ def test_shared_documents_count_for_every_owner_waiting_for_them():
 def test_windows_complete_one_after_another_instead_of_all_advancing_together():
     """Ten searches of 20 cold documents each, taken 4 at a time: after each quarter of the work,
     a quarter of the searches have all their documents (round robin would have finished none)."""
-    queue = CompletionQueue(Clock())
-    for search in range(10):
-        for doc in range(20):
-            queue.put(f"s{search}d{doc}".encode(), "t", owner=search)
-    done_keys: set[bytes] = set()
-    completed_after = []
-    for _ in range(10):
-        for _ in range(5):
-            done_keys.update(key for key, _ in queue.take(4))
-        completed_after.append(sum(all(f"s{s}d{d}".encode() in done_keys for d in range(20)) for s in range(10)))
-    assert completed_after == list(range(1, 11))
+    assert _completed_per_tenth(queued_for=0.0) == list(range(1, 11))
 
 
 def test_a_large_owner_unserved_for_long_goes_first_so_it_is_never_starved():
@@ -82,18 +90,7 @@ def test_a_large_owner_unserved_for_long_goes_first_so_it_is_never_starved():
 def test_windows_still_complete_one_after_another_when_every_owner_is_overdue():
     """On a busy host every window waits past STARVING_S. Serving the longest-unserved owner next
     would go round robin and complete none until the end; the overdue turn sticks to the oldest."""
-    clock = Clock()
-    queue = CompletionQueue(clock)
-    for search in range(10):
-        for doc in range(20):
-            queue.put(f"s{search}d{doc}".encode(), "t", owner=search)
-    clock.now = STARVING_S * 3
-    done_keys: set[bytes] = set()
-    completed_after = []
-    for _ in range(10):
-        for _ in range(5):
-            done_keys.update(key for key, _ in queue.take(4))
-        completed_after.append(sum(all(f"s{s}d{d}".encode() in done_keys for d in range(20)) for s in range(10)))
+    completed_after = _completed_per_tenth(queued_for=STARVING_S * 3)
     assert all(done >= tenth for tenth, done in enumerate(completed_after)), completed_after
     assert completed_after[-1] == 10
 
