@@ -53,6 +53,10 @@ class Metrics:
                                registry=self.registry)
         self.fallbacks = Counter("rerank_proxy_fallbacks", "Searches answered in lexical order, by reason.",
                                  ["reason"], registry=self.registry)
+        self.partial_reranks = Counter(
+            "rerank_proxy_partial_reranks",
+            "Searches reranked among their warm hits only, the cold ones kept in the engine's places, by reason.",
+            ["reason"], registry=self.registry)
         self.engine_up = Gauge("rerank_proxy_engine_up",
                                "1 when the engine answered the last health probe (ready or scrape), else 0.",
                                registry=self.registry)
@@ -82,6 +86,8 @@ class Metrics:
             self.rerank_latency.observe(rerank_ms / 1000)
         if outcome == "fallback":
             self.fallbacks.labels(reason or "unknown").inc()
+        elif reason and outcome == "reranked":  # a reranked search has a reason only when it was partial
+            self.partial_reranks.labels(reason).inc()
 
     def render(self) -> bytes:
         """This process's exposition only."""

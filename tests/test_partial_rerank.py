@@ -10,7 +10,7 @@ from rerank_proxy.config import load_settings
 from rerank_proxy.search.merge import rerank_order
 from rerank_proxy.search.partial import MAX_COLD_SHARE, PARTIAL_REASON, partial_pins
 from tests.fixtures.proxy import run_proxy
-from tests.support_wait import wait_until
+from tests.support_wait import metric_samples, wait_until
 from tests.test_cold_start import bulk_load, synthetic_corpus
 
 
@@ -76,5 +76,7 @@ def test_new_cold_documents_keep_their_lexical_places_while_the_warm_ones_are_re
         assert warm_ids != [i for n, i in enumerate(engine_ids) if n not in cold]   # the warm ones moved
         shown = [h["_score"] for h in hits]
         assert shown == sorted(shown, reverse=True)                          # scores still descend
+        counted = metric_samples(proxy.url)
+        assert counted[("rerank_proxy_partial_reranks_total", (("reason", PARTIAL_REASON),))] >= 1
         wait_until(lambda: whole(_search(client, proxy.url, index_name)),
                    "the new documents embedded: a whole rerank", timeout_s=120, interval_s=0)
