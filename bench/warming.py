@@ -112,6 +112,7 @@ def main() -> None:
     for busy in args.busy:
         result["runs"].append(warming_run(engine_url, busy, sorted(args.checkpoints), queries, qrels, engine_ndcg))
         result["settings_differ"] = started_proxies()
+        result["machine"]["loadavg_at_end"] = list(os.getloadavg())
         save_json("warming.json", result)
     print_table(result)
 
