@@ -22,17 +22,18 @@ def rerank_order(scores: Sequence[float], last: Collection[int] = (), pinned: Co
     """Window positions by descending score; ties keep the engine's order. Positions in `last`
     (blank texts) come after all the others, by score then engine order. Positions in `pinned`
     (documents the reranker could not score yet) keep their place; the others fill the rest."""
-    if pinned:
-        fixed = set(pinned)
-        sink = set(last)
-        movable = iter(sorted((i for i in range(len(scores)) if i not in fixed),
-                              key=lambda i: (i in sink, -scores[i])))
-        return [i if i in fixed else next(movable) for i in range(len(scores))]
+    fixed = set(pinned)
+    movable = [i for i in range(len(scores)) if i not in fixed] if fixed else range(len(scores))
     if last:
         sink = set(last)
-        return sorted(range(len(scores)), key=lambda i: (i in sink, -scores[i]))
-    negated = [-s for s in scores]
-    return sorted(range(len(scores)), key=negated.__getitem__)  # stable: ties stay in engine order
+        ranked = sorted(movable, key=lambda i: (i in sink, -scores[i]))
+    else:
+        negated = [-s for s in scores]
+        ranked = sorted(movable, key=negated.__getitem__)  # stable: ties stay in engine order
+    if not fixed:
+        return ranked
+    filling = iter(ranked)
+    return [i if i in fixed else next(filling) for i in range(len(scores))]
 
 
 def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
@@ -81,8 +82,7 @@ def _reranked(window: list[dict[str, Any]], scores: Sequence[float], last: Colle
 def _descending(order: list[int], scores: Sequence[float], pinned: Collection[int]) -> list[float]:
     """Scores along `order`, a pinned hit taking the score of the scored hit before it (the first
     scored one's when none is before), so `_score` never rises down the page."""
-    scored = [scores[i] for i in order if i not in pinned]
-    previous = scored[0] if scored else 0.0
+    previous = next((scores[i] for i in order if i not in pinned), 0.0)
     out = []
     for i in order:
         if i not in pinned:
