@@ -138,7 +138,7 @@ SETTINGS: tuple[Setting, ...] = (
             "2"),
     # --- access ------------------------------------------------------------------------------------
     Setting("ADMIN_TOKEN", "access", Text(), "",
-            "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); empty disables them.",
+            "Bearer token for /_rerank/admin/* and the console (also ADMIN_TOKEN_FILE); unset: `serve` generates one at each start and logs the console URL with it; off: both disabled.",
             "s3cret", secret=True, from_file=True),
     Setting("PROXY_API_KEYS", "access", Words(), "",
             "Comma-separated keys clients must send in X-Proxy-Api-Key (also PROXY_API_KEYS_FILE); empty: no check.",
@@ -169,7 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Template for a hit's text, with {field} placeholders (overrides RERANK_FIELDS).",
             "title: {title}\\nbody: {body}"),
     Setting("RERANK_TEXT_FROM_MAPPING", "rerank", Flag(), "true",
-            "Without RERANK_FIELDS or RERANK_TEMPLATE (nor a rule's fields or template), a hit's text is the strings of its index's text-typed fields (text, match_only_text, search_as_you_type, semantic_text; read from the mapping, cached 60 s), so keyword ids and codes are not sent; false, or no readable mapping: every string of _source.",
+            "Without RERANK_FIELDS or RERANK_TEMPLATE (nor a rule's fields or template), a hit's text is the strings of its index's text-typed fields (text, match_only_text, search_as_you_type, semantic_text; read from the mapping, cached 60 s), so keyword ids and codes are not sent, nor a top-level metadata object's fields; false, or no readable mapping: every string of _source. Serialised JSON strings are left out either way (framework records, see docs/search.md).",
             "false"),
     Setting("RERANK_MAX_CHARS", "rerank", Integer(1, 1_000_000), "2000",
             "Each hit's text is truncated to this many characters before it is sent.",
@@ -463,6 +463,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except BadValue as exc:
             raise _fail(setting.name, raw, exc.problem, exc.accepted) from None
     _check_together(values)
+    values["admin_token"] = _admin_token(values["admin_token"])
     default_rule = IndexRule(pattern="*", fields=values["rerank_fields"], template=values["rerank_template"],
                              window=values["rerank_window"], max_chars=values["rerank_max_chars"],
                              text_from_mapping=_from_mapping(values["rerank_text_from_mapping"],
@@ -485,6 +486,24 @@ def _check_together(values: Mapping[str, Any]) -> None:
     if values["upstream_client_key_file"] and not values["upstream_client_cert_file"]:
         raise ConfigError("UPSTREAM_CLIENT_KEY_FILE is set without UPSTREAM_CLIENT_CERT_FILE; "
                           "accepted: both or neither")
+
+
+# ADMIN_TOKEN=off turns the admin endpoints and the console off (unset no longer does: `serve` then
+# generates a token). Other words that read as a switch are refused rather than taken as a token
+# anyone could guess.
+ADMIN_OFF = "off"
+_ADMIN_SWITCH_WORDS = frozenset({"disabled", "disable", "none", "false", "no", "0", "on", "true", "yes", "1"})
+
+
+def _admin_token(token: str) -> str:
+    """The loaded ADMIN_TOKEN: "" for off (what every admin endpoint checks for), else the token."""
+    word = token.lower()
+    if word == ADMIN_OFF:
+        return ""
+    if word in _ADMIN_SWITCH_WORDS:
+        raise _fail("ADMIN_TOKEN", token, "reads as a switch, not a token",
+                    "off (admin endpoints and console disabled), a token, or unset (serve generates one)")
+    return token
 
 
 def _fail(name: str, value: str, problem: str, accepted: str) -> ConfigError:

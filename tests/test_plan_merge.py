@@ -1,6 +1,7 @@
 """Rewrite and merge rules: which searches are reranked, what is fetched, how pages are cut."""
 
 import copy
+import json
 import re
 from collections import Counter
 
@@ -327,8 +328,16 @@ def _oracle_hit_text(source, rule):
     elif rule.fields:
         text = "\n".join(part for f in rule.fields for part in _oracle_flatten(lookup(source, f)))
     else:
-        text = "\n".join(_oracle_all_strings(source))
+        every = list(_oracle_all_strings(source))
+        text = "\n".join([s for s in every if not _oracle_is_json(s)] or every)
     return text[: rule.max_chars]
+
+
+def _oracle_is_json(text):
+    try:
+        return isinstance(json.loads(text), (dict, list))
+    except ValueError:
+        return False
 
 
 source_values = st.recursive(

@@ -15,6 +15,7 @@ from typing import Any
 
 from rerank_proxy.config import IndexRule
 from rerank_proxy.search.text.mapping_fields import TextPaths
+from rerank_proxy.search.text.prose import is_serialised_json
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 
@@ -56,8 +57,9 @@ def _flatten(value: Any) -> list[str]:
     return out
 
 
-def _strings_into(values: Iterable[Any], out: list[str]) -> None:
-    """Every non-empty string among `values`, depth first, in key order (the default text).
+def _strings_into(values: Iterable[Any], out: list[str], keep_json: bool = False) -> None:
+    """Every non-empty string among `values`, depth first, in key order (the default text);
+    serialised JSON only with `keep_json`.
 
     Appends to one list and recurses only into containers: this runs for every hit of every
     search, and nested generators cost several times more per string (bench/search_cpu.py).
@@ -65,18 +67,24 @@ def _strings_into(values: Iterable[Any], out: list[str]) -> None:
     for value in values:
         if isinstance(value, str):
             stripped = value.strip()
-            if stripped:
+            if stripped and (keep_json or not is_serialised_json(stripped)):
                 out.append(stripped)
         elif isinstance(value, dict):
-            _strings_into(value.values(), out)
+            _strings_into(value.values(), out, keep_json)
         elif isinstance(value, list):
-            _strings_into(value, out)
+            _strings_into(value, out, keep_json)
 
 
-def _all_strings(value: Any) -> list[str]:
-    out: list[str] = []
-    _strings_into((value,), out)
-    return out
+def _default_parts(source: Any, paths: TextPaths | None, keep_json: bool) -> list[str]:
+    """The strings at `paths`, else every string: the text a rule naming no fields makes."""
+    parts: list[str] = []
+    if paths is not None:
+        paths.strings_into(source, parts, keep_json)
+    elif isinstance(source, dict):  # the usual case, without the one-element detour
+        _strings_into(source.values(), parts, keep_json)
+    else:
+        _strings_into((source,), parts, keep_json)
+    return parts
 
 
 @lru_cache(maxsize=256)
@@ -99,7 +107,8 @@ def hit_text(source: Any, rule: IndexRule, paths: TextPaths | None = None) -> st
     `paths` (its index's text fields), else all string fields.
 
     Missing or empty fields are skipped (a template renders them as empty), so a document is never
-    dropped and never misaligned; the result is cut to `rule.max_chars` characters.
+    dropped and never misaligned; the result is cut to `rule.max_chars` characters. Without named
+    fields, strings that are serialised JSON are left out unless nothing else is there (`prose`).
     """
     if rule.template:
         text = _render(rule.template, source)
@@ -108,16 +117,9 @@ def hit_text(source: Any, rule: IndexRule, paths: TextPaths | None = None) -> st
         for name in rule.fields:
             _flatten_into(lookup(source, name), parts)
         text = "\n".join(parts)
-    elif paths is not None:
-        parts = []
-        paths.strings_into(source, parts)
-        text = "\n".join(parts)
-    elif isinstance(source, dict):  # the usual case, without the one-element detour below
-        parts = []
-        _strings_into(source.values(), parts)
-        text = "\n".join(parts)
     else:
-        text = "\n".join(_all_strings(source))
+        parts = _default_parts(source, paths, keep_json=False)
+        text = "\n".join(parts or _default_parts(source, paths, keep_json=True))
     return text[: rule.max_chars]
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
+from rerank_proxy.search.text.prose import is_serialised_json
+
 # `search_as_you_type` is a text field with extra shingle sub-fields, its `_source` value the same
 # prose; `semantic_text` keeps the original prose in `_source` (the embeddings are the engine's).
 RERANK_TEXT_TYPES = frozenset({"text", "match_only_text", "search_as_you_type", "semantic_text"})
@@ -80,10 +82,11 @@ class TextPaths:
     def __repr__(self) -> str:
         return f"TextPaths({list(self.paths)!r})"
 
-    def strings_into(self, source: Any, out: list[str]) -> None:
-        """Append the non-empty strings found at these paths in `source`, in document order."""
+    def strings_into(self, source: Any, out: list[str], keep_json: bool = False) -> None:
+        """Append the non-empty strings found at these paths in `source`, in document order;
+        strings that are serialised JSON only with `keep_json` (see `prose.is_serialised_json`)."""
         if isinstance(source, dict):
-            _walk(source, self._root, out)
+            _walk(source, self._root, out, keep_json)
 
 
 def _child(node: _Node, key: str) -> _Node | None:
@@ -98,29 +101,29 @@ def _child(node: _Node, key: str) -> _Node | None:
     return found
 
 
-def _walk(source: dict[str, Any], node: _Node, out: list[str]) -> None:
+def _walk(source: dict[str, Any], node: _Node, out: list[str], keep_json: bool) -> None:
     for key, value in source.items():
         child = _child(node, key)
         if child is None:
             continue
         if child.leaf:
-            _leaf_strings(value, out)
+            _leaf_strings(value, out, keep_json)
         if child.children:
             if isinstance(value, dict):
-                _walk(value, child, out)
+                _walk(value, child, out, keep_json)
             elif isinstance(value, list):
                 for item in value:
                     if isinstance(item, dict):
-                        _walk(item, child, out)
+                        _walk(item, child, out, keep_json)
 
 
-def _leaf_strings(value: Any, out: list[str]) -> None:
+def _leaf_strings(value: Any, out: list[str], keep_json: bool) -> None:
     """A text field's value: a string or an array of them. Objects are skipped: the engines would
     not index one as prose (an old-format `semantic_text` value holds model ids and embeddings)."""
     if isinstance(value, str):
         stripped = value.strip()
-        if stripped:
+        if stripped and (keep_json or not is_serialised_json(stripped)):
             out.append(stripped)
     elif isinstance(value, list):
         for item in value:
-            _leaf_strings(item, out)
+            _leaf_strings(item, out, keep_json)

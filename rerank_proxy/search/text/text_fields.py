@@ -39,6 +39,7 @@ from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import ProxyError
 from rerank_proxy.search.text.hit_text import MappedFields, RuleFor, hit_texts, mapped_indices
 from rerank_proxy.search.text.mapping_fields import RERANK_TEXT_TYPES, TextPaths, answer_paths
+from rerank_proxy.search.text.prose import without_metadata
 
 log = logging.getLogger("rerank_proxy.text_fields")
 
@@ -120,7 +121,7 @@ class TextFieldCache:
             answer = await self._engine.fetch("GET", f"/{quote(index, safe='')}/_mapping", read_headers, None)
             if answer.status != 200:
                 raise LookupError(f"the engine answered {answer.status}: {answer.body[:200]!r}")
-            found = answer_paths(orjson.loads(answer.body), RERANK_TEXT_TYPES)
+            found = without_metadata(answer_paths(orjson.loads(answer.body), RERANK_TEXT_TYPES))
         except (ProxyError, LookupError, ValueError) as exc:  # engine unreachable, its refusal, not JSON
             return self._failed(key, exc)  # the search goes on with every string
         except Exception as exc:  # a mapping we misread must not fail the search (logged with its traceback)
