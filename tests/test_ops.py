@@ -169,6 +169,20 @@ def test_access_log_is_structured_and_has_no_secrets(admin_proxy, engine, caplog
     assert ecs["client"]["address"].startswith("127.0.0.1:")
 
 
+def test_a_reranked_search_names_the_engine_that_answered_its_candidates(admin_proxy, engine, index_name, caplog):
+    running, _ = admin_proxy
+    load_corpus(engine.url, index_name)
+    caplog.set_level(logging.INFO, logger="rerank_proxy.access")
+    response = httpx.post(f"{running.url}/{index_name}/_search", json={"query": {"match": {"body": "wing"}}},
+                          headers={"X-Opaque-Id": "reranked-1"})
+    assert response.headers["x-rerank"] == "reranked"
+    records = wait_until(lambda: [r for r in caplog.records if r.name == "rerank_proxy.access"
+                                  and r.fields.get("request_id") == "reranked-1"], "the search's access line")
+    fields = records[-1].fields
+    assert fields["outcome"] == "reranked"
+    assert fields["upstream"] == engine.url.removeprefix("http://")
+
+
 def test_graceful_shutdown_finishes_a_request_in_flight(engine, index_name):
     load_corpus(engine.url, index_name)
     reranker = OverlapReranker(delay_s=1.0)  # the provider is slow; the request is in flight

@@ -144,7 +144,7 @@ class SearchExchange:
                 self._relay(result, body)
                 return
             extra = {"engine_ms": result.engine_ms, "rerank_ms": result.rerank_ms, "cache": result.cache,
-                     "reason": result.reason}
+                     "reason": result.reason, "upstream": result.upstream}
             outcome = "fallback" if "fallback" in result.outcome else \
                 result.outcome if result.outcome in _OUTCOMES else "reranked"
             self._answer(self._finished_bytes(result), result.status, outcome, extra)

@@ -201,7 +201,8 @@ class ProxyServer:
             runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
                                     extra.get("rerank_ms", 0.0), extra.get("reason", ""))
         log_access(exchange.headers, exchange.method.decode("latin-1"), exchange.path,
-                   Served(status, outcome, elapsed, exchange.sent_bytes, "", extra), exchange.client.client_addr)
+                   Served(status, outcome, elapsed, exchange.sent_bytes, extra.get("upstream", ""), extra),
+                   exchange.client.client_addr)
 
     async def _tick(self) -> None:
         """Engine read timeouts of relayed requests, and keep-alive connections idle too long."""

@@ -55,7 +55,7 @@ class FetchExchange:
                     conn = await self.pool.connect(target)
                 failure = Failure.UNREACHABLE if conn is None else await self._ask(conn)
                 if failure is None:
-                    return EngineAnswer(self.status, self.response_headers, b"".join(self.chunks))
+                    return EngineAnswer(self.status, self.response_headers, b"".join(self.chunks), target.name)
                 step = next_step(failure, Resend.ANY_FAILURE, pooled=pooled, answered=self.answered)
                 if step is Next.GIVE_UP:
                     raise give_up(failure, every_engine=False, answer_limit=self.pool.settings.max_candidate_bytes)

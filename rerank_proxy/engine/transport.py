@@ -11,6 +11,7 @@ class EngineAnswer:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    served_by: str = ""  # host:port of the engine that answered (the access line's `upstream`)
 
 
 class EngineTransport(Protocol):

@@ -67,6 +67,7 @@ class Finished:
     rerank_ms: float = 0.0
     cache: str = ""
     provider_ms: float = 0.0       # within rerank_ms: waiting on the provider's HTTP answers
+    upstream: str = ""             # the engine that answered the candidate fetch
 
 
 @dataclass(slots=True)
@@ -206,18 +207,18 @@ class SearchPipeline:
                               answer.body, opensearch)
         if isinstance(recall, Remembered):
             return Finished(200, _response_headers(out_headers), recall.body, recall.outcome, "",
-                            engine_ms, 0.0, recall.cache)
+                            engine_ms, 0.0, recall.cache, upstream=answer.served_by)
         data = parse_json(answer.body, "engine response")
         scored = await self._rerank(decision, data, upstream_headers)
         if scored.outcome == "failed":
-            return self._fail_closed(scored, engine_ms)
+            return self._fail_closed(scored, engine_ms, answer.served_by)
         merged = merge(data, decision, scored.scores, scored.last, scored.pinned)
         merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         if recall is not None:
             self._remember(recall, scored, answer.body, body_out, opensearch)
         return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
-                        engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms)
+                        engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms, answer.served_by)
 
     def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
                 credentials: bytes, body: bytes, engine_body: bytes,
@@ -247,11 +248,11 @@ class SearchPipeline:
             memo.put(slot.request, answer, body_out, "cached", "hit", len(scored.scores), scored.mapped,
                      slot.credentials)
 
-    def _fail_closed(self, scored: _Scored, engine_ms: float) -> Finished:
+    def _fail_closed(self, scored: _Scored, engine_ms: float, upstream: str) -> Finished:
         error = ProxyError(503, "rerank_unavailable_exception",
                            f"the reranker failed and RERANK_FAIL_MODE=closed ({scored.reason})")
         return Finished(503, [(b"content-type", b"application/json")], error.body(), "error",
-                        scored.reason, engine_ms, scored.rerank_ms)
+                        scored.reason, engine_ms, scored.rerank_ms, upstream=upstream)
 
     async def _rerank(self, plan: Plan, data: Any, headers: Sequence[tuple[bytes, bytes]]) -> _Scored:
         """Scores for the window hits, or None scores (lexical order) with the reason why."""
@@ -339,10 +340,11 @@ class SearchPipeline:
         rerank_ms = (time.perf_counter() - started) * 1000
         outcomes = [s for s in scored if s]
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
-            return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms)
+            return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms, answer.served_by)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
-        return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms)
+        return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms,
+                        upstream=answer.served_by)
 
     def _plan_subs(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], targets: str | None,
                    params: dict[str, str], headers: dict[str, str], plans: list[Plan | None], lines: list[bytes],
