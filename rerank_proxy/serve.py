@@ -9,6 +9,10 @@ of Unix sockets through which the worker that receives a metrics scrape collects
 (admin/peers.py), and the per-host score tier (scoring/cache/host_share.py), so that several
 workers pay the provider for a score no more often than one would. One worker needs neither.
 
+With no ADMIN_TOKEN configured, the parent generates one before the workers fork (they inherit its
+settings, so all of them, and any replacement, accept the same token) and logs the console's URL
+with it once (admin/startup.py).
+
 Exit codes: 2 for any configuration error (bad value, unusable path, address in use), 3 when the
 start-up itself failed (e.g. the model could not load).
 """
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings()
         startup.check_environment(settings)
+        settings, generated_token = startup.with_admin_token(settings, os.environ)
     except ConfigError as exc:
         print(f"rerank-proxy: configuration error: {exc}", file=sys.stderr)
         return CONFIG_ERROR
@@ -71,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"rerank-proxy: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
               "set HOST/PORT (or --host/--port) to a free address", file=sys.stderr)
         return CONFIG_ERROR
+    if generated_token:
+        bound_host, bound_port = sock.getsockname()[:2]
+        startup.log_console_url(bound_host, bound_port, settings.admin_token)
     if settings.workers <= 1:
         return run_worker(settings, sock)
     return _supervise(settings, sock)

@@ -1,12 +1,14 @@
 """The proxy's own endpoints under /_rerank/ (a prefix no engine API uses).
 
+- /_rerank/         the landing page: these endpoints, listed from the route table (admin/landing.py)
 - /_rerank/health   liveness: the process answers
 - /_rerank/ready    readiness: this process serves (200); engine, reranker and cache state reported;
                     `?engine=required` also asks for a reachable engine (503 without one)
 - /_rerank/metrics  Prometheus text format, every worker merged
 - /_rerank/admin/*  cache stats and flush, effective configuration (secrets redacted), breaker
                     state and reset; bearer ADMIN_TOKEN, compared in constant time; every admin
-                    endpoint answers 404 when no token is configured.
+                    endpoint answers 404 when they are off (ADMIN_TOKEN=off; `serve` generates a
+                    token when none is configured).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from rerank_proxy.admin.landing import LANDING_PATH, DescribedRoute, Landing
 from rerank_proxy.console.routes import Handler, console_routes
 from rerank_proxy.errors import ProxyError, error_body
 from rerank_proxy.metrics import CONTENT_TYPE
@@ -45,17 +48,28 @@ class OpsEndpoints:
         self.settings = runtime.settings
 
     def routes(self) -> list[BaseRoute]:
-        admin = self.admin
+        admin = self.admin_route
+        served: list[BaseRoute] = [
+            DescribedRoute("/_rerank/health", self.health, methods=["GET", "HEAD"],
+                           meaning="liveness: the process answers"),
+            DescribedRoute("/_rerank/ready", self.ready, methods=["GET", "HEAD"],
+                           meaning="readiness, with engine, reranker and shared-cache state; "
+                                   "?engine=required also needs a reachable engine"),
+            DescribedRoute("/_rerank/metrics", self.metrics, methods=["GET"],
+                           meaning="Prometheus metrics, every worker merged"),
+            admin("/_rerank/admin/cache", self.cache_stats, "GET", "score cache statistics"),
+            admin("/_rerank/admin/cache/flush", self.cache_flush, "POST", "empty every score cache tier"),
+            admin("/_rerank/admin/config", self.config, "GET", "effective configuration, secrets redacted"),
+            admin("/_rerank/admin/breaker", self.breaker_state, "GET", "the reranker's circuit breaker state"),
+            admin("/_rerank/admin/breaker/reset", self.breaker_reset, "POST", "close the circuit breaker"),
+            *console_routes(self.runtime, self.admin),
+        ]
+        landing = Landing(served)
         return [
-            Route("/_rerank/health", self.health, methods=["GET", "HEAD"]),
-            Route("/_rerank/ready", self.ready, methods=["GET", "HEAD"]),
-            Route("/_rerank/metrics", self.metrics, methods=["GET"]),
-            Route("/_rerank/admin/cache", admin(self.cache_stats), methods=["GET"]),
-            Route("/_rerank/admin/cache/flush", admin(self.cache_flush), methods=["POST"]),
-            Route("/_rerank/admin/config", admin(self.config), methods=["GET"]),
-            Route("/_rerank/admin/breaker", admin(self.breaker_state), methods=["GET"]),
-            Route("/_rerank/admin/breaker/reset", admin(self.breaker_reset), methods=["POST"]),
-            *console_routes(self.runtime, admin),
+            DescribedRoute(LANDING_PATH, landing.view, methods=["GET", "HEAD"],
+                           meaning="this list (HTML for browsers, else JSON)"),
+            Route(LANDING_PATH.rstrip("/"), landing.redirect, methods=["GET", "HEAD"]),
+            *served,
             Route("/_rerank/{rest:path}", self.not_found),
         ]
 
@@ -111,12 +125,16 @@ class OpsEndpoints:
 
     # --- admin -------------------------------------------------------------------------------------
 
+    def admin_route(self, path: str, handler: Handler, method: str, meaning: str) -> DescribedRoute:
+        return DescribedRoute(path, self.admin(handler), methods=[method], meaning=meaning, token=True)
+
     def admin(self, handler: Handler) -> Handler:
-        """`handler` behind the ADMIN_TOKEN bearer check (404 for every admin endpoint without a token)."""
+        """`handler` behind the ADMIN_TOKEN bearer check (404 for every admin endpoint when they are off)."""
         async def guarded(request: Request) -> Response:
             token = self.settings.admin_token
             if not token:
-                return _error(404, "resource_not_found_exception", "admin endpoints are disabled (no ADMIN_TOKEN)")
+                return _error(404, "resource_not_found_exception",
+                              "admin endpoints are disabled (ADMIN_TOKEN=off, or no token given)")
             sent = request.headers.get("authorization", "")
             expected = f"Bearer {token}"
             if not hmac.compare_digest(sent.encode(), expected.encode()):

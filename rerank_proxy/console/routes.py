@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from rerank_proxy.admin.landing import DescribedRoute
 from rerank_proxy.console import batch, engine, page
 from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
 from rerank_proxy.console.compare import compare, engine_json, to_json
@@ -224,21 +225,24 @@ class ConsoleEndpoints:
         return self.guard(_errors(handler))
 
     def routes(self) -> list[BaseRoute]:
-        api = self.api
+        def api(path: str, handler: Handler, methods: list[str], meaning: str) -> BaseRoute:
+            return DescribedRoute(f"{API}{path}", self.api(handler), methods=methods, meaning=meaning, token=True)
+
         return [
-            Route(PREFIX, self.page_or_login, methods=["GET"]),
-            Route(f"{API}/options", api(self.options), methods=["GET"]),
-            Route(f"{API}/indices", api(self.indices), methods=["GET"]),
-            Route(f"{API}/fields", api(self.fields), methods=["GET"]),
-            Route(f"{API}/compare", api(self.compare_one), methods=["POST"]),
-            Route(f"{API}/judgments", api(self.judgments), methods=["GET", "PUT"]),
-            Route(f"{API}/judgments/qrels.tsv", api(self.qrels_tsv), methods=["GET"]),
-            Route(f"{API}/judgments/queries.jsonl", api(self.queries_jsonl), methods=["GET"]),
-            Route(f"{API}/judgments/export.zip", api(self.export_zip), methods=["GET"]),
-            Route(f"{API}/metrics", api(self.metrics), methods=["POST"]),
-            Route(f"{API}/batch", api(self.batch_view), methods=["POST"]),
-            Route(f"{API}/querysets", api(self.query_sets), methods=["GET"]),
-            Route(f"{API}/querysets/{{name}}", api(self.query_set), methods=["GET", "PUT", "DELETE"]),
+            DescribedRoute(PREFIX, self.page_or_login, methods=["GET"], token=True,
+                           meaning="the relevance console (a sign-in form without the token; ?token= signs in)"),
+            api("/options", self.options, ["GET"], "console: scorer choices and defaults"),
+            api("/indices", self.indices, ["GET"], "console: user indices"),
+            api("/fields", self.fields, ["GET"], "console: text fields of an index (?index=)"),
+            api("/compare", self.compare_one, ["POST"], "console: lexical and reranked top 10 of one query"),
+            api("/judgments", self.judgments, ["GET", "PUT"], "console: judgments of a query, or set one"),
+            api("/judgments/qrels.tsv", self.qrels_tsv, ["GET"], "console: judgments as BEIR qrels"),
+            api("/judgments/queries.jsonl", self.queries_jsonl, ["GET"], "console: judged queries as BEIR queries"),
+            api("/judgments/export.zip", self.export_zip, ["GET"], "console: qrels and queries in one zip"),
+            api("/metrics", self.metrics, ["POST"], "console: nDCG@10 of both columns over the judged queries"),
+            api("/batch", self.batch_view, ["POST"], "console: run a query set or BEIR folder (NDJSON progress)"),
+            api("/querysets", self.query_sets, ["GET"], "console: saved query sets"),
+            api("/querysets/{name}", self.query_set, ["GET", "PUT", "DELETE"], "console: one saved query set"),
         ]
 
     # --- the page ----------------------------------------------------------------------------------
