@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rerank_proxy.local_engines import root_endpoint
+
 ELASTICSEARCH = "elasticsearch"
 OPENSEARCH = "opensearch"
 KINDS = (ELASTICSEARCH, OPENSEARCH)
@@ -181,19 +183,24 @@ def _m2_bytes(dist: Distribution) -> int:
 
 
 def unpack(dist: Distribution, say: Say = print) -> Path:
-    """Unpack the cached zip once; returns the engine home (with `bin/`, `lib/`, `config/`...)."""
+    """Unpack the cached zip once; returns the engine home (with `bin/`, `lib/`, `config/`...).
+
+    Elasticsearch homes also get the root endpoint plugin (`root_endpoint`), checked on every call
+    so that a tree unpacked before the plugin existed, or built from older sources, gets it too.
+    """
     home = home_path(dist)
     archive = fetch(dist, say)
     with file_lock(f"home-{dist.name}"):
-        if (home / "bin" / dist.kind).is_file():
-            return home
-        home.parent.mkdir(parents=True, exist_ok=True)
-        say(f"unpacking {archive.name}")
-        with tempfile.TemporaryDirectory(dir=home.parent) as tmp:
-            top = _extract(archive, Path(tmp))
-            if home.exists():
-                shutil.rmtree(home)
-            top.replace(home)
+        if not (home / "bin" / dist.kind).is_file():
+            home.parent.mkdir(parents=True, exist_ok=True)
+            say(f"unpacking {archive.name}")
+            with tempfile.TemporaryDirectory(dir=home.parent) as tmp:
+                top = _extract(archive, Path(tmp))
+                if home.exists():
+                    shutil.rmtree(home)
+                top.replace(home)
+        if dist.kind == ELASTICSEARCH:
+            root_endpoint.install(dist, home, say)
     return home
 
 

@@ -18,9 +18,10 @@ that build), `run/port-<P>/state.json` plus `node-<i>/{config,data,logs}` per ru
 Each node gets its own copy of `config/` so nodes never share a keystore or auto-generated files.
 The Elasticsearch integ-test zip includes the x-pack-security module (but not the rest of x-pack),
 so security is disabled explicitly: left on, the start script's security auto-configuration
-writes a keystore entry the zip cannot read and the node dies. The zips lack most other modules:
-e.g. Elasticsearch answers `GET /` with 405 (the root endpoint lives in a module it lacks) and
-neither 9.x Elasticsearch nor 2.x OpenSearch knows the language analyzers (`english`, ...).
+writes a keystore entry the zip cannot read and the node dies. The zips lack most other modules
+(docs/local-engines.md lists what is missing): e.g. neither 9.x Elasticsearch nor 2.x OpenSearch
+knows the language analyzers (`english`, ...). Elasticsearch's root endpoint (`GET /`) lives in a
+module the zip lacks too; `root_endpoint` builds a small plugin that serves it, installed at unpack.
 
 Environment read here and in the helper modules: `RERANK_PROXY_CACHE_DIR` (cache root),
 `RERANK_PROXY_ENGINE_USER` (user engines run as when we are root; default `rerankproxy`),
@@ -154,10 +155,14 @@ def ensure_engine(
         if current is not None:
             if _is_running(current):
                 _check_same(current, dist, nodes)
-                current.reused = True
-                say(f"reusing {current.kind} {current.version} at {current.url} (pids {current.pids})")
-                return current
-            say(f"cleaning up a dead or partial {current.kind} on port {port}")
+                lacking = _lacks_root_endpoint(current)
+                if lacking is None:
+                    current.reused = True
+                    say(f"reusing {current.kind} {current.version} at {current.url} (pids {current.pids})")
+                    return current
+                say(f"restarting {current.kind} {current.version} on port {port}: {lacking}")
+            else:
+                say(f"cleaning up a dead or partial {current.kind} on port {port}")
             _stop_processes(current)
             _remove_state(port)
         _check_ports_free(port, nodes)
@@ -423,6 +428,21 @@ def _answers_as(url: str, kind: str) -> bool:
         return False
     is_elasticsearch = response.headers.get("x-elastic-product") == "Elasticsearch"
     return response.status_code == 200 and is_elasticsearch == (kind == ELASTICSEARCH)
+
+
+def _lacks_root_endpoint(info: EngineInfo) -> str | None:
+    """Why a running Elasticsearch must not be reused for want of `GET /`, or None if it serves it.
+
+    Nodes started before the root endpoint plugin was installed (see `root_endpoint`) answer 405,
+    and every client's `info()` call would fail against them; a restart loads the plugin.
+    """
+    if info.kind != ELASTICSEARCH:
+        return None
+    try:
+        status = httpx.get(f"{info.url}/", timeout=5.0).status_code
+    except httpx.HTTPError as exc:
+        return f"GET / failed ({exc})"
+    return None if status == 200 else f"it answers GET / with {status} (started before the root endpoint plugin)"
 
 
 def _check_same(current: EngineInfo, dist: Distribution, nodes: int) -> None:
