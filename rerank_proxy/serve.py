@@ -133,7 +133,9 @@ async def _serve(settings: Settings, sock: socket.socket, peer_dir: str | None =
     assert runtime is not None
     peers = None
     if peer_dir is not None:
-        peers = PeerMetrics(peer_dir, runtime.metrics, supervisor_pid=os.getppid())
+        warmer = runtime.warmer
+        peers = PeerMetrics(peer_dir, runtime.metrics, supervisor_pid=os.getppid(),
+                            vectors=warmer.status if warmer is not None else None)
         await peers.start()
         runtime.metrics.peers = peers
     await startup.check_shared_cache(runtime)

@@ -100,18 +100,29 @@ class OpsEndpoints:
         body = {
             "ready": ready_now,
             "engine": "reachable" if engine_ok else "unreachable",
-            "reranker": self._reranker_report(),
+            "reranker": await self._reranker_report(),
             "shared_cache": await self._shared_cache_report(),
         }
         return JSONResponse(body, 200 if ready_now else 503)
 
-    def _reranker_report(self) -> dict[str, Any]:
+    async def _reranker_report(self) -> dict[str, Any]:
         runtime = self.runtime
         breaker = runtime.guard.breaker if runtime.guard is not None else None
         return {"provider": self.settings.rerank_provider,
                 "model": runtime.reranker.model if runtime.reranker is not None else None,
                 "breaker": breaker.state if breaker is not None else None,
-                "vectors": runtime.warmer.status() if runtime.warmer is not None else None}
+                "vectors": await self._vectors_report()}
+
+    async def _vectors_report(self) -> dict[str, Any] | None:
+        """The embedder's queue and store over every worker, as the metrics are (one worker's
+        queue alone is a different figure on each probe)."""
+        warmer = self.runtime.warmer
+        if warmer is None:
+            return None
+        peers = self.runtime.metrics.peers
+        if peers is None:
+            return {"workers": 1, **warmer.status()}
+        return await peers.merged_vectors()
 
     async def _shared_cache_report(self) -> str | None:
         shared = self.runtime.shared_cache
