@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class Paper:
 
     @property
     def metadata(self) -> dict[str, str]:
-        return {"title": self.title, "author": self.author, "bib": self.bib, "source": f"cranfield-{self.id}"}
+        return {"title": self.title, "author": self.author, "bib": self.bib, "source": f"cranfield-{self.id:0>4}"}
 
 
 def papers() -> list[Paper]:
@@ -118,10 +119,16 @@ def leaves(source: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 # --- what the reranker received -------------------------------------------------------------------
 
+# The opening of a serialised JSON object (`{"key":`, `[{"key":`): caught even when the cut at
+# RERANK_MAX_CHARS leaves the rest unparseable.
+_JSON_OPENING = re.compile(r'[{\[]\s*"[^"\n]{1,200}"\s*:')
+
+
 def json_fragments(text: str) -> list[str]:
-    """The substrings of `text` that parse as a non-empty JSON object or array (serialised records)."""
+    """The substrings of `text` that parse as a non-empty JSON object or an array of records or
+    strings (serialised records), and the openings of serialised objects that were cut."""
     decoder = json.JSONDecoder()
-    found = []
+    found = [match.group(0) for match in _JSON_OPENING.finditer(text)]
     for start, char in enumerate(text):
         if char not in "{[":
             continue
@@ -129,7 +136,9 @@ def json_fragments(text: str) -> list[str]:
             value, end = decoder.raw_decode(text, start)
         except ValueError:
             continue
-        if isinstance(value, (dict, list)) and value:
+        # a list of numbers is prose's reference marks ("[2]", "[1, 3]"), not a record
+        if (isinstance(value, dict) and value) or (
+                isinstance(value, list) and any(isinstance(item, (dict, list, str)) for item in value)):
             found.append(text[start:end])
     return found
 
@@ -137,6 +146,15 @@ def json_fragments(text: str) -> list[str]:
 def _contains(text: str, value: str) -> bool:
     """Whether a field's value is in the text (a long value: its first 60 characters)."""
     return value.strip()[:60] in text
+
+
+def _sent(text: str, value: str, content: str) -> bool:
+    """Whether a field's value is part of the text sent: found more often than the content holds it
+    (Cranfield's title opens its text, so a title is counted only when it is sent besides)."""
+    probe = value.strip()[:60]
+    if len(probe) < 3:
+        return False
+    return text.count(probe) > (0 if value == content else content.count(probe))
 
 
 @dataclass
@@ -160,7 +178,7 @@ class Measured:
                  "  mapping: " + ", ".join(f"{path}:{kind}" for path, kind in self.mapping.items()),
                  "  fields in the text sent: " + ", ".join(f"{path} ({n}/{len(self.chars)})"
                                                          for path, n in self.fields_sent.items()),
-                 f"  first text sent: {self.sample[:300]!r}"]
+                 f"  first text sent: {self.sample[:150]!r} ... {self.sample[-350:]!r}"]
         return "\n".join(lines)
 
 
@@ -173,15 +191,13 @@ def measure(framework: str, engine_url: str, index: str, texts: list[str], corpu
     secrets = not_content_values(corpus)
     fields_sent: dict[str, int] = {}
     for text in texts:
-        # the stored document this text was made from: the one whose content it carries
-        source = next((s for s in sources.values() if any(
-            _contains(text, value) for path, value in leaves(s) if len(value) > 100)), None)
-        if source is None:
+        # the stored document this text was made from: the paper whose content it carries (every
+        # framework here is given `cran-<id>` as the document's id, its _id)
+        paper = next((p for p in corpus if p.text[:60] in text), None)
+        source = sources.get(f"cran-{paper.id}") if paper else None
+        if paper is None or source is None:
             continue
-        # a value found only because the content holds it (Cranfield's title opens its text) is not counted
-        content = max((value for _, value in leaves(source)), key=len)
-        for path in sorted({path for path, value in leaves(source) if len(value.strip()) >= 3
-                            and _contains(text, value) and (value == content or value.strip() not in content)}):
+        for path in sorted({path for path, value in leaves(source) if _sent(text, value, paper.text)}):
             fields_sent[path] = fields_sent.get(path, 0) + 1
     measured = Measured(
         framework=framework, mapping=flat_mapping(engine_url, index), fields_sent=dict(sorted(fields_sent.items())),
