@@ -107,7 +107,10 @@ def test_secrets_are_files_from_an_existing_secret(deploy_tools: DeployTools) ->
     refused = deploy_tools.run("helm", "template", "rp", str(CHART), "--set", "secrets.keys.ADMIN_TOKEN=x")
     assert refused.returncode != 0
     assert "existingSecret" in refused.stderr
+    assert "ADMIN_TOKEN" not in docs[("ConfigMap", "rp-rerank-proxy")]["data"]  # the Secret's file serves
     defaults = render(deploy_tools)
+    # no Secret's token: admin off, not a token per replica printed in pod logs
+    assert defaults[("ConfigMap", "rp-rerank-proxy")]["data"]["ADMIN_TOKEN"] == "off"
     assert "env" not in container(defaults)
     assert "secrets" not in {v["name"] for v in proxy_pod(defaults)["spec"]["volumes"]}
 
