@@ -18,13 +18,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from rerank_proxy.config import ConfigError, Settings, load_settings, non_defaults
 from rerank_proxy.demo_corpus import DEMO_DOCS, DEMO_INDEX, DEMO_QUERIES
 from rerank_proxy.demo_eval import CRANFIELD, EVAL_INDEX, Collection, EvalError, evaluate, load_collection, table
+
+if TYPE_CHECKING:
+    from rerank_proxy.local_engines.runner import EngineInfo
 
 # Settings the demo sets itself, and why (anything else that differs came from the environment).
 _DEMO_SETTINGS = {"UPSTREAM_URLS": "the demo's engine", "LOCAL_VECTOR_STORE": "a fresh store for this run"}
@@ -55,7 +58,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: the engine did not start: {exc}", file=sys.stderr)
         return 1
     print(f"      {engine.kind} {engine.version} at {engine.url}")
+    # The engine outlives the demo (the next run starts in seconds), so however the demo ends, even
+    # on an error or Ctrl-C, the last lines say it is still running and how to stop it.
+    try:
+        return _run_with_engine(args, engine, collection, steps)
+    finally:
+        print("\n" + "\n".join(closing_lines(engine)), flush=True)
 
+
+def _run_with_engine(args: argparse.Namespace, engine: EngineInfo, collection: Collection | None,
+                     steps: int) -> int:
     print(f"[2/{steps}] writing the sample corpus ({len(DEMO_DOCS)} documents) into index '{DEMO_INDEX}'",
           flush=True)
     bulk = load_demo_corpus(engine.url)
@@ -82,6 +94,36 @@ def run(args: argparse.Namespace) -> int:
             if collection is not None:
                 return show_evaluation(proxy_url, settings, collection, own, steps)
     return 0
+
+
+def closing_lines(engine: EngineInfo) -> list[str]:
+    """What the demo leaves behind: the engine still runs, the in-process proxy does not."""
+    from rerank_proxy.local_engines.runner import DEFAULT_PORTS
+
+    # `engine down --engine KIND` stops the one on the kind's default port; any other needs --port.
+    which = f"--engine {engine.kind}" if engine.port == DEFAULT_PORTS[engine.kind] else f"--port {engine.port}"
+    since = "was already running before the demo" if engine.reused else "was started by the demo"
+    command = _command()
+    return [
+        f"still running: {engine.kind} {engine.version} at {engine.url} ({since}; the demo's indices stay in "
+        "it), so the next demo starts in seconds",
+        f"not running: the proxy (it ran inside the demo and stopped with it); to run one in front of this "
+        f"engine: UPSTREAM_URLS={engine.url} {command} serve",
+        f"stop the engine (and delete its data): {command} engine down {which}   "
+        f"(`{command} engine status` lists the running ones)",
+    ]
+
+
+def _command() -> str:
+    """`rerank-proxy` as the user can type it: `.venv/bin/rerank-proxy` under `make demo`, where
+    it is not on PATH."""
+    invoked = sys.argv[0]
+    if Path(invoked).name != "rerank-proxy":  # e.g. `python -m rerank_proxy.cli`, or a test
+        return "rerank-proxy"
+    on_path = shutil.which("rerank-proxy")
+    if on_path is not None and Path(on_path).resolve() == Path(invoked).resolve():
+        return "rerank-proxy"
+    return invoked
 
 
 def _eval_collection(args: argparse.Namespace) -> Collection | None:
