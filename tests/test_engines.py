@@ -56,11 +56,6 @@ def test_engine_is_the_expected_distribution(engine: EngineInfo) -> None:
     assert_is(engine, engine.kind, engine.version)
 
 
-def test_elasticsearch_integ_build_has_no_root_endpoint(es_engine: EngineInfo) -> None:
-    # Documents a limit of the build we run: if this starts failing, `GET /` works again.
-    assert httpx.get(f"{es_engine.url}/", timeout=10).status_code == 405
-
-
 def test_engine_indexes_and_searches(engine: EngineInfo, index_name: str) -> None:
     with httpx.Client(base_url=engine.url, timeout=30) as client:
         created = client.put(f"/{index_name}", json={"mappings": {"properties": {"title": {"type": "text"}}}})
