@@ -15,7 +15,7 @@ import pytest
 
 from rerank_proxy import demo
 from rerank_proxy.config import load_settings, non_defaults
-from rerank_proxy.demo_corpus import DEMO_INDEX
+from rerank_proxy.demo_corpus import DEMO_INDEX, DEMO_QUERIES
 from rerank_proxy.demo_eval import CRANFIELD, HEADER, evaluate, load_collection, search_body, table
 from rerank_proxy.local_engines.runner import DEFAULT_PORTS, EngineInfo
 from tests.fixtures.proxy import run_proxy
@@ -114,7 +114,7 @@ def test_the_no_eval_demo_ends_saying_what_still_runs(es_engine, capsys: pytest.
     args = argparse.ArgumentParser()
     demo.add_arguments(args)
     try:
-        code = demo.run(args.parse_args(["--no-eval", "--port", str(es_engine.port), "--query", "wing flutter"]))
+        code = demo.run(args.parse_args(["--no-eval", "--port", str(es_engine.port), "--query", DEMO_QUERIES[0]]))
     finally:
         httpx.delete(f"{es_engine.url}/{DEMO_INDEX}", timeout=30)
     out = capsys.readouterr().out
