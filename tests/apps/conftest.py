@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from tests.apps.support import MEASURED, AppsProxy, K, Paper, capture_access, papers
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import RecordingReranker
+
+# Haystack's usage telemetry (posthog) is read once at import, before the test modules import haystack.
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 
 @pytest.fixture(scope="session")
