@@ -47,14 +47,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rerank_proxy.local_engines.runner import EngineError, ensure_engine
+    from rerank_proxy.local_engines.distributions import machine_default
+    from rerank_proxy.local_engines.runner import ensure_engine
 
     collection = None if args.no_eval else _eval_collection(args)
     steps = 5 if collection is None else 6
     print(f"[1/{steps}] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
+    build, note = machine_default(args.engine)
+    if note:
+        print(f"      {note}", flush=True)
     try:
-        engine = ensure_engine(args.engine, port=args.port, say=lambda m: print(f"      {m}", flush=True))
-    except EngineError as exc:
+        engine = ensure_engine(args.engine, version=build.version, port=args.port,
+                               say=lambda m: print(f"      {m}", flush=True))
+    except RuntimeError as exc:  # EngineError, JavaNotFound, a failed download
         print(f"demo: the engine did not start: {exc}", file=sys.stderr)
         return 1
     print(f"      {engine.kind} {engine.version} at {engine.url}")

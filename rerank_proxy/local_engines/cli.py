@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rerank_proxy.local_engines.distributions import DEFAULT_VERSIONS, KINDS
+from rerank_proxy.local_engines.distributions import DEFAULT_VERSIONS, KINDS, machine_default
 from rerank_proxy.local_engines.runner import (
     DEFAULT_HEAP,
     DEFAULT_PORTS,
@@ -66,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    info = ensure_engine(args.engine, version=args.version, port=args.port, nodes=args.nodes,
+    version = args.version
+    if version is None:
+        build, note = machine_default(args.engine)
+        version = build.version
+        if note:
+            print(note, file=sys.stderr)
+    info = ensure_engine(args.engine, version=version, port=args.port, nodes=args.nodes,
                          heap=args.heap, timeout_s=args.timeout)
     print(f"{info.kind} {info.version} {'already running' if info.reused else 'started'}: {' '.join(info.urls)}")
     return 0

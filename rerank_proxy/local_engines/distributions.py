@@ -84,6 +84,30 @@ def distribution(kind: str, version: str | None = None) -> Distribution:
     return Distribution(kind, version or DEFAULT_VERSIONS[kind])
 
 
+def machine_default(kind: str) -> tuple[Distribution, str | None]:
+    """The build of `kind` to run when no version is asked for, and a note when it is not the pinned one.
+
+    The pinned default when this machine has a Java it runs on; else the second line when that one
+    fits (Debian 12 ships Java 17 only: Elasticsearch 9 needs 21+, Elasticsearch 8 runs on 17; a
+    machine with only Java 24+ runs OpenSearch 3, not 2). Neither fits: the pinned default, whose
+    start then names the Java it needs.
+    """
+    from rerank_proxy.local_engines.java import JavaNotFound, find_java_home
+
+    pinned = distribution(kind)
+    for dist in (pinned, distribution(kind, SECOND_LINE_VERSIONS[kind])):
+        try:
+            find_java_home(*dist.java_range)
+        except JavaNotFound:
+            continue
+        if dist == pinned:
+            return pinned, None
+        low, high = pinned.java_range
+        needs = f"Java {low}+" if high >= 99 else f"Java {low}-{high}"
+        return dist, f"{pinned.name} needs {needs}, which this machine lacks; running {dist.name} instead"
+    return pinned, None
+
+
 def cache_dir() -> Path:
     """Root of the engine cache: `$RERANK_PROXY_CACHE_DIR`, else a per-user default.
 
