@@ -6,8 +6,9 @@ and x-pack-security (security switched off, see rerank_proxy/local_engines/runne
 other modules. Each folder left out is an x-pack plugin that build does not ship, so every file in it
 fails at once with "no handler found" (or, for security, needs users and roles that do not exist with
 security off); running them would only repeat that. All other files run, including those that fail
-directly for a reason of the environment (painless, mustache, reindex, data streams, ingest-common
-and the root endpoint are modules this build lacks): the comparison is direct vs proxy, test by test.
+directly for a reason of the environment (painless, mustache, reindex, data streams and ingest-common
+are modules this build lacks; see docs/local-engines.md): the comparison is direct vs proxy, test by
+test.
 """
 
 from __future__ import annotations
