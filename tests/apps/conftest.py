@@ -1,23 +1,48 @@
-"""Fixtures of the framework tests: the corpus, a proxy of each test's own, the measurements' summary."""
+"""Fixtures of the framework tests: the apps venv, the corpus, a proxy of each test's own, the
+scenario's run, the measurements' summary."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.apps.support import MEASURED, AppsProxy, K, Paper, capture_access, papers
+from tests.apps import apps_venv
+from tests.apps.support import MEASURED, AppsProxy, K, Paper, capture_access, papers, run_scenario, write_corpus
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import RecordingReranker
 
-# Haystack's usage telemetry (posthog) is read once at import, before the test modules import haystack.
-os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+RunCase = Callable[[str, AppsProxy, str], dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def apps_python() -> Path:
+    """`.venv-apps`'s python, built (once a session, and only when missing or stale) for the selected
+    framework tests; a failed build fails them with pip's output and how to fix it."""
+    try:
+        return apps_venv.ensure()
+    except apps_venv.AppsVenvError as error:
+        pytest.fail(f"could not build .venv-apps (the frameworks' venv): {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def corpus() -> list[Paper]:
     return papers()
+
+
+@pytest.fixture(scope="session")
+def corpus_file(corpus: list[Paper], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_corpus(corpus, tmp_path_factory.mktemp("apps") / "corpus.jsonl")
+
+
+@pytest.fixture
+def run_case(apps_python: Path, es_engine, corpus_file: Path) -> RunCase:
+    """Run a framework case (tests/apps/scenario.py) against `proxy` and the session Elasticsearch."""
+    def run(case: str, proxy: AppsProxy, index: str) -> dict[str, Any]:
+        return run_scenario(apps_python, case, proxy.url, es_engine.url, index, corpus_file)
+    return run
 
 
 @pytest.fixture

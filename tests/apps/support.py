@@ -1,7 +1,10 @@
-"""What the framework tests share: a small Cranfield corpus, the proxy they point at, and the checks.
+"""What the framework tests share: a small Cranfield corpus, the proxy they point at, the framework
+scenario's run and the checks.
 
-Each framework writes the corpus through its own store (through the proxy), searches through its
-own retriever once through the proxy and once straight at the engine, and the test checks:
+The frameworks run in `.venv-apps` (they pin elasticsearch-py <9; this venv has 9.x), so this side
+imports none of them: tests/apps/scenario.py, run there as a subprocess, writes the corpus through the
+framework's own store (through the proxy), searches through its own retriever once through the proxy
+and once straight at the engine, and prints the answers' ids and shapes as JSON. The test checks:
 
 (a) the search was reranked: the proxy's access line for the `_search` says `reranked` (the
     X-Rerank value; the frameworks do not hand response headers back), and the reranker got the hits;
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,7 @@ CORPUS_SIZE = 40
 # The framework's top_k and the proxy's window alike: the proxy reranks exactly the engine's top K.
 K = 10
 QUERY = "boundary layer heat transfer"  # 22 of the 40 papers match: more than K
+SCENARIO_TIMEOUT_S = 300  # importing a framework takes seconds; a run with writes and two searches, tens
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,12 @@ def papers() -> list[Paper]:
             if len(out) == CORPUS_SIZE:
                 break
     return out
+
+
+def write_corpus(corpus: list[Paper], path: Path) -> Path:
+    """The corpus as the scenario and bench.framework_writers read it: {"id", "text", "metadata"} lines."""
+    path.write_text("".join(json.dumps({"id": p.id, "text": p.text, "metadata": p.metadata}) + "\n" for p in corpus))
+    return path
 
 
 def not_content_values(corpus: list[Paper]) -> set[str]:
@@ -217,6 +229,29 @@ def assert_texts_are_content(texts: list[str], corpus: list[Paper]) -> None:
         leaked = sorted(v for v in secrets if v in text)
         assert not leaked, f"metadata values in the text sent: {leaked[:5]} in {text[:300]!r}"
         assert any(content in text for content in contents), f"no paper's content in the text sent: {text[:300]!r}"
+
+
+# --- the framework's side, in .venv-apps -----------------------------------------------------------
+
+def run_scenario(python: Path, case: str, proxy_url: str, engine_url: str, index: str,
+                 corpus_file: Path) -> dict[str, Any]:
+    """Run tests/apps/scenario.py for `case` in the apps venv; its JSON (a failed run fails the test)."""
+    command = [str(python), "-m", "tests.apps.scenario", case, proxy_url, engine_url, index, str(corpus_file),
+               "--query", QUERY, "--k", str(K)]
+    env = {**os.environ, "HAYSTACK_TELEMETRY_ENABLED": "False"}
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S,
+                              stdin=subprocess.DEVNULL, env=env)
+    except subprocess.TimeoutExpired as timeout:
+        stderr = timeout.stderr.decode(errors="replace") if isinstance(timeout.stderr, bytes) else timeout.stderr
+        pytest.fail(f"the {case} scenario took over {SCENARIO_TIMEOUT_S} s\nstderr:\n{(stderr or '')[-4000:]}",
+                    pytrace=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        pytest.fail(f"the {case} scenario exited {done.returncode}: `{' '.join(command)}`\n"
+                    f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}", pytrace=False)
+    out: dict[str, Any] = json.loads(lines[-1])
+    return out
 
 
 # --- the proxy, as the apps see it ----------------------------------------------------------------
