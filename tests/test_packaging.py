@@ -704,3 +704,18 @@ def test_service_hpa_pdb_and_redis_point_at_the_right_pods() -> None:
     redis_service = docs[("Service", redis_url.hostname)]["spec"]
     assert selects(redis_service["selector"], redis_labels)
     assert redis_service["ports"][0]["port"] == (redis_url.port or 6379)
+
+
+def test_every_data_file_of_the_package_is_in_its_package_data() -> None:
+    """A file the package reads at run time (the console's assets, the model pin, the root endpoint
+    plugin's sources) must ship in a wheel, or only an editable install works."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rerank_proxy"]
+    package = ROOT / "rerank_proxy"
+    data = [path.relative_to(package).as_posix() for path in package.rglob("*")
+            if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts]
+    assert data, "the package has data files (console assets at least)"
+    missing = [name for name in data if not any(fnmatch.fnmatch(name, pattern) for pattern in globs)]
+    assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
