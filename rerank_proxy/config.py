@@ -257,6 +257,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REDIS_URL", "cache", RedisUrl(), "",
             "Shared score cache for several replicas (empty: in-process cache only).",
             "redis://redis:6379/0", secret=True, from_file=True),
+    Setting("REDIS_CLUSTER", "cache", Flag(), "false",
+            "REDIS_URL names a seed node of a Redis Cluster (true/false): the client finds the other nodes and follows the slots; a lost node or CLUSTERDOWN is a miss.",
+            "true"),
     Setting("REDIS_TIMEOUT_MS", "cache", Integer(1, 60_000), "50",
             "Time limit for one Redis operation; slower means a miss, never a failed search.",
             "100"),
@@ -374,6 +377,7 @@ class Settings:
     cache_max_entries: int = shipped("CACHE_MAX_ENTRIES")
     cache_answers_max_mb: int = shipped("CACHE_ANSWERS_MAX_MB")
     redis_url: str = shipped("REDIS_URL")
+    redis_cluster: bool = shipped("REDIS_CLUSTER")
     redis_timeout_ms: int = shipped("REDIS_TIMEOUT_MS")
     admin_token: str = shipped("ADMIN_TOKEN")
     proxy_api_keys: tuple[str, ...] = shipped("PROXY_API_KEYS")
@@ -486,6 +490,22 @@ def _check_together(values: Mapping[str, Any]) -> None:
     if values["upstream_client_key_file"] and not values["upstream_client_cert_file"]:
         raise ConfigError("UPSTREAM_CLIENT_KEY_FILE is set without UPSTREAM_CLIENT_CERT_FILE; "
                           "accepted: both or neither")
+    if values["redis_cluster"]:
+        _check_cluster_url(values["redis_url"])
+
+
+def _check_cluster_url(url: str) -> None:
+    """REDIS_CLUSTER needs a TCP seed node; a cluster has only database 0."""
+    if not url:
+        raise ConfigError("REDIS_CLUSTER=true but REDIS_URL is empty; accepted: REDIS_URL naming a seed node "
+                          "of the cluster, e.g. redis://redis-cluster:6379/0, or REDIS_CLUSTER=false")
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise ConfigError("REDIS_CLUSTER=true but REDIS_URL is a unix:// socket; accepted: a redis:// or "
+                          "rediss:// seed node (cluster nodes talk TCP)")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ConfigError("REDIS_CLUSTER=true but REDIS_URL names database "
+                          f"{parts.path.strip('/')!r}; accepted: database 0 (/0 or none), the only one a cluster has")
 
 
 # ADMIN_TOKEN=off turns the admin endpoints and the console off (unset no longer does: `serve` then

@@ -154,12 +154,13 @@ def is_pointwise(model: str) -> bool:
 
 
 def build_shared_cache(settings: Settings) -> SharedTier | None:
-    """The optional shared score tier (Redis) that replicas reuse; None without REDIS_URL."""
+    """The optional shared score tier (Redis, or a Redis Cluster with REDIS_CLUSTER) that replicas
+    reuse; None without REDIS_URL."""
     if not settings.redis_url:
         return None
     from rerank_proxy.scoring.cache.redis_tier import RedisTier
 
-    return RedisTier(settings.redis_url, settings.redis_timeout_ms / 1000)
+    return RedisTier(settings.redis_url, settings.redis_timeout_ms / 1000, cluster=settings.redis_cluster)
 
 
 def build_host_share(settings: Settings, host_dir: str | None) -> HostShare | None:

@@ -11,39 +11,68 @@ misses (and copy what Redis had into the file); writes go to both. Redis being s
 miss, logged at most once a minute, never a failed search: the local store keeps working alone.
 Values are the float16 bytes the file stores (768 bytes for 384 dimensions), under
 `rrp:v:<32-byte key>` with a TTL (LOCAL_VECTOR_SHARED_TTL_S) so Redis memory follows the corpus.
+With REDIS_CLUSTER the same keys live on a Redis Cluster (`RedisVectors`, docs/decisions/redis-cluster.md).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from rerank_proxy.local.vector_store import VectorStore
+from rerank_proxy.scoring.cache.redis_client import ERRORS, SharedTierDown, mapped, sync_client
 
 log = logging.getLogger(__name__)
 PREFIX = b"rrp:v:"
 
 
 class RedisVectors:
-    """key -> float16 vector bytes in Redis; a synchronous client, used from the store threads."""
+    """key -> float16 vector bytes in Redis; a synchronous client, used from the store threads.
 
-    def __init__(self, url: str, timeout_s: float, ttl_s: float, dim: int = 384) -> None:
-        import redis
+    On a Redis Cluster (`cluster`) a vector's key has no hash tag: the documents of one search are
+    spread over every slot, so a read is redis-py's `mget_nonatomic` (one MGET per slot, pipelined
+    per node) and a write a pipeline, which the cluster client splits by node. The cluster client
+    connects when it is built, so it is built on first use (and again after a failed build): a
+    cluster down at start-up is a miss, not a proxy that cannot start. A call that failed keeps
+    the tier off for `COOL_DOWN_S`: the sync cluster client sleeps a fixed 0.25 s before it gives
+    up on a CLUSTERDOWN, and nothing above it bounds a call, so without this every search would
+    pay that while the cluster is down.
+    """
 
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           health_check_interval=0, retry_on_timeout=False)
+    COOL_DOWN_S = 1.0
+
+    def __init__(self, url: str, timeout_s: float, ttl_s: float, dim: int = 384, cluster: bool = False,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.cluster = cluster
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.dim = dim
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._timer = timer
+        self._off_until = -math.inf
+
+    @property
+    def client(self) -> Any:
+        """The client, built on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = sync_client(self.url, self.timeout_s, self.cluster)
+        return self._client
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         if not keys:
             return {}
-        values = self.client.mget([PREFIX + k for k in keys])
+        names = [PREFIX + k for k in keys]
+        values = self._call(lambda c: c.mget_nonatomic(names) if self.cluster else c.mget(names))
         found = {}
         for key, blob in zip(keys, values, strict=True):
             if isinstance(blob, bytes) and len(blob) == self.dim * 2:
@@ -51,20 +80,36 @@ class RedisVectors:
         return found
 
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        count = 0
-        for key, vector in items:
-            pipe.set(PREFIX + key, np.asarray(vector, dtype=np.float16).tobytes(), px=self.ttl_ms)
-            count += 1
-        if count:
+        blobs = [(PREFIX + key, np.asarray(vector, dtype=np.float16).tobytes()) for key, vector in items]
+        if not blobs:
+            return
+
+        def write(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            for name, blob in blobs:
+                pipe.set(name, blob, px=self.ttl_ms)
             pipe.execute()
+        self._call(write)
 
     def count(self) -> int:
-        """Vectors in Redis (a SCAN: for status pages, not the request path)."""
-        return sum(1 for _ in self.client.scan_iter(match=PREFIX + b"*", count=1000))
+        """Vectors in Redis (a SCAN, on a cluster of every primary: for status pages, not the request path)."""
+        return int(self._call(lambda c: sum(1 for _ in c.scan_iter(match=PREFIX + b"*", count=1000))))
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        """`fn(client)` with cluster failures mapped to `RedisError`s; while cooling down after a
+        failure, a `SharedTierDown` without calling Redis."""
+        if self._timer() < self._off_until:
+            raise SharedTierDown("the shared vector tier failed less than a second ago")
+        try:
+            with mapped():
+                return fn(self.client)
+        except ERRORS:
+            self._off_until = self._timer() + self.COOL_DOWN_S
+            raise
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class TieredVectorStore:
@@ -77,10 +122,8 @@ class TieredVectorStore:
         self.shared_hits = 0
         self.shared_errors = 0
         self._warned_at = -math.inf
-        from redis import RedisError
-
         # Redis refusing, unreachable or slow (its own errors, and the socket's: OSError, TimeoutError).
-        self._tier_errors: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._tier_errors: tuple[type[Exception], ...] = ERRORS
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         found = self.local.get_many(keys)
@@ -131,5 +174,5 @@ def build_store(settings: Any) -> VectorStore | TieredVectorStore:
     if not settings.redis_url or not settings.local_vector_shared_ttl_s:
         return local
     shared = RedisVectors(settings.redis_url, settings.redis_timeout_ms / 1000,
-                          settings.local_vector_shared_ttl_s)
+                          settings.local_vector_shared_ttl_s, cluster=settings.redis_cluster)
     return TieredVectorStore(local, shared)
