@@ -14,7 +14,7 @@ from tests.apps.support import MEASURED, AppsProxy, K, Paper, capture_access, pa
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_rerankers import RecordingReranker
 
-RunCase = Callable[[str, AppsProxy, str], dict[str, Any]]
+RunCase = Callable[[str, AppsProxy, str], tuple[dict[str, Any], list[str]]]
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +38,18 @@ def corpus_file(corpus: list[Paper], tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture
-def run_case(apps_python: Path, es_engine, corpus_file: Path) -> RunCase:
-    """Run a framework case (tests/apps/scenario.py) against `proxy` and the session Elasticsearch."""
-    def run(case: str, proxy: AppsProxy, index: str) -> dict[str, Any]:
-        return run_scenario(apps_python, case, proxy.url, es_engine.url, index, corpus_file)
+def run_case(apps_python: Path, es_engine, corpus_file: Path, corpus: list[Paper]) -> RunCase:
+    """Run a framework case (tests/apps/scenario.py) against `proxy` and the session Elasticsearch,
+    and check what every case shares: the whole corpus written, and (a) its one search through the
+    proxy reranked, the reranker sent the window's K hits. Returns the scenario's JSON and those texts."""
+    def run(case: str, proxy: AppsProxy, index: str) -> tuple[dict[str, Any], list[str]]:
+        mark = proxy.mark()
+        out = run_scenario(apps_python, case, proxy.url, es_engine.url, index, corpus_file)
+        assert out["written"] == len(corpus)
+        assert len(proxy.assert_reranked(index)) == 1
+        texts = proxy.texts_since(mark)
+        assert len(texts) == K
+        return out, texts
     return run
 
 

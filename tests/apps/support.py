@@ -219,6 +219,12 @@ def measure(framework: str, engine_url: str, index: str, texts: list[str], corpu
     return measured
 
 
+def assert_sent_content(framework: str, engine_url: str, index: str, texts: list[str], corpus: list[Paper]) -> None:
+    """(c): what the reranker was sent for the framework's schema, recorded, then checked to be the content."""
+    measure(framework, engine_url, index, texts, corpus)
+    assert_texts_are_content(texts, corpus)
+
+
 def assert_texts_are_content(texts: list[str], corpus: list[Paper]) -> None:
     """Each text sent is a paper's content: no serialised JSON, no metadata value that is not content."""
     assert texts, "the reranker received no text"

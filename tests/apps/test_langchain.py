@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.apps.support import K, assert_texts_are_content, measure
+from tests.apps.support import K, assert_sent_content
 
 pytestmark = [pytest.mark.apps, pytest.mark.integration]
 
 
 def test_langchain_bm25_store_through_the_proxy(apps_proxy, es_engine, index_name, corpus, run_case):
-    mark = apps_proxy.mark()
-    out = run_case("langchain-store", apps_proxy, index_name)
-    assert out["written"] == len(corpus)
+    out, texts = run_case("langchain-store", apps_proxy, index_name)
     proxied, from_engine = out["proxied"]["docs"], out["direct"]["docs"]
-
-    # (a) reranked
-    assert len(apps_proxy.assert_reranked(index_name)) == 1
-    texts = apps_proxy.texts_since(mark)
-    assert len(texts) == K
 
     # (b) the same shape as straight from the engine
     assert len(proxied) == len(from_engine) == K
@@ -30,19 +23,12 @@ def test_langchain_bm25_store_through_the_proxy(apps_proxy, es_engine, index_nam
     assert all(d["has_content"] for d in proxied)
 
     # (c) what the reranker was sent for LangChain's schema (`text` beside a `metadata` object)
-    measure("langchain ElasticsearchStore (BM25)", es_engine.url, index_name, texts, corpus)
-    assert_texts_are_content(texts, corpus)
+    assert_sent_content("langchain ElasticsearchStore (BM25)", es_engine.url, index_name, texts, corpus)
 
 
 def test_langchain_retriever_through_the_proxy(apps_proxy, es_engine, index_name, corpus, run_case):
-    mark = apps_proxy.mark()
-    out = run_case("langchain-retriever", apps_proxy, index_name)
-    assert out["written"] == len(corpus)
+    out, texts = run_case("langchain-retriever", apps_proxy, index_name)
     proxied, from_engine = out["proxied"]["docs"], out["direct"]["docs"]
-
-    assert len(apps_proxy.assert_reranked(index_name)) == 1
-    texts = apps_proxy.texts_since(mark)
-    assert len(texts) == K
 
     assert len(proxied) == len(from_engine) == K
     # the default document mapper keeps the hit (its _id, _index, _score, _source) in the metadata
@@ -50,5 +36,4 @@ def test_langchain_retriever_through_the_proxy(apps_proxy, es_engine, index_name
     assert [d["shape"] for d in proxied] == [d["shape"] for d in from_engine]
     assert [d["source_keys"] for d in proxied] == [d["source_keys"] for d in from_engine]
 
-    measure("langchain ElasticsearchRetriever", es_engine.url, index_name, texts, corpus)
-    assert_texts_are_content(texts, corpus)
+    assert_sent_content("langchain ElasticsearchRetriever", es_engine.url, index_name, texts, corpus)
