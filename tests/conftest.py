@@ -27,7 +27,8 @@ import pytest
 
 from rerank_proxy.local_engines import runner
 
-pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.proxy", "tests.fixtures.redis", "tests.fixtures.tools"]
+pytest_plugins = ["tests.fixtures.engines", "tests.fixtures.proxy", "tests.fixtures.redis",
+                  "tests.fixtures.redis_cluster", "tests.fixtures.tools"]
 
 MARKERS = {
     "engine": "needs real Elasticsearch/OpenSearch (session engines, or engines the test starts)",
