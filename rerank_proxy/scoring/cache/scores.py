@@ -14,7 +14,9 @@ entries); with several workers, the per-host tier they share (`host_share.HostSh
 also coalesces misses across workers; and, optionally, a shared tier (Redis) so replicas reuse each
 other's scores. The host tier comes before Redis because a read is a memory-mapped lookup, not a
 network round trip, and because only it can see what the other workers are computing right now.
-A failure of either is a miss, never an error.
+A failure of either is a miss, never an error. With Redis, replicas also claim there the scores
+they are about to compute (`redis_claims.RedisClaims`), so a score missing on several replicas at
+once is computed by one of them and waited for by the others.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import itertools
 import logging
 import time
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rerank_proxy.scoring.cache.first_of_kind import FirstOfKind
 from rerank_proxy.scoring.cache.host_share import HostShare
 from rerank_proxy.scoring.cache.local_tier import LocalTier
+from rerank_proxy.scoring.cache.redis_claims import claims_for
 from rerank_proxy.scoring.cache.redis_tier import ERRORS as SHARED_ERRORS
 from rerank_proxy.scoring.providers.base import Reranker, RerankError
 
@@ -108,6 +111,7 @@ class ScoreCache:
         self.enabled = max_entries > 0
         self.shared = shared
         self.shared_timeout_s = shared_timeout_s
+        self.claims = claims_for(shared, shared_timeout_s)  # replicas claim the misses they compute
         self.host = host if self.enabled else None
         self.stats = CacheStats()
         self._shared_logged = FirstOfKind()
@@ -236,11 +240,17 @@ class ScoreCache:
     async def _call_provider(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
                              call: asyncio.Future[list[float]], outcome: ScoreOutcome) -> list[float]:
         fresh: list[tuple[bytes, float]] = []
-        try:
+
+        async def compute(positions: list[int]) -> list[float]:
             if self.host is None:
-                scores = await self._compute(query, texts, keys, claimed, outcome, fresh)
+                return await self._compute(query, texts, keys, positions, outcome, fresh)
+            return await self._across_workers(query, texts, keys, positions, outcome, fresh)
+
+        try:
+            if self.claims is None:
+                scores = await compute(claimed)
             else:
-                scores = await self._across_workers(query, texts, keys, claimed, outcome, fresh)
+                scores = await self._across_replicas(keys, claimed, compute, outcome, fresh)
         except BaseException as exc:
             # Waiters must not inherit this request's cancellation (its client hung up): they get
             # a provider error instead, and fall back like any other failed rerank.
@@ -257,6 +267,63 @@ class ScoreCache:
         if self.shared is not None and fresh:
             await self._shared_set(dict(fresh))
         return scores
+
+    async def _across_replicas(self, keys: list[bytes], claimed: list[int],
+                               compute: Callable[[list[int]], Awaitable[list[float]]], outcome: ScoreOutcome,
+                               fresh: list[tuple[bytes, float]]) -> list[float]:
+        """`compute` for the scores this replica claims in Redis; those another replica claimed are
+        waited for there meanwhile, and computed here only if they do not come (redis_claims.py).
+        Its own scores are written as soon as they are computed: another replica may wait on them."""
+        claims = self.claims
+        assert claims is not None
+        won = await claims.claim([keys[i] for i in claimed])
+        mine = [i for i, w in zip(claimed, won) if w]
+        theirs = [i for i, w in zip(claimed, won) if not w]
+        result: dict[int, float] = {}
+
+        async def compute_mine() -> None:
+            if not mine:
+                return
+            try:
+                result.update(zip(mine, await compute(mine)))
+            except BaseException:
+                await claims.release([keys[i] for i in mine])  # waiters stop waiting and compute
+                raise
+            await self._write_fresh(fresh)  # the claims stay until their lease: a late miss waits, finds
+
+        async def wait_theirs() -> list[int]:
+            if not theirs:
+                return []
+            found = await claims.wait([keys[i] for i in theirs], self._shared_get)
+            got = [(i, v) for i, v in zip(theirs, found) if v is not None]
+            result.update(got)
+            self._keep([(keys[i], v) for i, v in got])
+            outcome.coalesced += len(got)
+            self.stats.shared_hits += len(got)
+            return [i for i, v in zip(theirs, found) if v is None]
+
+        mine_done, late = await asyncio.gather(compute_mine(), wait_theirs(), return_exceptions=True)
+        if isinstance(mine_done, BaseException):
+            raise mine_done
+        if isinstance(late, BaseException):
+            raise late
+        if late:  # the replica that claimed them did not deliver in time: pay for them here
+            result.update(zip(late, await compute(late)))
+            await self._write_fresh(fresh)
+        return [result[i] for i in claimed]
+
+    async def _write_fresh(self, fresh: list[tuple[bytes, float]]) -> None:
+        """Scores computed so far to Redis now (replicas may be waiting on them), once."""
+        if fresh:
+            await self._shared_set(dict(fresh))
+            fresh.clear()
+
+    def _keep(self, items: list[tuple[bytes, float]]) -> None:
+        """Scores read from Redis, kept in process and on the host as every tier's find is."""
+        if items and self.enabled:
+            self.local.set_many(items)
+        if items and self.host is not None:
+            self.host.store(items)
 
     async def _across_workers(self, query: str, texts: Sequence[str], keys: list[bytes], claimed: list[int],
                               outcome: ScoreOutcome, fresh: list[tuple[bytes, float]]) -> list[float]:
