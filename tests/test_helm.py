@@ -93,6 +93,42 @@ def test_every_setting_is_a_value_and_the_rendered_settings_load(tmp_path: Path,
     assert settings.redis_url == "redis://rp-rerank-proxy-redis:6379/0"
 
 
+CLUSTER_SECRET = ["--set", "secrets.existingSecret=rerank-secrets", "--set", "secrets.keys.REDIS_URL=redis-url"]
+
+
+def test_an_external_redis_cluster_comes_from_the_secret_and_sets_redis_cluster(tmp_path: Path,
+                                                                                deploy_tools: DeployTools) -> None:
+    docs = render(deploy_tools, "--set", "redis.external.cluster=true", *CLUSTER_SECRET)
+    data = docs[("ConfigMap", "rp-rerank-proxy")]["data"]
+    assert data["REDIS_CLUSTER"] == "true"
+    assert "REDIS_URL" not in data  # the seed's URL (a password, maybe) is the Secret's file
+    assert ("Deployment", "rp-rerank-proxy-redis") not in docs
+    env = {e["name"]: e["value"] for e in container(docs)["env"]}
+    seed = tmp_path / "REDIS_URL"
+    seed.write_text("redis://redis-cluster-0.redis-cluster:6379/0")
+    settings = load_settings({**data, "REDIS_URL_FILE": str(seed)})
+    assert env["REDIS_URL_FILE"].endswith("/REDIS_URL")
+    assert settings.redis_cluster is True
+    assert settings.redis_url == "redis://redis-cluster-0.redis-cluster:6379/0"
+    # the single-Redis options stay as they were: the chart's own Redis, or an external one
+    for single in (render(deploy_tools, "--set", "redis.enabled=true"), render(deploy_tools, *CLUSTER_SECRET)):
+        assert single[("ConfigMap", "rp-rerank-proxy")]["data"]["REDIS_CLUSTER"] == "false"
+    assert render(deploy_tools, "--set", "redis.enabled=true")[("ConfigMap", "rp-rerank-proxy")]["data"][
+        "REDIS_URL"] == "redis://rp-rerank-proxy-redis:6379/0"
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--set", "redis.external.cluster=true"], "secrets.keys.REDIS_URL"),
+    (["--set", "redis.external.cluster=true", "--set", "redis.enabled=true", *CLUSTER_SECRET], "not a Redis Cluster"),
+    (["--set", "settings.REDIS_CLUSTER=true", "--set", "redis.enabled=true"], "not a Redis Cluster"),
+])
+def test_a_redis_cluster_without_its_url_or_on_the_charts_own_redis_is_refused(args: list[str], said: str,
+                                                                               deploy_tools: DeployTools) -> None:
+    refused = deploy_tools.run("helm", "template", "rp", str(CHART), *args)
+    assert refused.returncode != 0
+    assert said in refused.stderr
+
+
 def test_secrets_are_files_from_an_existing_secret(deploy_tools: DeployTools) -> None:
     docs = render(deploy_tools, *EVERYTHING)
     pod = proxy_pod(docs)["spec"]
@@ -240,6 +276,10 @@ def test_dashboard_is_a_well_formed_grafana_dashboard(deploy_tools: DeployTools)
                    "rerank_proxy_rerank_duration_seconds_bucket", "rerank_proxy_cache_lookups_total",
                    "rerank_proxy_engine_up", 'status="5xx"'):
         assert metric in text, metric
+    # replicas: each one's cache hit ratio, and the shared tier's errors, by instance
+    by_instance = [e for e in dashboard_exprs() if e.startswith("sum by (instance)")]
+    assert any("rerank_proxy_cache_lookups_total" in e and 'result=~"hit|coalesced"' in e for e in by_instance)
+    assert any("rerank_proxy_cache_shared_errors_total" in e for e in by_instance)
     configmap = render(deploy_tools, *EVERYTHING)[("ConfigMap", "rp-rerank-proxy-dashboard")]
     assert json.loads(configmap["data"]["rerank-proxy.json"]) == dashboard
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
