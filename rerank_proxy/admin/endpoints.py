@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from rerank_proxy.admin.landing import LANDING_PATH, DescribedRoute, Landing
+from rerank_proxy.admin.landing import LANDING_PATH, Landing
 from rerank_proxy.console.routes import Handler, console_routes
+from rerank_proxy.described_route import DescribedRoute
 from rerank_proxy.errors import ProxyError, error_body
 from rerank_proxy.metrics import CONTENT_TYPE
 from rerank_proxy.runtime import Runtime

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import html
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from rerank_proxy import __version__
 from rerank_proxy.console.page import CONSOLE_PATH
+from rerank_proxy.described_route import DescribedRoute
 
 LANDING_PATH = "/_rerank/"
-
-
-class DescribedRoute(Route):
-    """A route with a one-line meaning and whether it needs the admin token, for the landing page."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], *, methods: list[str], meaning: str,
-                 token: bool = False) -> None:
-        super().__init__(path, endpoint, methods=methods)
-        self.meaning = meaning
-        self.token = token
 
 
 def listing(routes: Sequence[BaseRoute]) -> list[dict[str, Any]]:

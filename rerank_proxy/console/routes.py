@@ -37,7 +37,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
 
-from rerank_proxy.admin.landing import DescribedRoute
 from rerank_proxy.console import batch, engine, page
 from rerank_proxy.console.beir import MAX_QUERIES, EvalQuery, load_folder, parse_qrels_tsv
 from rerank_proxy.console.compare import compare, engine_json, to_json
@@ -45,6 +44,7 @@ from rerank_proxy.console.judgments import JudgmentStore, query_id, store_for
 from rerank_proxy.console.ndcg import GRADES, K, ndcg_at_k
 from rerank_proxy.console.params import index_name, parse_compare, query_text, require_object
 from rerank_proxy.console.scorers import Scorers
+from rerank_proxy.described_route import DescribedRoute
 from rerank_proxy.errors import ProxyError, bad_request
 
 if TYPE_CHECKING:
