@@ -700,3 +700,122 @@ def ensure_tools(*names: str) -> None:
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)} (apt-get install {' '.join(missing)})")
+
+
+# --- replicas: a Redis Cluster and nginx balancing over proxies (bench/replicas.py) ---------------
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of `start_redis_cluster`: its nodes (each a Service) and the seed URL."""
+
+    nodes: list[Service]
+    seed_url: str
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flush(self) -> None:
+        """Every primary emptied (a replica refuses FLUSHALL, and follows its primary)."""
+        import redis
+
+        for node in self.nodes:
+            with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5) as client:
+                if client.info("replication").get("role") == "master":
+                    client.flushall()
+
+
+def _cluster_state(port: int) -> str:
+    import redis
+
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as client:
+            info = client.execute_command("CLUSTER", "INFO")
+    except (redis.RedisError, OSError):
+        return ""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("cluster_state:")),
+                "?")
+
+
+def start_redis_cluster(primaries: int = 3, replicas_each: int = 1, node_timeout_ms: int = 1000) -> RedisCluster:
+    """A Redis Cluster on loopback (`redis-cli --cluster create`): `primaries` primaries with
+    `replicas_each` replicas each, free ports for the clients and for the bus (`--cluster-port`).
+    The same shape as the tests' fixture (tests/fixtures/redis_cluster.py), without pytest."""
+    nodes = []
+    for _ in range(primaries * (1 + replicas_each)):
+        port, bus = free_port(), free_port()
+        workdir = Path(tempfile.mkdtemp(prefix=f"redis-cluster-{port}-", dir=_LOG_DIR))
+        service = spawn(f"redis-cluster-{port}", [
+            "redis-server", "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no", "--save", "",
+            "--dir", str(workdir), "--daemonize", "no"])
+        service.url, service.port = f"redis://127.0.0.1:{port}/0", port
+        nodes.append(service)
+    cluster = RedisCluster(nodes, nodes[0].url)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_cluster_state(n.port) for n in nodes):  # every node answers CLUSTER INFO
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster nodes did not start:\n{nodes[0].log_tail()}")
+            time.sleep(0.1)
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-replicas", str(replicas_each), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        while not all(_cluster_state(n.port) == "ok" for n in nodes):
+            if time.monotonic() > deadline + 30:
+                raise RuntimeError("the redis cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+_LB_CONF = """\
+{user}
+worker_processes 1;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_buffer_size 1m;
+    upstream replicas {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replicas;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_read_timeout 60s;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx_lb(backends: Sequence[Service], port: int | None = None) -> Service:
+    """nginx balancing round robin over `backends` (proxy replicas), one worker, no access log;
+    a search (a POST) whose replica fails is sent on to the next (`non_idempotent`)."""
+    port = port or free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="nginx-lb-", dir=_LOG_DIR))
+    (prefix / "logs").mkdir()
+    servers = "\n".join(f"        server 127.0.0.1:{b.port};" for b in backends)
+    user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(_LB_CONF.format(user=user, prefix=prefix, port=port, servers=servers))
+    service = spawn(f"nginx-lb-{port}", ["nginx", "-p", str(prefix), "-c", str(conf),
+                                         "-e", str(prefix / "logs" / "error.log")])
+    service.url, service.port = f"http://127.0.0.1:{port}", port
+    service.log_path = prefix / "logs" / "error.log"
+    wait_http(service, "/_rerank/health", ok=lambda r: r.status_code == 200)
+    return service
