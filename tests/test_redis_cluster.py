@@ -96,6 +96,37 @@ async def test_score_tier_writes_on_every_primary_reads_from_another_client_and_
         await reader.aclose()
 
 
+async def test_a_moved_slot_is_followed_not_a_miss(redis_cluster):
+    """A client whose slot map is stale gets MOVED: it follows it and finds the score there."""
+    tier = RedisTier(redis_cluster.seed_url, HEALTHY_TIMEOUT_MS / 1000, cluster=True)
+    cache = ScoreCache(OverlapReranker(), max_entries=0, ttl_s=60, shared=tier,
+                       shared_timeout_s=HEALTHY_TIMEOUT_MS / 1000)
+    texts = ["wing flutter", "jet mixing"]
+    try:
+        await cache.scores("moving query", texts)                      # the client learns the slot map
+        slot = key_slot(redis_key(cache.doc_keys("moving query", texts)[0]))
+        source = redis_cluster.owner_of(slot)
+        target = next(p for p in redis_cluster.primaries() if p is not source)
+        assert redis_cluster.migrate_slot(slot, target) >= len(texts)   # its scores moved
+        again = await cache.scores("moving query", texts)               # sent to the old owner first
+        assert again.status == "hit"
+        assert cache.stats.shared_errors == 0
+    finally:
+        await tier.flush()
+        await tier.aclose()
+
+
+async def test_a_cluster_down_at_start_up_is_a_miss_for_the_score_tier():
+    tier = RedisTier(f"redis://127.0.0.1:{free_port()}/0", 0.2, cluster=True)   # builds: connects on use
+    cache = ScoreCache(OverlapReranker(), max_entries=0, ttl_s=60, shared=tier, shared_timeout_s=0.2)
+    assert (await cache.scores("q", ["a", "b"])).status == "miss"
+    assert cache.stats.shared_errors >= 1
+    assert not await tier.ping()
+    with pytest.raises(ERRORS):
+        await tier.get_many([b"k" * 16])                                # a RedisError, not a foreign one
+    await tier.aclose()
+
+
 def test_vector_tier_reads_writes_and_counts_across_the_primaries(redis_cluster, tmp_path: Path):
     one = TieredVectorStore(VectorStore(tmp_path / "a.sqlite"),
                             RedisVectors(redis_cluster.seed_url, HEALTHY_TIMEOUT_MS / 1000, 60, cluster=True))

@@ -85,14 +85,18 @@ class RedisTier:
         return removed
 
     async def ping(self) -> bool:
-        """Up when Redis answers; on a cluster, when every primary does (else some keys are misses)."""
+        """Up when Redis answers; on a cluster, when a node answers that the cluster serves every
+        slot (`cluster_state:ok`). The cluster's own verdict, not a PING of the primaries this client
+        knows: after a failover its node list may still hold the dead primary until a refresh."""
         try:
             with mapped():
-                targets = {"target_nodes": self.client.PRIMARIES} if self.cluster else {}
-                reply = self.client.ping(**targets)
-                return bool(await asyncio.wait_for(reply, self.timeout_s * _PING_BUDGET))
+                reply = self.client.cluster_info() if self.cluster else self.client.ping()
+                answer = await asyncio.wait_for(reply, self.timeout_s * _PING_BUDGET)
         except ERRORS:
             return False
+        if self.cluster:
+            return isinstance(answer, dict) and answer.get("cluster_state") == "ok"
+        return bool(answer)
 
     async def aclose(self) -> None:
         await self.client.aclose()
