@@ -9,8 +9,13 @@ waited for in the shared tier, within a bounded wait; when it does not come (tha
 failed, or died and its lease has not run out), this replica computes it itself.
 
 Redis trouble is never a reason to wait: a claim that fails or times out counts as won (compute),
-as every shared-tier failure is a miss. A claim is released once its score is written (or its call
-failed), and its lease bounds how long a dead replica's claims keep others waiting.
+as every shared-tier failure is a miss, and for a second after one no claim is asked for.
+
+A claim whose call failed is released at once (its waiters compute without waiting out the
+bound). One whose score was written is left to its lease: a replica that read the score key just
+before it was written, and claims now, finds the claim taken and the score there, instead of
+winning a released claim and paying again. The lease (LEASE_MS) also bounds how long a dead
+replica's claims keep others waiting, and no wait is longer than WAIT_S.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from rerank_proxy.scoring.cache.redis_tier import RedisTier, redis_key
 
 LEASE_MS = 5_000          # a claim outlives any provider call a waiter would still wait for
 WAIT_S = 2.0              # the longest a replica waits for another's score before computing it itself
+QUIET_S = 1.0             # after a failed claim, misses compute without asking Redis for this long
 _POLL_FIRST_S = 0.005     # the first look after a lost claim; then 1.5 times longer each time
 _POLL_MAX_S = 0.05
 _SCORE = b"rrp:s:"
@@ -47,12 +53,17 @@ class RedisClaims:
         self.timeout_s = timeout_s
         self.lease_ms = lease_ms
         self.wait_s = wait_s
+        self._failed_at = -QUIET_S
 
     async def claim(self, keys: Sequence[bytes]) -> list[bool]:
-        """For each key, True when this replica should compute it (it won the claim, or Redis failed)."""
+        """For each key, True when this replica should compute it (it won the claim, or Redis failed:
+        now, or less than QUIET_S ago, so a Redis that times out costs a miss one timeout, not two)."""
+        if time.monotonic() - self._failed_at < QUIET_S:
+            return [True] * len(keys)
         try:
             return await asyncio.wait_for(self._set_nx(keys), self.timeout_s)
         except Exception:  # noqa: BLE001 - no claim is no reason to wait: compute
+            self._failed_at = time.monotonic()
             return [True] * len(keys)
 
     async def _set_nx(self, keys: Sequence[bytes]) -> list[bool]:
@@ -64,8 +75,7 @@ class RedisClaims:
         return [bool(r) for r in replies]
 
     async def release(self, keys: Sequence[bytes]) -> None:
-        """Drop this replica's claims (its scores are written, or its call failed); a failure leaves
-        them to their lease."""
+        """Drop this replica's claims (its call failed); a failure leaves them to their lease."""
         if not keys:
             return
         try:
