@@ -335,6 +335,18 @@ def test_a_killed_primary_fails_over_under_load(replicas: Replicas, redis_cluste
     # the seed node itself: the clients must find the cluster through the nodes they discovered
     victim = redis_cluster.node_at(redis_cluster.nodes[0].address)
     assert victim in redis_cluster.primaries()
+    vectors = RedisVectors(redis_cluster.seed_url, TIMEOUT_MS / 1000, 60, cluster=True)
+    keys = [bytes([i]) * 32 for i in range(100)]                # over every slot range, the victim's too
+    vectors.put_many([(k, np.ones(384, dtype=np.float32)) for k in keys])
+
+    def vectors_work() -> bool:
+        """The sync client writes and reads every key again: it found the promoted replica."""
+        try:
+            vectors.put_many([(k, np.ones(384, dtype=np.float32)) for k in keys])
+            return len(vectors.get_many(keys)) == len(keys)
+        except ERRORS:
+            return False
+
     with under_load(r) as load:
         replica = redis_cluster.kill_primary(victim)
         load.after(30)                                      # while the primary is gone: misses, recomputed
@@ -342,7 +354,9 @@ def test_a_killed_primary_fails_over_under_load(replicas: Replicas, redis_cluste
         hits_before = load.b_hits
         wait_until(lambda: shared_works(r), "shared hits to resume after the promotion")
         wait_until(lambda: load.b_hits > hits_before + 10, "the load's searches on B to hit the cluster again")
+        wait_until(vectors_work, "the vector tier to work again after the promotion")
     assert ready(r.a.url)["shared_cache"] == "up"
+    vectors.close()
     redis_cluster.restart(victim)                           # it rejoins as a replica of its successor
     assert victim not in redis_cluster.primaries()
 
