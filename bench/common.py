@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bench.nginx_lb import render_conf
+
 if TYPE_CHECKING:
     from rerank_proxy.config import Settings
 
@@ -773,46 +775,16 @@ def start_redis_cluster(primaries: int = 3, replicas_each: int = 1, node_timeout
     return cluster
 
 
-_LB_CONF = """\
-{user}
-worker_processes 1;
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_buffer_size 1m;
-    upstream replicas {{
-{servers}
-        keepalive 64;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://replicas;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_next_upstream error timeout non_idempotent;
-            proxy_read_timeout 60s;
-            proxy_max_temp_file_size 0;
-        }}
-    }}
-}}
-"""
-
-
 def start_nginx_lb(backends: Sequence[Service], port: int | None = None) -> Service:
     """nginx balancing round robin over `backends` (proxy replicas), one worker, no access log;
     a search (a POST) whose replica fails is sent on to the next (`non_idempotent`)."""
     port = port or free_port()
     prefix = Path(tempfile.mkdtemp(prefix="nginx-lb-", dir=_LOG_DIR))
-    (prefix / "logs").mkdir()
-    servers = "\n".join(f"        server 127.0.0.1:{b.port};" for b in backends)
-    user = "user nobody nogroup;" if os.geteuid() == 0 else ""
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir()
+        (prefix / sub).chmod(0o777)
     conf = prefix / "nginx.conf"
-    conf.write_text(_LB_CONF.format(user=user, prefix=prefix, port=port, servers=servers))
+    conf.write_text(render_conf(prefix, port, [f"127.0.0.1:{b.port}" for b in backends], access_log=False))
     service = spawn(f"nginx-lb-{port}", ["nginx", "-p", str(prefix), "-c", str(conf),
                                          "-e", str(prefix / "logs" / "error.log")])
     service.url, service.port = f"http://127.0.0.1:{port}", port
