@@ -24,6 +24,7 @@ from redis.crc import key_slot
 from rerank_proxy.config import ConfigError, load_settings
 from rerank_proxy.local.shared_vectors import RedisVectors, TieredVectorStore, build_store
 from rerank_proxy.local.vector_store import VectorStore
+from rerank_proxy.scoring.cache.redis_claims import RedisClaims
 from rerank_proxy.scoring.cache.redis_client import ERRORS, SharedTierDown
 from rerank_proxy.scoring.cache.redis_tier import RedisTier, redis_key
 from rerank_proxy.scoring.cache.scores import ScoreCache, normalise_query
@@ -39,6 +40,7 @@ TIMEOUT_MS = 200  # REDIS_TIMEOUT_MS of the proxies under faults: a call past it
 SHARED_CALLS_PER_SEARCH = 4
 HEALTHY_TIMEOUT_MS = 1000  # a slow CI machine must not turn a healthy call into a counted error
 SCORES = "rrp:s:*"
+CLAIMS = "rrp:c:*"
 VECTORS = "rrp:v:*"
 
 
@@ -89,8 +91,13 @@ async def test_score_tier_writes_on_every_primary_reads_from_another_client_and_
         assert all(on_each), on_each                                      # on every primary
         assert sum(on_each) == 600
         assert await reader.ping()
+        # a claim left to its lease (a replica computing a score) goes with the flush too
+        claims = RedisClaims(writer, HEALTHY_TIMEOUT_MS / 1000, lease_ms=600_000)  # outlives the test
+        assert await claims.claim(one.doc_keys("jet engine flush", texts)) == [True] * 10
+        assert sum(redis_cluster.keys_on(p, CLAIMS) for p in redis_cluster.primaries()) >= 10
         assert await writer.flush() == 600                                # SCAN walked every primary
         assert [redis_cluster.keys_on(p, SCORES) for p in redis_cluster.primaries()] == [0, 0, 0]
+        assert [redis_cluster.keys_on(p, CLAIMS) for p in redis_cluster.primaries()] == [0, 0, 0]
     finally:
         await writer.aclose()
         await reader.aclose()

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rerank_proxy.scoring.cache.redis_client import mapped
-from rerank_proxy.scoring.cache.redis_tier import RedisTier, redis_key
+from rerank_proxy.scoring.cache.redis_tier import CLAIM_PREFIX, RedisTier, redis_key
 
 LEASE_MS = 5_000          # a claim outlives any provider call a waiter would still wait for
 WAIT_S = 2.0              # the longest a replica waits for another's score before computing it itself
@@ -34,14 +34,13 @@ QUIET_S = 1.0             # after a failed claim, misses compute without asking 
 _POLL_FIRST_S = 0.005     # the first look after a lost claim; then 1.5 times longer each time
 _POLL_MAX_S = 0.05
 _SCORE = b"rrp:s:"
-_CLAIM = b"rrp:c:"
 
 Lookup = Callable[[list[bytes]], Awaitable[list[float | None]]]
 
 
 def claim_key(key: bytes) -> bytes:
     """The claim on a score key: the stored score key's hash tag and rest, under its own prefix."""
-    return _CLAIM + redis_key(key)[len(_SCORE):]
+    return CLAIM_PREFIX + redis_key(key)[len(_SCORE):]
 
 
 class RedisClaims:

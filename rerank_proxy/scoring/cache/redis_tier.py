@@ -21,9 +21,12 @@ from collections.abc import Sequence
 
 from rerank_proxy.scoring.cache.redis_client import ERRORS, async_client, mapped
 
-__all__ = ["ERRORS", "QUERY_HEAD_BYTES", "RedisTier", "redis_key"]
+__all__ = ["CLAIM_PREFIX", "ERRORS", "QUERY_HEAD_BYTES", "RedisTier", "redis_key"]
 
 _PREFIX = b"rrp:s:"
+# Replicas' claims on scores being computed (redis_claims.py): flushed with the scores, so a search
+# right after a flush does not wait on claims of scores that will never be read.
+CLAIM_PREFIX = b"rrp:c:"
 _FLOAT = struct.Struct("<d")
 QUERY_HEAD_BYTES = 6  # of a score key, the part that names the query (scores.py, _KEY_HEAD)
 _FLUSH_BATCH = 1000
@@ -69,13 +72,17 @@ class RedisTier:
                 await pipe.execute()
 
     async def flush(self) -> int:
-        """Delete every shared score (admin flush); returns how many were removed. On a cluster
-        `scan_iter` walks every primary (redis-py sends SCAN to all primaries and follows each
-        one's cursor), and a batch's DEL is split by slot."""
+        """Delete every shared score and claim (admin flush); returns how many scores were removed.
+        On a cluster `scan_iter` walks every primary (redis-py sends SCAN to all primaries and
+        follows each one's cursor), and a batch's DEL is split by slot."""
+        await self._delete_matching(CLAIM_PREFIX)
+        return await self._delete_matching(_PREFIX)
+
+    async def _delete_matching(self, prefix: bytes) -> int:
         removed = 0
         batch: list[bytes] = []
         with mapped():
-            async for key in self.client.scan_iter(match=_PREFIX + b"*", count=1000):
+            async for key in self.client.scan_iter(match=prefix + b"*", count=1000):
                 batch.append(key)
                 if len(batch) >= _FLUSH_BATCH:
                     removed += await self.client.delete(*batch)
