@@ -48,6 +48,24 @@ class ConfigError(ValueError):
     """A setting has a value the proxy cannot run with."""
 
 
+_INDEX_FORBIDDEN = frozenset('\\/*?"<>| ,#:')
+
+
+class IndexName:
+    """An engine index name: lowercase, none of the characters the engines forbid, not `.`/`..`."""
+
+    @property
+    def accepted(self) -> str:
+        return "a lowercase index name, without spaces, pipes or any of , \\ / * ? \" < > # : and not starting with - _ +"
+
+    def __call__(self, raw: str) -> str:
+        name = raw.strip()
+        if not name or name in (".", "..") or name[0] in "-_+" or name != name.lower() \
+                or any(c in _INDEX_FORBIDDEN for c in name) or len(name.encode()) > 255:
+            raise BadValue("not a valid index name", self.accepted)
+        return name
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -270,6 +288,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CONSOLE_STORE_MAX_MB", "console", Integer(1, 1_000_000), "64",
             "Largest size of the console's store, in MiB; a save past it is refused (507) with how to make room.",
             "256"),
+    # --- experiments -------------------------------------------------------------------------------
+    Setting("UBI", "rerank", Flag(), "true",
+            "Record the searches that carry the UBI extension (`ext.ubi`) in UBI_QUERIES_INDEX (true/false); either way the extension is removed before the engine sees it and its query id is answered.",
+            "false"),
+    Setting("UBI_QUERIES_INDEX", "rerank", IndexName(), "ubi_queries",
+            "The engine index the UBI query records are written to (created with its mapping on the first write).",
+            "ubi_queries_shop"),
+    Setting("UBI_QUEUE_MAX", "rerank", Integer(1, 10_000_000), "10000",
+            "Most UBI query records a worker holds waiting for their bulk write; past it (a slow or refusing engine) records are dropped and counted, never a search slowed.",
+            "50000"),
     # --- logging -----------------------------------------------------------------------------------
     Setting("LOG_LEVEL", "logging", OneOf(LOG_LEVELS), "info",
             "Log level: debug, info, warning, error.",
@@ -393,6 +421,9 @@ class Settings:
     shutdown_grace_s: float = shipped("SHUTDOWN_GRACE_S")
     console_judgments_file: str = shipped("CONSOLE_JUDGMENTS_FILE")
     console_store_max_mb: int = shipped("CONSOLE_STORE_MAX_MB")
+    ubi: bool = shipped("UBI")
+    ubi_queries_index: str = shipped("UBI_QUERIES_INDEX")
+    ubi_queue_max: int = shipped("UBI_QUEUE_MAX")
     log_level: str = shipped("LOG_LEVEL")
     log_format: str = shipped("LOG_FORMAT")
     host: str = shipped("HOST")

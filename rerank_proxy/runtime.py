@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rerank_proxy.config import Settings
 from rerank_proxy.engine.pool import EnginePool
+from rerank_proxy.experiments.query_log import QueryLog
 from rerank_proxy.local.warmer import Warmer
 from rerank_proxy.local.warming import warm_on_start
 from rerank_proxy.metrics import Metrics
@@ -81,7 +82,11 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
     if isinstance(reranker, Preloadable):
         await reranker.load()  # the built-in model loads here, not on the first search
     metrics = Metrics()
-    pipeline = SearchPipeline(settings, engine, cache)
+    query_log = QueryLog(engine, settings.ubi_queries_index, settings.ubi_queue_max) if settings.ubi else None
+    if query_log is not None:
+        metrics.add_source(query_log.families)
+        closers.append(query_log.aclose)
+    pipeline = SearchPipeline(settings, engine, cache, query_log=query_log)
     runtime = Runtime(settings, engine, reranker, cache, pipeline, metrics, shared_cache, time.time(), closers)
     warmer = runtime.warmer
     if warmer is not None and settings.local_warm_on_start:

@@ -206,7 +206,8 @@ class SearchExchange:
                               self.keep_alive, False, self.server.observers,
                               RelayRecord(self.path, self.headers, self.started_at, "bypass", forward.reason),
                               preloaded=replay,
-                              extra_headers=[(b"X-Rerank", b"bypass"), (b"X-Rerank-Reason", forward.reason.encode())])
+                              extra_headers=[(b"X-Rerank", b"bypass"), (b"X-Rerank-Reason", forward.reason.encode()),
+                                             *forward.headers])
         self.finished = True
         if self._gone:
             self.server.admission.leave()

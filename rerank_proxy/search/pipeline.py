@@ -21,6 +21,8 @@ from rerank_proxy.config import Settings
 from rerank_proxy.engine.headers import credentials_of, forwardable_headers
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_error
+from rerank_proxy.experiments import ubi as ubi_ext
+from rerank_proxy.experiments.query_log import QueryLog, credentials, query_record
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
@@ -54,6 +56,7 @@ class Forward:
 
     reason: str
     body: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to the relayed answer
 
 
 @dataclass(slots=True)
@@ -136,10 +139,11 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
 
 class SearchPipeline:
     def __init__(self, settings: Settings, engine: EngineTransport, cache: ScoreCache | None,
-                 text_fields: TextFieldCache | None = None) -> None:
+                 text_fields: TextFieldCache | None = None, query_log: QueryLog | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.cache = cache
+        self.query_log = query_log  # where searches with the UBI extension are recorded (None: nowhere)
         self._rule_for = RuleMemo(settings.rule_for)
         self._texts = VersionedTexts(text_hash)
         # The mapping-derived texts (RERANK_TEXT_FROM_MAPPING); the console and the proxy's warming
@@ -179,7 +183,7 @@ class SearchPipeline:
         except EngineMustAnswer as exc:
             return Forward(exc.reason)  # the client's own bytes, as sent
         if isinstance(decision, Bypass):
-            return Forward(decision.reason, orjson.dumps(decision.body))
+            return Forward(decision.reason, orjson.dumps(decision.body), _ubi_headers(decision.ubi))
         return Decided(decoded, parsed, decision)
 
     async def rerank(self, decided: Decided, method: str, targets: str | None, params: dict[str, str],
@@ -194,17 +198,20 @@ class SearchPipeline:
         except AnswerTooLarge:
             # Candidates past MAX_CANDIDATE_BYTES are never held: the engine answers the client's
             # own search (without the `rerank` extension), relayed as it comes, flagged.
-            return Forward("candidates_too_large", orjson.dumps(parsed) if decision.body_changed else None)
+            return Forward("candidates_too_large", orjson.dumps(parsed) if decision.body_changed else None,
+                           _ubi_headers(decision.ubi))
         engine_ms = (time.perf_counter() - started) * 1000
         out_headers = forwardable_headers(answer.headers)
         if answer.status != 200:
             # The engine refused the candidate request: the client gets the engine's answer to its
             # own request (the same error, same line/col; or a success when only the rewrite was
             # refused, e.g. a window above index.max_result_window), flagged as a bypass.
-            return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None)
+            return Forward("engine_error", orjson.dumps(parsed) if decision.body_changed else None,
+                           _ubi_headers(decision.ubi))
         opensearch = _is_opensearch(answer.headers)
+        # A UBI search is answered with its own query id (and recorded): never a remembered answer.
         recall = self._recall(method, targets, params, headers, credentials_of(raw_headers), decoded,
-                              answer.body, opensearch)
+                              answer.body, opensearch) if decision.ubi is None else None
         if isinstance(recall, Remembered):
             return Finished(200, _response_headers(out_headers), recall.body, recall.outcome, "",
                             engine_ms, 0.0, recall.cache, upstream=answer.served_by)
@@ -213,12 +220,25 @@ class SearchPipeline:
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms, answer.served_by)
         merged = merge(data, decision, scored.scores, scored.last, scored.pinned)
+        if decision.ubi is not None:
+            self._record_ubi(decision.ubi, merged, raw_headers)
         merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         if recall is not None:
             self._remember(recall, scored, answer.body, body_out, opensearch)
-        return Finished(200, _response_headers(out_headers), body_out, scored.outcome, scored.reason,
-                        engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms, answer.served_by)
+        return Finished(200, _response_headers(out_headers) + _ubi_headers(decision.ubi), body_out, scored.outcome,
+                        scored.reason, engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms,
+                        answer.served_by)
+
+    def _record_ubi(self, ubi: ubi_ext.UbiRequest, merged: Any, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """The query id into the answer (where the UBI plugin puts it, so filter_path applies to it
+        as on the engine), the search's record onto the query log's queue."""
+        if not isinstance(merged, dict):
+            return
+        ubi_ext.answer_ext(merged, ubi)
+        if self.query_log is not None:
+            hits = merged.get("hits", {}).get("hits") if isinstance(merged.get("hits"), dict) else None
+            self.query_log.offer(query_record(ubi, hits), credentials(raw_headers))
 
     def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
                 credentials: bytes, body: bytes, engine_body: bytes,
@@ -447,6 +467,11 @@ def _is_opensearch(raw: Sequence[tuple[bytes, bytes]]) -> bool:
     """Elasticsearch names itself in every answer (`X-Elastic-Product`); OpenSearch does not.
     The two differ in one filter_path detail (see filter_path.py)."""
     return not any(k.lower() == b"x-elastic-product" for k, _ in raw)
+
+
+def _ubi_headers(ubi: ubi_ext.UbiRequest | None) -> list[tuple[bytes, bytes]]:
+    header = ubi_ext.header(ubi) if ubi is not None else None
+    return [header] if header is not None else []
 
 
 def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -23,6 +23,7 @@ import orjson
 
 from rerank_proxy.config import IndexRule, Settings
 from rerank_proxy.errors import bad_request
+from rerank_proxy.experiments.ubi import UbiRequest, pop_ubi
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.text import source_filter
 from rerank_proxy.search.text.query_text import extract_query_text, retriever_kinds
@@ -67,6 +68,7 @@ class Plan:
     # The candidates carry `_seq_no`/`_primary_term` (document versions name their texts, see
     # `hit_text.VersionedTexts`); removed from the page unless the client asked for them.
     strip_versions: bool = False
+    ubi: UbiRequest | None = None  # the UBI extension (`ext.ubi`, now removed): answered and recorded
 
 
 @dataclass(slots=True)
@@ -76,6 +78,7 @@ class Bypass:
     reason: str
     body: dict[str, Any] | None = None
     body_changed: bool = False
+    ubi: UbiRequest | None = None  # the UBI extension (`ext.ubi`, now removed): its query id answered
 
 
 def match_search_path(raw_path: str) -> tuple[str | None, str] | None:
@@ -308,11 +311,14 @@ def plan_search(targets: str | None, params: dict[str, str], body: dict[str, Any
     body = {} if body is None else body
     if not isinstance(body, dict):
         return Bypass("invalid_json")  # the engine's own answer to a body that is not an object
+    ubi = pop_ubi(body)  # every engine but OpenSearch with the UBI plugin refuses it
     options, changed = parse_options(body, headers)
+    changed = changed or ubi is not None
     reason = _request_bypass(options, params, body, settings)
-    if reason is not None:
-        return Bypass(reason, body, changed)
-    return _plan_window(targets, params, body, options, changed, settings)
+    decision = Bypass(reason, body, changed) if reason is not None else \
+        _plan_window(targets, params, body, options, changed, settings)
+    decision.ubi = ubi
+    return decision
 
 
 def _request_bypass(options: RerankOptions, params: dict[str, str], body: dict[str, Any],

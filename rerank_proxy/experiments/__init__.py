@@ -1,0 +1,1 @@
+"""Search experiments: the UBI request extension and its query records (and, beside them, arms)."""

@@ -1,0 +1,210 @@
+"""The UBI request extension (`ext.ubi`) through the proxy, against both engines.
+
+The extension is taken out before the engine sees it (Elasticsearch, and an OpenSearch without the
+UBI plugin, refuse it: checked directly on the engine), the query id is answered back (given or
+generated), and the search's record lands in the UBI queries index. A refusing engine drops the
+records, counted, and never slows a search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from rerank_proxy.engine.transport import EngineAnswer
+from rerank_proxy.experiments.query_log import QueryLog
+from tests.fixtures.proxy import proxy_settings, run_proxy
+from tests.support_data import CORPUS, expected_order, load_corpus
+from tests.support_rerankers import OverlapReranker
+from tests.support_wait import async_wait_until, metric_samples, wait_until
+
+QUERY = {"match": {"body": "jet engine noise"}}
+
+
+@pytest.fixture
+def corpus_index(engine, index_name):
+    load_corpus(engine.url, index_name)
+    return index_name
+
+
+@pytest.fixture
+def ubi_index(index_name):
+    return f"{index_name}-ubi"  # under the test's prefix: deleted with its other indices
+
+
+@pytest.fixture
+def ubi_proxy(engine, ubi_index):
+    with run_proxy(proxy_settings(engine.url, UBI_QUERIES_INDEX=ubi_index), reranker=OverlapReranker()) as running:
+        yield running
+
+
+def _record(engine_url: str, index: str, query_id: str) -> dict[str, Any]:
+    """The record of `query_id` in the UBI index ({} until it is there: refreshed, then searched)."""
+    with httpx.Client(base_url=engine_url, timeout=30) as client:
+        if client.post(f"/{index}/_refresh").status_code != 200:
+            return {}  # not created yet
+        found = client.post(f"/{index}/_search", json={"query": {"term": {"query_id": query_id}}}).json()
+    hits = found.get("hits", {}).get("hits", [])
+    return hits[0]["_source"] if hits else {}
+
+
+def _ubi_samples(proxy_url: str) -> dict[str, float]:
+    samples = metric_samples(proxy_url)
+    out = {"written": samples.get(("rerank_proxy_ubi_records_written_total", ()), 0.0)}
+    for reason in ("queue_full", "engine_error", "refused"):
+        out[reason] = samples.get(("rerank_proxy_ubi_records_dropped_total", (("reason", reason),)), 0.0)
+    return out
+
+
+def test_the_engine_itself_refuses_the_extension(engine, corpus_index):
+    """What the proxy protects apps from: neither session engine takes `ext.ubi` (no UBI plugin)."""
+    body = {"query": QUERY, "ext": {"ubi": {"query_id": "q-1"}}}
+    answer = httpx.post(f"{engine.url}/{corpus_index}/_search", json=body, timeout=30)
+    assert answer.status_code == 400, answer.text
+
+
+def test_a_ubi_search_is_reranked_answered_with_its_query_id_and_recorded(engine, ubi_proxy, corpus_index,
+                                                                         ubi_index):
+    query_id = f"q-{uuid.uuid4()}"
+    ubi = {"query_id": query_id, "client_id": "client-7", "user_query": "jet engine noise",
+           "application": "shop", "query_attributes": {"page": "1", "experiment": "none"}}
+    answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json={"query": QUERY, "ext": {"ubi": ubi}},
+                        timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-rerank"] in ("reranked", "cached")
+    assert answer.headers["x-ubi-query-id"] == query_id
+    data = answer.json()
+    assert data["ext"] == {"ubi": {"query_id": query_id}}
+    ids = [hit["_id"] for hit in data["hits"]["hits"]]
+    direct = httpx.post(f"{engine.url}/{corpus_index}/_search", json={"query": QUERY}, timeout=30).json()
+    assert ids == expected_order("jet engine noise", [h["_id"] for h in direct["hits"]["hits"]])[:10]
+
+    record = wait_until(lambda: _record(engine.url, ubi_index, query_id), f"the record of {query_id} in {ubi_index}")
+    assert record["client_id"] == "client-7"
+    assert record["user_query"] == "jet engine noise"
+    assert record["application"] == "shop"
+    assert record["query_attributes"] == {"page": "1", "experiment": "none"}
+    assert record["query_response_object_ids"] == ids
+    assert record["arm"] == "off"
+    assert record["timestamp"].endswith("Z")
+    mapping = httpx.get(f"{engine.url}/{ubi_index}/_mapping", timeout=30).json()[ubi_index]["mappings"]
+    assert mapping["properties"]["query_id"]["type"] == "keyword"
+    assert mapping["properties"]["timestamp"]["type"] == "date"
+    assert _ubi_samples(ubi_proxy.url)["written"] >= 1
+
+
+def test_a_query_id_is_generated_when_absent_and_object_ids_read_from_the_source(engine, ubi_proxy, corpus_index,
+                                                                                ubi_index):
+    body = {"query": QUERY, "size": 5, "ext": {"ubi": {"object_id_field": "year"}}}
+    answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    query_id = answer.json()["ext"]["ubi"]["query_id"]
+    assert uuid.UUID(query_id).version == 4
+    assert answer.headers["x-ubi-query-id"] == query_id
+    again = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json=body, timeout=30)
+    assert again.json()["ext"]["ubi"]["query_id"] != query_id  # each search its own id, never a remembered one
+    years = [str(CORPUS[int(hit["_id"])]["year"]) for hit in answer.json()["hits"]["hits"]]
+    record = wait_until(lambda: _record(engine.url, ubi_index, query_id), f"the record of {query_id}")
+    assert record["query_response_object_ids"] == years
+    assert record["object_id_field"] == "year"
+
+
+def test_a_bypassed_search_loses_the_extension_too(engine, ubi_proxy, corpus_index):
+    """Relayed searches (here sorted by a field, and reranking switched off) reach the engine without
+    `ext.ubi` (it would refuse it), and `ext` goes when ubi was its only key."""
+    bodies: list[dict[str, Any]] = [
+        {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": {"query_id": "q-sorted"}}},
+        {"query": QUERY, "rerank": False, "ext": {"ubi": {"query_id": "q-off"}}}]
+    for body in bodies:
+        answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-rerank"] == "bypass"
+        assert answer.headers["x-ubi-query-id"] == body["ext"]["ubi"]["query_id"]
+        assert answer.json()["hits"]["hits"]
+
+
+def test_an_msearch_sub_search_loses_the_extension(engine, ubi_proxy, corpus_index):
+    lines = [{"index": corpus_index}, {"query": QUERY, "ext": {"ubi": {"query_id": "q-m"}}}]
+    payload = "".join(httpx.Response(200, json=line).text + "\n" for line in lines)
+    answer = httpx.post(f"{ubi_proxy.url}/_msearch", content=payload,
+                        headers={"content-type": "application/x-ndjson"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert "error" not in answer.json()["responses"][0], answer.text
+
+
+@pytest.mark.parametrize("ubi", ["q-1", {"query_id": 5}, {"client_id": ["a"]}, {"query_attributes": "x"},
+                                 {"unknown_field": "x"}])
+def test_a_malformed_extension_is_the_plugins_400(engine, ubi_proxy, corpus_index, ubi):
+    answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json={"query": QUERY, "ext": {"ubi": ubi}},
+                        timeout=30)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["status"] == 400
+    assert error["error"]["type"] == "x_content_parse_exception"
+    assert error["error"]["reason"].startswith("[ubi]")
+
+
+def _median_ms(url: str, body: dict[str, Any], count: int) -> float:
+    times = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(count):
+            started = time.perf_counter()
+            answer = client.post(url, json=body)
+            times.append((time.perf_counter() - started) * 1000)
+            assert answer.status_code == 200, answer.text
+    return statistics.median(times)
+
+
+def test_a_refusing_engine_drops_records_counted_and_never_slows_a_search(engine, ubi_proxy, corpus_index,
+                                                                          ubi_index):
+    created = httpx.put(f"{engine.url}/{ubi_index}", json={"settings": {"number_of_replicas": 0}}, timeout=30)
+    assert created.status_code == 200, created.text
+    blocked = httpx.put(f"{engine.url}/{ubi_index}/_settings", json={"index.blocks.write": True}, timeout=30)
+    assert blocked.status_code == 200, blocked.text
+    url = f"{ubi_proxy.url}/{corpus_index}/_search"
+    count = 20
+    _median_ms(url, {"query": QUERY}, 3)  # warm: the texts scored, the connections open
+    baseline = _median_ms(url, {"query": QUERY}, count)
+    with_ubi = _median_ms(url, {"query": QUERY, "ext": {"ubi": {"user_query": "jet engine noise"}}}, count)
+    assert with_ubi < baseline * 3 + 50, (baseline, with_ubi)
+    wait_until(lambda: _ubi_samples(ubi_proxy.url)["refused"] >= count,
+               lambda: f"{count} records counted as refused ({_ubi_samples(ubi_proxy.url)})")
+    assert _ubi_samples(ubi_proxy.url)["written"] == 0
+    assert httpx.post(f"{url}", json={"query": QUERY, "ext": {"ubi": {}}}, timeout=30).status_code == 200
+
+
+class _StalledEngine:
+    """An engine that takes requests and never answers (a stalled bulk write)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def fetch(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                    body: bytes | None) -> EngineAnswer:
+        self.requests += 1
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_stalled_engine_fills_the_queue_and_drops_the_rest():
+    """While a write hangs, records queue up to the bound and the rest are dropped at once; the hung
+    write itself ends at its time limit and its records are counted as dropped."""
+    engine = _StalledEngine()
+    log = QueryLog(engine, "ubi_queries", max_queued=3, flush_records=1, flush_ms=1, write_timeout_s=0.2)
+    try:
+        log.offer({"query_id": "a"})
+        await async_wait_until(lambda: engine.requests == 1, "the first write to start")
+        for name in "bcdef":
+            log.offer({"query_id": name})
+        assert log.queued == 3
+        assert log.dropped["queue_full"] == 2
+        await async_wait_until(lambda: log.dropped["engine_error"] >= 1, "the hung write to time out")
+    finally:
+        await log.aclose()
+    assert log.written == 0
