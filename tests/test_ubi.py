@@ -9,6 +9,7 @@ records, counted, and never slows a search.
 from __future__ import annotations
 
 import asyncio
+import functools
 import statistics
 import time
 import uuid
@@ -115,18 +116,49 @@ def test_a_query_id_is_generated_when_absent_and_object_ids_read_from_the_source
     assert record["object_id_field"] == "year"
 
 
-def test_a_bypassed_search_loses_the_extension_too(engine, ubi_proxy, corpus_index):
-    """Relayed searches (here sorted by a field, and reranking switched off) reach the engine without
-    `ext.ubi` (it would refuse it), and `ext` goes when ubi was its only key."""
+def test_a_bypassed_search_loses_the_extension_too_and_is_answered_and_recorded(engine, ubi_proxy, corpus_index,
+                                                                                 ubi_index):
+    """Searches the proxy does not rerank (here sorted by a field, and reranking switched off) reach
+    the engine without `ext.ubi` (it would refuse it; `ext` goes when ubi was its only key), and are
+    answered with the query id and recorded all the same."""
     bodies: list[dict[str, Any]] = [
-        {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": {"query_id": "q-sorted"}}},
-        {"query": QUERY, "rerank": False, "ext": {"ubi": {"query_id": "q-off"}}}]
+        {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": {"query_id": f"q-sorted-{uuid.uuid4()}"}}},
+        {"query": QUERY, "rerank": False, "ext": {"ubi": {"query_id": f"q-off-{uuid.uuid4()}"}}}]
     for body in bodies:
+        query_id = body["ext"]["ubi"]["query_id"]
         answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", json=body, timeout=30)
         assert answer.status_code == 200, answer.text
         assert answer.headers["x-rerank"] == "bypass"
-        assert answer.headers["x-ubi-query-id"] == body["ext"]["ubi"]["query_id"]
-        assert answer.json()["hits"]["hits"]
+        assert answer.headers["x-ubi-query-id"] == query_id
+        data = answer.json()
+        assert data["ext"] == {"ubi": {"query_id": query_id}}
+        ids = [hit["_id"] for hit in data["hits"]["hits"]]
+        assert ids
+        record = wait_until(functools.partial(_record, engine.url, ubi_index, query_id), f"the record of {query_id}")
+        assert record["query_response_object_ids"] == ids
+    sorted_ids = [hit["_id"] for hit in httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", timeout=30,
+                                                   json=bodies[0]).json()["hits"]["hits"]]
+    assert sorted_ids == sorted(sorted_ids, key=lambda i: CORPUS[int(i)]["year"])  # the engine's own order
+
+
+def test_a_filtered_answer_keeps_its_shape_and_the_header_has_the_id(engine, ubi_proxy, corpus_index):
+    """With filter_path the engine's filter would have applied to the plugin's ext: the header says it."""
+    for extra in ({}, {"sort": [{"year": "asc"}]}):
+        body = {"query": QUERY, **extra, "ext": {"ubi": {"query_id": "q-filtered"}}}
+        answer = httpx.post(f"{ubi_proxy.url}/{corpus_index}/_search", params={"filter_path": "hits.hits._id"},
+                            json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert list(answer.json()) == ["hits"]
+        assert answer.headers["x-ubi-query-id"] == "q-filtered"
+
+
+def test_an_engine_error_is_the_engines_own(engine, ubi_proxy, index_name):
+    """A bypassed search the engine refuses (a missing index) is the engine's answer, with the header."""
+    body = {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": {"query_id": "q-missing"}}}
+    answer = httpx.post(f"{ubi_proxy.url}/{index_name}-missing/_search", json=body, timeout=30)
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["error"]["type"] == "index_not_found_exception"
+    assert answer.headers["x-ubi-query-id"] == "q-missing"
 
 
 def test_an_msearch_sub_search_loses_the_extension(engine, ubi_proxy, corpus_index):

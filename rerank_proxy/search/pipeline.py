@@ -23,6 +23,7 @@ from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_error
 from rerank_proxy.experiments import ubi as ubi_ext
 from rerank_proxy.experiments.query_log import QueryLog, credentials, query_record
+from rerank_proxy.experiments.ubi_bypass import fetch_with_query_id
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
 from rerank_proxy.scoring.providers.base import RerankError
@@ -75,11 +76,12 @@ class Finished:
 
 @dataclass(slots=True)
 class Decided:
-    """A `_search` to rerank: its decoded body, that body parsed, and the plan."""
+    """A `_search` to rerank: its decoded body, that body parsed, and the plan (a bypass carrying
+    the UBI extension, whose answer is read whole to get the query id in)."""
 
     body: bytes
     parsed: Any
-    plan: Plan
+    plan: Plan | Bypass
 
 
 @dataclass(slots=True)
@@ -182,14 +184,16 @@ class SearchPipeline:
             ensure_rewritable(decoded, parsed)
         except EngineMustAnswer as exc:
             return Forward(exc.reason)  # the client's own bytes, as sent
-        if isinstance(decision, Bypass):
-            return Forward(decision.reason, orjson.dumps(decision.body), _ubi_headers(decision.ubi))
+        if isinstance(decision, Bypass) and decision.ubi is None:
+            return Forward(decision.reason, orjson.dumps(decision.body))
         return Decided(decoded, parsed, decision)
 
     async def rerank(self, decided: Decided, method: str, targets: str | None, params: dict[str, str],
                      headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]]) -> Finished | Forward:
         """A decided `_search`: candidates from the engine, scores, the page."""
         decoded, parsed, decision = decided.body, decided.parsed, decided.plan
+        if isinstance(decision, Bypass):
+            return await self._bypass_with_ubi(decision, method, targets, params, raw_headers)
         upstream_headers = _rewrite_headers(raw_headers)
         started = time.perf_counter()
         try:
@@ -229,6 +233,26 @@ class SearchPipeline:
         return Finished(200, _response_headers(out_headers) + _ubi_headers(decision.ubi), body_out, scored.outcome,
                         scored.reason, engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms,
                         answer.served_by)
+
+    async def _bypass_with_ubi(self, bypass: Bypass, method: str, targets: str | None, params: dict[str, str],
+                               raw_headers: list[tuple[bytes, bytes]]) -> Finished | Forward:
+        """A bypassed search that carried `ext.ubi`: the engine's answer to it (the extension removed),
+        read whole to answer the query id in it and record it; relayed when too large to hold."""
+        assert bypass.ubi is not None  # decide() makes a Decided of a bypass only for these
+        body = orjson.dumps(bypass.body)
+        target = build_target(targets, "search", list(params.items()))
+        ubi_headers = _ubi_headers(bypass.ubi)
+        started = time.perf_counter()
+        try:
+            answer = await fetch_with_query_id(
+                self.engine, method if method != "HEAD" else "GET", target, _rewrite_headers(raw_headers), body,
+                bypass.ubi, self.query_log, credentials(raw_headers),
+                filtered="filter_path" in params, pretty="pretty" in params and params["pretty"] != "false")
+        except AnswerTooLarge:
+            return Forward(bypass.reason, body, ubi_headers)
+        return Finished(answer.status, _response_headers(forwardable_headers(answer.headers)) + ubi_headers,
+                        answer.body, "bypass", bypass.reason, (time.perf_counter() - started) * 1000,
+                        upstream=answer.served_by)
 
     def _record_ubi(self, ubi: ubi_ext.UbiRequest, merged: Any, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
         """The query id into the answer (where the UBI plugin puts it, so filter_path applies to it
