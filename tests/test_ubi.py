@@ -16,12 +16,14 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from rerank_proxy.engine.transport import EngineAnswer
 from rerank_proxy.experiments.query_log import QueryLog
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import CORPUS, expected_order, load_corpus
+from tests.support_loopback import RecordingUpstream
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import async_wait_until, metric_samples, wait_until
 
@@ -209,6 +211,38 @@ def test_a_refusing_engine_drops_records_counted_and_never_slows_a_search(engine
                lambda: f"{count} records counted as refused ({_ubi_samples(ubi_proxy.url)})")
     assert _ubi_samples(ubi_proxy.url)["written"] == 0
     assert httpx.post(f"{url}", json={"query": QUERY, "ext": {"ubi": {}}}, timeout=30).status_code == 200
+
+
+def test_what_the_engine_receives_never_holds_the_extension():
+    """A recording upstream stands in for the engine: every search it receives (reranked, bypassed,
+    an _msearch's) is without `ext.ubi`, and the record reaches it as a bulk write after the index."""
+    upstream = RecordingUpstream()
+    try:
+        with run_proxy(proxy_settings(upstream.url, UBI_QUERIES_INDEX="ubi-recorded"),
+                       reranker=OverlapReranker()) as proxy:
+            ubi = {"query_id": "q-rec", "user_query": "jet"}
+            for body in ({"query": QUERY, "ext": {"ubi": ubi}},
+                         {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": ubi, "other": {"kept": 1}}}):
+                assert httpx.post(f"{proxy.url}/docs/_search", json=body, timeout=30).status_code == 200
+            lines = [{"index": "docs"}, {"query": QUERY, "ext": {"ubi": ubi}}]
+            payload = "".join(httpx.Response(200, json=line).text + "\n" for line in lines)
+            # The stand-in's answer is no _msearch answer (the proxy says so, a 502): what it received counts.
+            httpx.post(f"{proxy.url}/_msearch", content=payload, timeout=30,
+                       headers={"content-type": "application/x-ndjson"})
+            wait_until(lambda: any(path.startswith("/ubi-recorded/_bulk") for path in upstream.paths()),
+                       lambda: f"the bulk write of the record (requests: {upstream.paths()})")
+        searches = [(path, body) for _, path, _, body in upstream.requests if "_search" in path]
+        assert len(searches) == 2, upstream.paths()
+        bodies = [orjson.loads(body) for _, body in searches]
+        assert [b.get("ext") for b in bodies] == [None, {"other": {"kept": 1}}]  # `ext` goes with ubi alone
+        msearch = [body for _, path, _, body in upstream.requests if "_msearch" in path]
+        assert len(msearch) == 1
+        assert b"ubi" not in msearch[0]
+        paths = upstream.paths()
+        first_bulk = next(n for n, path in enumerate(paths) if path.startswith("/ubi-recorded/_bulk"))
+        assert paths.index("/ubi-recorded") < first_bulk  # the index (its mapping) first
+    finally:
+        upstream.close()
 
 
 class _StalledEngine:
