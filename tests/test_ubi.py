@@ -163,13 +163,25 @@ def test_an_engine_error_is_the_engines_own(engine, ubi_proxy, index_name):
     assert answer.headers["x-ubi-query-id"] == "q-missing"
 
 
-def test_an_msearch_sub_search_loses_the_extension(engine, ubi_proxy, corpus_index):
-    lines = [{"index": corpus_index}, {"query": QUERY, "ext": {"ubi": {"query_id": "q-m"}}}]
+def test_msearch_sub_searches_lose_the_extension_and_are_answered_and_recorded(engine, ubi_proxy, corpus_index,
+                                                                               ubi_index):
+    """Each sub-search with `ext.ubi` (a reranked one, a sorted one) gets its query id in its own
+    response and its record, when at least one sub-search is reranked (else the _msearch is relayed)."""
+    reranked, sorted_id = f"q-m1-{uuid.uuid4()}", f"q-m2-{uuid.uuid4()}"
+    lines = [{"index": corpus_index}, {"query": QUERY, "ext": {"ubi": {"query_id": reranked}}},
+             {"index": corpus_index},
+             {"query": QUERY, "sort": [{"year": "asc"}], "ext": {"ubi": {"query_id": sorted_id}}},
+             {"index": corpus_index}, {"query": QUERY}]
     payload = "".join(httpx.Response(200, json=line).text + "\n" for line in lines)
     answer = httpx.post(f"{ubi_proxy.url}/_msearch", content=payload,
                         headers={"content-type": "application/x-ndjson"}, timeout=30)
     assert answer.status_code == 200, answer.text
-    assert "error" not in answer.json()["responses"][0], answer.text
+    responses = answer.json()["responses"]
+    assert [r.get("ext") for r in responses] == [{"ubi": {"query_id": reranked}}, {"ubi": {"query_id": sorted_id}},
+                                                 None]
+    for query_id, response in zip((reranked, sorted_id), responses):
+        record = wait_until(functools.partial(_record, engine.url, ubi_index, query_id), f"the record of {query_id}")
+        assert record["query_response_object_ids"] == [hit["_id"] for hit in response["hits"]["hits"]]
 
 
 @pytest.mark.parametrize("ubi", ["q-1", {"query_id": 5}, {"client_id": ["a"]}, {"query_attributes": "x"},

@@ -354,9 +354,10 @@ class SearchPipeline:
         except ValueError:
             return Forward("filter_path")
         plans: list[Plan | None] = []
+        ubis: list[ubi_ext.UbiRequest | None] = []
         lines: list[bytes] = []
         client_lines: list[bytes] = []
-        if not self._plan_subs(pairs, targets, params, headers, plans, lines, client_lines):
+        if not self._plan_subs(pairs, targets, params, headers, plans, lines, client_lines, ubis):
             return Forward("bypass", b"\n".join(lines) + b"\n")
         upstream_headers = _rewrite_headers(raw_headers)
         keep = [(k, v) for k, v in params.items()
@@ -386,15 +387,19 @@ class SearchPipeline:
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
             return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms, answer.served_by)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
+        for ubi, response in zip(ubis, responses):
+            if ubi is not None and isinstance(response, dict) and "error" not in response:
+                self._record_ubi(ubi, response, raw_headers)
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
         return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms,
                         upstream=answer.served_by)
 
     def _plan_subs(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], targets: str | None,
                    params: dict[str, str], headers: dict[str, str], plans: list[Plan | None], lines: list[bytes],
-                   client_lines: list[bytes]) -> bool:
+                   client_lines: list[bytes], ubis: list[ubi_ext.UbiRequest | None]) -> bool:
         """Plan each sub-search of an `_msearch` (None for a bypassed one) and write the lines of the
-        candidate request and of the client's own (`rerank` removed); True when any is reranked."""
+        candidate request and of the client's own (`rerank` and `ext.ubi` removed, the latter kept in
+        `ubis`); True when any is reranked."""
         sub_params = {k: v for k, v in params.items()
                       if k not in ("max_concurrent_searches", "max_concurrent_shard_requests", "filter_path")}
         any_plan = False
@@ -404,6 +409,7 @@ class SearchPipeline:
                 index = ",".join(str(i) for i in index)
             sub_targets = index if isinstance(index, str) and index else targets
             decision = plan_search(sub_targets, sub_params, search_body, headers, self.settings)
+            ubis.append(decision.ubi)
             client_lines += [orjson.dumps(header), orjson.dumps(search_body)]  # `rerank` removed
             if isinstance(decision, Plan):
                 any_plan = True
