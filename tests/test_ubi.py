@@ -207,12 +207,16 @@ def _median_ms(url: str, body: dict[str, Any], count: int) -> float:
     return statistics.median(times)
 
 
+@pytest.mark.parametrize("refusal", ["write_block", "closed"])
 def test_a_refusing_engine_drops_records_counted_and_never_slows_a_search(engine, ubi_proxy, corpus_index,
-                                                                          ubi_index):
+                                                                          ubi_index, refusal):
     created = httpx.put(f"{engine.url}/{ubi_index}", json={"settings": {"number_of_replicas": 0}}, timeout=30)
     assert created.status_code == 200, created.text
-    blocked = httpx.put(f"{engine.url}/{ubi_index}/_settings", json={"index.blocks.write": True}, timeout=30)
-    assert blocked.status_code == 200, blocked.text
+    if refusal == "write_block":
+        refused = httpx.put(f"{engine.url}/{ubi_index}/_settings", json={"index.blocks.write": True}, timeout=30)
+    else:
+        refused = httpx.post(f"{engine.url}/{ubi_index}/_close", timeout=30)
+    assert refused.status_code == 200, refused.text
     url = f"{ubi_proxy.url}/{corpus_index}/_search"
     count = 20
     _median_ms(url, {"query": QUERY}, 3)  # warm: the texts scored, the connections open
@@ -255,6 +259,19 @@ def test_what_the_engine_receives_never_holds_the_extension():
         assert paths.index("/ubi-recorded") < first_bulk  # the index (its mapping) first
     finally:
         upstream.close()
+
+
+def test_with_ubi_off_the_extension_is_still_removed_and_answered_but_nothing_recorded(engine, corpus_index,
+                                                                                       ubi_index):
+    settings = proxy_settings(engine.url, UBI="false", UBI_QUERIES_INDEX=ubi_index)
+    with run_proxy(settings, reranker=OverlapReranker()) as proxy:
+        answer = httpx.post(f"{proxy.url}/{corpus_index}/_search", timeout=30,
+                            json={"query": QUERY, "ext": {"ubi": {"query_id": "q-unrecorded"}}})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["ext"] == {"ubi": {"query_id": "q-unrecorded"}}
+        samples = metric_samples(proxy.url)
+    assert not any(name.startswith("rerank_proxy_ubi_") for name, _ in samples)  # no query log at all
+    assert httpx.head(f"{engine.url}/{ubi_index}", timeout=30).status_code == 404
 
 
 class _StalledEngine:
