@@ -9,7 +9,8 @@ import pytest
 from rerank_proxy.engine import EnginePool
 from rerank_proxy.experiments import ubi_report
 from rerank_proxy.experiments.query_log import MAPPING
-from tests.fixtures.proxy import proxy_settings
+from tests.fixtures.proxy import proxy_settings, run_proxy
+from tests.support_rerankers import OverlapReranker
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +38,20 @@ def bulk(url: str, index: str, docs: list[dict]) -> None:
     assert not answer.json()["errors"], answer.text[:500]
 
 
+def write_log(url: str, queries: str, events: str) -> None:
+    httpx.put(f"{url}/{queries}", json={"mappings": MAPPING}, timeout=30).raise_for_status()
+    bulk(url, queries, [{"query_id": q, "arm": arm, "query_response_object_ids": ids,
+                         **({"object_teams": teams} if teams else {})} for q, arm, ids, teams in QUERIES])
+    # no mapping given: dynamic mapping makes every string text with a .keyword sub-field
+    bulk(url, events, [{"query_id": q, "action_name": action, "event_attributes": {"object": {"object_id": o}},
+                        "position": {"ordinal": 1}} for q, action, o in EVENTS])
+
+
 @pytest.mark.parametrize("page", [ubi_report.PAGE, 2])  # 2: every read goes over several pages
 async def test_the_report_joins_queries_and_clicks_by_query_id(engine, index_name, page, monkeypatch):
     monkeypatch.setattr(ubi_report, "PAGE", page)
     queries, events = f"{index_name}-queries", f"{index_name}-events"
-    httpx.put(f"{engine.url}/{queries}", json={"mappings": MAPPING}, timeout=30).raise_for_status()
-    bulk(engine.url, queries, [{"query_id": q, "arm": arm, "query_response_object_ids": ids,
-                                **({"object_teams": teams} if teams else {})} for q, arm, ids, teams in QUERIES])
-    # no mapping given: dynamic mapping makes every string text with a .keyword sub-field
-    bulk(engine.url, events, [{"query_id": q, "action_name": action, "event_attributes": {"object": {"object_id": o}},
-                               "position": {"ordinal": 1}} for q, action, o in EVENTS])
+    write_log(engine.url, queries, events)
     pool = EnginePool(proxy_settings(engine.url))
     try:
         got = await ubi_report.ubi_report(pool, queries, events)
@@ -72,3 +77,21 @@ async def test_a_missing_index_is_a_clear_error(engine, index_name):
             await ubi_report.ubi_report(pool, f"{index_name}-none", f"{index_name}-none-either")
     finally:
         pool.close()
+
+
+def test_the_admin_endpoint_answers_the_report(engine, index_name):
+    queries, events = f"{index_name}-queries", f"{index_name}-events"
+    write_log(engine.url, queries, events)
+    settings = proxy_settings(engine.url, ADMIN_TOKEN="report-token", UBI_QUERIES_INDEX=queries)
+    with run_proxy(settings, reranker=OverlapReranker()) as proxy:
+        url = f"{proxy.url}/_rerank/admin/experiment"
+        assert httpx.get(url, params={"events": events}, timeout=30).status_code == 401
+        answer = httpx.get(url, params={"events": events}, timeout=30,
+                           headers={"Authorization": "Bearer report-token"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["searches"] == 7
+        assert answer.json()["interleaving"]["wins"] == 1
+        missing = httpx.get(url, params={"events": f"{index_name}-none"}, timeout=30,
+                            headers={"Authorization": "Bearer report-token"})
+        assert missing.status_code == 502
+        assert missing.json()["error"]["type"] == "proxy_report_exception"

@@ -6,7 +6,7 @@
                     `?engine=required` also asks for a reachable engine (503 without one)
 - /_rerank/metrics  Prometheus text format, every worker merged
 - /_rerank/admin/*  cache stats and flush, effective configuration (secrets redacted), breaker
-                    state and reset; bearer ADMIN_TOKEN, compared in constant time; every admin
+                    state and reset, the experiment report; bearer ADMIN_TOKEN, compared in constant time; every admin
                     endpoint answers 404 when they are off (ADMIN_TOKEN=off; `serve` generates a
                     token when none is configured).
 """
@@ -27,6 +27,7 @@ from rerank_proxy.admin.landing import LANDING_PATH, Landing
 from rerank_proxy.console.routes import Handler, console_routes
 from rerank_proxy.described_route import DescribedRoute
 from rerank_proxy.errors import ProxyError, error_body
+from rerank_proxy.experiments.ubi_report import UBI_EVENTS_INDEX, ubi_report
 from rerank_proxy.metrics import CONTENT_TYPE
 from rerank_proxy.runtime import Runtime
 
@@ -63,6 +64,9 @@ class OpsEndpoints:
             admin("/_rerank/admin/config", self.config, "GET", "effective configuration, secrets redacted"),
             admin("/_rerank/admin/breaker", self.breaker_state, "GET", "the reranker's circuit breaker state"),
             admin("/_rerank/admin/breaker/reset", self.breaker_reset, "POST", "close the circuit breaker"),
+            admin("/_rerank/admin/experiment", self.experiment_report, "GET",
+                  "the online experiment's report per arm, from the UBI queries and click events "
+                  "(?events=INDEX, default ubi_events)"),
             *console_routes(self.runtime, self.admin),
         ]
         landing = Landing(served)
@@ -206,6 +210,14 @@ class OpsEndpoints:
 
     async def config(self, request: Request) -> Response:
         return JSONResponse(self.settings.redacted())
+
+    async def experiment_report(self, request: Request) -> Response:
+        events = request.query_params.get("events", UBI_EVENTS_INDEX)
+        try:
+            report = await ubi_report(self.runtime.engine, self.settings.ubi_queries_index, events)
+        except ProxyError as exc:
+            return Response(exc.body(), exc.status, media_type="application/json")
+        return JSONResponse(report)
 
     async def breaker_state(self, request: Request) -> Response:
         guard = self.runtime.guard

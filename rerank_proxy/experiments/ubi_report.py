@@ -31,6 +31,7 @@ from rerank_proxy.experiments.report_stats import Report, SearchRecord, report
 
 PAGE = 1000
 CLICK = "click"
+UBI_EVENTS_INDEX = "ubi_events"  # where UBI 1.0 apps write their events (through the proxy, as any write)
 _JSON = [(b"content-type", b"application/json"), (b"accept", b"application/json")]
 _TEAMS: dict[Any, Team | None] = {"lexical": "lexical", "reranked": "reranked", None: None}
 _ARMS: dict[Any, Arm] = {"off": "off", "lexical": "lexical", "reranked": "reranked", "interleaved": "interleaved"}
@@ -122,7 +123,7 @@ def _record(source: dict[str, Any], clicked: Clicks) -> SearchRecord | None:
                                          [str(i) for i in shadow] if isinstance(shadow, list) else None)
 
 
-async def ubi_report(engine: EngineTransport, queries: str = "ubi_queries", events: str = "ubi_events",
+async def ubi_report(engine: EngineTransport, queries: str = "ubi_queries", events: str = UBI_EVENTS_INDEX,
                      headers: Headers = ()) -> dict[str, Any]:
     """The report as JSON-ready data: per arm, and the experiment's own comparison."""
     clicked = await clicks(engine, events, headers)
