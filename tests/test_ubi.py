@@ -303,3 +303,31 @@ async def test_a_stalled_engine_fills_the_queue_and_drops_the_rest():
     finally:
         await log.aclose()
     assert log.written == 0
+
+
+class _AnsweringEngine:
+    """An engine stand-in that creates the index and writes every bulk item."""
+
+    def __init__(self) -> None:
+        self.bulk_ids: list[str] = []
+
+    async def fetch(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                    body: bytes | None) -> EngineAnswer:
+        if not target.endswith("/_bulk"):
+            return EngineAnswer(200, [], b'{"acknowledged":true}')
+        actions = [orjson.loads(line) for line in (body or b"").splitlines()[::2]]
+        self.bulk_ids += [action["index"]["_id"] for action in actions]
+        items = [{"index": {"_id": action["index"]["_id"], "status": 201}} for action in actions]
+        return EngineAnswer(200, [], orjson.dumps({"errors": False, "items": items}))
+
+
+async def test_shutdown_flushes_what_is_queued():
+    """Records still waiting for their flush at shutdown are written by one last flush."""
+    engine = _AnsweringEngine()
+    log = QueryLog(engine, "ubi_queries", max_queued=100, flush_records=50, flush_ms=600_000)
+    for name in "abc":
+        log.offer({"query_id": name})
+    await log.aclose()
+    assert engine.bulk_ids == ["a", "b", "c"]
+    assert log.written == 3
+    assert log.dropped["shutdown"] == 0

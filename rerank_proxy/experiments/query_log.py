@@ -3,7 +3,8 @@
 A search only appends its record to a queue (`offer`, O(1)); one background task per worker takes
 up to FLUSH_RECORDS of them at a time (or whatever FLUSH_MS gathered) into one `_bulk` request. A
 full queue drops the record, and so does a slow (WRITE_TIMEOUT_S), unreachable or refusing engine:
-counted by reason (`rerank_proxy_ubi_records_dropped_total`), never a search slowed or failed.
+counted by reason (`rerank_proxy_ubi_records_dropped_total`), never a search slowed or failed. At
+shutdown what is queued gets one last flush (CLOSE_FLUSH_S).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ FLUSH_RECORDS = 500
 FLUSH_MS = 500
 WRITE_TIMEOUT_S = 10.0
 ARM_OFF = "off"  # the `arm` field, reserved for the experiment arms
-DROP_REASONS = ("queue_full", "engine_error", "refused")
+CLOSE_FLUSH_S = 2.0  # the last flush at shutdown, within the worker's grace period
+DROP_REASONS = ("queue_full", "engine_error", "refused", "shutdown")
 
 MAPPING: dict[str, Any] = {
     "properties": {
@@ -151,11 +153,19 @@ class QueryLog:
         return len(self._queue)
 
     async def aclose(self) -> None:
-        """Stop the writer (shutdown); what is still queued is dropped with the worker."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the writer (shutdown), then one last flush of what is queued, within CLOSE_FLUSH_S;
+        what that leaves is dropped with the worker (counted: `shutdown`)."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_FLUSH_S
+        while self._queue and (left := deadline - loop.time()) > 0:
+            await self._write_batch(min(left, self.write_timeout_s))
+        self.dropped["shutdown"] += len(self._queue)
+        self._queue.clear()
 
     async def _run(self) -> None:
         while True:
@@ -166,18 +176,29 @@ class QueryLog:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.flush_s)
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.flush_records))]
-            by_auth: dict[Credentials, list[dict[str, Any]]] = {}
-            for record, auth in batch:
-                by_auth.setdefault(auth, []).append(record)
-            for auth, records in by_auth.items():
-                await self._write(records, auth)
+            await self._write_batch(self.write_timeout_s)
 
-    async def _write(self, records: list[dict[str, Any]], auth: Credentials) -> None:
+    async def _write_batch(self, timeout_s: float) -> None:
+        """Up to FLUSH_RECORDS queued records, one bulk write per set of credentials. A write cut off
+        (shutdown) puts its records back at the front: written again by the last flush, the same
+        `_id`s, so never twice."""
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.flush_records))]
+        by_auth: dict[Credentials, list[dict[str, Any]]] = {}
+        for record, auth in batch:
+            by_auth.setdefault(auth, []).append(record)
+        for auth, records in by_auth.items():
+            try:
+                await self._write(records, auth, timeout_s)
+            except asyncio.CancelledError:
+                self._queue.extendleft(reversed(batch))
+                raise
+            batch = [entry for entry in batch if entry[1] != auth]  # what a cut-off write puts back
+
+    async def _write(self, records: list[dict[str, Any]], auth: Credentials, timeout_s: float) -> None:
         """One bulk write, bounded in time; every record not written is counted as dropped."""
         try:
-            written, refused = await asyncio.wait_for(self._bulk(records, auth), self.write_timeout_s)
-        except (TimeoutError, ProxyError, OSError) as exc:
+            written, refused = await asyncio.wait_for(self._bulk(records, auth), timeout_s)
+        except (TimeoutError, ProxyError, OSError, ValueError) as exc:  # ValueError: an answer not JSON
             self.dropped["engine_error"] += len(records)
             _log.warning("UBI query records dropped: the engine did not take them",
                          extra={"fields": {"records": len(records), "error": f"{type(exc).__name__}: {exc}"}})
@@ -217,7 +238,7 @@ class QueryLog:
         yield counter("rerank_proxy_ubi_records_written", "UBI query records written to the engine.",
                       self.written)
         dropped = CounterMetricFamily("rerank_proxy_ubi_records_dropped",
-                                      "UBI query records dropped, by reason (queue_full, engine_error, refused).",
+                                      "UBI query records dropped, by reason.",
                                       labels=["reason"])
         for reason, count in self.dropped.items():
             dropped.add_metric([reason], count)
