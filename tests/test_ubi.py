@@ -23,7 +23,7 @@ from rerank_proxy.engine.transport import EngineAnswer
 from rerank_proxy.experiments.query_log import QueryLog
 from tests.fixtures.proxy import proxy_settings, run_proxy
 from tests.support_data import CORPUS, expected_order, load_corpus
-from tests.support_loopback import RecordingUpstream
+from tests.support_loopback import Captured, FaultServer, RecordingUpstream, response_bytes
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import async_wait_until, metric_samples, wait_until
 
@@ -272,6 +272,47 @@ def test_with_ubi_off_the_extension_is_still_removed_and_answered_but_nothing_re
         samples = metric_samples(proxy.url)
     assert not any(name.startswith("rerank_proxy_ubi_") for name, _ in samples)  # no query log at all
     assert httpx.head(f"{engine.url}/{ubi_index}", timeout=30).status_code == 404
+
+
+async def _median_ms_async(client: httpx.AsyncClient, url: str, body: dict[str, Any], count: int) -> float:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        answer = await client.post(url, json=body)
+        times.append((time.perf_counter() - started) * 1000)
+        assert answer.status_code == 200, answer.text
+    return statistics.median(times)
+
+
+async def test_a_stalled_bulk_write_drops_records_and_never_slows_a_search(engine, corpus_index):
+    """The engine takes searches but never answers the bulk writes (a real engine behind a loopback
+    server that holds `_bulk`): searches keep their speed, the queue fills, the rest are dropped."""
+    stall = asyncio.Event()
+    async with httpx.AsyncClient(base_url=engine.url, timeout=30) as to_engine:
+        async def handler(request: Captured, writer: asyncio.StreamWriter) -> None:
+            if "/_bulk" in request.path:
+                await stall.wait()  # never set: the write hangs until the proxy gives up on it
+            answer = await to_engine.request(request.method, request.path, content=request.body,
+                                             headers={"content-type": request.headers.get("content-type",
+                                                                                          "application/json")})
+            writer.write(response_bytes(answer.status_code, answer.content))
+            await writer.drain()
+
+        async with FaultServer(handler) as front:
+            settings = proxy_settings(front.url, UBI_QUEUE_MAX="2", UBI_QUERIES_INDEX=f"{corpus_index}-ubi")
+            with run_proxy(settings, reranker=OverlapReranker()) as proxy:
+                url = f"{proxy.url}/{corpus_index}/_search"
+                count = 20
+                async with httpx.AsyncClient(timeout=30) as client:
+                    await _median_ms_async(client, url, {"query": QUERY}, 3)  # warm
+                    baseline = await _median_ms_async(client, url, {"query": QUERY}, count)
+                    ubi = {"query": QUERY, "ext": {"ubi": {"user_query": "jet engine noise"}}}
+                    with_ubi = await _median_ms_async(client, url, ubi, count)
+                assert with_ubi < baseline * 3 + 50, (baseline, with_ubi)
+                await async_wait_until(lambda: any("/_bulk" in r.path for r in front.requests), "a bulk write")
+                log = proxy.runtime.pipeline.query_log
+                assert log.dropped["queue_full"] >= count - 3  # one in the hung write, two queued
+                assert log.written == 0
 
 
 class _StalledEngine:
