@@ -34,6 +34,7 @@ FLUSH_RECORDS = 500
 FLUSH_MS = 500
 WRITE_TIMEOUT_S = 10.0
 ARM_OFF = "off"  # the `arm` field, reserved for the experiment arms
+WARN_EVERY_S = 60.0
 CLOSE_FLUSH_S = 2.0  # the last flush at shutdown, within the worker's grace period
 DROP_REASONS = ("queue_full", "engine_error", "refused", "shutdown")
 
@@ -135,6 +136,7 @@ class QueryLog:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._index_ready = False
+        self._warned: dict[str, float] = {}
 
     def offer(self, record: dict[str, Any], auth: Credentials = ()) -> None:
         """Queue a record (dropped, counted, when the queue is full); the writer starts on the first."""
@@ -200,14 +202,20 @@ class QueryLog:
             written, refused = await asyncio.wait_for(self._bulk(records, auth), timeout_s)
         except (TimeoutError, ProxyError, OSError, ValueError) as exc:  # ValueError: an answer not JSON
             self.dropped["engine_error"] += len(records)
-            _log.warning("UBI query records dropped: the engine did not take them",
-                         extra={"fields": {"records": len(records), "error": f"{type(exc).__name__}: {exc}"}})
+            self._warn("engine_error", "UBI query records dropped: the engine did not take them",
+                       {"records": len(records), "error": f"{type(exc).__name__}: {exc}"})
             return
         self.written += written
         self.dropped["refused"] += refused
         if refused:
-            _log.warning("UBI query records refused by the engine",
-                         extra={"fields": {"records": refused, "index": self.index}})
+            self._warn("refused", "UBI query records refused by the engine", {"records": refused, "index": self.index})
+
+    def _warn(self, reason: str, message: str, fields: dict[str, Any]) -> None:
+        """A warning per reason at most every WARN_EVERY_S: a refusing engine fails every batch."""
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_EVERY_S) >= WARN_EVERY_S:
+            self._warned[reason] = now
+            _log.warning(message, extra={"fields": {**fields, "dropped_total": self.dropped[reason]}})
 
     async def _bulk(self, records: list[dict[str, Any]], auth: Credentials) -> tuple[int, int]:
         """(written, refused) of one `_bulk` of `records`; the index is created first if absent."""
