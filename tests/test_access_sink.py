@@ -133,3 +133,24 @@ def test_an_access_line_has_the_shape_the_formatters_give_a_logged_one():
     logged_ecs = orjson.loads(EcsFormatter().format(record))
     sunk_ecs = orjson.loads(EcsLine()(fields, now))
     assert sunk_ecs == logged_ecs
+
+
+def test_a_non_blocking_pipe_that_fills_up_loses_nothing():
+    """Another part of the process may make stderr non-blocking: the writer then waits for room
+    (a full pipe answers EAGAIN) instead of dropping lines or spinning them out of order."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    sink = AccessSink(write, _encode, flush_interval_s=0.05)
+    received: list[bytes] = []
+    try:
+        for i in range(20_000):   # about 200 KiB: more than a pipe holds
+            sink.emit({"i": i})
+        reader = threading.Thread(target=lambda: received.append(_read_all(read)))
+        reader.start()
+        sink.close()
+        os.close(write)
+        reader.join(60)
+    finally:
+        os.close(read)
+    assert [orjson.loads(line)["i"] for line in received[0].splitlines()] == list(range(20_000))
+    assert sink.dropped == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
+import selectors
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,8 +62,11 @@ class OtherWorker:
 
     def _line(self) -> str:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
-        assert ready, "the other worker did not answer"
+        # a selector, not select(): that one refuses a descriptor numbered past 1023, and a long
+        # session's process may well hold that many
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            assert selector.select(30), "the other worker did not answer"
         return self.proc.stdout.readline().decode().strip()
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import select
+import selectors
 import stat
 import threading
 import time
@@ -113,7 +114,7 @@ class AccessSink:
             try:
                 written = os.write(self._fd, view)
             except BlockingIOError:  # someone made the descriptor non-blocking: wait for room
-                select.select([], [self._fd], [], 1.0)
+                _wait_writable(self._fd, 1.0)
                 continue
             except InterruptedError:
                 continue
@@ -133,3 +134,11 @@ def _write_chunk_bytes(fd: int) -> int:
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
         return select.PIPE_BUF
     return FILE_CHUNK_BYTES
+
+
+def _wait_writable(fd: int, timeout_s: float) -> None:
+    """Until `fd` takes more bytes, or `timeout_s`. A selector, not select(), which refuses a
+    descriptor numbered past 1023 (a process may hold that many)."""
+    with selectors.DefaultSelector() as waiter:
+        waiter.register(fd, selectors.EVENT_WRITE)
+        waiter.select(timeout_s)
