@@ -28,12 +28,6 @@ def post_raw(url: str, content: bytes, content_type: str, params: dict[str, str]
     return httpx.post(url, content=content, headers={"content-type": content_type}, params=params)
 
 
-@pytest.fixture
-def corpus_index(engine, index_name):
-    load_corpus(engine.url, index_name)
-    return index_name
-
-
 def shape(value: Any) -> Any:
     """The key structure of a response: values replaced by their JSON kind, arrays as sorted lists
     of their elements' shapes (hit order is the reranker's)."""

@@ -11,15 +11,9 @@ import copy
 import httpx
 import pytest
 
-from tests.support_data import CORPUS, expected_order, load_corpus, official_client
+from tests.support_data import CORPUS, expected_order, official_client
 
 QUERY = {"match": {"body": "jet engine noise"}}
-
-
-@pytest.fixture
-def corpus_index(engine, index_name):
-    load_corpus(engine.url, index_name)
-    return index_name
 
 
 @pytest.fixture

@@ -22,18 +22,12 @@ import pytest
 from rerank_proxy.engine.transport import EngineAnswer
 from rerank_proxy.experiments.query_log import QueryLog
 from tests.fixtures.proxy import proxy_settings, run_proxy
-from tests.support_data import CORPUS, expected_order, load_corpus
+from tests.support_data import CORPUS, expected_order
 from tests.support_loopback import Captured, FaultServer, RecordingUpstream, response_bytes
 from tests.support_rerankers import OverlapReranker
 from tests.support_wait import async_wait_until, metric_samples, wait_until
 
 QUERY = {"match": {"body": "jet engine noise"}}
-
-
-@pytest.fixture
-def corpus_index(engine, index_name):
-    load_corpus(engine.url, index_name)
-    return index_name
 
 
 @pytest.fixture
