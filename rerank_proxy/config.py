@@ -42,6 +42,7 @@ from rerank_proxy.config_values import (
     check_template,
     split_words,
 )
+from rerank_proxy.experiments.arms import DEFAULT_SALT, UNITS, Experiment, ExperimentSetting, SaltSetting
 
 
 class ConfigError(ValueError):
@@ -289,13 +290,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest size of the console's store, in MiB; a save past it is refused (507) with how to make room.",
             "256"),
     # --- experiments -------------------------------------------------------------------------------
-    Setting("UBI", "rerank", Flag(), "true",
+    Setting("RERANK_EXPERIMENT", "experiments", ExperimentSetting(), "off",
+            "The online experiment: off; shadow (serve the lexical order, rerank behind it and record both); ab:<percent> (that share of users gets the reranked order, the rest the lexical order of the same window); interleave (team-draft interleaving of the two). The arm is answered in X-Rerank-Arm and recorded with the UBI query.",
+            "ab:50"),
+    Setting("RERANK_EXPERIMENT_UNIT", "experiments", OneOf(UNITS), "api_key",
+            "Who keeps one arm across searches when a search has no UBI client_id: api_key (the Authorization header, else the source address), address (the client's address), forwarded_for (the first X-Forwarded-For address, behind a load balancer that sets it; else the address).",
+            "forwarded_for"),
+    Setting("RERANK_EXPERIMENT_SALT", "experiments", SaltSetting(), DEFAULT_SALT,
+            "Seeds the arm assignment (at most 64 bytes); a new salt draws every user again, for a new experiment that must not inherit the last one's split.",
+            "checkout-2027-01"),
+    Setting("UBI", "experiments", Flag(), "true",
             "Record the searches that carry the UBI extension (`ext.ubi`) in UBI_QUERIES_INDEX (true/false); either way the extension is removed before the engine sees it and its query id is answered.",
             "false"),
-    Setting("UBI_QUERIES_INDEX", "rerank", IndexName(), "ubi_queries",
+    Setting("UBI_QUERIES_INDEX", "experiments", IndexName(), "ubi_queries",
             "The engine index the UBI query records are written to (created with its mapping on the first write).",
             "ubi_queries_shop"),
-    Setting("UBI_QUEUE_MAX", "rerank", Integer(1, 10_000_000), "10000",
+    Setting("UBI_QUEUE_MAX", "experiments", Integer(1, 10_000_000), "10000",
             "Most UBI query records a worker holds waiting for their bulk write; past it (a slow or refusing engine) records are dropped and counted, never a search slowed.",
             "50000"),
     # --- logging -----------------------------------------------------------------------------------
@@ -421,6 +431,9 @@ class Settings:
     shutdown_grace_s: float = shipped("SHUTDOWN_GRACE_S")
     console_judgments_file: str = shipped("CONSOLE_JUDGMENTS_FILE")
     console_store_max_mb: int = shipped("CONSOLE_STORE_MAX_MB")
+    rerank_experiment: Experiment = shipped("RERANK_EXPERIMENT")  # noqa: RUF009 - a frozen dataclass
+    rerank_experiment_unit: str = shipped("RERANK_EXPERIMENT_UNIT")
+    rerank_experiment_salt: str = shipped("RERANK_EXPERIMENT_SALT")
     ubi: bool = shipped("UBI")
     ubi_queries_index: str = shipped("UBI_QUERIES_INDEX")
     ubi_queue_max: int = shipped("UBI_QUEUE_MAX")

@@ -21,6 +21,7 @@ GROUP_TITLES = {
     "local model": "Built-in model",
     "cache": "Caching",
     "console": "Relevance console",
+    "experiments": "Online experiments (UBI and arms)",
     "logging": "Logging",
 }
 

@@ -30,6 +30,7 @@ Kind = Literal["off", "shadow", "ab", "interleave"]
 Arm = Literal["off", "lexical", "reranked", "interleaved"]
 
 DEFAULT_SALT = "rerank-proxy-experiment-1"
+UNITS = ("api_key", "address", "forwarded_for")  # RERANK_EXPERIMENT_UNIT: what stands in for a missing client_id
 _HASH_BYTES = 8
 _FLOAT_BITS = 53  # a double holds 53 bits exactly, so the bucket is exact and always below 1
 _PERCENT = re.compile(r"\d+(\.\d+)?|\.\d+")
@@ -85,6 +86,21 @@ class ExperimentSetting:
         if share > 100.0:
             raise BadValue(f"ab percent {percent.strip()} is above 100", accepted)
         return Experiment("ab", share)
+
+
+@dataclass(frozen=True, slots=True)
+class SaltSetting:
+    """The parser for `RERANK_EXPERIMENT_SALT`: a non-empty key BLAKE2b accepts (at most 64 bytes)."""
+
+    @property
+    def accepted(self) -> str:
+        return f"a text of 1 to {hashlib.blake2b.MAX_KEY_SIZE} bytes"
+
+    def __call__(self, raw: str) -> str:
+        salt = raw.strip()
+        if not salt or len(salt.encode()) > hashlib.blake2b.MAX_KEY_SIZE:
+            raise BadValue(f"a salt of {len(salt.encode())} bytes", self.accepted)
+        return salt
 
 
 def bucket(unit_id: str, salt: str = DEFAULT_SALT) -> float:
