@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hmac
 from typing import Any
 
@@ -24,6 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from rerank_proxy.admin.landing import LANDING_PATH, Landing
+from rerank_proxy.console.judgments import judged_texts
+from rerank_proxy.console.params import index_name
 from rerank_proxy.console.routes import Handler, console_routes
 from rerank_proxy.described_route import DescribedRoute
 from rerank_proxy.errors import ProxyError, error_body
@@ -66,7 +69,8 @@ class OpsEndpoints:
             admin("/_rerank/admin/breaker/reset", self.breaker_reset, "POST", "close the circuit breaker"),
             admin("/_rerank/admin/experiment", self.experiment_report, "GET",
                   "the online experiment's report per arm, from the UBI queries and click events "
-                  "(?events=INDEX, default ubi_events)"),
+                  "(?events=INDEX, default ubi_events; ?index=INDEX: whose console judgments score "
+                  "the shadow lists)"),
             *console_routes(self.runtime, self.admin),
         ]
         landing = Landing(served)
@@ -212,12 +216,17 @@ class OpsEndpoints:
         return JSONResponse(self.settings.redacted())
 
     async def experiment_report(self, request: Request) -> Response:
+        """The report, the shadow lists scored against the console's judgments: of `?index=` when
+        given, else of whichever one index judged each query text (a UBI record names no index)."""
         events = request.query_params.get("events", UBI_EVENTS_INDEX)
+        named = request.query_params.get("index")
         try:
-            report = await ubi_report(self.runtime.engine, self.settings.ubi_queries_index, events)
+            judgments = functools.partial(judged_texts, self.settings, index=index_name(named) if named else None)
+            report = await ubi_report(self.runtime.engine, self.settings.ubi_queries_index, events,
+                                      judgments=judgments)
         except ProxyError as exc:
             return Response(exc.body(), exc.status, media_type="application/json")
-        return JSONResponse(report)
+        return JSONResponse({"experiment": str(self.settings.rerank_experiment), **report})
 
     async def breaker_state(self, request: Request) -> Response:
         guard = self.runtime.guard

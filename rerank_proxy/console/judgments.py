@@ -18,6 +18,7 @@ import json
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,7 +32,8 @@ DEFAULT_STORE_MAX_MB = 64  # CONSOLE_STORE_MAX_MB's default: judgments plus save
 MAX_SET_QUERIES = 10_000
 _T = TypeVar("_T")
 
-__all__ = ["JudgedQuery", "JudgmentStore", "SetInfo", "judgments_path", "query_id", "store_for"]
+__all__ = ["JudgedQuery", "JudgedTexts", "JudgmentStore", "SetInfo", "judged_texts", "judgments_path", "query_id",
+           "store_for"]
 
 
 def judgments_path(settings: Settings) -> Path:
@@ -80,6 +82,23 @@ def _zip(queries: list[JudgedQuery]) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True, slots=True)
+class JudgedTexts:
+    """Judgments found by query text alone: `qrels` by text, and the texts judged in more than one
+    index (`ambiguous`), which a lookup without an index cannot place."""
+
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict)
+    ambiguous: frozenset[str] = frozenset()
+
+
+def _by_text(found: list[JudgedQuery]) -> JudgedTexts:
+    indices: dict[str, set[str]] = {}
+    for q in found:
+        indices.setdefault(q.text, set()).add(q.index)
+    ambiguous = frozenset(text for text, names in indices.items() if len(names) > 1)
+    return JudgedTexts({q.text: q.docs for q in found if q.text not in ambiguous and q.docs}, ambiguous)
+
+
 class JudgmentStore:
     """The console's judgments and query sets; every method runs on one thread of its own.
 
@@ -121,6 +140,13 @@ class JudgmentStore:
         ids = {text: query_id(index, text) for text in texts}
         found = await self._run(lambda db: db.get_many(list(ids.values())))
         return {text: found[qid] for text, qid in ids.items()}
+
+    async def by_texts(self, texts: list[str], index: str | None = None) -> JudgedTexts:
+        """Judgments of these query texts in `index`, or in whichever one index judged each text."""
+        if index is not None:
+            found = await self.get_many(index, texts)
+            return JudgedTexts({text: docs for text, docs in found.items() if docs})
+        return _by_text(await self._run(lambda db: db.by_texts(texts)))
 
     async def set(self, index: str, text: str, doc_id: str, grade: int | None) -> dict[str, int]:
         """Record (or with None, forget) one judgment; returns the query's judgments."""
@@ -164,3 +190,16 @@ class JudgmentStore:
 def store_for(settings: Settings) -> JudgmentStore:
     """The store CONSOLE_JUDGMENTS_FILE and CONSOLE_STORE_MAX_MB describe."""
     return JudgmentStore(judgments_path(settings), store_max_bytes(settings), legacy_path(settings))
+
+
+async def judged_texts(settings: Settings, texts: list[str], index: str | None = None) -> JudgedTexts:
+    """The console's judgments of these query texts, read through a connection of its own (as another
+    worker reads the file); nothing when no judgments file exists, which is then not created."""
+    legacy = legacy_path(settings)
+    if not texts or not (judgments_path(settings).exists() or (legacy is not None and legacy.exists())):
+        return JudgedTexts()
+    store = store_for(settings)
+    try:
+        return await store.by_texts(texts, index)
+    finally:
+        await store.aclose()

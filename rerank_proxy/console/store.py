@@ -174,6 +174,21 @@ class ConsoleDB:
             entry.docs[str(doc)] = int(grade)
         return list(out.values())
 
+    def by_texts(self, texts: list[str]) -> list[JudgedQuery]:
+        """The judged queries with one of these texts, in any index (the experiment report's lookup:
+        a UBI record names its query text, not its index)."""
+        out: dict[str, JudgedQuery] = {}
+        unique = list(dict.fromkeys(texts))
+        for start in range(0, len(unique), 500):  # well under SQLite's limit on bound parameters
+            chunk = unique[start:start + 500]
+            rows = self._read("SELECT q.id, q.idx, q.text, j.doc_id, j.grade FROM queries q "
+                              "JOIN judgments j ON j.query_id = q.id "
+                              f"WHERE q.text IN ({', '.join('?' * len(chunk))})", tuple(chunk))
+            for qid, idx, text, doc, grade in rows:
+                entry = out.setdefault(str(qid), JudgedQuery(str(qid), str(idx), str(text), {}))
+                entry.docs[str(doc)] = int(grade)
+        return list(out.values())
+
     # --- saved query sets --------------------------------------------------------------------
 
     def query_sets(self) -> list[SetInfo]:

@@ -6,7 +6,8 @@ intervals a reader can recompute by hand (docs/experiments-stats.md gives every 
 * interleaving: the reranked team's wins, losses and ties, and the share of decided queries it won
   with a Wilson score interval (exact-enough at a few dozen queries, never outside [0, 1], no seed);
 * A/B: the reranked arm's CTR@10 minus the lexical arm's, with a two-proportion normal interval;
-* shadow: the overlap of the served and the shadow top 10.
+* shadow: the overlap of the served and the shadow top 10, and where the console holds judgments of
+  the query, nDCG@10 of both lists (console/ndcg.py's definition, so the numbers match the console's).
 
 The intervals treat searches as independent. Assignment is by user, so one user's searches are
 correlated and the intervals are somewhat too narrow when users search many times each.
@@ -17,15 +18,17 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from rerank_proxy.console.ndcg import ndcg_at_k
 from rerank_proxy.experiments.arms import Arm
 from rerank_proxy.experiments.interleave import Team, credit
 
 DEPTH = 10
 CONFIDENCE = 0.95
+Qrels = Mapping[str, int]   # doc id -> grade (0-3), one judged query's judgments
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,8 @@ class SearchRecord:
 
     `teams` (interleaved arm): each position's team, None for the common prefix.
     `shadow` (shadow experiment): the reranked list computed behind the served one.
+    `query` (the user's query text, whitespace collapsed as the console keys it): how a search finds
+    its judgments.
     """
 
     arm: Arm
@@ -41,6 +46,7 @@ class SearchRecord:
     clicked: frozenset[int] = frozenset()
     teams: tuple[Team | None, ...] = ()
     shadow: tuple[str, ...] | None = None
+    query: str | None = None
 
     def __post_init__(self) -> None:
         outside = sorted(p for p in self.clicked if not 0 <= p < len(self.returned))
@@ -51,11 +57,12 @@ class SearchRecord:
 
     @classmethod
     def from_clicked_ids(cls, arm: Arm, returned: Sequence[str], clicked_ids: Iterable[str],
-                         teams: Sequence[Team | None] = (), shadow: Sequence[str] | None = None) -> SearchRecord:
+                         teams: Sequence[Team | None] = (), shadow: Sequence[str] | None = None,
+                         query: str | None = None) -> SearchRecord:
         """A record from clicked hit ids; a click on a hit this search did not return is dropped."""
         position = {hit: p for p, hit in reversed(list(enumerate(returned)))}
         clicked = frozenset(position[hit] for hit in clicked_ids if hit in position)
-        return cls(arm, tuple(returned), clicked, tuple(teams), None if shadow is None else tuple(shadow))
+        return cls(arm, tuple(returned), clicked, tuple(teams), None if shadow is None else tuple(shadow), query)
 
     @property
     def first_click(self) -> int | None:
@@ -98,9 +105,19 @@ class CtrDifference:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowNdcg:
+    judged_searches: int                  # shadow searches whose query has a relevant judgment
+    ndcg_at_10_served: float | None       # mean nDCG@DEPTH of the served lists; None with no judged search
+    ndcg_at_10_shadow: float | None       # mean nDCG@DEPTH of the shadow lists
+
+
+@dataclass(frozen=True, slots=True)
 class ShadowStats:
     searches: int           # searches compared (served or shadow list not empty)
     overlap_at_10: float    # mean |S ∩ R| / max(|S|, |R|) over the top DEPTH of each
+    judged_searches: int = 0
+    ndcg_at_10_served: float | None = None
+    ndcg_at_10_shadow: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +211,41 @@ def overlap(served: Sequence[str], shadow: Sequence[str], depth: int = DEPTH) ->
     return len(top_served & top_shadow) / larger if larger else None
 
 
-def shadow_overlap(records: Iterable[SearchRecord], depth: int = DEPTH) -> ShadowStats | None:
-    """The mean top-depth overlap of the served and the shadow lists; None without a shadow list."""
-    values = [overlap(r.returned, r.shadow, depth) for r in records if r.shadow is not None]
+def shadow_ndcg(records: Iterable[SearchRecord], judged: Mapping[str, Qrels], depth: int = DEPTH) -> ShadowNdcg:
+    """Mean nDCG@depth of the served and of the shadow lists, over the shadow searches whose query is
+    judged. Each search counts once, so a query searched often weighs as often as it was searched (as
+    in the overlap). A query without a relevant judgment has no nDCG and is left out, as in the console."""
+    pairs: list[tuple[float, float]] = []
+    for record in records:
+        qrels = judged.get(record.query) if record.query is not None else None
+        if record.shadow is None or not qrels:
+            continue
+        served, behind = ndcg_at_k(record.returned, qrels, depth), ndcg_at_k(record.shadow, qrels, depth)
+        if served is not None and behind is not None:  # both or neither: the ideal is the judgments' own
+            pairs.append((served, behind))
+    if not pairs:
+        return ShadowNdcg(0, None, None)
+    return ShadowNdcg(len(pairs), sum(p[0] for p in pairs) / len(pairs), sum(p[1] for p in pairs) / len(pairs))
+
+
+def shadow_overlap(records: Iterable[SearchRecord], depth: int = DEPTH,
+                   judged: Mapping[str, Qrels] | None = None) -> ShadowStats | None:
+    """The mean top-depth overlap of the served and the shadow lists, with both lists' mean nDCG where
+    `judged` (query text -> judgments) holds the query; None without a shadow list to compare."""
+    kept = list(records)
+    values = [overlap(r.returned, r.shadow, depth) for r in kept if r.shadow is not None]
     compared = [v for v in values if v is not None]
-    return ShadowStats(len(compared), sum(compared) / len(compared)) if compared else None
+    if not compared:
+        return None
+    ndcg = shadow_ndcg(kept, judged or {}, depth)
+    return ShadowStats(len(compared), sum(compared) / len(compared), ndcg.judged_searches,
+                       ndcg.ndcg_at_10_served, ndcg.ndcg_at_10_shadow)
 
 
-def report(records: Iterable[SearchRecord]) -> Report:
-    """Every statistic the records allow: an experiment's part is None when no record is of its kind."""
+def report(records: Iterable[SearchRecord], judged: Mapping[str, Qrels] | None = None) -> Report:
+    """Every statistic the records allow: an experiment's part is None when no record is of its kind.
+    `judged` maps a query text to its judgments, for the shadow lists' nDCG."""
     kept = list(records)
     interleaved = any(r.arm == "interleaved" for r in kept)
     return Report(arms=arm_stats(kept), interleaving=interleave_stats(kept) if interleaved else None,
-                  ab=ctr_difference(kept), shadow=shadow_overlap(kept))
+                  ab=ctr_difference(kept), shadow=shadow_overlap(kept, judged=judged))

@@ -12,17 +12,24 @@ beside them: `object_teams` (interleaving: each returned position's team, null f
 and `shadow_object_ids` (shadow: the reranked list computed behind the served one). An events index
 made by dynamic mapping types its strings as text with a `.keyword` sub-field; the aggregation then
 uses that sub-field (read from the mapping, not guessed).
+
+Shadow searches are also scored against the relevance console's judgments, where their query text
+(`user_query`, whitespace collapsed as the console keys it) is judged: the console keys judgments by
+(index, text) and a UBI record names no index, so the lookup is either in the index the caller names,
+or by text alone, where a text judged in more than one index is left out (and counted as ambiguous)
+rather than scored against the wrong index's judgments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
+from rerank_proxy.console.judgments import JudgedTexts
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import ProxyError
 from rerank_proxy.experiments.arms import Arm
@@ -38,6 +45,7 @@ _ARMS: dict[Any, Arm] = {"off": "off", "lexical": "lexical", "reranked": "rerank
 
 Headers = Sequence[tuple[bytes, bytes]]
 Clicks = dict[str, set[str]]
+JudgmentLookup = Callable[[list[str]], Awaitable[JudgedTexts]]  # query texts -> their judgments
 
 
 class ReportUnavailable(ProxyError):
@@ -93,7 +101,7 @@ async def search_records(engine: EngineTransport, queries: str, clicked: Clicks,
     """Every recorded query as a `SearchRecord`, with its clicks (read in `search_after` pages)."""
     records: list[SearchRecord] = []
     after: list[Any] | None = None
-    fields = ["query_id", "arm", "query_response_object_ids", "object_teams", "shadow_object_ids"]
+    fields = ["query_id", "arm", "query_response_object_ids", "object_teams", "shadow_object_ids", "user_query"]
     while True:
         body: dict[str, Any] = {"size": PAGE, "sort": [{"query_id": "asc"}], "_source": fields,
                                 "query": {"match_all": {}}}
@@ -120,20 +128,41 @@ def _record(source: dict[str, Any], clicked: Clicks) -> SearchRecord | None:
         return None
     shadow = source.get("shadow_object_ids")
     return SearchRecord.from_clicked_ids(arm, returned, clicked.get(str(source.get("query_id")), set()), teams,
-                                         [str(i) for i in shadow] if isinstance(shadow, list) else None)
+                                         [str(i) for i in shadow] if isinstance(shadow, list) else None,
+                                         _query_text(source.get("user_query")))
+
+
+def _query_text(value: Any) -> str | None:
+    """The text as the console keys its judgments (whitespace collapsed); None for no text."""
+    text = " ".join(value.split()) if isinstance(value, str) else ""
+    return text or None
+
+
+def shadow_texts(records: Sequence[SearchRecord]) -> list[str]:
+    """The distinct query texts of the shadow searches: the only ones the judgments are read for."""
+    return list(dict.fromkeys(r.query for r in records if r.shadow is not None and r.query is not None))
+
+
+async def _no_judgments(texts: list[str]) -> JudgedTexts:
+    return JudgedTexts()
 
 
 async def ubi_report(engine: EngineTransport, queries: str = "ubi_queries", events: str = UBI_EVENTS_INDEX,
-                     headers: Headers = ()) -> dict[str, Any]:
+                     headers: Headers = (), judgments: JudgmentLookup = _no_judgments) -> dict[str, Any]:
     """The report as JSON-ready data: per arm, and the experiment's own comparison."""
     clicked = await clicks(engine, events, headers)
     records = await search_records(engine, queries, clicked, headers)
-    return as_json(report(records), len(records))
+    judged = await judgments(shadow_texts(records))
+    ambiguous = sum(r.shadow is not None and r.query in judged.ambiguous for r in records)
+    return as_json(report(records, judged.qrels), len(records), ambiguous)
 
 
-def as_json(result: Report, searches: int) -> dict[str, Any]:
+def as_json(result: Report, searches: int, ambiguous: int = 0) -> dict[str, Any]:
+    """`ambiguous`: shadow searches left out of the nDCG, their text judged in several indices."""
     out: dict[str, Any] = {"searches": searches, "arms": {arm: asdict(s) for arm, s in result.arms.items()}}
     for name in ("interleaving", "ab", "shadow"):
         part = getattr(result, name)
         out[name] = asdict(part) if part is not None else None
+    if out["shadow"] is not None:
+        out["shadow"]["ambiguous_searches"] = ambiguous
     return out

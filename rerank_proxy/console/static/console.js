@@ -15,7 +15,7 @@
 
   const state = {
     options: null, indices: [], last: null, judgments: {}, metricsSeq: 0, compareSeq: 0,
-    fields: {}, batchAbort: null,
+    fields: {}, batchAbort: null, experimentSeq: 0,
   };
 
   // --- token -------------------------------------------------------------------------------------
@@ -66,10 +66,12 @@
     box.hidden = !message;
   }
 
+  /** A call to the console's API (a path under it), or to another admin endpoint (a /_rerank/ path);
+   * a refusal throws an Error carrying the engine-style error's status and type. */
   async function api(path, { method = "GET", body, raw = false, signal } = {}) {
     const headers = { Authorization: "Bearer " + token };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    const response = await fetch(API + path, {
+    const response = await fetch(path.startsWith("/_rerank/") ? path : API + path, {
       method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
       credentials: "omit", cache: "no-store",
     });
@@ -78,9 +80,13 @@
       throw new Error("unauthorised");
     }
     if (!response.ok) {
-      let reason = response.status + " " + response.statusText;
-      try { reason = (await response.json()).error.reason || reason; } catch (_) { /* not JSON */ }
-      throw new Error(reason);
+      let reason = response.status + " " + response.statusText, type = null;
+      try {
+        const { error } = await response.json();
+        reason = error.reason || reason;
+        type = error.type || null;
+      } catch (_) { /* not JSON */ }
+      throw Object.assign(new Error(reason), { status: response.status, type });
     }
     return raw ? response : response.json();
   }
@@ -473,15 +479,16 @@
     }));
   }
 
+  /** An SVG element (charts are drawn here, no library: nothing is fetched but the proxy's answers). */
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
   /** Bars of per-query nDCG change, biggest win on the left, biggest loss on the right. */
   function drawChart(rows) {
-    const NS = "http://www.w3.org/2000/svg";
-    const svg = (tag, attrs, text) => {
-      const node = document.createElementNS(NS, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-      if (text !== undefined) node.textContent = text;
-      return node;
-    };
     const sorted = [...rows].sort((a, b) => b.delta - a.delta);
     const width = Math.max($("batch-chart").clientWidth, 300), height = 220, left = 44, right = 10, top = 10, bottom = 10;
     const peak = Math.max(0.05, ...sorted.map((r) => Math.abs(r.delta)));
@@ -523,13 +530,187 @@
     catch (err) { notify("Deleting the set failed: " + err.message); }
   }
 
+  // --- the online experiment's report ------------------------------------------------------------
+
+  const REPORT = "/_rerank/admin/experiment";
+  const intervalText = (i) => (i ? `95% [${fmt(i.low)}, ${fmt(i.high)}]` : "");
+
+  function experimentPath() {
+    const params = new URLSearchParams({ events: $("exp-events").value.trim() || "ubi_events" });
+    if ($("exp-index").value) params.set("index", $("exp-index").value);
+    return REPORT + "?" + params;
+  }
+
+  function syncExperimentIndices() {
+    const select = $("exp-index");
+    const chosen = select.value;
+    select.replaceChildren(el("option", { value: "" }, "the one index that judged each query"),
+      ...state.indices.map((index) => el("option", { value: index.name }, index.name)));
+    if (state.indices.some((index) => index.name === chosen)) select.value = chosen;
+  }
+
+  async function refreshExperiment() {
+    const seq = ++state.experimentSeq;
+    document.body.dataset.experiment = "loading";
+    $("exp-refresh").disabled = true;
+    $("exp-status").textContent = "reading the UBI indices…";
+    try {
+      const report = await api(experimentPath());
+      if (seq !== state.experimentSeq) return;
+      if (report.searches) renderExperiment(report);
+      else showExperimentEmpty(`the UBI queries index holds no search yet (RERANK_EXPERIMENT=${report.experiment})`);
+      document.body.dataset.experiment = (report.searches ? "ready-" : "empty-") + seq;
+    } catch (err) {
+      if (seq !== state.experimentSeq) return;
+      if (err.type === "proxy_report_exception") {  // an index the report reads is not there (or refused)
+        showExperimentEmpty(err.message);
+        document.body.dataset.experiment = "empty-" + seq;
+      } else {
+        $("exp-status").textContent = "";
+        notify("The experiment report failed: " + err.message);
+        document.body.dataset.experiment = "failed-" + seq;
+      }
+    } finally {
+      if (seq === state.experimentSeq) $("exp-refresh").disabled = false;
+    }
+  }
+
+  function showExperimentEmpty(reason) {
+    $("exp-report").hidden = true;
+    $("exp-empty").hidden = false;
+    $("exp-empty-reason").textContent = reason;
+    $("exp-status").textContent = "";
+  }
+
+  function renderExperiment(report) {
+    notify("");
+    $("exp-empty").hidden = true;
+    $("exp-report").hidden = false;
+    $("exp-setting").textContent = report.experiment || "–";
+    $("exp-searches").textContent = String(report.searches);
+    const arms = Object.values(report.arms);
+    $("exp-arms").tBodies[0].replaceChildren(...arms.map((arm) => el("tr", { dataset: { arm: arm.arm } },
+      el("td", {}, arm.arm), el("td", {}, String(arm.searches)), el("td", {}, fmt(arm.ctr_at_10)),
+      el("td", {}, fmt(arm.mrr)), el("td", {}, fmt(arm.abandonment)))));
+    renderInterleaving(report.interleaving);
+    renderAb(report.ab);
+    renderShadow(report.shadow);
+    drawExperimentPlot(arms, intervalRows(report));
+    $("exp-status").textContent = `read at ${new Date().toLocaleTimeString()}`;
+  }
+
+  /** Shows a part's numbers, or its "none" line when the records hold nothing of its kind. */
+  function showPart(id, present) {
+    $(id).classList.toggle("off", !present);
+    $(id).querySelector(".none").hidden = present;
+  }
+
+  function renderInterleaving(part) {
+    showPart("exp-interleaving", !!part);
+    if (!part) return;
+    $("exp-wins").textContent = String(part.wins);
+    $("exp-losses").textContent = String(part.losses);
+    $("exp-ties").textContent = String(part.ties);
+    $("exp-preference").textContent = fmt(part.preference);
+    $("exp-preference-interval").textContent = part.interval ? intervalText(part.interval) : "(no decided search)";
+  }
+
+  function renderAb(part) {
+    showPart("exp-ab", !!part);
+    if (!part) return;
+    $("exp-ab-reranked").textContent = fmt(part.reranked_ctr);
+    $("exp-ab-lexical").textContent = fmt(part.lexical_ctr);
+    $("exp-ab-difference").textContent = signed(part.difference);
+    $("exp-ab-interval").textContent = intervalText(part.interval);
+  }
+
+  function renderShadow(part) {
+    showPart("exp-shadow", !!part);
+    if (!part) return;
+    $("exp-shadow-searches").textContent = String(part.searches);
+    $("exp-shadow-overlap").textContent = fmt(part.overlap_at_10);
+    $("exp-shadow-judged").textContent = String(part.judged_searches);
+    $("exp-ndcg-served").textContent = fmt(part.ndcg_at_10_served);
+    $("exp-ndcg-shadow").textContent = fmt(part.ndcg_at_10_shadow);
+    $("exp-shadow-ambiguous").textContent = String(part.ambiguous_searches ?? 0);
+  }
+
+  /** The intervals to draw, each against its no-difference mark. */
+  function intervalRows(report) {
+    const rows = [];
+    if (report.ab) {
+      rows.push({ kind: "ab", label: "A/B: CTR@10 reranked − lexical", point: report.ab.difference,
+        interval: report.ab.interval, mark: 0 });
+    }
+    if (report.interleaving && report.interleaving.interval) {
+      rows.push({ kind: "interleaving", label: "interleaving: share of decided searches won by reranked",
+        point: report.interleaving.preference, interval: report.interleaving.interval, mark: 0.5 });
+    }
+    return rows;
+  }
+
+  /** The scale of an interval row: a preference lives in [0, 1]; a difference gets a range centred
+   * on 0, wide enough for its interval, so the eye reads the distance from "no difference". */
+  function rowDomain(row) {
+    if (row.mark === 0.5) return [0, 1];
+    const reach = Math.max(0.05, Math.abs(row.interval.low), Math.abs(row.interval.high)) * 1.1;
+    return [-reach, reach];
+  }
+
+  /** Bars of CTR@10 per arm, then one line per interval with its point and the no-difference mark. */
+  function drawExperimentPlot(arms, rows) {
+    const width = Math.max($("exp-plot").clientWidth, 320), left = 44, right = 16;
+    const barTop = 32, barHeight = 120, rowHeight = 58, rowsTop = barTop + barHeight + 40;
+    const height = rowsTop + rows.length * rowHeight + 4;
+    const plot = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+      "aria-label": "CTR@10 per arm and the experiment's 95% intervals" });
+    const base = barTop + barHeight;
+    plot.append(svg("text", { x: 2, y: 12 }, "CTR@10"));
+    plot.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: base, y2: base }));
+    plot.append(svg("text", { x: 2, y: barTop + 4 }, "1"));
+    plot.append(svg("text", { x: 2, y: base + 4 }, "0"));
+    const step = arms.length ? Math.min((width - left - right) / arms.length, 120) : 0;
+    arms.forEach((arm, i) => {
+      const h = arm.ctr_at_10 * barHeight, x = left + i * step + step * 0.2, w = step * 0.6;
+      const bar = svg("rect", { class: "bar " + arm.arm, x, width: w, y: base - h, height: h,
+        "data-arm": arm.arm, "data-value": arm.ctr_at_10 });
+      bar.append(svg("title", {}, `${arm.arm}: CTR@10 ${fmt(arm.ctr_at_10)} over ${arm.searches} searches`));
+      plot.append(bar);
+      plot.append(svg("text", { class: "value", x: x + w / 2, y: base - h - 4, "text-anchor": "middle" }, fmt(arm.ctr_at_10)));
+      plot.append(svg("text", { x: x + w / 2, y: base + 16, "text-anchor": "middle" }, arm.arm));
+    });
+    rows.forEach((row, i) => drawIntervalRow(plot, row, rowsTop + i * rowHeight, left, width - right));
+    $("exp-plot").replaceChildren(plot);
+  }
+
+  function drawIntervalRow(plot, row, top, x0, x1) {
+    const [d0, d1] = rowDomain(row);
+    const x = (v) => x0 + (Math.min(Math.max(v, d0), d1) - d0) / (d1 - d0) * (x1 - x0);
+    const y = top + 30;
+    plot.append(svg("text", { x: x0, y: top + 10 }, `${row.label}: ${fmt(row.point)} ${intervalText(row.interval)}`));
+    plot.append(svg("line", { class: "axis", x1: x0, x2: x1, y1: y, y2: y }));
+    plot.append(svg("text", { x: x0, y: y + 16, "text-anchor": "start" }, fmt(d0, 2)));
+    plot.append(svg("text", { x: x1, y: y + 16, "text-anchor": "end" }, fmt(d1, 2)));
+    plot.append(svg("line", { class: "no-difference", x1: x(row.mark), x2: x(row.mark), y1: y - 12, y2: y + 12,
+      "data-kind": row.kind, "data-value": row.mark }));
+    plot.append(svg("text", { x: x(row.mark), y: y + 16, "text-anchor": "middle" }, String(row.mark)));
+    const line = svg("line", { class: "interval", x1: x(row.interval.low), x2: x(row.interval.high), y1: y, y2: y,
+      "data-kind": row.kind, "data-low": row.interval.low, "data-high": row.interval.high });
+    line.append(svg("title", {}, intervalText(row.interval)));
+    plot.append(line);
+    plot.append(svg("circle", { class: "point", cx: x(row.point), cy: y, r: 4, "data-kind": row.kind }));
+  }
+
   // --- tabs and start-up -------------------------------------------------------------------------
 
   function showTab(name) {
     for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
     $("view-compare").hidden = name !== "compare";
     $("view-batch").hidden = name !== "batch";
+    $("view-experiment").hidden = name !== "experiment";
+    $("controls").hidden = name === "experiment";  // the report reads the UBI log, not the compare options
     if (name === "batch") refreshSets();
+    if (name === "experiment") { syncExperimentIndices(); refreshExperiment(); }
   }
 
   function wire() {
@@ -554,6 +735,8 @@
     $("save-set").addEventListener("click", saveSet);
     $("delete-set").addEventListener("click", deleteSet);
     $("batch-set").addEventListener("change", () => { $("set-name").value = $("batch-set").value; });
+    $("exp-refresh").addEventListener("click", refreshExperiment);
+    $("exp-index").addEventListener("change", refreshExperiment);
   }
 
   async function start() {
