@@ -465,6 +465,8 @@ class Settings:
             value = getattr(self, setting.name.lower())
             if isinstance(value, tuple):
                 value = [_rule_dict(v) if isinstance(v, IndexRule) else v for v in value]
+            elif isinstance(value, Experiment):
+                value = str(value)  # in the setting's own syntax, as it was given
             if setting.secret:
                 value = "<redacted>" if value else ""
             if setting.name == "UPSTREAM_URLS":

@@ -57,6 +57,18 @@ class Metrics:
             "rerank_proxy_partial_reranks",
             "Searches reranked among their warm hits only, the cold ones kept in the engine's places, by reason.",
             ["reason"], registry=self.registry)
+        self.arm_searches = Counter("rerank_proxy_experiment_searches",
+                                    "Searches served in an experiment, by arm (an _msearch's arms comma-joined).",
+                                    ["arm"], registry=self.registry)
+        self.arm_latency = Histogram("rerank_proxy_experiment_search_duration_seconds",
+                                     "Whole-search latency by experiment arm.", ["arm"],
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.arm_rerank_seconds = Counter("rerank_proxy_experiment_rerank_seconds",
+                                          "Time spent scoring (cache and provider) by experiment arm.", ["arm"],
+                                          registry=self.registry)
+        self.arm_provider_seconds = Counter("rerank_proxy_experiment_provider_seconds",
+                                            "Time spent waiting on the provider by experiment arm (its cost).",
+                                            ["arm"], registry=self.registry)
         self.engine_up = Gauge("rerank_proxy_engine_up",
                                "1 when the engine answered the last health probe (ready or scrape), else 0.",
                                registry=self.registry)
@@ -88,6 +100,13 @@ class Metrics:
             self.fallbacks.labels(reason or "unknown").inc()
         elif reason and outcome == "reranked":  # a reranked search has a reason only when it was partial
             self.partial_reranks.labels(reason).inc()
+
+    def observe_arm(self, arm: str, seconds: float, rerank_ms: float, provider_ms: float) -> None:
+        """A search served in an experiment arm: counted, timed, and its scoring cost."""
+        self.arm_searches.labels(arm).inc()
+        self.arm_latency.labels(arm).observe(seconds)
+        self.arm_rerank_seconds.labels(arm).inc(rerank_ms / 1000)
+        self.arm_provider_seconds.labels(arm).inc(provider_ms / 1000)
 
     def render(self) -> bytes:
         """This process's exposition only."""

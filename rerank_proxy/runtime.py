@@ -87,6 +87,9 @@ async def build_runtime(settings: Settings, reranker: Reranker | None = None,
         metrics.add_source(query_log.families)
         closers.append(query_log.aclose)
     pipeline = SearchPipeline(settings, engine, cache, query_log=query_log)
+    if pipeline.shadow is not None:
+        metrics.add_source(pipeline.shadow.families)
+        closers.insert(0, pipeline.shadow.aclose)  # before the query log's last flush: it offers records
     runtime = Runtime(settings, engine, reranker, cache, pipeline, metrics, shared_cache, time.time(), closers)
     warmer = runtime.warmer
     if warmer is not None and settings.local_warm_on_start:

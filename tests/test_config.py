@@ -126,3 +126,12 @@ def test_settings_built_in_code_are_the_shipped_defaults():
 def test_each_example_is_accepted_by_its_parser(setting):
     """The example the docs show is a value the proxy starts with (file paths excepted: they must exist)."""
     setting.parse(setting.example)
+
+
+def test_the_redacted_configuration_is_json_with_each_value_in_its_own_syntax():
+    """The admin API answers it as JSON: a parsed value that is an object (the experiment) is shown as set."""
+    import json
+
+    shown = json.loads(json.dumps(load_settings({"RERANK_EXPERIMENT": "ab:12.5"}).redacted()))
+    assert shown["RERANK_EXPERIMENT"] == "ab:12.5"
+    assert shown["RERANK_EXPERIMENT_UNIT"] == "api_key"

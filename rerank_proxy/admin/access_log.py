@@ -66,6 +66,6 @@ def _add_search_fields(fields: dict[str, Any], extra: dict[str, Any]) -> None:
     for key in ("engine_ms", "rerank_ms"):
         if extra.get(key):
             fields[key] = round(extra[key], 2)
-    for key in ("cache", "reason"):
+    for key in ("cache", "reason", "arm"):
         if extra.get(key):
             fields[key] = extra[key]

@@ -135,16 +135,20 @@ class SearchExchange:
     async def _run(self, pipeline: SearchPipeline, decided: Decided | None, params: dict[str, str],
                    headers: dict[str, str], body: bytes) -> None:
         method = self.method.decode("latin-1")
+        address = self.client.client_addr[0] if self.client.client_addr is not None else None
         try:
             if decided is not None:
-                result = await pipeline.rerank(decided, method, self.targets, params, headers, self.forwarded)
+                result = await pipeline.rerank(decided, method, self.targets, params, headers, self.forwarded,
+                                               address)
             else:
-                result = await pipeline.msearch(method, self.targets, params, headers, self.forwarded, body)
+                result = await pipeline.msearch(method, self.targets, params, headers, self.forwarded, body,
+                                                address)
             if isinstance(result, Forward):
                 self._relay(result, body)
                 return
             extra = {"engine_ms": result.engine_ms, "rerank_ms": result.rerank_ms, "cache": result.cache,
-                     "reason": result.reason, "upstream": result.upstream}
+                     "reason": result.reason, "upstream": result.upstream, "arm": result.arm,
+                     "provider_ms": result.provider_ms}
             outcome = "fallback" if "fallback" in result.outcome else \
                 result.outcome if result.outcome in _OUTCOMES else "reranked"
             self._answer(self._finished_bytes(result), result.status, outcome, extra)

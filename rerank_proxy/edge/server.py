@@ -200,6 +200,9 @@ class ProxyServer:
         if runtime is not None:
             runtime.metrics.observe(outcome, status, elapsed, extra.get("engine_ms", 0.0),
                                     extra.get("rerank_ms", 0.0), extra.get("reason", ""))
+            if extra.get("arm"):
+                runtime.metrics.observe_arm(extra["arm"], elapsed, extra.get("rerank_ms", 0.0),
+                                            extra.get("provider_ms", 0.0))
         log_access(exchange.headers, exchange.method.decode("latin-1"), exchange.path,
                    Served(status, outcome, elapsed, exchange.sent_bytes, extra.get("upstream", ""), extra),
                    exchange.client.client_addr)

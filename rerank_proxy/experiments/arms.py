@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -121,6 +122,17 @@ def assign(experiment: Experiment, unit_id: str, salt: str = DEFAULT_SALT) -> Ar
     if experiment.kind == "interleave":
         return "interleaved"
     return "reranked" if bucket(unit_id, salt) < experiment.percent / 100.0 else "lexical"
+
+
+def unit_of(unit: str, client_id: str | None, headers: Mapping[str, str], address: str | None) -> str | None:
+    """The unit a search is assigned by: its UBI client_id, else what RERANK_EXPERIMENT_UNIT names
+    (`headers` lower-case names, as the edge parsed them; `address` the client's peer address)."""
+    if unit == "forwarded_for":
+        first = headers.get("x-forwarded-for", "").split(",")[0].strip()
+        return unit_id(client_id, source=first or address)
+    if unit == "address":
+        return unit_id(client_id, source=address)
+    return unit_id(client_id, api_key=headers.get("authorization"), source=address)
 
 
 def unit_id(client_id: str | None = None, api_key: str | None = None, source: str | None = None) -> str | None:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +33,7 @@ _log = logging.getLogger("rerank_proxy")
 FLUSH_RECORDS = 500
 FLUSH_MS = 500
 WRITE_TIMEOUT_S = 10.0
-ARM_OFF = "off"  # the `arm` field, reserved for the experiment arms
+ARM_OFF = "off"  # the `arm` of a search served with no experiment
 WARN_EVERY_S = 60.0
 CLOSE_FLUSH_S = 2.0  # the last flush at shutdown, within the worker's grace period
 DROP_REASONS = ("queue_full", "engine_error", "refused", "shutdown")
@@ -47,6 +47,8 @@ MAPPING: dict[str, Any] = {
         "object_id_field": {"type": "keyword"},
         "query_response_object_ids": {"type": "keyword"},
         "arm": {"type": "keyword"},
+        "object_teams": {"type": "keyword"},
+        "shadow_object_ids": {"type": "keyword"},
         "timestamp": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
         "query_attributes": {"type": "object"},
     },
@@ -60,8 +62,10 @@ def credentials(raw_headers: Iterable[tuple[bytes, bytes]]) -> Credentials:
     return tuple((k, v) for k, v in raw_headers if k.lower() in CREDENTIAL_HEADERS)
 
 
-def query_record(ubi: UbiRequest, hits: Any, now_ms: int | None = None) -> dict[str, Any]:
-    """One search's record in the UBI query schema."""
+def query_record(ubi: UbiRequest, hits: Any, now_ms: int | None = None, arm: str = ARM_OFF,
+                 teams: Sequence[str | None] = ()) -> dict[str, Any]:
+    """One search's record in the UBI query schema, with the experiment's arm, and for the
+    interleaved arm each returned hit's team (`object_teams`, null for the shared top)."""
     record: dict[str, Any] = {
         "query_id": ubi.query_id,
         "client_id": ubi.client_id,
@@ -69,8 +73,10 @@ def query_record(ubi: UbiRequest, hits: Any, now_ms: int | None = None) -> dict[
         "query_attributes": ubi.query_attributes,
         "query_response_object_ids": response_object_ids(hits, ubi.object_id_field),
         "timestamp": _iso(time.time_ns() // 1_000_000 if now_ms is None else now_ms),
-        "arm": ARM_OFF,
+        "arm": arm,
     }
+    if teams:
+        record["object_teams"] = list(teams)
     if ubi.object_id_field is not None:
         record["object_id_field"] = ubi.object_id_field
     if ubi.application is not None:

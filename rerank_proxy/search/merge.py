@@ -37,12 +37,15 @@ def rerank_order(scores: Sequence[float], last: Collection[int] = (), pinned: Co
 
 
 def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
-          last: Collection[int] = (), pinned: Collection[int] = ()) -> dict[str, Any]:
+          last: Collection[int] = (), pinned: Collection[int] = (),
+          order: Sequence[int] | None = None) -> dict[str, Any]:
     """The response the client gets: reordered (when scores is not None) and paginated.
 
     `scores` holds one final score per window hit, in the engine's order; None means "fall back
     to lexical order" (the page is still cut as the client asked). `last`, `pinned`: see
     `rerank_order`; a pinned hit's score is ignored, it gets its neighbour's so scores still descend.
+    `order` (an experiment's interleaved list) serves the window in that order of positions instead,
+    each hit with its own final score, so scores need not descend.
     """
     hits_obj = response.get("hits")
     if not isinstance(hits_obj, dict) or not isinstance(hits_obj.get("hits"), list):
@@ -51,8 +54,8 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
     window = hits[: plan.window]
     tail = hits[plan.window:]
     if scores is not None and window:
-        window = _reranked(window, scores, last, pinned, plan.options.explain)
-        hits_obj["max_score"] = window[0]["_score"]
+        window = _reranked(window, scores, last, pinned, plan.options.explain, order)
+        hits_obj["max_score"] = max(hit["_score"] for hit in window)
     page = (window + tail)[plan.page_from: plan.page_from + plan.page_size]
     if plan.strip_versions:
         _strip_versions(page)
@@ -63,11 +66,14 @@ def merge(response: dict[str, Any], plan: Plan, scores: Sequence[float] | None,
 
 
 def _reranked(window: list[dict[str, Any]], scores: Sequence[float], last: Collection[int],
-              pinned: Collection[int], explain: bool) -> list[dict[str, Any]]:
-    """The window's hits in reranked order, each with its final score (and `_rerank` to explain it)."""
+              pinned: Collection[int], explain: bool, order: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The window's hits in reranked order (or `order`), each with its final score (and `_rerank` to explain it)."""
     pinned = frozenset(pinned)
-    order = rerank_order(scores, last, pinned)
-    shown = _descending(order, scores, pinned) if pinned else [scores[i] for i in order]
+    if order is None:
+        order = rerank_order(scores, last, pinned)
+        shown = _descending(order, scores, pinned) if pinned else [scores[i] for i in order]
+    else:
+        shown = [scores[i] for i in order]
     ranked = []
     for new_rank, (i, score) in enumerate(zip(order, shown, strict=True)):
         hit = window[i]
@@ -79,7 +85,7 @@ def _reranked(window: list[dict[str, Any]], scores: Sequence[float], last: Colle
     return ranked
 
 
-def _descending(order: list[int], scores: Sequence[float], pinned: Collection[int]) -> list[float]:
+def _descending(order: Sequence[int], scores: Sequence[float], pinned: Collection[int]) -> list[float]:
     """Scores along `order`, a pinned hit taking the score of the scored hit before it (the first
     scored one's when none is before), so `_score` never rises down the page."""
     previous = next((scores[i] for i in order if i not in pinned), 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from rerank_proxy.engine.headers import credentials_of, forwardable_headers
 from rerank_proxy.engine.transport import EngineTransport
 from rerank_proxy.errors import AnswerTooLarge, ProxyError, bad_request, parse_error
 from rerank_proxy.experiments import ubi as ubi_ext
-from rerank_proxy.experiments.query_log import QueryLog, credentials, query_record
+from rerank_proxy.experiments.arms import Arm, assign, unit_of
+from rerank_proxy.experiments.interleave import Team
+from rerank_proxy.experiments.query_log import QueryLog, credentials, query_record, response_object_ids
+from rerank_proxy.experiments.serving import ShadowScorer, interleaved_order, page_teams
 from rerank_proxy.experiments.ubi_bypass import fetch_with_query_id
 from rerank_proxy.scoring.cache.scores import ScoreCache, text_hash
 from rerank_proxy.scoring.final import final_scores, resolve_mode, resolve_weight
@@ -32,7 +36,7 @@ from rerank_proxy.scoring.providers.waits import provider_waits
 from rerank_proxy.scoring.work_owner import owned_by
 from rerank_proxy.search import filter_path as filter_paths
 from rerank_proxy.search.answer_memo import AnswerMemo, Remembered, generations, request_key
-from rerank_proxy.search.merge import merge
+from rerank_proxy.search.merge import merge, rerank_order
 from rerank_proxy.search.partial import PARTIAL_REASON, partial_pins, score_warm
 from rerank_proxy.search.plan import (
     Bypass,
@@ -49,6 +53,7 @@ from rerank_proxy.search.text.text_fields import TextFieldCache, mapped_fields
 
 _DROP_ON_REWRITE = frozenset({b"content-length", b"content-encoding", b"accept-encoding"})
 _DROP_ON_RESPONSE = frozenset({b"content-length", b"content-encoding"})
+_MEMO_ARMS = frozenset({"off", "reranked"})  # arms whose answer is the plain reranked one, so memo-able
 
 
 @dataclass(slots=True)
@@ -72,6 +77,7 @@ class Finished:
     cache: str = ""
     provider_ms: float = 0.0       # within rerank_ms: waiting on the provider's HTTP answers
     upstream: str = ""             # the engine that answered the candidate fetch
+    arm: str = ""                  # the experiment arm that served it ("" with no experiment)
 
 
 @dataclass(slots=True)
@@ -95,6 +101,15 @@ class _Scored:
     mapped: tuple[str, ...] = ()   # indices whose mapping gave the texts
     provider_ms: float = 0.0
     pinned: list[int] = field(default_factory=list)  # window positions kept in place (vectors still cold)
+
+
+@dataclass(slots=True)
+class _Served:
+    """How an arm serves a window: its scores, and for the interleaved arm its order and teams."""
+
+    scored: _Scored
+    order: list[int] | None = None
+    teams: tuple[Team | None, ...] = ()
 
 
 @dataclass(slots=True)
@@ -146,6 +161,9 @@ class SearchPipeline:
         self.engine = engine
         self.cache = cache
         self.query_log = query_log  # where searches with the UBI extension are recorded (None: nowhere)
+        self.experiment = settings.rerank_experiment
+        # a quarter of the provider's slots at most, as for one _msearch: live searches keep the rest
+        self.shadow = ShadowScorer(settings.rerank_max_concurrency // 4) if self.experiment.shadow else None
         self._rule_for = RuleMemo(settings.rule_for)
         self._texts = VersionedTexts(text_hash)
         # The mapping-derived texts (RERANK_TEXT_FROM_MAPPING); the console and the proxy's warming
@@ -189,11 +207,13 @@ class SearchPipeline:
         return Decided(decoded, parsed, decision)
 
     async def rerank(self, decided: Decided, method: str, targets: str | None, params: dict[str, str],
-                     headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]]) -> Finished | Forward:
-        """A decided `_search`: candidates from the engine, scores, the page."""
+                     headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
+                     client_addr: str | None = None) -> Finished | Forward:
+        """A decided `_search`: candidates from the engine, scores, the page (in its experiment arm)."""
         decoded, parsed, decision = decided.body, decided.parsed, decided.plan
         if isinstance(decision, Bypass):
             return await self._bypass_with_ubi(decision, method, targets, params, raw_headers)
+        arm = self._arm(decision.ubi, headers, client_addr)
         upstream_headers = _rewrite_headers(raw_headers)
         started = time.perf_counter()
         try:
@@ -215,24 +235,96 @@ class SearchPipeline:
         opensearch = _is_opensearch(answer.headers)
         # A UBI search is answered with its own query id (and recorded): never a remembered answer.
         recall = self._recall(method, targets, params, headers, credentials_of(raw_headers), decoded,
-                              answer.body, opensearch) if decision.ubi is None else None
+                              answer.body, opensearch) if decision.ubi is None and arm in _MEMO_ARMS else None
+        arm_headers = self._arm_headers(arm)
         if isinstance(recall, Remembered):
-            return Finished(200, _response_headers(out_headers), recall.body, recall.outcome, "",
-                            engine_ms, 0.0, recall.cache, upstream=answer.served_by)
+            return Finished(200, _response_headers(out_headers) + arm_headers, recall.body, recall.outcome, "",
+                            engine_ms, 0.0, recall.cache, upstream=answer.served_by, arm=self._arm_label(arm))
         data = parse_json(answer.body, "engine response")
-        scored = await self._rerank(decision, data, upstream_headers)
+        served = await self._serve(decision, data, upstream_headers, arm)
+        scored = served.scored
         if scored.outcome == "failed":
             return self._fail_closed(scored, engine_ms, answer.served_by)
-        merged = merge(data, decision, scored.scores, scored.last, scored.pinned)
-        if decision.ubi is not None:
-            self._record_ubi(decision.ubi, merged, raw_headers)
+        merged = merge(data, decision, scored.scores, scored.last, scored.pinned, served.order)
+        self._record(decision, merged, arm, served.teams, answer.body, upstream_headers, credentials(raw_headers))
         merged = filter_paths.apply(merged, decision.filter_path, opensearch=opensearch)
         body_out = orjson.dumps(merged, option=orjson.OPT_INDENT_2 if decision.pretty else 0)
         if recall is not None:
             self._remember(recall, scored, answer.body, body_out, opensearch)
-        return Finished(200, _response_headers(out_headers) + _ubi_headers(decision.ubi), body_out, scored.outcome,
-                        scored.reason, engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms,
-                        answer.served_by)
+        return Finished(200, _response_headers(out_headers) + _ubi_headers(decision.ubi) + arm_headers, body_out,
+                        scored.outcome, scored.reason, engine_ms, scored.rerank_ms, scored.cache, scored.provider_ms,
+                        answer.served_by, self._arm_label(arm))
+
+    # --- experiment arms -----------------------------------------------------------------------
+
+    def _record(self, plan: Plan, merged: Any, arm: Arm, teams: Sequence[Team | None], engine_body: bytes,
+                headers: Sequence[tuple[bytes, bytes]], auth: tuple[tuple[bytes, bytes], ...]) -> None:
+        """The UBI query id into the answer and the search's record onto the log; for a shadow
+        experiment's lexical answer, the reranking behind it first (its record waits for it)."""
+        record = self._ubi_record(plan.ubi, merged, arm, plan.page_from, teams) if plan.ubi is not None else None
+        if self.shadow is not None and arm == "lexical":
+            self._start_shadow(plan, engine_body, headers, record, auth)
+        elif record is not None and self.query_log is not None:
+            self.query_log.offer(record, auth)
+
+    def _arm(self, ubi: ubi_ext.UbiRequest | None, headers: dict[str, str], client_addr: str | None) -> Arm:
+        """The arm serving this search: sticky per unit (UBI client_id, else RERANK_EXPERIMENT_UNIT)."""
+        if self.experiment.kind == "off":
+            return "off"
+        unit = unit_of(self.settings.rerank_experiment_unit, ubi.client_id if ubi is not None else None,
+                       headers, client_addr)
+        return assign(self.experiment, unit or "", self.settings.rerank_experiment_salt)
+
+    def _arm_label(self, arm: Arm) -> str:
+        return arm if self.experiment.kind != "off" else ""
+
+    def _arm_headers(self, arm: Arm) -> list[tuple[bytes, bytes]]:
+        return self._arm_headers_of([arm])
+
+    def _arm_headers_of(self, arms: Sequence[str]) -> list[tuple[bytes, bytes]]:
+        """`X-Rerank-Arm` while an experiment runs (an _msearch's arms comma-joined); none without one."""
+        return [(b"x-rerank-arm", ",".join(arms).encode())] if self.experiment.kind != "off" and arms else []
+
+    async def _serve(self, plan: Plan, data: Any, headers: Sequence[tuple[bytes, bytes]], arm: Arm,
+                     query_id: str | None = None) -> _Served:
+        """The arm's scores and order: none for the lexical arm (nothing is scored), the reranked
+        order for `off`/`reranked`, the team draft of both for `interleaved`."""
+        if arm == "lexical":
+            return _Served(_Scored(None, "lexical", "experiment"))
+        scored = await self._rerank(plan, data, headers)
+        if arm != "interleaved" or scored.scores is None:
+            return _Served(scored)
+        reranked = rerank_order(scored.scores, scored.last, scored.pinned)
+        order, teams = interleaved_order(reranked, query_id or (plan.ubi.query_id if plan.ubi else uuid.uuid4().hex))
+        return _Served(scored, order, teams)
+
+    def _start_shadow(self, plan: Plan, engine_body: bytes, headers: Sequence[tuple[bytes, bytes]],
+                      record: dict[str, Any] | None, auth: tuple[tuple[bytes, bytes], ...]) -> None:
+        """The reranked list of a lexically served search, computed after its answer; its record
+        waits for it (or goes without it when every shadow slot is taken)."""
+        assert self.shadow is not None
+        if not self.shadow.start(self._shadow_job(plan, engine_body, headers, record, auth)) \
+                and record is not None and self.query_log is not None:
+            self.query_log.offer(record, auth)
+
+    async def _shadow_job(self, plan: Plan, engine_body: bytes, headers: Sequence[tuple[bytes, bytes]],
+                          record: dict[str, Any] | None, auth: tuple[tuple[bytes, bytes], ...]) -> float | None:
+        """Rerank one search's candidates again from the engine's bytes; the seconds it took, None on failure."""
+        started = time.perf_counter()
+        try:
+            data = parse_json(engine_body, "engine response")
+            scored = await self._rerank(plan, data, headers)
+            seconds = time.perf_counter() - started
+            if scored.scores is None and scored.outcome == "fallback":
+                return None
+            if record is not None and isinstance(data, dict):
+                merged = merge(data, plan, scored.scores, scored.last, scored.pinned)
+                hits = merged.get("hits", {}).get("hits") if isinstance(merged.get("hits"), dict) else None
+                record["shadow_object_ids"] = response_object_ids(hits, plan.ubi.object_id_field if plan.ubi else None)
+            return seconds
+        finally:
+            if record is not None and self.query_log is not None:
+                self.query_log.offer(record, auth)
 
     async def _bypass_with_ubi(self, bypass: Bypass, method: str, targets: str | None, params: dict[str, str],
                                raw_headers: list[tuple[bytes, bytes]]) -> Finished | Forward:
@@ -254,15 +346,18 @@ class SearchPipeline:
                         answer.body, "bypass", bypass.reason, (time.perf_counter() - started) * 1000,
                         upstream=answer.served_by)
 
-    def _record_ubi(self, ubi: ubi_ext.UbiRequest, merged: Any, raw_headers: Sequence[tuple[bytes, bytes]]) -> None:
+    def _ubi_record(self, ubi: ubi_ext.UbiRequest, merged: Any, arm: Arm, page_from: int,
+                    teams: Sequence[Team | None] = ()) -> dict[str, Any] | None:
         """The query id into the answer (where the UBI plugin puts it, so filter_path applies to it
-        as on the engine), the search's record onto the query log's queue."""
+        as on the engine); the search's record, for the query log (None when nothing records)."""
         if not isinstance(merged, dict):
-            return
+            return None
         ubi_ext.answer_ext(merged, ubi)
-        if self.query_log is not None:
-            hits = merged.get("hits", {}).get("hits") if isinstance(merged.get("hits"), dict) else None
-            self.query_log.offer(query_record(ubi, hits), credentials(raw_headers))
+        if self.query_log is None:
+            return None
+        hits = merged.get("hits", {}).get("hits") if isinstance(merged.get("hits"), dict) else None
+        returned = len(hits) if isinstance(hits, list) else 0
+        return query_record(ubi, hits, arm=arm, teams=page_teams(teams, page_from, returned) if teams else ())
 
     def _recall(self, method: str, targets: str | None, params: dict[str, str], headers: dict[str, str],
                 credentials: bytes, body: bytes, engine_body: bytes,
@@ -341,7 +436,7 @@ class SearchPipeline:
 
     async def msearch(self, method: str, targets: str | None, params: dict[str, str],
                       headers: dict[str, str], raw_headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> Finished | Forward:
+                      body: bytes, client_addr: str | None = None) -> Finished | Forward:
         decoded = decode_body(body, headers.get("content-encoding", ""), self.settings.max_search_body_bytes)
         try:
             pairs = parse_ndjson(decoded, self.settings.max_msearch_searches)
@@ -381,18 +476,31 @@ class SearchPipeline:
             raise ProxyError(502, "proxy_upstream_response_exception",
                              "the engine's _msearch reply has the wrong shape")
         started = time.perf_counter()
-        scored = await self._rerank_subs(plans, responses, upstream_headers, params.get("max_concurrent_searches"))
+        arms = [self._arm(ubi, headers, client_addr) if plan is not None else "off" for plan, ubi in zip(plans, ubis)]
+        teams: list[tuple[Team | None, ...]] = [()] * len(plans)
+        scored = await self._rerank_subs(plans, responses, upstream_headers, params.get("max_concurrent_searches"),
+                                         arms, teams)
         rerank_ms = (time.perf_counter() - started) * 1000
         outcomes = [s for s in scored if s]
         if self.settings.rerank_fail_mode == "closed" and "failed" in outcomes:
             return self._fail_closed(_Scored(None, "failed", "msearch"), engine_ms, answer.served_by)
         summary = ",".join(sorted({o if o != "failed" else "fallback" for o in outcomes})) or "bypass"
-        for ubi, response in zip(ubis, responses):
-            if ubi is not None and isinstance(response, dict) and "error" not in response:
-                self._record_ubi(ubi, response, raw_headers)
+        self._record_subs(plans, ubis, responses, arms, teams, credentials(raw_headers))
         data = filter_paths.apply(data, client_filter, opensearch=_is_opensearch(answer.headers))
-        return Finished(200, _response_headers(out_headers), orjson.dumps(data), summary, "", engine_ms, rerank_ms,
-                        upstream=answer.served_by)
+        served_arms = sorted({arm for arm, plan in zip(arms, plans) if plan is not None})
+        return Finished(200, _response_headers(out_headers) + self._arm_headers_of(served_arms), orjson.dumps(data),
+                        summary, "", engine_ms, rerank_ms, upstream=answer.served_by,
+                        arm=",".join(served_arms) if self.experiment.kind != "off" else "")
+
+    def _record_subs(self, plans: Sequence[Plan | None], ubis: Sequence[ubi_ext.UbiRequest | None],
+                     responses: Sequence[Any], arms: Sequence[Arm], teams: Sequence[Sequence[Team | None]],
+                     auth: tuple[tuple[bytes, bytes], ...]) -> None:
+        """Each sub-search with the UBI extension that the engine answered: its query id and record."""
+        for plan, ubi, response, arm, drafted in zip(plans, ubis, responses, arms, teams):
+            if ubi is not None and isinstance(response, dict) and "error" not in response:
+                record = self._ubi_record(ubi, response, arm, plan.page_from if plan is not None else 0, drafted)
+                if record is not None and self.query_log is not None:
+                    self.query_log.offer(record, auth)
 
     def _plan_subs(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]], targets: str | None,
                    params: dict[str, str], headers: dict[str, str], plans: list[Plan | None], lines: list[bytes],
@@ -423,7 +531,8 @@ class SearchPipeline:
         return any_plan
 
     async def _rerank_subs(self, plans: list[Plan | None], responses: list[Any],
-                           headers: Sequence[tuple[bytes, bytes]], asked_concurrency: str | None) -> list[str]:
+                           headers: Sequence[tuple[bytes, bytes]], asked_concurrency: str | None,
+                           arms: Sequence[Arm], teams: list[tuple[Team | None, ...]]) -> list[str]:
         """Each sub-search's outcome, reranked a few at a time and as one owner of queued work.
 
         One `_msearch` may carry a thousand sub-searches: run at once they would take every provider
@@ -431,25 +540,29 @@ class SearchPipeline:
         deadlines waiting for each other. So at most `sub_search_concurrency` run at once (a quarter
         of RERANK_MAX_CONCURRENCY, or fewer if the client's `max_concurrent_searches` says so), and
         the background embedder takes their documents in one turn, shared with other requests.
+        Each is served in its own arm (`arms`); an interleaved one's teams go into `teams`.
         """
         outcomes = ["bypass"] * len(plans)
         pending = iter(range(len(plans)))
 
         async def run_in_turn() -> None:
             for n in pending:
-                outcomes[n] = await self._rerank_sub(plans[n], responses[n], headers)
+                outcomes[n], teams[n] = await self._rerank_sub(plans[n], responses[n], headers, arms[n])
 
         limit = sub_search_concurrency(self.settings.rerank_max_concurrency, asked_concurrency)
         with owned_by(object()):
             await asyncio.gather(*(run_in_turn() for _ in range(min(limit, len(plans)))))
         return outcomes
 
-    async def _rerank_sub(self, plan: Plan | None, response: Any, headers: Sequence[tuple[bytes, bytes]]) -> str:
+    async def _rerank_sub(self, plan: Plan | None, response: Any, headers: Sequence[tuple[bytes, bytes]],
+                          arm: Arm) -> tuple[str, tuple[Team | None, ...]]:
+        """A sub-search's outcome and its teams; served in its arm (an _msearch gets no shadow scoring)."""
         if plan is None or not isinstance(response, dict) or "error" in response:
-            return "bypass"  # not planned, or the engine refused this sub-search
-        scored = await self._rerank(plan, response, headers)
-        merge(response, plan, scored.scores, scored.last, scored.pinned)
-        return scored.outcome
+            return "bypass", ()  # not planned, or the engine refused this sub-search
+        served = await self._serve(plan, response, headers, arm)
+        scored = served.scored
+        merge(response, plan, scored.scores, scored.last, scored.pinned, served.order)
+        return scored.outcome, served.teams
 
 
 def sub_search_concurrency(provider_slots: int, asked: str | None) -> int:
