@@ -1,7 +1,8 @@
 """`rerank-proxy demo`: a real local engine, the proxy on its embedded defaults, a sample corpus,
 and each demo query's lexical and reranked top results side by side; then, unless `--no-eval`,
 nDCG@10 lexical vs reranked on the Cranfield judgments, measured through the proxy
-(rerank_proxy/demo_eval.py).
+(rerank_proxy/demo_eval.py); with `--experiment`, the online experiment with simulated users
+(rerank_proxy/demo_experiment.py).
 
 Nothing is mocked: the engine is the official distribution started by the engine runner, the
 proxy is the same ASGI app `rerank-proxy serve` runs, and the reranker is the configured one
@@ -17,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"BEIR folder of the evaluation (default: {CRANFIELD})")
     parser.add_argument("--eval-docs", type=int, default=None, help="evaluate on the first N documents only")
     parser.add_argument("--eval-queries", type=int, default=None, help="evaluate on the first N judged queries only")
+    parser.add_argument("--experiment", action="store_true",
+                        help="then run the online experiment with simulated users (A/B, interleaving and their A/A "
+                             "controls on the evaluation collection; several minutes)")
+    parser.add_argument("--experiment-searches", type=int, default=None,
+                        help="simulated searches per experiment run (default: 5,000 A/B, 1,500 interleaving, "
+                             "2,000 A/A, 500 A/A interleaving)")
 
 
 def run(args: argparse.Namespace) -> int:
     from rerank_proxy.local_engines.distributions import machine_default
     from rerank_proxy.local_engines.runner import ensure_engine
 
-    collection = None if args.no_eval else _eval_collection(args)
-    steps = 5 if collection is None else 6
+    collection = None if args.no_eval and not args.experiment else _eval_collection(args)
+    steps = 5 + (not args.no_eval) + bool(args.experiment)
     print(f"[1/{steps}] starting a local {args.engine} (first run downloads it; later runs reuse it)", flush=True)
     build, note = machine_default(args.engine)
     if note:
@@ -96,8 +104,54 @@ def _run_with_engine(args: argparse.Namespace, engine: EngineInfo, collection: C
             print(f"[5/{steps}] searching through the proxy at {proxy_url} and straight at the engine\n", flush=True)
             for query in args.query or DEMO_QUERIES:
                 show(query, engine.url, proxy_url, args.size)
-            if collection is not None:
-                return show_evaluation(proxy_url, settings, collection, own, steps)
+            if collection is not None and not args.no_eval:
+                status = show_evaluation(proxy_url, settings, collection, own, steps)
+                if status:
+                    return status
+        if args.experiment and collection is not None:
+            return show_experiment(engine.url, settings, collection, own, steps, args.experiment_searches)
+    return 0
+
+
+def show_experiment(engine_url: str, settings: Settings, collection: Collection, own: set[str], steps: int,
+                    searches: int | None) -> int:
+    """The last step: simulated users in A/B, interleaving and the two A/A controls, with the report."""
+    from contextlib import contextmanager
+
+    from tqdm import tqdm
+
+    from rerank_proxy import demo_experiment
+
+    @contextmanager
+    def start(run_settings: Settings) -> Iterator[str]:
+        with _proxy(run_settings) as proxy:
+            yield proxy.server.url
+
+    def progress(name: str) -> Callable[[int, int], None]:
+        bar = tqdm(total=None, unit="search", desc=f"      {name}", file=sys.stderr)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+        return update
+
+    print(f"[{steps}/{steps}] the online experiment: simulated users (a cascade click model over the judgments of "
+          f"{collection.name}) search through the proxy with UBI and click; the report is the proxy's own", flush=True)
+    results = []
+    try:
+        for result in demo_experiment.run_modes(
+                engine_url, settings, collection, start, searches=searches,
+                say=lambda m: print(f"      {m}", flush=True), progress=progress):
+            results.append(result)
+    except (httpx.HTTPError, RuntimeError, EvalError) as exc:
+        print(f"demo: the experiment failed: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + demo_experiment.table(results) + "\n")
+    print("95% intervals (| marks no difference):\n" + demo_experiment.interval_plot(results) + "\n")
+    print(f"settings that differ from the shipped defaults: {describe_settings(settings, own)}, plus "
+          "RERANK_EXPERIMENT per run and a generated ADMIN_TOKEN; fresh UBI indices per run", flush=True)
     return 0
 
 
