@@ -69,7 +69,7 @@ def plot(per_engine: list[tuple[str, list[ModeResult]]]) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for ax, key, null, title in ((axes[0], "ab", 0.0, "A/B: CTR@10 reranked - lexical"),
                                  (axes[1], "interleaving", 0.5, "interleaving: reranked preference")):
-        labels = []
+        labels: list[str] = []
         for kind, results in per_engine:
             for r in results:
                 part = r.run.report.get(key)
